@@ -1,0 +1,215 @@
+"""The organisation file: users, groups, integrations, approval workflows and their assignment.
+
+The run command loads the bundled demo organisation on first start; admins can load
+their own with ``lapse load-org FILE``. Loading is idempotent: entries are matched by
+name (email for users) and updated in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import Field, ValidationError
+from sqlmodel import Session, delete, select
+
+from access.tables import (
+    ApprovalAssignment,
+    ApprovalWorkflow,
+    Group,
+    Integration,
+    Membership,
+    Resource,
+    Role,
+    RoleOwner,
+    User,
+)
+from access.types import ApprovalPolicy, Model, Sensitivity
+
+T = TypeVar("T")
+
+DEMO_ORG = Path(__file__).parent / "demo_org.yaml"
+
+
+class OrgError(ValueError):
+    """The organisation file is malformed or refers to something it does not define."""
+
+
+class UserEntry(Model):
+    email: str
+    name: str = ""
+    manager: str | None = None
+    admin: bool = False
+    active: bool = True
+    groups: list[str] = []
+
+
+class GroupEntry(Model):
+    name: str
+    description: str = ""
+
+
+class RoleEntry(Model):
+    name: str
+    description: str = ""
+    sensitivity: Sensitivity = Sensitivity.MEDIUM
+    owners: list[str] = []
+
+
+class ResourceEntry(Model):
+    name: str
+    description: str = ""
+    roles: list[RoleEntry] = []
+
+
+class IntegrationEntry(Model):
+    name: str
+    kind: str = "ledger"
+    description: str = ""
+    resources: list[ResourceEntry] = []
+
+
+class AssignmentEntry(Model):
+    workflow: str
+    scope: str
+    """``integration``, ``integration/resource`` or ``integration/resource/role``."""
+
+
+class OrgFile(Model):
+    users: list[UserEntry] = []
+    groups: list[GroupEntry] = []
+    integrations: list[IntegrationEntry] = []
+    approval_workflows: list[ApprovalPolicy] = Field(default=[])
+    assignments: list[AssignmentEntry] = []
+
+    @classmethod
+    def read(cls, path: Path) -> OrgFile:
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+        except ValidationError as error:
+            raise OrgError(f"{path}: {error}") from error
+        except yaml.YAMLError as error:
+            raise OrgError(f"{path}: not valid YAML: {error}") from error
+
+    def check(self) -> None:
+        """Refuse references to users, groups, workflows or scopes the file does not define."""
+        emails = {u.email.lower() for u in self.users}
+        groups = {g.name for g in self.groups}
+        problems: list[str] = []
+        for user in self.users:
+            if user.manager and user.manager.lower() not in emails:
+                problems.append(f"user {user.email}: manager {user.manager} is not a user")
+            problems += [f"user {user.email}: unknown group {g}" for g in user.groups if g not in groups]
+        scopes: set[str] = set()
+        for integration in self.integrations:
+            scopes.add(integration.name)
+            for resource in integration.resources:
+                scopes.add(f"{integration.name}/{resource.name}")
+                for role in resource.roles:
+                    scopes.add(f"{integration.name}/{resource.name}/{role.name}")
+                    problems += [
+                        f"role {integration.name}/{resource.name}/{role.name}: owner {o} is not a user"
+                        for o in role.owners
+                        if o.lower() not in emails
+                    ]
+        workflows = {w.name for w in self.approval_workflows}
+        for workflow in self.approval_workflows:
+            for rule in workflow.rules:
+                for step in rule.steps:
+                    for approver in step.approvers:
+                        if approver.kind == "group" and approver.name not in groups:
+                            problems.append(f"workflow {workflow.name}: unknown group {approver.name}")
+                        if approver.kind == "user" and (approver.name or "").lower() not in emails:
+                            problems.append(f"workflow {workflow.name}: unknown user {approver.name}")
+                for group in rule.when.groups + rule.when.on_call:
+                    if group not in groups:
+                        problems.append(f"workflow {workflow.name}: unknown group {group}")
+        for assignment in self.assignments:
+            if assignment.workflow not in workflows:
+                problems.append(f"assignment: unknown workflow {assignment.workflow}")
+            if assignment.scope not in scopes:
+                problems.append(f"assignment: unknown scope {assignment.scope}")
+        if problems:
+            raise OrgError("; ".join(problems))
+
+
+def _upsert(session: Session, model: type[T], where: dict[str, object], values: dict[str, object]) -> T:
+    query = select(model)
+    for key, value in where.items():
+        query = query.where(getattr(model, key) == value)
+    row = session.exec(query).first()
+    if row is None:
+        row = model(**where, **values)
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def load_org(session: Session, org: OrgFile) -> None:
+    """Write the organisation into the app DB, in the caller's transaction."""
+    org.check()
+    groups = {g.name: _upsert(session, Group, {"name": g.name}, {"description": g.description}) for g in org.groups}
+    users: dict[str, User] = {}
+    for entry in org.users:
+        users[entry.email.lower()] = _upsert(
+            session,
+            User,
+            {"email": entry.email.lower()},
+            {
+                "name": entry.name,
+                "manager_email": entry.manager.lower() if entry.manager else None,
+                "active": entry.active,
+                "is_admin": entry.admin,
+            },
+        )
+    for entry in org.users:
+        user = users[entry.email.lower()]
+        session.exec(delete(Membership).where(Membership.user_id == user.id))  # type: ignore[call-overload]
+        for group in entry.groups:
+            session.add(Membership(user_id=user.id, group_id=groups[group].id))  # type: ignore[arg-type]
+    scope_ids: dict[str, tuple[int, int | None, int | None]] = {}
+    for integ in org.integrations:
+        integration = _upsert(
+            session, Integration, {"name": integ.name}, {"kind": integ.kind, "description": integ.description}
+        )
+        assert integration.id is not None
+        scope_ids[integ.name] = (integration.id, None, None)
+        for res in integ.resources:
+            resource = _upsert(
+                session, Resource, {"integration_id": integration.id, "name": res.name}, {"description": res.description}
+            )
+            scope_ids[f"{integ.name}/{res.name}"] = (integration.id, resource.id, None)
+            for entry in res.roles:
+                path = f"{integ.name}/{res.name}/{entry.name}"
+                role = _upsert(
+                    session,
+                    Role,
+                    {"resource_id": resource.id, "name": entry.name},
+                    {"path": path, "description": entry.description, "sensitivity": entry.sensitivity.value},
+                )
+                scope_ids[path] = (integration.id, resource.id, role.id)
+                session.exec(delete(RoleOwner).where(RoleOwner.role_id == role.id))  # type: ignore[call-overload]
+                for owner in entry.owners:
+                    session.add(RoleOwner(role_id=role.id, user_id=users[owner.lower()].id))  # type: ignore[arg-type]
+    workflows = {
+        w.name: _upsert(
+            session,
+            ApprovalWorkflow,
+            {"name": w.name},
+            {"description": w.description, "rules": [r.model_dump(mode="json") for r in w.rules]},
+        )
+        for w in org.approval_workflows
+    }
+    for assignment in org.assignments:
+        integration_id, resource_id, role_id = scope_ids[assignment.scope]
+        _upsert(
+            session,
+            ApprovalAssignment,
+            {"integration_id": integration_id, "resource_id": resource_id, "role_id": role_id},
+            {"approval_workflow_id": workflows[assignment.workflow].id},
+        )
+    session.flush()

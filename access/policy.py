@@ -1,0 +1,179 @@
+"""Approval policy evaluation: which rule applies to a request and who must approve it.
+
+Pure functions on plain data, called by the API before a workflow starts and by
+activities when a later step opens.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+
+from access.durations import format_duration
+from access.types import (
+    ApprovalPolicy,
+    Approver,
+    ApproverKind,
+    PolicyContext,
+    RequestPlan,
+    Rule,
+    StepPlan,
+)
+
+
+class PolicyError(Exception):
+    """A request the policy refuses; ``field`` names the part of the request at fault."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+class NotRequestable(PolicyError):
+    """This requester may not ask for this role at all."""
+
+
+class InvalidRequest(PolicyError):
+    """The request is allowed in principle but this one breaks a rule (duration, reason)."""
+
+
+class NoEligibleApprovers(PolicyError):
+    """A step could never be decided: nobody but the requester (or nobody) may approve it."""
+
+
+def approvers_of(approver: Approver, context: PolicyContext) -> list[str]:
+    """The people one abstract approver stands for, today."""
+    match approver.kind:
+        case ApproverKind.MANAGER:
+            manager = context.requester.manager
+            return [manager] if manager else []
+        case ApproverKind.RESOURCE_OWNER:
+            return list(context.role.owners)
+        case ApproverKind.GROUP:
+            return list(context.group_members.get(approver.name or "", []))
+        case ApproverKind.USER:
+            return [approver.name] if approver.name else []
+
+
+def resolve_approvers(approvers: list[Approver], context: PolicyContext) -> list[str]:
+    """Everyone eligible for a step: the union of its approvers, never the requester."""
+    eligible = {
+        person
+        for approver in approvers
+        for person in approvers_of(approver, context)
+        if person != context.requester.email
+    }
+    return sorted(eligible)
+
+
+def _conditions_hold(rule: Rule, context: PolicyContext) -> bool:
+    groups = set(context.requester.groups)
+    when = rule.when
+    if when.groups and not groups.intersection(when.groups):
+        return False
+    return not (when.on_call and not groups.intersection(when.on_call))
+
+
+def _longest(rule: Rule) -> timedelta:
+    limit = rule.when.duration_at_most
+    return min(limit, rule.max_duration) if limit is not None else rule.max_duration
+
+
+def applicable_rules(policy: ApprovalPolicy, context: PolicyContext) -> list[Rule]:
+    """The rules whose group and on-call conditions this requester meets, in order."""
+    return [rule for rule in policy.rules if _conditions_hold(rule, context)]
+
+
+def evaluate_policy(
+    policy: ApprovalPolicy | None,
+    context: PolicyContext,
+    *,
+    duration: timedelta,
+    justification: str,
+) -> RequestPlan:
+    """Decide how a request for ``duration`` is approved, or raise ``PolicyError`` saying why not.
+
+    The first rule whose conditions all hold wins. Every step must have enough eligible
+    approvers other than the requester to reach its quorum; a request nobody could approve
+    is refused now rather than left to time out.
+    """
+    role = context.role.path
+    if policy is None:
+        raise NotRequestable("role", f"{role} has no approval workflow assigned, so it cannot be requested")
+    if duration <= timedelta(0):
+        raise InvalidRequest("duration", "the duration must be longer than zero")
+
+    candidates = applicable_rules(policy, context)
+    if not candidates:
+        raise NotRequestable(
+            "role",
+            f"no rule of approval workflow {policy.name!r} lets {context.requester.email} request {role}",
+        )
+    rule = next(
+        (r for r in candidates if r.when.duration_at_most is None or duration <= r.when.duration_at_most),
+        None,
+    )
+    if rule is None or duration > rule.max_duration:
+        longest = max(_longest(r) for r in candidates)
+        raise InvalidRequest(
+            "duration",
+            f"{format_duration(duration)} is longer than the {format_duration(longest)} "
+            f"you may hold {role}",
+        )
+    if rule.justification and not justification.strip():
+        raise InvalidRequest("justification", f"rule {rule.name!r} requires a justification")
+
+    steps: list[StepPlan] = []
+    for number, step in enumerate(rule.steps, start=1):
+        eligible = resolve_approvers(step.approvers, context)
+        if len(eligible) < step.quorum:
+            raise NoEligibleApprovers("role", _why_unapprovable(number, step.quorum, eligible, step.approvers, context))
+        steps.append(
+            StepPlan(
+                name=step.name or " or ".join(a.describe() for a in step.approvers),
+                approvers=step.approvers,
+                quorum=step.quorum,
+                eligible=eligible,
+            )
+        )
+    return RequestPlan(policy=policy.name, rule=rule.name, max_duration=rule.max_duration, steps=steps)
+
+
+def _why_unapprovable(
+    number: int, quorum: int, eligible: list[str], approvers: list[Approver], context: PolicyContext
+) -> str:
+    named = " or ".join(a.describe() for a in approvers)
+    everyone = {p for a in approvers for p in approvers_of(a, context)}
+    if context.requester.email in everyone and len(everyone) <= quorum:
+        why = "you are the only eligible approver and cannot approve your own request"
+    elif not everyone:
+        why = "nobody is eligible"
+    else:
+        why = f"only {len(eligible)} eligible approver(s) other than you"
+    return f"step {number} ({named}) needs {quorum} approval(s) but {why}"
+
+
+class RuleOption(BaseModel):
+    """How a requester could get a role under one rule: up to how long, approved by whom."""
+
+    rule: str
+    up_to: str
+    approval: list[str]
+
+
+def describe_options(policy: ApprovalPolicy, context: PolicyContext) -> list[RuleOption]:
+    """What the catalog shows a requester: each applicable rule with its limit and approvers."""
+    return [
+        RuleOption(
+            rule=rule.name,
+            up_to=format_duration(_longest(rule)),
+            approval=[
+                f"{step.quorum} of " + " or ".join(a.describe() for a in step.approvers)
+                for step in rule.steps
+            ]
+            or ["automatic"],
+        )
+        for rule in applicable_rules(policy, context)
+    ]

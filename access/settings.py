@@ -1,0 +1,56 @@
+"""Lapse's one settings object, read from ``LAPSE_*`` environment variables or ``.env``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from access.durations import Duration
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAPSE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    """Where the embedded Temporal server and the SQLite app DB keep their files."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the app DB; default ``sqlite:///<data_dir>/lapse.db``."""
+
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_tls: bool = False
+    temporal_tls_cert: Path | None = None
+    """Client certificate (PEM) for mTLS, e.g. Temporal Cloud."""
+    temporal_tls_key: Path | None = None
+    temporal_api_key: str | None = None
+    task_queue: str = "lapse"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    temporal_ui_port: int = 8233
+    embedded_temporal: bool = True
+    """``lapse run`` starts a Temporal dev server; turn off to use ``temporal_address``."""
+
+    approval_timeout: Duration = Field(default=timedelta(hours=24))
+    """A request with no decision for this long ends as ``timed_out``."""
+    org_file: Path | None = None
+    """Organisation file loaded on first start; default: the bundled demo organisation."""
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lapse.db').resolve()}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,155 @@
+"""The app DB: Lapse's queryable projection of the organisation, requests, grants and audit.
+
+Workflows never import this module; activities and the API do.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the app DB; Lapse stores UTC only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(*, nullable: bool = True, index: bool = False) -> Any:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, index=True)
+    name: str = ""
+    manager_email: str | None = None
+    active: bool = True
+    is_admin: bool = False
+
+
+class Group(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    description: str = ""
+
+
+class Membership(SQLModel, table=True):
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    group_id: int = Field(foreign_key="group.id", primary_key=True)
+
+
+class Integration(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    kind: str = "ledger"
+    description: str = ""
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Resource(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("integration_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    integration_id: int = Field(foreign_key="integration.id", index=True)
+    name: str
+    description: str = ""
+
+
+class Role(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("resource_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    resource_id: int = Field(foreign_key="resource.id", index=True)
+    name: str
+    path: str = Field(unique=True, index=True)
+    """``integration/resource/role``, kept denormalised because everything refers to it."""
+    description: str = ""
+    sensitivity: str = "medium"
+
+
+class RoleOwner(SQLModel, table=True):
+    role_id: int = Field(foreign_key="role.id", primary_key=True)
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+
+
+class ApprovalWorkflow(SQLModel, table=True):
+    """An approval policy; its rules are an ``access.types.ApprovalPolicy`` stored as JSON."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    description: str = ""
+    rules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class ApprovalAssignment(SQLModel, table=True):
+    """Assigns an approval workflow to an integration, a resource or a role (most specific wins)."""
+
+    __table_args__ = (UniqueConstraint("integration_id", "resource_id", "role_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    approval_workflow_id: int = Field(foreign_key="approvalworkflow.id")
+    integration_id: int = Field(foreign_key="integration.id", index=True)
+    resource_id: int | None = Field(default=None, foreign_key="resource.id")
+    role_id: int | None = Field(default=None, foreign_key="role.id")
+
+
+class AccessRequest(SQLModel, table=True):
+    """A request's latest known status, written by the workflow's bookkeeping activity."""
+
+    __table_args__ = (Index("ix_request_requester_state", "requester", "state"),)
+    id: str = Field(primary_key=True)
+    requester: str = Field(index=True)
+    role: str = Field(index=True)
+    state: str = Field(index=True)
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=_utc())
+    ended_at: datetime | None = Field(default=None, sa_column=_utc())
+    status: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """The whole ``RequestStatus`` as the workflow last recorded it."""
+
+
+class Grant(SQLModel, table=True):
+    """The grants ledger: one row per grant of a role to an account, by whatever path."""
+
+    __table_args__ = (Index("ix_grant_account_role_active", "account", "role", "active"),)
+    id: int | None = Field(default=None, primary_key=True)
+    account: str
+    role: str
+    user_email: str | None = Field(default=None, index=True)
+    path: str = "jit"
+    """``jit``, ``birthright`` or ``external``."""
+    request_id: str | None = Field(default=None, unique=True)
+    active: bool = True
+    granted_at: datetime = Field(sa_column=_utc(nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=_utc())
+    ended_at: datetime | None = Field(default=None, sa_column=_utc())
+
+
+class AuditEvent(SQLModel, table=True):
+    """An append-only, hash-chained log: each row's hash covers the previous row's hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=_utc(nullable=False, index=True))
+    actor: str = Field(index=True)
+    action: str = Field(index=True)
+    target: str = Field(index=True)
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = ""
+    hash: str = ""

@@ -1,0 +1,327 @@
+"""The plain pydantic models that cross into Temporal: policy, plans, request status.
+
+Workflows, activities and the API share these; none of them touches the database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from access.durations import Duration
+
+
+class Model(BaseModel):
+    """Base for Lapse's value types: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- approval policy --------------------------------------------------------------------
+
+
+class Sensitivity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class ApproverKind(StrEnum):
+    MANAGER = "manager"
+    """The requester's direct manager."""
+    RESOURCE_OWNER = "resource_owner"
+    """The owners of the requested role."""
+    GROUP = "group"
+    """Any member of the named group."""
+    USER = "user"
+    """The named user."""
+
+
+class Approver(Model):
+    """Who may approve a step, by abstract type; resolved to people when the step opens."""
+
+    kind: ApproverKind
+    name: str | None = None
+    """The group name (``group``) or the user's email (``user``)."""
+
+    @model_validator(mode="after")
+    def _name_matches_kind(self) -> Approver:
+        needs_name = self.kind in (ApproverKind.GROUP, ApproverKind.USER)
+        if needs_name and not self.name:
+            raise ValueError(f"approver of kind {self.kind.value!r} needs a name")
+        if not needs_name and self.name:
+            raise ValueError(f"approver of kind {self.kind.value!r} takes no name")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.kind.value}:{self.name}" if self.name else self.kind.value
+
+
+class Step(Model):
+    """One approval step: ``quorum`` distinct eligible people must approve it."""
+
+    name: str = ""
+    approvers: list[Approver] = Field(min_length=1)
+    quorum: int = Field(default=1, ge=1)
+
+
+class Conditions(Model):
+    """When a rule applies. Every condition given must hold; none given matches everyone."""
+
+    groups: list[str] = []
+    """The requester is a member of at least one of these groups."""
+    on_call: list[str] = []
+    """The requester is on call in one of these rotations (modelled as groups for now)."""
+    duration_at_most: Duration | None = None
+    """The requested duration is at most this long."""
+
+
+class Rule(Model):
+    name: str
+    when: Conditions = Conditions()
+    steps: list[Step] = []
+    """Approval steps, opened in order; none means the request is granted at once."""
+    max_duration: Duration
+    justification: bool = True
+    """Whether a request under this rule must give a justification."""
+
+    @model_validator(mode="after")
+    def _positive_max(self) -> Rule:
+        if self.max_duration <= timedelta(0):
+            raise ValueError(f"rule {self.name!r}: max_duration must be longer than zero")
+        return self
+
+
+class ApprovalPolicy(Model):
+    """An approval workflow: ordered rules, evaluated top to bottom; the first match wins."""
+
+    name: str
+    description: str = ""
+    rules: list[Rule] = Field(min_length=1)
+
+
+# --- what the policy needs to know, and what it decides ----------------------------------
+
+
+class Requester(Model):
+    email: str
+    manager: str | None = None
+    """The manager's email, when the manager is an active user."""
+    groups: list[str] = []
+
+
+class RoleFacts(Model):
+    path: str
+    """``integration/resource/role``."""
+    owners: list[str] = []
+    sensitivity: Sensitivity = Sensitivity.MEDIUM
+
+
+class PolicyContext(Model):
+    """The slice of the organisation a policy decision reads, taken from the app DB."""
+
+    requester: Requester
+    role: RoleFacts
+    group_members: dict[str, list[str]] = {}
+    """Active members of every group the policy's approvers name."""
+
+
+class StepPlan(Model):
+    name: str
+    approvers: list[Approver]
+    quorum: int
+    eligible: list[str]
+    """Who could decide this step when the plan was made (never the requester)."""
+
+
+class RequestPlan(Model):
+    """The outcome of policy evaluation: the rule that matched and its steps."""
+
+    policy: str
+    rule: str
+    max_duration: Duration
+    steps: list[StepPlan]
+
+
+# --- a request as the workflow knows it --------------------------------------------------
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    REVOKING = "revoking"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+
+_ENDED = {
+    RequestState.EXPIRED,
+    RequestState.REVOKED,
+    RequestState.DENIED,
+    RequestState.CANCELLED,
+    RequestState.TIMED_OUT,
+    RequestState.FAILED,
+}
+
+
+class StepState(StrEnum):
+    WAITING = "waiting"
+    OPEN = "open"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+class Decision(Model):
+    approver: str
+    approved: bool
+    comment: str = ""
+    at: datetime
+
+
+class StepStatus(Model):
+    name: str
+    approvers: list[Approver]
+    quorum: int
+    eligible: list[str]
+    decisions: list[Decision] = []
+    state: StepState = StepState.WAITING
+    opened_at: datetime | None = None
+
+    @property
+    def approvals(self) -> int:
+        return sum(1 for decision in self.decisions if decision.approved)
+
+
+class ExtensionState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    LAPSED = "lapsed"
+    """The grant ended before the extension was decided."""
+
+
+class ExtensionStatus(Model):
+    duration: Duration
+    justification: str
+    requested_at: datetime
+    rule: str
+    state: ExtensionState = ExtensionState.PENDING
+    steps: list[StepStatus] = []
+
+
+class RequestStatus(Model):
+    """The whole picture of one request: what the ``status`` query and the API return."""
+
+    id: str
+    requester: str
+    role: str
+    duration: Duration
+    justification: str
+    policy: str
+    rule: str
+    state: RequestState = RequestState.PENDING
+    created_at: datetime
+    granted_at: datetime | None = None
+    expires_at: datetime | None = None
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    end_reason: str | None = None
+    steps: list[StepStatus] = []
+    extensions: list[ExtensionStatus] = []
+    revoke_error: str | None = None
+    """Set while a revoke keeps failing; Lapse keeps retrying until it succeeds."""
+
+
+# --- workflow and activity inputs ---------------------------------------------------------
+
+
+class AccessRequestInput(Model):
+    id: str
+    requester: str
+    role: str
+    duration: Duration
+    justification: str
+    plan: RequestPlan
+    approval_timeout: Duration
+    created_at: datetime
+
+
+class DecisionInput(Model):
+    actor: str
+    comment: str = ""
+
+
+class EndInput(Model):
+    """Cancel (while pending) or revoke (once granted)."""
+
+    actor: str
+    is_admin: bool = False
+    comment: str = ""
+
+
+class ExtendInput(Model):
+    actor: str
+    duration: Duration
+    justification: str = ""
+    plan: RequestPlan
+    """The policy's verdict on the grant's new total length, evaluated by the caller."""
+
+
+class AuditEntry(Model):
+    actor: str
+    action: str
+    target: str
+    reason: str = ""
+    details: dict[str, Any] = {}
+    at: datetime | None = None
+
+
+class RecordInput(Model):
+    status: RequestStatus
+    events: list[AuditEntry] = []
+
+
+class ResolveInput(Model):
+    requester: str
+    role: str
+    approvers: list[Approver]
+
+
+class GrantInput(Model):
+    request_id: str
+    requester: str
+    role: str
+    expires_at: datetime | None = None
+
+
+class GrantResult(Model):
+    account: str
+    granted_at: datetime
+    shared: bool
+    """Another active grant already covered this account and role: no new provision."""
+
+
+class RevokeInput(Model):
+    request_id: str
+    requester: str
+    role: str
+
+
+class RevokeResult(Model):
+    revoked_at: datetime
+    still_held: bool
+    """Another active grant still covers this account and role, so access stays."""

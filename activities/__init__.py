@@ -1,0 +1,1 @@
+"""Lapse's activities: all I/O — the app DB, connectors to target systems, notifications."""

@@ -1,0 +1,49 @@
+"""The FastAPI application: routers, problem details, and the Temporal client's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from access.settings import Settings, get_settings
+from starter.api import problems
+from starter.api.routes import approvals, audit, catalog, grants, requests
+from starter.temporal import connect
+
+
+def create_app(settings: Settings | None = None, *, client: Client | None = None) -> FastAPI:
+    """Build the API; tests pass their own settings and an already connected client."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings or get_settings()
+        app.state.client = client or await connect(app.state.settings)
+        yield
+
+    app = FastAPI(
+        title="Lapse",
+        summary="Just-in-time access that lapses on its own.",
+        description=(
+            "Request a role for a while, have it approved by the right people, hold it, and lose it "
+            "again when its time is up. The caller is the `X-Forwarded-Email` header set by your SSO "
+            "proxy. Errors are RFC 9457 problem details naming the field at fault."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for router in (catalog.router, requests.router, approvals.router, grants.router, audit.router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+app = create_app()
+"""For ``uvicorn starter.api.app:app``."""

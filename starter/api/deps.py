@@ -1,0 +1,51 @@
+"""Request-scoped dependencies: settings, the Temporal client, and the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from temporalio.client import Client
+
+from access import catalog
+from access.db import session_scope
+from access.settings import Settings
+from access.tables import User
+from starter.api.problems import Problem
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _client(request: Request) -> Client:
+    client: Client = request.app.state.client
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ClientDep = Annotated[Client, Depends(_client)]
+
+
+def _caller(
+    settings: SettingsDep,
+    x_forwarded_email: Annotated[
+        str | None, Header(description="The signed-in user's email, set by the SSO proxy in front of Lapse.")
+    ] = None,
+) -> User:
+    if not x_forwarded_email:
+        raise Problem(401, "not signed in: the X-Forwarded-Email header is missing", field="X-Forwarded-Email")
+    with session_scope(settings.db_url, write=False) as session:
+        user = catalog.find_user(session, x_forwarded_email)
+    if user is None or not user.active:
+        raise Problem(401, f"{x_forwarded_email} is not an active Lapse user", field="X-Forwarded-Email")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_caller)]
+
+
+def require_admin(user: User) -> None:
+    if not user.is_admin:
+        raise Problem(403, "only admins can do this")

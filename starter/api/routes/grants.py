@@ -1,0 +1,56 @@
+"""GET /api/grants: what is held, through which path, since and until when."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlmodel import col, select
+
+from access.db import session_scope
+from access.tables import Grant
+from starter.api.deps import CurrentUser, SettingsDep, require_admin
+
+router = APIRouter(prefix="/api/grants", tags=["grants"])
+
+
+class GrantOut(BaseModel):
+    role: str
+    account: str
+    user: str | None
+    path: str
+    """``jit`` (a request), ``birthright`` (a policy) or ``external`` (found in the target)."""
+    request_id: str | None
+    granted_at: datetime
+    expires_at: datetime | None
+    """``null`` for standing access."""
+
+
+@router.get("")
+def list_grants(
+    user: CurrentUser,
+    settings: SettingsDep,
+    everyone: Annotated[bool, Query(alias="all", description="Admins: everyone's grants.")] = False,
+) -> list[GrantOut]:
+    """Your active grants (all active grants for an admin with ``?all=true``), soonest expiry first."""
+    query = select(Grant).where(col(Grant.active).is_(True))
+    if everyone:
+        require_admin(user)
+    else:
+        query = query.where(Grant.user_email == user.email)
+    with session_scope(settings.db_url, write=False) as session:
+        rows = session.exec(query.order_by(col(Grant.expires_at), col(Grant.role))).all()
+    return [
+        GrantOut(
+            role=g.role,
+            account=g.account,
+            user=g.user_email,
+            path=g.path,
+            request_id=g.request_id,
+            granted_at=g.granted_at,
+            expires_at=g.expires_at,
+        )
+        for g in rows
+    ]

@@ -1,0 +1,104 @@
+"""Access requests: ask for a role, decide, give back, revoke, extend, and read their status."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlmodel import col, select
+
+from access.db import session_scope
+from access.durations import Duration
+from access.tables import AccessRequest
+from access.types import Model, RequestState, RequestStatus
+from starter import lifecycle
+from starter.api.deps import ClientDep, CurrentUser, SettingsDep
+from starter.api.problems import Problem
+
+router = APIRouter(prefix="/api/requests", tags=["requests"])
+
+
+class RequestCreate(Model):
+    role: str
+    """``integration/resource/role``, as listed by ``GET /api/catalog``."""
+    duration: Duration
+    """ISO 8601 (``PT2H``) or seconds; counted from when access is granted."""
+    justification: str = ""
+
+
+class Comment(Model):
+    comment: str = ""
+
+
+class Extension(Model):
+    duration: Duration
+    """How much longer, ISO 8601 or seconds."""
+    justification: str = ""
+
+
+@router.post("", status_code=201)
+async def create_request(body: RequestCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+    """Request a role for a while. Refused at once (4xx, nothing started) if the policy does not allow it."""
+    return await lifecycle.create_request(
+        client, settings, user, role=body.role, duration=body.duration, justification=body.justification
+    )
+
+
+@router.get("")
+def list_requests(
+    user: CurrentUser,
+    settings: SettingsDep,
+    state: Annotated[RequestState | None, Query(description="Only requests in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RequestStatus]:
+    """Your requests, newest first; admins see everyone's."""
+    query = select(AccessRequest).order_by(col(AccessRequest.created_at).desc()).limit(limit)
+    if not user.is_admin:
+        query = query.where(AccessRequest.requester == user.email)
+    if state is not None:
+        query = query.where(AccessRequest.state == state.value)
+    with session_scope(settings.db_url, write=False) as session:
+        return [RequestStatus.model_validate(row.status) for row in session.exec(query)]
+
+
+@router.get("/{request_id}")
+def get_request(request_id: str, user: CurrentUser, settings: SettingsDep) -> RequestStatus:
+    """A request's status, its steps with their eligible approvers, quorum and decisions."""
+    status = lifecycle.stored_status(settings, request_id)
+    if status is None:
+        raise Problem(404, f"there is no request {request_id!r}", field="id")
+    approvers = {p for step in status.steps for p in step.eligible}
+    approvers |= {p for ext in status.extensions for step in ext.steps for p in step.eligible}
+    if not (user.is_admin or user.email == status.requester or user.email in approvers):
+        raise Problem(403, "only the requester, its approvers and admins can see this request")
+    return status
+
+
+@router.post("/{request_id}/approve")
+async def approve(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+    return await lifecycle.decide(client, settings, user, request_id, approved=True, comment=body.comment)
+
+
+@router.post("/{request_id}/deny")
+async def deny(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+    return await lifecycle.decide(client, settings, user, request_id, approved=False, comment=body.comment)
+
+
+@router.post("/{request_id}/cancel")
+async def cancel(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+    """Withdraw a pending request (requester or admin)."""
+    return await lifecycle.end(client, settings, user, request_id, revoke=False, comment=body.comment)
+
+
+@router.post("/{request_id}/revoke")
+async def revoke(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+    """End a grant now: the requester gives it back, or an admin takes it away."""
+    return await lifecycle.end(client, settings, user, request_id, revoke=True, comment=body.comment)
+
+
+@router.post("/{request_id}/extend")
+async def extend(request_id: str, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+    """Ask for more time. Automatic where the rule needs no approval; never beyond its maximum."""
+    return await lifecycle.extend(
+        client, settings, user, request_id, duration=body.duration, justification=body.justification
+    )

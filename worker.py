@@ -1,0 +1,65 @@
+"""The Lapse worker: runs every workflow and activity on the task queue.
+
+Run it as ``python worker.py`` (``lapse run`` starts one for you); run several for more
+throughput or availability — Temporal spreads the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from access.settings import Settings, get_settings
+from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.requests import RequestActivities
+from starter.temporal import connect
+from workflows.access_request import AccessRequestWorkflow
+
+WORKFLOWS: Sequence[type] = [AccessRequestWorkflow]
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    task_queue: str | None = None,
+    connectors: Mapping[str, ConnectorFactory] = BUILT_IN,
+    executor: ThreadPoolExecutor | None = None,
+) -> Worker:
+    """A worker for Lapse's workflows and activities; tests pass their own queue and connectors."""
+    activities = RequestActivities(settings.db_url, connectors=connectors)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities.all(),
+        activity_executor=executor or ThreadPoolExecutor(max_workers=32),
+        max_concurrent_activities=32,
+        max_concurrent_local_activities=32,
+    )
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    settings = get_settings()
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    os._exit(0)  # the Temporal client can abort the interpreter at exit (sdk-python #300)

@@ -1,0 +1,1 @@
+"""Lapse's workflows: deterministic state machines; all I/O happens in ``activities``."""

@@ -1,0 +1,474 @@
+"""AccessRequestWorkflow: one request, from approval through the grant to its revoke."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from access.durations import format_duration
+    from access.types import (
+        AccessRequestInput,
+        AuditEntry,
+        Decision,
+        DecisionInput,
+        EndInput,
+        ExtendInput,
+        ExtensionState,
+        ExtensionStatus,
+        GrantInput,
+        GrantResult,
+        RecordInput,
+        RequestState,
+        RequestStatus,
+        ResolveInput,
+        RevokeInput,
+        StepState,
+        StepStatus,
+    )
+    from workflows import names
+
+PROVISION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
+REVOKE_FIRST_TRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=3)
+REVOKE_FOREVER = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5), maximum_attempts=0)
+REVOKE_PERMANENT_PAUSE = timedelta(minutes=5)
+"""After a non-retryable revoke failure, wait this long and try again: a revoke never gives up."""
+
+
+def _refused(kind: str, message: str) -> ApplicationError:
+    """Why an update was rejected; ``kind`` (Forbidden, Conflict, Invalid) maps to an HTTP status."""
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error) or type(error).__name__
+
+
+@workflow.defn
+class AccessRequestWorkflow:
+    """Waits for approvals, provisions, holds the grant until it expires or is revoked, revokes.
+
+    The workflow is the source of truth for a request; every state change is written to the
+    app DB and the audit log by a local activity and mirrored in search attributes.
+    """
+
+    @workflow.init
+    def __init__(self, input: AccessRequestInput) -> None:
+        self._input = input
+        self._status = RequestStatus(
+            id=input.id,
+            requester=input.requester,
+            role=input.role,
+            duration=input.duration,
+            justification=input.justification,
+            policy=input.plan.policy,
+            rule=input.plan.rule,
+            created_at=input.created_at,
+            steps=[
+                StepStatus(name=s.name, approvers=s.approvers, quorum=s.quorum, eligible=s.eligible)
+                for s in input.plan.steps
+            ],
+        )
+        self._recorded = False
+        self._approval: RequestState | None = None
+        """Outcome of the first approval round: approved (ACTIVE), DENIED or FAILED."""
+        self._failure = ""
+        self._ending: EndInput | None = None
+        self._wake = False
+        self._carry: list[AuditEntry] = []
+        """Audit events of a decision that ended the approval round, recorded by the next transition."""
+
+    # --- the lifecycle ---------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: AccessRequestInput) -> RequestStatus:
+        status = self._status
+        events = [
+            self._audit(
+                input.requester,
+                "request.created",
+                reason=input.justification,
+                rule=input.plan.rule,
+                duration=format_duration(input.duration),
+            )
+        ]
+        if status.steps:
+            events.append(self._open(status.steps[0]))
+        else:
+            events.append(self._audit("lapse", "request.approved", reason=f"rule {input.plan.rule!r} needs no approval"))
+        await self._record(events)
+        self._recorded = True
+
+        if status.steps:
+            outcome = await self._await_approval()
+            if outcome is not RequestState.ACTIVE:
+                return await self._finish(outcome)
+
+        await self._transition(RequestState.PROVISIONING)
+        try:
+            grant = await workflow.execute_activity(
+                names.PROVISION_GRANT,
+                GrantInput(request_id=input.id, requester=input.requester, role=input.role),
+                result_type=GrantResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=PROVISION_RETRY,
+            )
+        except ActivityError as error:
+            self._failure = f"provisioning failed: {_cause(error)}"
+            return await self._finish(RequestState.FAILED)
+
+        status.granted_at = grant.granted_at
+        status.expires_at = grant.granted_at + input.duration
+        detail = {"account": grant.account, "expires_at": status.expires_at.isoformat(), "shared": grant.shared}
+        await self._transition(RequestState.ACTIVE, [self._audit("lapse", "grant.provisioned", **detail)])
+
+        await self._hold()
+        await self._revoke()
+        ending = self._ending
+        return await self._finish(RequestState.REVOKED if ending else RequestState.EXPIRED)
+
+    async def _await_approval(self) -> RequestState:
+        """Wait for the approval round to end; each step has ``approval_timeout`` to be decided."""
+        while self._approval is None and self._ending is None:
+            step = next(s for s in self._status.steps if s.state is StepState.OPEN)
+            assert step.opened_at is not None
+            remaining = step.opened_at + self._input.approval_timeout - workflow.now()
+            try:
+                await workflow.wait_condition(
+                    lambda step=step: self._approval is not None  # type: ignore[misc]
+                    or self._ending is not None
+                    or step.state is not StepState.OPEN,
+                    timeout=max(remaining, timedelta(0)),
+                )
+            except asyncio.TimeoutError:
+                step.state = StepState.EXPIRED
+                self._failure = f"no decision on step {step.name!r} within {format_duration(self._input.approval_timeout)}"
+                return RequestState.TIMED_OUT
+        if self._ending is not None:
+            return RequestState.CANCELLED
+        assert self._approval is not None
+        return self._approval
+
+    async def _hold(self) -> None:
+        """Sleep until the grant expires; revoke and extensions wake it early."""
+        while self._ending is None:
+            assert self._status.expires_at is not None
+            remaining = self._status.expires_at - workflow.now()
+            if remaining <= timedelta(0):
+                return
+            self._wake = False
+            try:
+                await workflow.wait_condition(lambda: self._wake or self._ending is not None, timeout=remaining)
+            except asyncio.TimeoutError:
+                return
+
+    async def _revoke(self) -> None:
+        """Revoke until it succeeds. Failures are made visible, never final."""
+        retry = REVOKE_FIRST_TRY
+        request = RevokeInput(request_id=self._input.id, requester=self._input.requester, role=self._input.role)
+        while True:
+            try:
+                await workflow.execute_activity(
+                    names.REVOKE_GRANT, request, start_to_close_timeout=timedelta(minutes=2), retry_policy=retry
+                )
+                return
+            except ActivityError as error:
+                reason = _cause(error)
+                if self._status.revoke_error is None:
+                    self._status.revoke_error = reason
+                    await self._transition(
+                        RequestState.REVOKING, [self._audit("lapse", "grant.revoke_failing", reason=reason)]
+                    )
+                retry = REVOKE_FOREVER
+                if isinstance(error.cause, ApplicationError) and error.cause.non_retryable:
+                    await workflow.sleep(REVOKE_PERMANENT_PAUSE)
+
+    async def _finish(self, state: RequestState) -> RequestStatus:
+        status = self._status
+        status.ended_at = workflow.now()
+        for extension in status.extensions:
+            if extension.state is ExtensionState.PENDING:
+                extension.state = ExtensionState.LAPSED
+        ending = self._ending
+        by, comment = (ending.actor, ending.comment) if ending else ("lapse", "")
+        endings = {
+            RequestState.EXPIRED: ("lapse", "grant.expired", "its time was up"),
+            RequestState.REVOKED: (by, "grant.revoked", comment),
+            RequestState.CANCELLED: (by, "request.cancelled", comment),
+            RequestState.DENIED: self._denial(),
+            RequestState.TIMED_OUT: ("lapse", "request.timed_out", self._failure),
+            RequestState.FAILED: ("lapse", "request.failed", self._failure),
+        }
+        actor, action, reason = endings[state]
+        status.ended_by = actor
+        status.end_reason = reason
+        status.revoke_error = None
+        # A denial's own decision event (already carried) is the transition's audit event.
+        events = [] if state is RequestState.DENIED else [self._audit(actor, action, reason=reason)]
+        await self._transition(state, events)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return status
+
+    # --- messages --------------------------------------------------------------------------
+
+    @workflow.update
+    async def submit(self) -> RequestStatus:
+        """Sent with the start (update-with-start): returns once the request is recorded."""
+        await workflow.wait_condition(lambda: self._recorded)
+        return self._status
+
+    @workflow.query
+    def status(self) -> RequestStatus:
+        return self._status
+
+    @workflow.update
+    async def approve(self, input: DecisionInput) -> RequestStatus:
+        await self._decide(input, approved=True)
+        return self._status
+
+    @approve.validator
+    def _validate_approve(self, input: DecisionInput) -> None:
+        self._check_decision(input)
+
+    @workflow.update
+    async def deny(self, input: DecisionInput) -> RequestStatus:
+        await self._decide(input, approved=False)
+        return self._status
+
+    @deny.validator
+    def _validate_deny(self, input: DecisionInput) -> None:
+        self._check_decision(input)
+
+    @workflow.update
+    async def cancel(self, input: EndInput) -> RequestStatus:
+        self._check_cancel(input)
+        self._ending = input
+        await workflow.wait_condition(lambda: self._status.state.ended)
+        return self._status
+
+    @cancel.validator
+    def _validate_cancel(self, input: EndInput) -> None:
+        self._check_cancel(input)
+
+    @workflow.update
+    async def revoke(self, input: EndInput) -> RequestStatus:
+        self._check_revoke(input)
+        self._ending = input
+        await workflow.wait_condition(lambda: self._status.state.ended)
+        return self._status
+
+    @revoke.validator
+    def _validate_revoke(self, input: EndInput) -> None:
+        self._check_revoke(input)
+
+    @workflow.update
+    async def extend(self, input: ExtendInput) -> RequestStatus:
+        self._check_extend(input)
+        status = self._status
+        extension = ExtensionStatus(
+            duration=input.duration,
+            justification=input.justification,
+            requested_at=workflow.now(),
+            rule=input.plan.rule,
+            steps=[
+                StepStatus(name=s.name, approvers=s.approvers, quorum=s.quorum, eligible=s.eligible)
+                for s in input.plan.steps
+            ],
+        )
+        status.extensions.append(extension)
+        events = [
+            self._audit(
+                input.actor, "extension.requested", reason=input.justification, duration=format_duration(input.duration)
+            )
+        ]
+        if extension.steps:
+            events.append(self._open(extension.steps[0]))
+            await self._record(events)
+        else:
+            events.append(self._apply_extension(extension, f"rule {input.plan.rule!r} needs no approval"))
+            await self._transition(status.state, events)
+        return status
+
+    @extend.validator
+    def _validate_extend(self, input: ExtendInput) -> None:
+        self._check_extend(input)
+
+    # --- validation (validators reject without a trace in history; the API audits that) ---
+
+    def _round(self) -> list[StepStatus] | None:
+        """The steps being decided now: the request's own, or a pending extension's."""
+        status = self._status
+        if status.state is RequestState.PENDING and self._approval is None and self._ending is None:
+            return status.steps
+        if status.state is RequestState.ACTIVE and status.extensions and self._ending is None:
+            extension = status.extensions[-1]
+            if extension.state is ExtensionState.PENDING:
+                return extension.steps
+        return None
+
+    def _check_decision(self, input: DecisionInput) -> None:
+        steps = self._round()
+        step = next((s for s in steps or [] if s.state is StepState.OPEN), None)
+        if step is None:
+            raise _refused("Conflict", f"request {self._input.id} is {self._status.state.value}: nothing is awaiting a decision")
+        if input.actor == self._input.requester:
+            raise _refused("Forbidden", "you cannot decide your own request")
+        if input.actor not in step.eligible:
+            raise _refused(
+                "Forbidden",
+                f"{input.actor} is not an eligible approver for step {step.name!r} "
+                f"(eligible: {', '.join(step.eligible)})"
+            )
+        if any(d.approver == input.actor for d in step.decisions):
+            raise _refused("Conflict", f"{input.actor} has already decided step {step.name!r}")
+
+    def _check_cancel(self, input: EndInput) -> None:
+        if input.actor != self._input.requester and not input.is_admin:
+            raise _refused("Forbidden", "only the requester or an admin can cancel a request")
+        if self._status.state is not RequestState.PENDING or self._ending is not None:
+            raise _refused("Conflict", f"request {self._input.id} is {self._status.state.value}: only a pending request can be cancelled")
+
+    def _check_revoke(self, input: EndInput) -> None:
+        if input.actor != self._input.requester and not input.is_admin:
+            raise _refused("Forbidden", "only the requester or an admin can revoke a grant")
+        if self._status.state not in (RequestState.PROVISIONING, RequestState.ACTIVE) or self._ending is not None:
+            raise _refused("Conflict", f"request {self._input.id} is {self._status.state.value}: only a granted request can be revoked")
+
+    def _check_extend(self, input: ExtendInput) -> None:
+        status = self._status
+        if input.actor != self._input.requester:
+            raise _refused("Forbidden", "only the requester can extend their grant")
+        if status.state is not RequestState.ACTIVE or self._ending is not None:
+            raise _refused("Conflict", f"request {self._input.id} is {status.state.value}: only an active grant can be extended")
+        if status.extensions and status.extensions[-1].state is ExtensionState.PENDING:
+            raise _refused("Conflict", "an extension of this grant is already awaiting approval")
+        if input.duration <= timedelta(0):
+            raise _refused("Invalid", "the extension must be longer than zero")
+        assert status.granted_at is not None and status.expires_at is not None
+        total = status.expires_at + input.duration - status.granted_at
+        if total > input.plan.max_duration:
+            raise _refused(
+                "Invalid",
+                f"extending by {format_duration(input.duration)} makes the grant {format_duration(total)} long, "
+                f"beyond the {format_duration(input.plan.max_duration)} rule {input.plan.rule!r} allows"
+            )
+
+    # --- decisions -------------------------------------------------------------------------
+
+    async def _decide(self, input: DecisionInput, *, approved: bool) -> None:
+        self._check_decision(input)  # again: another update may have run since validation
+        steps = self._round()
+        assert steps is not None
+        index, step = next((i, s) for i, s in enumerate(steps) if s.state is StepState.OPEN)
+        step.decisions.append(Decision(approver=input.actor, approved=approved, comment=input.comment, at=workflow.now()))
+        is_extension = steps is not self._status.steps
+        kind = "extension" if is_extension else "request"
+        events = [
+            self._audit(
+                input.actor,
+                f"{kind}.{'approved' if approved else 'denied'}",
+                reason=input.comment,
+                step=step.name,
+                approvals=f"{step.approvals}/{step.quorum}",
+            )
+        ]
+        outcome: RequestState | None = None
+        if not approved:
+            step.state = StepState.DENIED
+            outcome = RequestState.DENIED
+        elif step.approvals >= step.quorum:
+            step.state = StepState.APPROVED
+            if index + 1 == len(steps):
+                outcome = RequestState.ACTIVE
+            else:
+                following = steps[index + 1]
+                following.eligible = await workflow.execute_local_activity(
+                    names.RESOLVE_APPROVERS,
+                    ResolveInput(requester=self._input.requester, role=self._input.role, approvers=following.approvers),
+                    result_type=list[str],
+                    start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
+                )
+                if len(following.eligible) < following.quorum:
+                    self._failure = (
+                        f"step {following.name!r} needs {following.quorum} approval(s) "
+                        f"but only {len(following.eligible)} eligible approver(s) remain"
+                    )
+                    outcome = RequestState.FAILED
+                else:
+                    events.append(self._open(following))
+
+        if is_extension:
+            extension = self._status.extensions[-1]
+            if outcome is RequestState.ACTIVE:
+                events.append(self._apply_extension(extension, "approved"))
+                await self._transition(self._status.state, events)
+                return
+            if outcome is not None:
+                extension.state = ExtensionState.DENIED
+                events.append(self._audit("lapse", "extension.refused", reason=self._failure or "denied"))
+        elif outcome is not None:
+            # The round is over: the run's next transition records these with its own state.
+            if outcome is RequestState.ACTIVE:
+                events.append(self._audit("lapse", "request.approved", reason="all steps approved"))
+            self._carry.extend(events)
+            self._approval = outcome
+            # Answer with the state the decision led to (provisioning, denied, failed).
+            await workflow.wait_condition(lambda: self._status.state is not RequestState.PENDING)
+            return
+        await self._record(events)
+
+    def _apply_extension(self, extension: ExtensionStatus, reason: str) -> AuditEntry:
+        assert self._status.expires_at is not None
+        extension.state = ExtensionState.APPROVED
+        self._status.expires_at += extension.duration
+        self._wake = True
+        return self._audit("lapse", "grant.extended", reason=reason, expires_at=self._status.expires_at.isoformat())
+
+    def _denial(self) -> tuple[str, str, str]:
+        """Who denied the request, and why: the ending of a denied request."""
+        for step in self._status.steps:
+            for decision in step.decisions:
+                if not decision.approved:
+                    return decision.approver, "request.denied", decision.comment
+        return "lapse", "request.denied", ""
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _open(self, step: StepStatus) -> AuditEntry:
+        step.state = StepState.OPEN
+        step.opened_at = workflow.now()
+        return self._audit("lapse", "step.opened", step=step.name, eligible=step.eligible, quorum=step.quorum)
+
+    def _audit(self, actor: str, action: str, *, reason: str = "", **details: object) -> AuditEntry:
+        return AuditEntry(
+            actor=actor,
+            action=action,
+            target=names.request_workflow_id(self._input.id),
+            reason=reason,
+            details={"role": self._input.role, **details},
+            at=workflow.now(),
+        )
+
+    async def _record(self, events: list[AuditEntry]) -> None:
+        events, self._carry = self._carry + events, []
+        await workflow.execute_local_activity(
+            names.RECORD_REQUEST,
+            RecordInput(status=self._status.model_copy(deep=True), events=events),
+            start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
+        )
+
+    async def _transition(self, state: RequestState, events: list[AuditEntry] | None = None) -> None:
+        """Enter ``state``: mirror it in search attributes, then record status and audit."""
+        self._status.state = state
+        updates = [names.STATE.value_set(state.value)]
+        if self._status.expires_at is not None:
+            updates.append(names.EXPIRES_AT.value_set(self._status.expires_at))
+        workflow.upsert_search_attributes(updates)
+        await self._record(events or [])
+

@@ -1,0 +1,41 @@
+"""Names shared by workflows, worker and starter: task queue, ids, activities, search attributes."""
+
+from datetime import timedelta
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+
+TASK_QUEUE = "lapse"
+
+REQUESTER = SearchAttributeKey.for_keyword("LapseRequester")
+RESOURCE = SearchAttributeKey.for_keyword("LapseResource")
+ROLE = SearchAttributeKey.for_keyword("LapseRole")
+STATE = SearchAttributeKey.for_keyword("LapseState")
+EXPIRES_AT = SearchAttributeKey.for_datetime("LapseExpiresAt")
+
+SEARCH_ATTRIBUTES = [(k.name, "Keyword") for k in (REQUESTER, RESOURCE, ROLE, STATE)] + [(EXPIRES_AT.name, "Datetime")]
+"""Registered on the dev server at start (``--search-attribute Name=Type``)."""
+
+# Activities are called by name so that workflow code never imports their modules
+# (which use the database).
+RECORD_REQUEST = "record_request"
+RESOLVE_APPROVERS = "resolve_approvers"
+PROVISION_GRANT = "provision_grant"
+REVOKE_GRANT = "revoke_grant"
+
+BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
+
+
+def request_workflow_id(request_id: str) -> str:
+    return f"access-request-{request_id}"
+
+
+def start_search_attributes(requester: str, role: str) -> TypedSearchAttributes:
+    """What a request's run is filed under from its start: who, which resource and role, pending."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(REQUESTER, requester),
+            SearchAttributePair(RESOURCE, role.rsplit("/", 1)[0]),
+            SearchAttributePair(ROLE, role),
+            SearchAttributePair(STATE, "pending"),
+        ]
+    )
