@@ -327,6 +327,8 @@ class AccessRequestWorkflow:
             )
         if any(d.approver == input.actor for d in step.decisions):
             raise _refused("Conflict", f"{input.actor} has already decided step {step.name!r}")
+        if step.approvals >= step.quorum:
+            raise _refused("Conflict", f"step {step.name!r} already has the approvals it needs")
 
     def _check_cancel(self, input: EndInput) -> None:
         if input.actor != self._input.requester and not input.is_admin:
@@ -383,10 +385,11 @@ class AccessRequestWorkflow:
             step.state = StepState.DENIED
             outcome = RequestState.DENIED
         elif step.approvals >= step.quorum:
-            step.state = StepState.APPROVED
             if index + 1 == len(steps):
+                step.state = StepState.APPROVED
                 outcome = RequestState.ACTIVE
             else:
+                # Resolve before changing any state, so no moment has no open step.
                 following = steps[index + 1]
                 following.eligible = await workflow.execute_local_activity(
                     names.RESOLVE_APPROVERS,
@@ -394,6 +397,7 @@ class AccessRequestWorkflow:
                     result_type=list[str],
                     start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
                 )
+                step.state = StepState.APPROVED
                 if len(following.eligible) < following.quorum:
                     self._failure = (
                         f"step {following.name!r} needs {following.quorum} approval(s) "

