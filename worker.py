@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -43,6 +44,9 @@ def build_worker(
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
         max_concurrent_local_activities=32,
+        # A worker that died leaves its sticky queue unpolled; hand its tasks to the others
+        # after a second (the least the server takes), not the default ten, so an expiry is revoked on time after a crash.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
     )
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -48,10 +49,12 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
-def _wait(check: object, what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+def _wait(
+    check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(check) and check():
+        if check():
             return
         if process is not None and process.poll() is not None:
             raise SystemExit(f"{what} exited with code {process.returncode}; see the logs in the data directory")
@@ -95,10 +98,14 @@ def run_stack(settings: Settings) -> None:
     env = {**os.environ, "LAPSE_DATA_DIR": str(settings.data_dir.resolve())}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
+    commands: dict[str, list[str]] = {}
+
     def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
         log = (logs / f"{name}.log").open("ab")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        children.append((name, process))
+        (logs / f"{name}.pid").write_text(str(process.pid))
+        commands[name] = command
+        children[:] = [(n, p) for n, p in children if n != name] + [(name, process)]
         return process
 
     stopping = False
@@ -139,11 +146,12 @@ def run_stack(settings: Settings) -> None:
             flush=True,
         )
         while not stopping:
-            for name, process in children:
-                if process.poll() is not None:
-                    print(f"{name} exited with code {process.returncode}; stopping", flush=True)
-                    stopping = True
-            time.sleep(0.3)
+            for name, process in list(children):
+                if process.poll() is not None and not stopping:
+                    # Temporal keeps every request's state: a restarted process picks up where it was.
+                    print(f"{name} exited with code {process.returncode}; restarting it", flush=True)
+                    start(name, commands[name])
+            time.sleep(0.2)
     finally:
         print("stopping…", flush=True)
         for _name, process in reversed(children):
