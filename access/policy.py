@@ -116,7 +116,8 @@ def evaluate_policy(
         None,
     )
     if rule is None or duration > rule.max_duration:
-        longest = max(_longest(r) for r in candidates)
+        # The limit that applies: the matching rule's, or the longest any rule would allow.
+        longest = rule.max_duration if rule is not None else max(_longest(r) for r in candidates)
         raise InvalidRequest(
             "duration",
             f"{format_duration(duration)} is longer than the {format_duration(longest)} "
@@ -146,7 +147,7 @@ def _why_unapprovable(
 ) -> str:
     named = " or ".join(a.describe() for a in approvers)
     everyone = {p for a in approvers for p in approvers_of(a, context)}
-    if context.requester.email in everyone and len(everyone) <= quorum:
+    if everyone == {context.requester.email}:
         why = "you are the only eligible approver and cannot approve your own request"
     elif not everyone:
         why = "nobody is eligible"

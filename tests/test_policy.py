@@ -260,9 +260,7 @@ def test_a_duration_past_a_duration_at_most_rule_is_accepted_under_a_later_longe
         (CRITICAL, "ledger/prod-db/admin", timedelta(hours=2, minutes=1), "PT2H"),
     ],
 )
-def test_a_duration_over_the_rules_max_is_refused(
-    policy: ApprovalPolicy, role: str, duration: timedelta, limit: str
-):
+def test_a_duration_over_the_rules_max_is_refused(policy: ApprovalPolicy, role: str, duration: timedelta, limit: str):
     with pytest.raises(InvalidRequest) as refused:
         evaluate(policy, context(GRACE, role), duration=duration)
 
@@ -404,7 +402,7 @@ def test_a_step_with_exactly_its_quorum_of_eligible_approvers_is_accepted():
 
 
 def test_a_step_with_fewer_eligible_approvers_than_its_quorum_is_refused():
-    # Only Frances owns the role and only Ada is in security: one short of two for Grace's request.
+    # Frances is the only owner and the only member of security: one short of two for Grace's request.
     ctx = context(GRACE, "ledger/prod-db/admin", owners=[FRANCES], group_members={"security": [FRANCES]})
     with pytest.raises(NoEligibleApprovers) as refused:
         evaluate(CRITICAL, ctx)

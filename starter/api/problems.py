@@ -32,6 +32,14 @@ def problem_response(status: int, detail: str, *, field: str | None = None, **ex
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+def _field(location: Any) -> str:
+    """``("body", "duration")`` → ``duration``; ``("query", "state")`` → ``state``."""
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, error: Problem) -> JSONResponse:
@@ -39,9 +47,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in error.errors()
-        ]
+        errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in error.errors()]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         return problem_response(
             422, f"{first['field'] or 'body'}: {first['message']}", field=first["field"] or None, errors=errors

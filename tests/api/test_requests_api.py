@@ -1,0 +1,141 @@
+"""The API's contract: who may call it, what it refuses and how it says so."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from access.db import session_scope
+from access.settings import Settings
+from tests.conftest import Api
+
+DEPLOY = "ledger/payments-api/deploy"
+
+
+def _problem(response, status: int, field: str | None = None) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    if field is not None:
+        assert body.get("field") == field, body
+    return str(body["detail"])
+
+
+async def test_caller_must_be_a_known_active_user(api: Api) -> None:
+    _problem(await api.call(None, "GET", "/api/requests"), 401, "X-Forwarded-Email")
+    detail = _problem(await api.call("mallory@example.com", "GET", "/api/requests"), 401, "X-Forwarded-Email")
+    assert "mallory@example.com" in detail
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "says"),
+    [
+        ({"role": "ledger/nope/x", "duration": "PT1H", "justification": "x"}, 404, "role", "no role"),
+        ({"role": DEPLOY, "duration": "2 hours", "justification": "x"}, 422, "duration", "ISO 8601"),
+        ({"role": DEPLOY, "duration": 0, "justification": "x"}, 422, "duration", "longer than zero"),
+        ({"role": DEPLOY, "duration": "-PT1H", "justification": "x"}, 422, "duration", "longer than zero"),
+        ({"role": DEPLOY, "duration": "P2D", "justification": "x"}, 422, "duration", "longer than the P1D"),
+        ({"role": DEPLOY, "duration": "PT1H", "justification": "  "}, 422, "justification", "requires a justification"),
+        ({"role": DEPLOY, "duration": "PT1H"}, 422, "justification", "requires a justification"),
+        ({"role": "people/hr-system/admin", "duration": "PT1H", "justification": "x"}, 403, "role", "no approval workflow"),
+        ({"role": DEPLOY, "duration": "PT1H", "justification": "x", "extra": 1}, 422, "extra", None),
+        ({"duration": "PT1H", "justification": "x"}, 422, "role", None),
+    ],
+)
+async def test_bad_requests_are_refused_before_anything_starts(
+    api: Api, settings: Settings, body, status, field, says, audit
+) -> None:
+    detail = _problem(await api.call("alan@example.com", "POST", "/api/requests", body), status, field)
+    if says:
+        assert says in detail
+    assert await api.ok("alan@example.com", "GET", "/api/requests") == []
+    with session_scope(settings.db_url, write=False) as session:
+        assert session.execute(text("select count(*) from accessrequest")).scalar() == 0
+
+
+async def test_policy_refusals_are_audited(api: Api, audit) -> None:
+    await api.call("alan@example.com", "POST", "/api/requests", {"role": DEPLOY, "duration": "P2D", "justification": "x"})
+    events = audit(DEPLOY)
+    assert [(e.actor, e.action) for e in events] == [("alan@example.com", "request.create.refused")]
+    assert "P1D" in events[0].reason
+
+
+async def test_requester_who_is_the_only_eligible_approver_is_told_at_creation(api: Api) -> None:
+    # frances is the only owner of prod-db/write, so its owner step could never be decided
+    response = await api.call(
+        "frances@example.com", "POST", "/api/requests", {"role": "ledger/prod-db/write", "duration": "PT1H", "justification": "x"}
+    )
+    detail = _problem(response, 422, "role")
+    assert "only eligible approver" in detail
+
+
+async def test_request_is_visible_to_requester_approvers_and_admins_only(api: Api) -> None:
+    created = await api.request("alan@example.com", DEPLOY)
+    for user in ("alan@example.com", "linus@example.com", "ada@example.com"):
+        assert (await api.ok(user, "GET", f"/api/requests/{created['id']}"))["id"] == created["id"]
+    _problem(await api.call("ken@example.com", "GET", f"/api/requests/{created['id']}"), 403)
+    _problem(await api.call("ken@example.com", "GET", "/api/requests/doesnotexist"), 404, "id")
+    _problem(await api.call("linus@example.com", "POST", "/api/requests/doesnotexist/approve", {}), 404, "id")
+    assert await api.ok("ken@example.com", "GET", "/api/requests") == []
+    assert [r["id"] for r in await api.ok("ada@example.com", "GET", "/api/requests")] == [created["id"]]
+    assert [r["id"] for r in await api.ok("ada@example.com", "GET", "/api/requests", state="pending")] == [created["id"]]
+    assert await api.ok("ada@example.com", "GET", "/api/requests", state="active") == []
+    _problem(await api.call("ada@example.com", "GET", "/api/requests", state="bogus"), 422, "state")
+
+
+async def test_catalog_shows_what_the_caller_can_request_and_who_approves(api: Api) -> None:
+    entries = {e["role"]: e for e in await api.ok("alan@example.com", "GET", "/api/catalog")}
+    assert "people/hr-system/admin" not in entries  # no approval workflow assigned
+    assert entries["ledger/prod-db/read"]["options"] == [
+        {"rule": "quick look", "up_to": "PT1H", "approval": ["automatic"]},
+        {"rule": "longer read", "up_to": "PT8H", "approval": ["1 of manager"]},
+    ]
+    # alan is on call, so the on-call rule comes first for him; ken is not
+    assert entries["ledger/prod-db/write"]["options"][0]["rule"] == "on-call"
+    kens = {e["role"]: e for e in await api.ok("ken@example.com", "GET", "/api/catalog")}
+    assert [o["rule"] for o in kens["ledger/prod-db/write"]["options"]] == ["manager then owner"]
+
+
+async def test_everyones_grants_are_for_admins(api: Api) -> None:
+    _problem(await api.call("alan@example.com", "GET", "/api/grants", all="true"), 403)
+    assert await api.ok("ada@example.com", "GET", "/api/grants", all="true") == []
+    _problem(await api.call("alan@example.com", "GET", "/api/audit"), 403)
+
+
+async def test_audit_log_detects_an_edited_event(api: Api, settings: Settings) -> None:
+    await api.request("alan@example.com", DEPLOY)
+    check = await api.ok("ada@example.com", "GET", "/api/audit/verify")
+    assert check["intact"] is True and check["events"] >= 2
+
+    with session_scope(settings.db_url) as session:
+        session.execute(text("update auditevent set reason = 'nothing to see' where id = 1"))
+    check = await api.ok("ada@example.com", "GET", "/api/audit/verify")
+    assert check == {"intact": False, "events": check["events"], "first_altered": 1}
+
+
+async def test_audit_log_detects_a_deleted_event(api: Api, settings: Settings) -> None:
+    await api.request("alan@example.com", DEPLOY)
+    with session_scope(settings.db_url) as session:
+        session.execute(text("delete from auditevent where id = 1"))
+    check = await api.ok("ada@example.com", "GET", "/api/audit/verify")
+    assert check["intact"] is False
+
+
+async def test_openapi_documents_every_route(api: Api) -> None:
+    spec = (await api.http.get("/openapi.json")).json()
+    paths = set(spec["paths"])
+    for path in (
+        "/api/catalog",
+        "/api/requests",
+        "/api/requests/{request_id}",
+        "/api/requests/{request_id}/approve",
+        "/api/requests/{request_id}/deny",
+        "/api/requests/{request_id}/cancel",
+        "/api/requests/{request_id}/revoke",
+        "/api/requests/{request_id}/extend",
+        "/api/approvals",
+        "/api/grants",
+        "/api/audit",
+    ):
+        assert path in paths
