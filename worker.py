@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from access.settings import Settings, get_settings
 from activities.connectors import BUILT_IN, ConnectorFactory
@@ -40,12 +41,17 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
+        # Our domain models and pydantic are deterministic to import: share them with the
+        # sandbox instead of re-importing them for every workflow run.
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
+        ),
         activities=activities.all(),
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
         max_concurrent_local_activities=32,
-        # A worker that died leaves its sticky queue unpolled; hand its tasks to the others
-        # after a second (the least the server takes), not the default ten, so an expiry is revoked on time after a crash.
+        # A worker that died leaves its sticky queue unpolled; hand its tasks to the others after
+        # a second (the least the server takes), not the default ten, so expiries stay on time.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
     )
 

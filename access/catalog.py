@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from access.types import ApprovalPolicy, ApproverKind, PolicyContext, Requester, RoleFacts
 from access.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
@@ -15,6 +14,7 @@ from access.tables import (
     RoleOwner,
     User,
 )
+from access.types import ApprovalPolicy, ApproverKind, PolicyContext, Requester, RoleFacts
 
 
 def find_user(session: Session, email: str) -> User | None:
@@ -26,9 +26,7 @@ def find_role(session: Session, path: str) -> Role | None:
 
 
 def groups_of(session: Session, user: User) -> list[str]:
-    rows = session.exec(
-        select(Group.name).join(Membership).where(Membership.user_id == user.id).order_by(Group.name)
-    )
+    rows = session.exec(select(Group.name).join(Membership).where(Membership.user_id == user.id).order_by(Group.name))
     return list(rows)
 
 
@@ -77,9 +75,7 @@ def policy_for(session: Session, role: Role) -> ApprovalPolicy | None:
     return ApprovalPolicy(name=workflow.name, description=workflow.description, rules=workflow.rules)  # type: ignore[arg-type]
 
 
-def policy_context(
-    session: Session, requester: User, role: Role, policy: ApprovalPolicy | None
-) -> PolicyContext:
+def policy_context(session: Session, requester: User, role: Role, policy: ApprovalPolicy | None) -> PolicyContext:
     """Everything ``evaluate_policy`` needs to know about this requester and role, as of now."""
     manager = find_user(session, requester.manager_email) if requester.manager_email else None
     named_groups = {

@@ -11,7 +11,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import event as sa_event
 from sqlmodel import Session, col, select
 
 from access.tables import AuditEvent
@@ -34,7 +35,7 @@ def engine_for(url: str, *, writer: bool = True) -> Engine:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
-    @event.listens_for(engine, "connect")
+    @sa_event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
@@ -43,7 +44,7 @@ def engine_for(url: str, *, writer: bool = True) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
+    @sa_event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
@@ -70,9 +71,7 @@ def lock(session: Session, *keys: str) -> None:
     """Serialise writers on a key until the transaction ends (a no-op beyond SQLite's lock)."""
     if session.get_bind().dialect.name == "postgresql":
         digest = hashlib.blake2b("\x00".join(keys).encode(), digest_size=8).digest()
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(digest, "big", signed=True)}
-        )
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(digest, "big", signed=True)})
 
 
 def migrate(url: str) -> None:

@@ -24,18 +24,14 @@ def parse_duration(value: Any) -> timedelta:
         if text.lstrip("-").replace(".", "", 1).isdigit():
             return timedelta(seconds=float(text))
         if not text.upper().startswith(("P", "-P")):
-            raise ValueError(
-                f"{value!r} is not a duration: use ISO 8601 such as PT2H, or a number of seconds"
-            )
+            raise ValueError(f"{value!r} is not a duration: use ISO 8601 such as PT2H, or a number of seconds")
         value = text.upper()
     if isinstance(value, int | float):
         return timedelta(seconds=value)
     try:
         return _TIMEDELTA.validate_python(value)
     except Exception as error:  # pydantic's message names its internals; ours names the input
-        raise ValueError(
-            f"{value!r} is not a duration: use ISO 8601 such as PT2H, or a number of seconds"
-        ) from error
+        raise ValueError(f"{value!r} is not a duration: use ISO 8601 such as PT2H, or a number of seconds") from error
 
 
 def format_duration(value: timedelta) -> str:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import yaml
 from pydantic import Field, ValidationError
-from sqlmodel import Session, delete, select
+from sqlmodel import Session, col, delete, select
 
 from access.tables import (
     ApprovalAssignment,
@@ -168,7 +168,7 @@ def load_org(session: Session, org: OrgFile) -> None:
         )
     for entry in org.users:
         user = users[entry.email.lower()]
-        session.exec(delete(Membership).where(Membership.user_id == user.id))  # type: ignore[call-overload]
+        session.exec(delete(Membership).where(col(Membership.user_id) == user.id))
         for group in entry.groups:
             session.add(Membership(user_id=user.id, group_id=groups[group].id))  # type: ignore[arg-type]
     scope_ids: dict[str, tuple[int, int | None, int | None]] = {}
@@ -180,20 +180,23 @@ def load_org(session: Session, org: OrgFile) -> None:
         scope_ids[integ.name] = (integration.id, None, None)
         for res in integ.resources:
             resource = _upsert(
-                session, Resource, {"integration_id": integration.id, "name": res.name}, {"description": res.description}
+                session,
+                Resource,
+                {"integration_id": integration.id, "name": res.name},
+                {"description": res.description},
             )
             scope_ids[f"{integ.name}/{res.name}"] = (integration.id, resource.id, None)
-            for entry in res.roles:
-                path = f"{integ.name}/{res.name}/{entry.name}"
+            for role_entry in res.roles:
+                path = f"{integ.name}/{res.name}/{role_entry.name}"
                 role = _upsert(
                     session,
                     Role,
-                    {"resource_id": resource.id, "name": entry.name},
-                    {"path": path, "description": entry.description, "sensitivity": entry.sensitivity.value},
+                    {"resource_id": resource.id, "name": role_entry.name},
+                    {"path": path, "description": role_entry.description, "sensitivity": role_entry.sensitivity.value},
                 )
                 scope_ids[path] = (integration.id, resource.id, role.id)
-                session.exec(delete(RoleOwner).where(RoleOwner.role_id == role.id))  # type: ignore[call-overload]
-                for owner in entry.owners:
+                session.exec(delete(RoleOwner).where(col(RoleOwner.role_id) == role.id))
+                for owner in role_entry.owners:
                     session.add(RoleOwner(role_id=role.id, user_id=users[owner.lower()].id))  # type: ignore[arg-type]
     workflows = {
         w.name: _upsert(

@@ -120,8 +120,7 @@ def evaluate_policy(
         longest = rule.max_duration if rule is not None else max(_longest(r) for r in candidates)
         raise InvalidRequest(
             "duration",
-            f"{format_duration(duration)} is longer than the {format_duration(longest)} "
-            f"you may hold {role}",
+            f"{format_duration(duration)} is longer than the {format_duration(longest)} you may hold {role}",
         )
     if rule.justification and not justification.strip():
         raise InvalidRequest("justification", f"rule {rule.name!r} requires a justification")
@@ -170,10 +169,7 @@ def describe_options(policy: ApprovalPolicy, context: PolicyContext) -> list[Rul
         RuleOption(
             rule=rule.name,
             up_to=format_duration(_longest(rule)),
-            approval=[
-                f"{step.quorum} of " + " or ".join(a.describe() for a in step.approvers)
-                for step in rule.steps
-            ]
+            approval=[f"{step.quorum} of " + " or ".join(a.describe() for a in step.approvers) for step in rule.steps]
             or ["automatic"],
         )
         for rule in applicable_rules(policy, context)

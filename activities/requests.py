@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from access import catalog, policy
 from access.db import append_audit, lock, session_scope
-from access.tables import AccessRequest, Grant, Integration, Resource, Role
+from access.tables import AccessRequest, Grant, Integration, Resource
 from access.types import (
     GrantInput,
     GrantResult,
@@ -41,7 +41,11 @@ class RequestActivities:
         status = input.status
         with session_scope(self._db_url) as session:
             row = session.get(AccessRequest, status.id) or AccessRequest(
-                id=status.id, requester=status.requester, role=status.role, state=status.state, created_at=status.created_at
+                id=status.id,
+                requester=status.requester,
+                role=status.role,
+                state=status.state,
+                created_at=status.created_at,
             )
             row.state = status.state.value
             row.expires_at = status.expires_at
@@ -137,11 +141,15 @@ class RequestActivities:
 
 def _active_grants(session: Session, account: str, role: str, *, besides: str) -> int:
     """Active grants of ``role`` to ``account`` other than request ``besides``'s own, by any path."""
-    query = select(func.count()).select_from(Grant).where(
-        Grant.account == account,
-        Grant.role == role,
-        col(Grant.active).is_(True),
-        or_(col(Grant.request_id).is_(None), Grant.request_id != besides),
+    query = (
+        select(func.count())
+        .select_from(Grant)
+        .where(
+            Grant.account == account,
+            Grant.role == role,
+            col(Grant.active).is_(True),
+            or_(col(Grant.request_id).is_(None), Grant.request_id != besides),
+        )
     )
     return int(session.exec(query).one())
 

@@ -49,9 +49,7 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
-def _wait(
-    check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60
-) -> None:
+def _wait(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -122,11 +120,21 @@ def run_stack(settings: Settings) -> None:
             server = start("temporal", temporal_server_command(settings))
             _wait(lambda: _port_open(host or "127.0.0.1", int(port)), "the Temporal dev server", server)
             _wait(lambda: _port_open("127.0.0.1", settings.temporal_ui_port), "the Temporal Web UI", server)
-        worker = start("worker", [sys.executable, "-m", "worker"])
+        start("worker", [sys.executable, "-m", "worker"])
         api = start(
             "api",
-            [sys.executable, "-m", "uvicorn", "starter.api.app:app", "--host", settings.api_host,
-             "--port", str(settings.api_port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "starter.api.app:app",
+                "--host",
+                settings.api_host,
+                "--port",
+                str(settings.api_port),
+                "--log-level",
+                "warning",
+            ],
         )
 
         def api_ready() -> bool:

@@ -136,12 +136,14 @@ class Api:
         return response.json()
 
     async def request(self, user: str, role: str, duration: str = "PT30S", justification: str = "testing") -> Any:
-        return await self.ok(user, "POST", "/api/requests", {"role": role, "duration": duration, "justification": justification})
+        return await self.ok(
+            user, "POST", "/api/requests", {"role": role, "duration": duration, "justification": justification}
+        )
 
     async def status(self, request_id: str, user: str = "ada@example.com") -> Any:
         return await self.ok(user, "GET", f"/api/requests/{request_id}")
 
-    async def wait_for(self, request_id: str, *states: str, timeout: float = 30) -> Any:
+    async def wait_for(self, request_id: str, *states: str, timeout: float = 30) -> Any:  # noqa: ASYNC109
         """Poll until the request reaches one of ``states``; fail with the last status seen."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:

@@ -147,7 +147,9 @@ def test_expiry_that_passed_while_lapse_was_down_is_revoked_at_start(stack: Stac
     )
     active = stack.wait_for(created["id"], "active")
     assert stack.stop() == 0
-    time.sleep(max(0.0, (datetime.fromisoformat(active["expires_at"]) - datetime.now().astimezone()).total_seconds()) + 2)
+    time.sleep(
+        max(0.0, (datetime.fromisoformat(active["expires_at"]) - datetime.now().astimezone()).total_seconds()) + 2
+    )
 
     stack.start()
     ended = stack.wait_for(created["id"], "expired", timeout=60)

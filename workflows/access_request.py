@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -32,9 +32,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import names
 
-PROVISION_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8)
-REVOKE_FIRST_TRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=3)
-REVOKE_FOREVER = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5), maximum_attempts=0)
+PROVISION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8
+)
+REVOKE_FIRST_TRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=3
+)
+REVOKE_FOREVER = RetryPolicy(
+    initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5), maximum_attempts=0
+)
 REVOKE_PERMANENT_PAUSE = timedelta(minutes=5)
 """After a non-retryable revoke failure, wait this long and try again: a revoke never gives up."""
 
@@ -101,7 +107,9 @@ class AccessRequestWorkflow:
         if status.steps:
             events.append(self._open(status.steps[0]))
         else:
-            events.append(self._audit("lapse", "request.approved", reason=f"rule {input.plan.rule!r} needs no approval"))
+            events.append(
+                self._audit("lapse", "request.approved", reason=f"rule {input.plan.rule!r} needs no approval")
+            )
         await self._record(events)
         self._recorded = True
 
@@ -141,14 +149,18 @@ class AccessRequestWorkflow:
             remaining = step.opened_at + self._input.approval_timeout - workflow.now()
             try:
                 await workflow.wait_condition(
-                    lambda step=step: self._approval is not None  # type: ignore[misc]
-                    or self._ending is not None
-                    or step.state is not StepState.OPEN,
+                    lambda step=step: (
+                        self._approval is not None  # type: ignore[misc]
+                        or self._ending is not None
+                        or step.state is not StepState.OPEN
+                    ),
                     timeout=max(remaining, timedelta(0)),
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 step.state = StepState.EXPIRED
-                self._failure = f"no decision on step {step.name!r} within {format_duration(self._input.approval_timeout)}"
+                self._failure = (
+                    f"no decision on step {step.name!r} within {format_duration(self._input.approval_timeout)}"
+                )
                 return RequestState.TIMED_OUT
         if self._ending is not None:
             return RequestState.CANCELLED
@@ -165,7 +177,7 @@ class AccessRequestWorkflow:
             self._wake = False
             try:
                 await workflow.wait_condition(lambda: self._wake or self._ending is not None, timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def _revoke(self) -> None:
@@ -316,14 +328,16 @@ class AccessRequestWorkflow:
         steps = self._round()
         step = next((s for s in steps or [] if s.state is StepState.OPEN), None)
         if step is None:
-            raise _refused("Conflict", f"request {self._input.id} is {self._status.state.value}: nothing is awaiting a decision")
+            raise _refused(
+                "Conflict", f"request {self._input.id} is {self._status.state.value}: nothing is awaiting a decision"
+            )
         if input.actor == self._input.requester:
             raise _refused("Forbidden", "you cannot decide your own request")
         if input.actor not in step.eligible:
             raise _refused(
                 "Forbidden",
                 f"{input.actor} is not an eligible approver for step {step.name!r} "
-                f"(eligible: {', '.join(step.eligible)})"
+                f"(eligible: {', '.join(step.eligible)})",
             )
         if any(d.approver == input.actor for d in step.decisions):
             raise _refused("Conflict", f"{input.actor} has already decided step {step.name!r}")
@@ -334,20 +348,28 @@ class AccessRequestWorkflow:
         if input.actor != self._input.requester and not input.is_admin:
             raise _refused("Forbidden", "only the requester or an admin can cancel a request")
         if self._status.state is not RequestState.PENDING or self._ending is not None:
-            raise _refused("Conflict", f"request {self._input.id} is {self._status.state.value}: only a pending request can be cancelled")
+            raise _refused(
+                "Conflict",
+                f"request {self._input.id} is {self._status.state.value}: only a pending request can be cancelled",
+            )
 
     def _check_revoke(self, input: EndInput) -> None:
         if input.actor != self._input.requester and not input.is_admin:
             raise _refused("Forbidden", "only the requester or an admin can revoke a grant")
         if self._status.state not in (RequestState.PROVISIONING, RequestState.ACTIVE) or self._ending is not None:
-            raise _refused("Conflict", f"request {self._input.id} is {self._status.state.value}: only a granted request can be revoked")
+            raise _refused(
+                "Conflict",
+                f"request {self._input.id} is {self._status.state.value}: only a granted request can be revoked",
+            )
 
     def _check_extend(self, input: ExtendInput) -> None:
         status = self._status
         if input.actor != self._input.requester:
             raise _refused("Forbidden", "only the requester can extend their grant")
         if status.state is not RequestState.ACTIVE or self._ending is not None:
-            raise _refused("Conflict", f"request {self._input.id} is {status.state.value}: only an active grant can be extended")
+            raise _refused(
+                "Conflict", f"request {self._input.id} is {status.state.value}: only an active grant can be extended"
+            )
         if status.extensions and status.extensions[-1].state is ExtensionState.PENDING:
             raise _refused("Conflict", "an extension of this grant is already awaiting approval")
         if input.duration <= timedelta(0):
@@ -358,7 +380,7 @@ class AccessRequestWorkflow:
             raise _refused(
                 "Invalid",
                 f"extending by {format_duration(input.duration)} makes the grant {format_duration(total)} long, "
-                f"beyond the {format_duration(input.plan.max_duration)} rule {input.plan.rule!r} allows"
+                f"beyond the {format_duration(input.plan.max_duration)} rule {input.plan.rule!r} allows",
             )
 
     # --- decisions -------------------------------------------------------------------------
@@ -368,7 +390,9 @@ class AccessRequestWorkflow:
         steps = self._round()
         assert steps is not None
         index, step = next((i, s) for i, s in enumerate(steps) if s.state is StepState.OPEN)
-        step.decisions.append(Decision(approver=input.actor, approved=approved, comment=input.comment, at=workflow.now()))
+        step.decisions.append(
+            Decision(approver=input.actor, approved=approved, comment=input.comment, at=workflow.now())
+        )
         is_extension = steps is not self._status.steps
         kind = "extension" if is_extension else "request"
         events = [
@@ -470,9 +494,8 @@ class AccessRequestWorkflow:
     async def _transition(self, state: RequestState, events: list[AuditEntry] | None = None) -> None:
         """Enter ``state``: mirror it in search attributes, then record status and audit."""
         self._status.state = state
-        updates = [names.STATE.value_set(state.value)]
+        updates: list[SearchAttributeUpdate[Any]] = [names.STATE.value_set(state.value)]
         if self._status.expires_at is not None:
             updates.append(names.EXPIRES_AT.value_set(self._status.expires_at))
         workflow.upsert_search_attributes(updates)
         await self._record(events or [])
-

@@ -25,7 +25,12 @@ class Problem(Exception):
 
 
 def problem_response(status: int, detail: str, *, field: str | None = None, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail}
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
     if field:
         body["field"] = field
     body.update(extra)

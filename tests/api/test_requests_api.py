@@ -38,7 +38,12 @@ async def test_caller_must_be_a_known_active_user(api: Api) -> None:
         ({"role": DEPLOY, "duration": "P2D", "justification": "x"}, 422, "duration", "longer than the P1D"),
         ({"role": DEPLOY, "duration": "PT1H", "justification": "  "}, 422, "justification", "requires a justification"),
         ({"role": DEPLOY, "duration": "PT1H"}, 422, "justification", "requires a justification"),
-        ({"role": "people/hr-system/admin", "duration": "PT1H", "justification": "x"}, 403, "role", "no approval workflow"),
+        (
+            {"role": "people/hr-system/admin", "duration": "PT1H", "justification": "x"},
+            403,
+            "role",
+            "no approval workflow",
+        ),
         ({"role": DEPLOY, "duration": "PT1H", "justification": "x", "extra": 1}, 422, "extra", None),
         ({"duration": "PT1H", "justification": "x"}, 422, "role", None),
     ],
@@ -55,7 +60,9 @@ async def test_bad_requests_are_refused_before_anything_starts(
 
 
 async def test_policy_refusals_are_audited(api: Api, audit) -> None:
-    await api.call("alan@example.com", "POST", "/api/requests", {"role": DEPLOY, "duration": "P2D", "justification": "x"})
+    await api.call(
+        "alan@example.com", "POST", "/api/requests", {"role": DEPLOY, "duration": "P2D", "justification": "x"}
+    )
     events = audit(DEPLOY)
     assert [(e.actor, e.action) for e in events] == [("alan@example.com", "request.create.refused")]
     assert "P1D" in events[0].reason
@@ -64,7 +71,10 @@ async def test_policy_refusals_are_audited(api: Api, audit) -> None:
 async def test_requester_who_is_the_only_eligible_approver_is_told_at_creation(api: Api) -> None:
     # frances is the only owner of prod-db/write, so its owner step could never be decided
     response = await api.call(
-        "frances@example.com", "POST", "/api/requests", {"role": "ledger/prod-db/write", "duration": "PT1H", "justification": "x"}
+        "frances@example.com",
+        "POST",
+        "/api/requests",
+        {"role": "ledger/prod-db/write", "duration": "PT1H", "justification": "x"},
     )
     detail = _problem(response, 422, "role")
     assert "only eligible approver" in detail
@@ -79,7 +89,9 @@ async def test_request_is_visible_to_requester_approvers_and_admins_only(api: Ap
     _problem(await api.call("linus@example.com", "POST", "/api/requests/doesnotexist/approve", {}), 404, "id")
     assert await api.ok("ken@example.com", "GET", "/api/requests") == []
     assert [r["id"] for r in await api.ok("ada@example.com", "GET", "/api/requests")] == [created["id"]]
-    assert [r["id"] for r in await api.ok("ada@example.com", "GET", "/api/requests", state="pending")] == [created["id"]]
+    assert [r["id"] for r in await api.ok("ada@example.com", "GET", "/api/requests", state="pending")] == [
+        created["id"]
+    ]
     assert await api.ok("ada@example.com", "GET", "/api/requests", state="active") == []
     _problem(await api.call("ada@example.com", "GET", "/api/requests", state="bogus"), 422, "state")
 

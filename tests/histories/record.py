@@ -56,9 +56,13 @@ async def record(tag: str) -> None:
 
             extended = await api.request("katherine@example.com", "ledger/prod-db/read", "PT10M", "")
             await api.wait_for(extended["id"], "active")
-            await api.ok("katherine@example.com", "POST", f"/api/requests/{extended['id']}/extend", {"duration": "PT5M"})
             await api.ok(
-                "katherine@example.com", "POST", f"/api/requests/{extended['id']}/extend",
+                "katherine@example.com", "POST", f"/api/requests/{extended['id']}/extend", {"duration": "PT5M"}
+            )
+            await api.ok(
+                "katherine@example.com",
+                "POST",
+                f"/api/requests/{extended['id']}/extend",
                 {"duration": "PT2H", "justification": "more"},
             )
             await api.ok("ada@example.com", "POST", f"/api/requests/{extended['id']}/approve", {})

@@ -213,9 +213,7 @@ async def test_concurrent_revokes_of_overlapping_grants_remove_access(api: Api, 
     ids = [(await api.request("katherine@example.com", READ, "PT30M", ""))["id"] for _ in range(3)]
     for request_id in ids:
         await api.wait_for(request_id, "active")
-    await asyncio.gather(
-        *[api.ok("katherine@example.com", "POST", f"/api/requests/{i}/revoke", {}) for i in ids]
-    )
+    await asyncio.gather(*[api.ok("katherine@example.com", "POST", f"/api/requests/{i}/revoke", {}) for i in ids])
     assert ("katherine@example.com", READ) not in target.held
 
 
@@ -236,7 +234,9 @@ async def test_extension_beyond_the_rules_maximum_is_refused(api: Api) -> None:
     await api.wait_for(created["id"], "pending")
     await api.ok("ada@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
     await api.wait_for(created["id"], "active")
-    response = await api.call("katherine@example.com", "POST", f"/api/requests/{created['id']}/extend", {"duration": "PT2H"})
+    response = await api.call(
+        "katherine@example.com", "POST", f"/api/requests/{created['id']}/extend", {"duration": "PT2H"}
+    )
     assert response.status_code == 422
     assert response.json()["field"] == "duration"
     status = await api.status(created["id"])

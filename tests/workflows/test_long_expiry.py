@@ -7,14 +7,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from access.types import AccessRequestInput, RequestPlan, RequestState, StepPlan, Approver, ApproverKind
+from access.types import AccessRequestInput, Approver, ApproverKind, RequestPlan, RequestState, StepPlan
 from tests.conftest import FakeTarget, make_settings
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-
 from worker import build_worker
 from workflows import names
 from workflows.access_request import AccessRequestWorkflow
@@ -57,7 +56,9 @@ async def test_eight_hour_grant_lapses_after_eight_hours(tmp_path: Path) -> None
     target = FakeTarget()
     async with await _time_skipping() as env:
         settings = make_settings(tmp_path, "unused:0")
-        async with build_worker(env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}):
+        async with build_worker(
+            env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
+        ):
             request_id = uuid.uuid4().hex[:10]
             result = await env.client.execute_workflow(
                 AccessRequestWorkflow.run,
@@ -75,10 +76,14 @@ async def test_eight_hour_grant_lapses_after_eight_hours(tmp_path: Path) -> None
 
 async def test_undecided_request_times_out_after_a_day(tmp_path: Path) -> None:
     target = FakeTarget()
-    step = StepPlan(name="manager", approvers=[Approver(kind=ApproverKind.MANAGER)], quorum=1, eligible=["ada@example.com"])
+    step = StepPlan(
+        name="manager", approvers=[Approver(kind=ApproverKind.MANAGER)], quorum=1, eligible=["ada@example.com"]
+    )
     async with await _time_skipping() as env:
         settings = make_settings(tmp_path, "unused:0")
-        async with build_worker(env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}):
+        async with build_worker(
+            env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
+        ):
             request_id = uuid.uuid4().hex[:10]
             result = await env.client.execute_workflow(
                 AccessRequestWorkflow.run,

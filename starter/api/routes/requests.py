@@ -37,7 +37,9 @@ class Extension(Model):
 
 
 @router.post("", status_code=201)
-async def create_request(body: RequestCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+async def create_request(
+    body: RequestCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RequestStatus:
     """Request a role for a while. Refused at once (4xx, nothing started) if the policy does not allow it."""
     return await lifecycle.create_request(
         client, settings, user, role=body.role, duration=body.duration, justification=body.justification
@@ -75,29 +77,39 @@ def get_request(request_id: str, user: CurrentUser, settings: SettingsDep) -> Re
 
 
 @router.post("/{request_id}/approve")
-async def approve(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+async def approve(
+    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RequestStatus:
     return await lifecycle.decide(client, settings, user, request_id, approved=True, comment=body.comment)
 
 
 @router.post("/{request_id}/deny")
-async def deny(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+async def deny(
+    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RequestStatus:
     return await lifecycle.decide(client, settings, user, request_id, approved=False, comment=body.comment)
 
 
 @router.post("/{request_id}/cancel")
-async def cancel(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+async def cancel(
+    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RequestStatus:
     """Withdraw a pending request (requester or admin)."""
     return await lifecycle.end(client, settings, user, request_id, revoke=False, comment=body.comment)
 
 
 @router.post("/{request_id}/revoke")
-async def revoke(request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+async def revoke(
+    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RequestStatus:
     """End a grant now: the requester gives it back, or an admin takes it away."""
     return await lifecycle.end(client, settings, user, request_id, revoke=True, comment=body.comment)
 
 
 @router.post("/{request_id}/extend")
-async def extend(request_id: str, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> RequestStatus:
+async def extend(
+    request_id: str, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RequestStatus:
     """Ask for more time. Automatic where the rule needs no approval; never beyond its maximum."""
     return await lifecycle.extend(
         client, settings, user, request_id, duration=body.duration, justification=body.justification

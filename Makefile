@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    run Lapse (Temporal dev server + Web UI, worker, API) with the demo organisation
+#   make test   lint, type-check and run the whole test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench histories clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.run
+
+run: $(VENV)/.run
+	$(BIN)/lapse run
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.lifecycle
+
+histories: $(VENV)/.dev
+	$(BIN)/python -m tests.histories.record $(TAG)
+
+clean:
+	rm -rf data
