@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from access.settings import Settings
-    from starter.stack import prepare_database, temporal_server_command
+    from starter.stack import WORKER_COMMAND, api_command, port_open, prepare_database, temporal_server_command
 
 LAPSE_QUEUE = "lapse"
 BARE_QUEUE = "bench-bare"
@@ -364,24 +364,10 @@ class Stack:
         settings = self.settings
         host, _, port = settings.temporal_address.rpartition(":")
         server = self._start("temporal", temporal_server_command(settings))
-        self._wait(lambda: _port_open(host, int(port)), "the Temporal dev server", server)
+        self._wait(lambda: port_open(host, int(port)), "the Temporal dev server", server)
         prepare_database(settings)
-        worker = self._start("worker", [sys.executable, "-m", "worker"])
-        api = self._start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "starter.api.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(settings.api_port),
-                "--log-level",
-                "warning",
-            ],
-        )
+        worker = self._start("worker", WORKER_COMMAND)
+        api = self._start("api", api_command(settings))
         self._wait(lambda: "worker polling" in self.log("worker"), "the worker", worker)
 
         def api_ready() -> bool:
@@ -419,15 +405,6 @@ class Stack:
             if lines:
                 findings[name] = lines
         return findings
-
-
-def _port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
-# --- driving Lapse through its API ------------------------------------------------------------
 
 
 class Api:

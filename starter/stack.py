@@ -43,12 +43,6 @@ def prepare_database(settings: Settings) -> bool:
         return True
 
 
-def _port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
 def _wait(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,6 +82,22 @@ def temporal_server_command(settings: Settings) -> list[str]:
     return command
 
 
+WORKER_COMMAND = [sys.executable, "-m", "worker"]
+
+
+def api_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "starter.api.app:app",
+        "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
@@ -118,24 +128,10 @@ def run_stack(settings: Settings) -> None:
         host, _, port = settings.temporal_address.rpartition(":")
         if settings.embedded_temporal:
             server = start("temporal", temporal_server_command(settings))
-            _wait(lambda: _port_open(host or "127.0.0.1", int(port)), "the Temporal dev server", server)
-            _wait(lambda: _port_open("127.0.0.1", settings.temporal_ui_port), "the Temporal Web UI", server)
-        start("worker", [sys.executable, "-m", "worker"])
-        api = start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "starter.api.app:app",
-                "--host",
-                settings.api_host,
-                "--port",
-                str(settings.api_port),
-                "--log-level",
-                "warning",
-            ],
-        )
+            _wait(lambda: port_open(host or "127.0.0.1", int(port)), "the Temporal dev server", server)
+            _wait(lambda: port_open("127.0.0.1", settings.temporal_ui_port), "the Temporal Web UI", server)
+        start("worker", WORKER_COMMAND)
+        api = start("api", api_command(settings))
 
         def api_ready() -> bool:
             with contextlib.suppress(httpx.HTTPError):
