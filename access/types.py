@@ -305,12 +305,14 @@ class GrantInput(Model):
     request_id: str
     requester: str
     role: str
-    expires_at: datetime | None = None
+    duration: Duration | None = None
+    """How long the grant lasts from the moment it is made; None for standing access."""
 
 
 class GrantResult(Model):
     account: str
     granted_at: datetime
+    expires_at: datetime | None = None
     shared: bool
     """Another active grant already covered this account and role: no new provision."""
 

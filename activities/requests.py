@@ -84,20 +84,23 @@ class RequestActivities:
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
             others = _active_grants(session, account, input.role, besides=input.request_id)
             if grant is None:
+                # The clock starts now, at the grant, so the target can enforce the same end.
+                now = datetime.now(UTC)
                 grant = Grant(
                     account=account,
                     role=input.role,
                     user_email=input.requester,
                     path="jit",
                     request_id=input.request_id,
-                    granted_at=datetime.now(UTC),
-                    expires_at=input.expires_at,
+                    granted_at=now,
+                    expires_at=now + input.duration if input.duration is not None else None,
                 )
                 session.add(grant)
                 session.flush()
+            expires_at = grant.expires_at
             if not others:
-                _call(lambda: connector.grant(account, target, input.expires_at))
-            return GrantResult(account=account, granted_at=grant.granted_at, shared=bool(others))
+                _call(lambda: connector.grant(account, target, expires_at))
+            return GrantResult(account=account, granted_at=grant.granted_at, expires_at=expires_at, shared=bool(others))
 
     @activity.defn(name=names.REVOKE_GRANT)
     def revoke_grant(self, input: RevokeInput) -> RevokeResult:

@@ -122,7 +122,7 @@ class AccessRequestWorkflow:
         try:
             grant = await workflow.execute_activity(
                 names.PROVISION_GRANT,
-                GrantInput(request_id=input.id, requester=input.requester, role=input.role),
+                GrantInput(request_id=input.id, requester=input.requester, role=input.role, duration=input.duration),
                 result_type=GrantResult,
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=PROVISION_RETRY,

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -57,6 +58,11 @@ def install(app: FastAPI) -> None:
         return problem_response(
             422, f"{first['field'] or 'body'}: {first['message']}", field=first["field"] or None, errors=errors
         )
+
+    @app.exception_handler(RPCError)
+    async def _temporal(_request: Request, error: RPCError) -> JSONResponse:
+        # Nothing was changed: Temporal refused or could not be reached before any state moved.
+        return problem_response(503, f"the workflow service is unavailable, try again shortly ({error.message})")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -151,3 +151,23 @@ async def test_openapi_documents_every_route(api: Api) -> None:
         "/api/audit",
     ):
         assert path in paths
+
+
+async def test_temporal_outage_is_a_503_problem_not_a_crash(settings: Settings) -> None:
+    import httpx
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from starter.api.app import create_app
+
+    client = await Client.connect(settings.temporal_address, data_converter=pydantic_data_converter)
+    # Same server, but a namespace that does not exist: every call to Temporal fails.
+    broken = Client(client.service_client, namespace="no-such-namespace", data_converter=pydantic_data_converter)
+    app = create_app(settings, client=broken)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as http:
+        response = await http.post(
+            "/api/requests",
+            json={"role": DEPLOY, "duration": "PT1H", "justification": "x"},
+            headers={"X-Forwarded-Email": "alan@example.com"},
+        )
+    assert _problem(response, 503).startswith("the workflow service is unavailable")
