@@ -8,7 +8,7 @@ name (email for users) and updated in place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError
@@ -67,6 +67,8 @@ class IntegrationEntry(Model):
     name: str
     kind: str = "ledger"
     description: str = ""
+    config: dict[str, Any] = {}
+    """Connector settings; secrets only as references (``dsn_env``, ``dsn_file``), never inline."""
     resources: list[ResourceEntry] = []
 
 
@@ -174,7 +176,10 @@ def load_org(session: Session, org: OrgFile) -> None:
     scope_ids: dict[str, tuple[int, int | None, int | None]] = {}
     for integ in org.integrations:
         integration = _upsert(
-            session, Integration, {"name": integ.name}, {"kind": integ.kind, "description": integ.description}
+            session,
+            Integration,
+            {"name": integ.name},
+            {"kind": integ.kind, "description": integ.description, "config": integ.config},
         )
         assert integration.id is not None
         scope_ids[integ.name] = (integration.id, None, None)

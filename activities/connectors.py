@@ -71,5 +71,12 @@ class LedgerConnector:
 
 ConnectorFactory = Callable[[Target], Connector]
 
-BUILT_IN: dict[str, ConnectorFactory] = {"ledger": lambda _target: LedgerConnector()}
+
+def _postgres(target: Target) -> Connector:
+    from activities.postgres import PostgresConnector  # imported on use: the driver is optional here
+
+    return PostgresConnector.for_target(target)
+
+
+BUILT_IN: dict[str, ConnectorFactory] = {"ledger": lambda _target: LedgerConnector(), "postgres": _postgres}
 """Connector factories by integration kind."""

@@ -22,8 +22,9 @@ from temporalio.testing import WorkflowEnvironment
 from access.db import migrate, session_scope
 from access.org import DEMO_ORG, OrgFile, load_org
 from access.settings import Settings
-from activities.connectors import PermanentError, RetryableError, Target
+from activities.connectors import BUILT_IN, PermanentError, RetryableError, Target
 from starter.api.app import create_app
+from tests.servers import PostgresServer
 from worker import build_worker
 from workflows import names
 
@@ -40,6 +41,14 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL"],
     ) as env:
         yield env
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster for the whole run."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 def make_settings(tmp_path: Path, address: str, **overrides: Any) -> Settings:
@@ -115,7 +124,7 @@ def target() -> FakeTarget:
 async def worker(env: WorkflowEnvironment, settings: Settings, target: FakeTarget) -> AsyncIterator[None]:
     """A worker whose ledger integration is backed by the ``target`` double."""
     async with build_worker(
-        env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
+        env.client, settings, task_queue=settings.task_queue, connectors={**BUILT_IN, "ledger": target.connector}
     ):
         yield
 

@@ -1,0 +1,94 @@
+"""A request for a real PostgreSQL role, through the API and the workflow, to its lapse."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlmodel import select
+
+from access.db import session_scope
+from access.settings import Settings
+from access.tables import ApprovalAssignment, ApprovalWorkflow, Integration, Resource, Role
+from tests.conftest import Api
+from tests.servers import PostgresServer
+
+PASSWORD = "katherine-pw"
+
+
+@pytest.fixture
+def pg_role(postgres: PostgresServer, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A NOLOGIN role ``reports_read`` in a real cluster, catalogued as ``pg/postgres/reports_read``."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute("CREATE TABLE IF NOT EXISTS reports (id int)")
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'reports_read'").fetchone():
+            admin.execute("CREATE ROLE reports_read NOLOGIN")
+            admin.execute("GRANT SELECT ON reports TO reports_read")
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'katherine'").fetchone():
+            admin.execute(f"CREATE ROLE katherine LOGIN PASSWORD '{PASSWORD}'")
+        admin.execute("REVOKE reports_read FROM katherine")
+    monkeypatch.setenv("LAPSE_TEST_PG_DSN", postgres.dsn())
+    with session_scope(settings.db_url) as session:
+        integration = Integration(name="pg", kind="postgres", config={"dsn_env": "LAPSE_TEST_PG_DSN"})
+        session.add(integration)
+        session.flush()
+        resource = Resource(integration_id=integration.id, name="postgres")  # type: ignore[arg-type]
+        session.add(resource)
+        session.flush()
+        session.add(Role(resource_id=resource.id, name="reports_read", path="pg/postgres/reports_read"))  # type: ignore[arg-type]
+        read_only = session.exec(select(ApprovalWorkflow).where(ApprovalWorkflow.name == "read-only")).one()
+        session.add(ApprovalAssignment(approval_workflow_id=read_only.id, integration_id=integration.id))  # type: ignore[arg-type]
+    return "pg/postgres/reports_read"
+
+
+def _reads(session: psycopg.Connection) -> bool:
+    try:
+        session.execute("SET ROLE reports_read")
+        session.execute("SELECT count(*) FROM reports").fetchone()
+        session.execute("RESET ROLE")
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+
+
+async def test_postgres_role_is_granted_then_lapses_and_its_sessions_end(
+    api: Api, pg_role: str, postgres: PostgresServer
+) -> None:
+    dsn = postgres.dsn("katherine", password=PASSWORD)
+    created = await api.request("katherine@example.com", pg_role, "PT4S", "")
+    await api.wait_for(created["id"], "active")
+
+    holder = psycopg.connect(dsn, autocommit=True)
+    assert _reads(holder)
+    holder.execute("SET ROLE reports_read")  # keeps the rights after REVOKE, unless the session ends
+
+    await api.wait_for(created["id"], "expired", timeout=30)
+    with pytest.raises(psycopg.OperationalError):
+        holder.execute("SELECT count(*) FROM reports")
+    with psycopg.connect(dsn, autocommit=True) as fresh:
+        assert not _reads(fresh)
+
+
+async def test_overlapping_postgres_grants_keep_access_until_the_last_ends(
+    api: Api, pg_role: str, postgres: PostgresServer
+) -> None:
+    dsn = postgres.dsn("katherine", password=PASSWORD)
+    first = await api.request("katherine@example.com", pg_role, "PT30M", "")
+    second = await api.request("katherine@example.com", pg_role, "PT30M", "")
+    await api.wait_for(first["id"], "active")
+    await api.wait_for(second["id"], "active")
+
+    await api.ok("katherine@example.com", "POST", f"/api/requests/{first['id']}/revoke", {})
+    with psycopg.connect(dsn, autocommit=True) as session:
+        assert _reads(session)
+    await api.ok("katherine@example.com", "POST", f"/api/requests/{second['id']}/revoke", {})
+    with psycopg.connect(dsn, autocommit=True) as session:
+        assert not _reads(session)
+
+
+async def test_role_removed_from_postgres_fails_the_request_clearly(api: Api, pg_role: str, settings: Settings) -> None:
+    with session_scope(settings.db_url) as session:
+        role = session.exec(select(Role).where(Role.path == pg_role)).one()
+        role.name = "reports_gone"
+    created = await api.request("katherine@example.com", pg_role, "PT5M", "")
+    failed = await api.wait_for(created["id"], "failed", timeout=30)
+    assert "role reports_gone does not exist in PostgreSQL" in failed["end_reason"]
