@@ -7,6 +7,7 @@ name (email for users) and updated in place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,30 @@ DEMO_ORG = Path(__file__).parent / "demo_org.yaml"
 
 class OrgError(ValueError):
     """The organisation file is malformed or refers to something it does not define."""
+
+
+@dataclass
+class Known:
+    """What the app DB already holds, which an organisation file may refer to."""
+
+    emails: set[str] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)
+    workflows: set[str] = field(default_factory=set)
+    scopes: set[str] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, session: Session) -> Known:
+        scopes = set(session.exec(select(Role.path))) | set(session.exec(select(Integration.name)))
+        for resource, integration in session.exec(
+            select(Resource, Integration).join(Integration, col(Resource.integration_id) == Integration.id)
+        ):
+            scopes.add(f"{integration.name}/{resource.name}")
+        return cls(
+            emails=set(session.exec(select(User.email))),
+            groups=set(session.exec(select(Group.name))),
+            workflows=set(session.exec(select(ApprovalWorkflow.name))),
+            scopes=scopes,
+        )
 
 
 class UserEntry(Model):
@@ -94,16 +119,17 @@ class OrgFile(Model):
         except yaml.YAMLError as error:
             raise OrgError(f"{path}: not valid YAML: {error}") from error
 
-    def check(self) -> None:
-        """Refuse references to users, groups, workflows or scopes the file does not define."""
-        emails = {u.email.lower() for u in self.users}
-        groups = {g.name for g in self.groups}
+    def check(self, known: Known | None = None) -> None:
+        """Refuse references to users, groups, workflows or scopes neither the file nor ``known`` has."""
+        known = known or Known()
+        emails = {u.email.lower() for u in self.users} | known.emails
+        groups = {g.name for g in self.groups} | known.groups
         problems: list[str] = []
         for user in self.users:
             if user.manager and user.manager.lower() not in emails:
                 problems.append(f"user {user.email}: manager {user.manager} is not a user")
             problems += [f"user {user.email}: unknown group {g}" for g in user.groups if g not in groups]
-        scopes: set[str] = set()
+        scopes = set(known.scopes)
         for integration in self.integrations:
             scopes.add(integration.name)
             for resource in integration.resources:
@@ -115,7 +141,7 @@ class OrgFile(Model):
                         for o in role.owners
                         if o.lower() not in emails
                     ]
-        workflows = {w.name for w in self.approval_workflows}
+        workflows = {w.name for w in self.approval_workflows} | known.workflows
         for workflow in self.approval_workflows:
             for rule in workflow.rules:
                 for step in rule.steps:
@@ -151,13 +177,35 @@ def _upsert(session: Session, model: type[T], where: dict[str, object], values: 
     return row
 
 
+def _one(session: Session, model: type[T], **where: object) -> T:
+    query = select(model)
+    for key, value in where.items():
+        query = query.where(getattr(model, key) == value)
+    return session.exec(query).one()
+
+
+def _scope(session: Session, path: str) -> tuple[int, int | None, int | None]:
+    """``integration[/resource[/role]]`` → the ids an assignment stores."""
+    parts = path.split("/")
+    integration = _one(session, Integration, name=parts[0])
+    if len(parts) == 1:
+        return integration.id or 0, None, None
+    resource = _one(session, Resource, integration_id=integration.id, name=parts[1])
+    if len(parts) == 2:
+        return integration.id or 0, resource.id, None
+    return integration.id or 0, resource.id, _one(session, Role, path=path).id
+
+
 def load_org(session: Session, org: OrgFile) -> None:
-    """Write the organisation into the app DB, in the caller's transaction."""
-    org.check()
-    groups = {g.name: _upsert(session, Group, {"name": g.name}, {"description": g.description}) for g in org.groups}
-    users: dict[str, User] = {}
+    """Write the organisation into the app DB, in the caller's transaction.
+
+    The file may refer to users, groups, workflows and scopes already in the DB.
+    """
+    org.check(Known.read(session))
+    for g in org.groups:
+        _upsert(session, Group, {"name": g.name}, {"description": g.description})
     for entry in org.users:
-        users[entry.email.lower()] = _upsert(
+        _upsert(
             session,
             User,
             {"email": entry.email.lower()},
@@ -169,11 +217,10 @@ def load_org(session: Session, org: OrgFile) -> None:
             },
         )
     for entry in org.users:
-        user = users[entry.email.lower()]
+        user = _one(session, User, email=entry.email.lower())
         session.exec(delete(Membership).where(col(Membership.user_id) == user.id))
         for group in entry.groups:
-            session.add(Membership(user_id=user.id, group_id=groups[group].id))  # type: ignore[arg-type]
-    scope_ids: dict[str, tuple[int, int | None, int | None]] = {}
+            session.add(Membership(user_id=user.id, group_id=_one(session, Group, name=group).id))  # type: ignore[arg-type]
     for integ in org.integrations:
         integration = _upsert(
             session,
@@ -181,43 +228,37 @@ def load_org(session: Session, org: OrgFile) -> None:
             {"name": integ.name},
             {"kind": integ.kind, "description": integ.description, "config": integ.config},
         )
-        assert integration.id is not None
-        scope_ids[integ.name] = (integration.id, None, None)
         for res in integ.resources:
-            resource = _upsert(
-                session,
-                Resource,
-                {"integration_id": integration.id, "name": res.name},
-                {"description": res.description},
-            )
-            scope_ids[f"{integ.name}/{res.name}"] = (integration.id, resource.id, None)
+            where: dict[str, object] = {"integration_id": integration.id, "name": res.name}
+            resource = _upsert(session, Resource, where, {"description": res.description})
             for role_entry in res.roles:
-                path = f"{integ.name}/{res.name}/{role_entry.name}"
                 role = _upsert(
                     session,
                     Role,
                     {"resource_id": resource.id, "name": role_entry.name},
-                    {"path": path, "description": role_entry.description, "sensitivity": role_entry.sensitivity.value},
+                    {
+                        "path": f"{integ.name}/{res.name}/{role_entry.name}",
+                        "description": role_entry.description,
+                        "sensitivity": role_entry.sensitivity.value,
+                    },
                 )
-                scope_ids[path] = (integration.id, resource.id, role.id)
                 session.exec(delete(RoleOwner).where(col(RoleOwner.role_id) == role.id))
                 for owner in role_entry.owners:
-                    session.add(RoleOwner(role_id=role.id, user_id=users[owner.lower()].id))  # type: ignore[arg-type]
-    workflows = {
-        w.name: _upsert(
+                    owner_id = _one(session, User, email=owner.lower()).id
+                    session.add(RoleOwner(role_id=role.id, user_id=owner_id))  # type: ignore[arg-type]
+    for w in org.approval_workflows:
+        _upsert(
             session,
             ApprovalWorkflow,
             {"name": w.name},
             {"description": w.description, "rules": [r.model_dump(mode="json") for r in w.rules]},
         )
-        for w in org.approval_workflows
-    }
     for assignment in org.assignments:
-        integration_id, resource_id, role_id = scope_ids[assignment.scope]
+        integration_id, resource_id, role_id = _scope(session, assignment.scope)
         _upsert(
             session,
             ApprovalAssignment,
             {"integration_id": integration_id, "resource_id": resource_id, "role_id": role_id},
-            {"approval_workflow_id": workflows[assignment.workflow].id},
+            {"approval_workflow_id": _one(session, ApprovalWorkflow, name=assignment.workflow).id},
         )
     session.flush()

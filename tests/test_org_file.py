@@ -1,0 +1,83 @@
+"""Loading organisation files: the demo, a later file that builds on it, and bad references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from access import catalog
+from access.db import migrate, session_scope
+from access.org import DEMO_ORG, OrgError, OrgFile, load_org
+from access.tables import Integration, User
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'org.db'}"
+    migrate(url)
+    with session_scope(url) as session:
+        load_org(session, OrgFile.read(DEMO_ORG))
+    return url
+
+
+def test_demo_loads_and_reloading_changes_nothing(db_url: str) -> None:
+    with session_scope(db_url) as session:
+        load_org(session, OrgFile.read(DEMO_ORG))
+        assert len(session.exec(select(User)).all()) == 11
+        alan = catalog.find_user(session, "Alan@Example.com")
+        assert alan is not None and alan.manager_email == "linus@example.com"
+        assert catalog.groups_of(session, alan) == ["engineering", "oncall-platform", "platform"]
+
+
+def test_a_later_file_may_refer_to_what_is_already_loaded(db_url: str, tmp_path: Path) -> None:
+    extra = tmp_path / "pg.yaml"
+    extra.write_text(
+        """
+integrations:
+  - name: pg-prod
+    kind: postgres
+    config: {dsn_env: LAPSE_PG_PROD_DSN}
+    resources:
+      - name: orders
+        roles: [{name: orders_read, sensitivity: low, owners: [frances@example.com]}]
+assignments:
+  - {workflow: read-only, scope: pg-prod}
+"""
+    )
+    with session_scope(db_url) as session:
+        load_org(session, OrgFile.read(extra))
+        integration = session.exec(select(Integration).where(Integration.name == "pg-prod")).one()
+        assert integration.config == {"dsn_env": "LAPSE_PG_PROD_DSN"}
+        role = catalog.find_role(session, "pg-prod/orders/orders_read")
+        assert role is not None
+        policy = catalog.policy_for(session, role)
+        assert policy is not None and policy.name == "read-only"
+        assert catalog.role_owners(session, role) == ["frances@example.com"]
+
+
+def test_unknown_references_are_refused_with_every_problem_named(db_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        """
+users:
+  - {email: zed@example.com, manager: nobody@example.com, groups: [no-such-group]}
+assignments:
+  - {workflow: no-such-workflow, scope: ledger/nope}
+"""
+    )
+    with pytest.raises(OrgError) as refused, session_scope(db_url) as session:
+        load_org(session, OrgFile.read(bad))
+    message = str(refused.value)
+    for problem in ("manager nobody@example.com", "unknown group no-such-group", "no-such-workflow", "ledger/nope"):
+        assert problem in message
+    with session_scope(db_url, write=False) as session:
+        assert catalog.find_user(session, "zed@example.com") is None  # nothing stored
+
+
+def test_malformed_file_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("approval_workflows:\n  - {name: x, rules: [{name: r, max_duration: soon}]}\n")
+    with pytest.raises(OrgError, match="max_duration"):
+        OrgFile.read(bad)
