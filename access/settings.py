@@ -37,6 +37,8 @@ class Settings(BaseSettings):
 
     approval_timeout: Duration = Field(default=timedelta(hours=24))
     """A request with no decision for this long ends as ``timed_out``."""
+    submit_timeout: Duration = Field(default=timedelta(seconds=30))
+    """How long the API waits for a worker to record a new request before answering 503."""
     org_file: Path | None = None
     """Organisation file loaded on first start; default: the bundled demo organisation."""
 

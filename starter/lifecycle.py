@@ -10,7 +10,12 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -87,9 +92,17 @@ async def create_request(
         static_summary=f"{requester.email} → {input.role} for {format_duration(duration)}",
         static_details=f"rule {plan.rule!r} of {plan.policy!r}; justification: {justification or '(none)'}",
     )
-    status: RequestStatus = await client.execute_update_with_start_workflow(
-        AccessRequestWorkflow.submit, start_workflow_operation=start
-    )
+    try:
+        status: RequestStatus = await client.execute_update_with_start_workflow(
+            AccessRequestWorkflow.submit, start_workflow_operation=start, rpc_timeout=settings.submit_timeout
+        )
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        raise Problem(
+            503,
+            f"request {request_id} was started but no Lapse worker recorded it within "
+            f"{format_duration(settings.submit_timeout)}; it proceeds once a worker runs",
+            id=request_id,
+        ) from None
     return status
 
 

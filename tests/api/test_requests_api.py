@@ -171,3 +171,22 @@ async def test_temporal_outage_is_a_503_problem_not_a_crash(settings: Settings) 
             headers={"X-Forwarded-Email": "alan@example.com"},
         )
     assert _problem(response, 503).startswith("the workflow service is unavailable")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"submit_timeout": "PT2S"}])
+async def test_request_with_no_worker_running_answers_503_not_a_hang(env, settings: Settings) -> None:
+    import httpx
+
+    from starter.api.app import create_app
+
+    app = create_app(settings, client=env.client)  # no worker polls this test's task queue
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as http:
+        response = await http.post(
+            "/api/requests",
+            json={"role": DEPLOY, "duration": "PT1H", "justification": "x"},
+            headers={"X-Forwarded-Email": "alan@example.com"},
+        )
+    detail = _problem(response, 503)
+    assert "no Lapse worker recorded it" in detail
+    handle = env.client.get_workflow_handle(f"access-request-{response.json()['id']}")
+    await handle.terminate("test cleanup")
