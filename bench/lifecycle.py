@@ -53,7 +53,14 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from access.settings import Settings
-    from starter.stack import WORKER_COMMAND, api_command, port_open, prepare_database, temporal_server_command
+    from starter.stack import (
+        WORKER_COMMAND,
+        api_command,
+        port_open,
+        prepare_database,
+        stop_all,
+        temporal_server_command,
+    )
 
 LAPSE_QUEUE = "lapse"
 BARE_QUEUE = "bench-bare"
@@ -382,14 +389,7 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        for _name, process in reversed(self.children):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_all(process for _name, process in reversed(self.children))
         self.children.clear()
 
     def log_findings(self) -> dict[str, list[str]]:

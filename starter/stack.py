@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -98,6 +98,18 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
+def stop_all(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each in turn (in the order given), killing any that takes over 15 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
@@ -158,11 +170,5 @@ def run_stack(settings: Settings) -> None:
             time.sleep(0.2)
     finally:
         print("stopping…", flush=True)
-        for _name, process in reversed(children):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-            if process.poll() is None:
-                process.kill()
+        stop_all(process for _name, process in reversed(children))
         print("stopped.", flush=True)

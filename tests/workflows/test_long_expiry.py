@@ -12,7 +12,15 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from access.types import AccessRequestInput, Approver, ApproverKind, RequestPlan, RequestState, StepPlan
+from access.types import (
+    AccessRequestInput,
+    Approver,
+    ApproverKind,
+    RequestPlan,
+    RequestState,
+    RequestStatus,
+    StepPlan,
+)
 from tests.conftest import FakeTarget, make_settings
 from worker import build_worker
 from workflows import names
@@ -52,7 +60,8 @@ async def _time_skipping() -> WorkflowEnvironment:
     return env
 
 
-async def test_eight_hour_grant_lapses_after_eight_hours(tmp_path: Path) -> None:
+async def _run(tmp_path: Path, *, duration: timedelta, steps: list[StepPlan]) -> tuple[RequestStatus, FakeTarget]:
+    """Run one request to its end on the time-skipping server; return its result and the target."""
     target = FakeTarget()
     async with await _time_skipping() as env:
         settings = make_settings(tmp_path, "unused:0")
@@ -62,10 +71,15 @@ async def test_eight_hour_grant_lapses_after_eight_hours(tmp_path: Path) -> None
             request_id = uuid.uuid4().hex[:10]
             result = await env.client.execute_workflow(
                 AccessRequestWorkflow.run,
-                _input(request_id, duration=timedelta(hours=8), steps=[]),
+                _input(request_id, duration=duration, steps=steps),
                 id=f"access-request-{request_id}",
                 task_queue=settings.task_queue,
             )
+    return result, target
+
+
+async def test_eight_hour_grant_lapses_after_eight_hours(tmp_path: Path) -> None:
+    result, target = await _run(tmp_path, duration=timedelta(hours=8), steps=[])
     assert result.state is RequestState.EXPIRED
     assert result.granted_at is not None and result.expires_at is not None and result.ended_at is not None
     assert result.expires_at - result.granted_at == timedelta(hours=8)
@@ -75,22 +89,10 @@ async def test_eight_hour_grant_lapses_after_eight_hours(tmp_path: Path) -> None
 
 
 async def test_undecided_request_times_out_after_a_day(tmp_path: Path) -> None:
-    target = FakeTarget()
     step = StepPlan(
         name="manager", approvers=[Approver(kind=ApproverKind.MANAGER)], quorum=1, eligible=["ada@example.com"]
     )
-    async with await _time_skipping() as env:
-        settings = make_settings(tmp_path, "unused:0")
-        async with build_worker(
-            env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
-        ):
-            request_id = uuid.uuid4().hex[:10]
-            result = await env.client.execute_workflow(
-                AccessRequestWorkflow.run,
-                _input(request_id, duration=timedelta(hours=2), steps=[step]),
-                id=f"access-request-{request_id}",
-                task_queue=settings.task_queue,
-            )
+    result, target = await _run(tmp_path, duration=timedelta(hours=2), steps=[step])
     assert result.state is RequestState.TIMED_OUT
     assert result.ended_at is not None and result.ended_at - result.created_at >= timedelta(hours=24)
     assert "no decision on step 'manager' within P1D" in (result.end_reason or "")
