@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Api, FakeTarget
@@ -18,6 +20,18 @@ DEPLOY = "ledger/payments-api/deploy"  # manager-approval: alan's manager is lin
 WRITE = "ledger/prod-db/write"  # sensitive: ken -> manager margaret, then owner frances
 ADMIN = "ledger/prod-db/admin"  # critical: manager, then 2 of owners (frances, radia) + security (ada, radia)
 READ = "ledger/prod-db/read"  # read-only: up to 1h automatic
+
+
+async def _search_attribute_becomes(
+    handle: WorkflowHandle[Any, Any], key: SearchAttributeKey[Any], value: object
+) -> None:
+    """Search attributes reach visibility a moment after the state change that set them."""
+    for _ in range(100):
+        if (await handle.describe()).typed_search_attributes.get(key) == value:
+            return
+        await asyncio.sleep(0.1)
+    seen = (await handle.describe()).typed_search_attributes.get(key)
+    raise AssertionError(f"{key.name} stayed {seen!r}, wanted {value!r}")
 
 
 async def test_one_step_lifecycle_grants_then_lapses(api: Api, target: FakeTarget, audit) -> None:
@@ -271,8 +285,7 @@ async def test_failing_revoke_is_visible_and_retried_until_it_succeeds(
     failing = await api.wait_for(created["id"], "revoking", timeout=20)
     assert "unreachable" in failing["revoke_error"]
     handle = env.client.get_workflow_handle(names.request_workflow_id(created["id"]))
-    description = await handle.describe()
-    assert description.typed_search_attributes.get(names.STATE) == "revoking"
+    await _search_attribute_becomes(handle, names.STATE, "revoking")
     assert ("katherine@example.com", READ) in target.held
 
     ended = await api.wait_for(created["id"], "expired", timeout=30)
@@ -294,6 +307,7 @@ async def test_operator_finds_a_request_by_search_attributes(api: Api, env: Work
     created = await api.request("katherine@example.com", READ, "PT10M", "")
     await api.wait_for(created["id"], "active")
     handle = env.client.get_workflow_handle(names.request_workflow_id(created["id"]))
+    await _search_attribute_becomes(handle, names.STATE, "active")
     description = await handle.describe()
     attributes = description.typed_search_attributes
     assert attributes.get(names.REQUESTER) == "katherine@example.com"
