@@ -66,11 +66,11 @@ def policy_for(session: Session, role: Role) -> ApprovalPolicy | None:
             return 2 if a.resource_id == resource.id else -1
         return 1
 
-    ranked = sorted((specificity(a), a.id or 0, a) for a in assignments)
-    applicable = [a for rank, _, a in ranked if rank > 0]
+    applicable = [a for a in assignments if specificity(a) > 0]
     if not applicable:
         return None
-    workflow = session.get(ApprovalWorkflow, applicable[-1].approval_workflow_id)
+    chosen = max(applicable, key=specificity)
+    workflow = session.get(ApprovalWorkflow, chosen.approval_workflow_id)
     assert workflow is not None
     return ApprovalPolicy(name=workflow.name, description=workflow.description, rules=workflow.rules)  # type: ignore[arg-type]
 

@@ -245,6 +245,20 @@ class RequestStatus(Model):
     revoke_error: str | None = None
     """Set while a revoke keeps failing; Lapse keeps retrying until it succeeds."""
 
+    def open_round(self) -> list[StepStatus] | None:
+        """The steps being decided now: the request's own while pending, a pending extension's while active."""
+        if self.state is RequestState.PENDING:
+            return self.steps
+        if self.state is RequestState.ACTIVE and self.extensions:
+            extension = self.extensions[-1]
+            if extension.state is ExtensionState.PENDING:
+                return extension.steps
+        return None
+
+    def open_step(self) -> StepStatus | None:
+        """The step awaiting decisions now, if any."""
+        return next((s for s in self.open_round() or [] if s.state is StepState.OPEN), None)
+
 
 # --- workflow and activity inputs ---------------------------------------------------------
 

@@ -278,6 +278,16 @@ def _fill(record: Lifecycle, status: dict[str, Any]) -> None:
     record.ended_at = _when(status.get("ended_at"))
 
 
+def _settle(record: Lifecycle, status: dict[str, Any] | None, waited: str = "") -> None:
+    """Take a request's last status into its record, noting why it did not end."""
+    if status is None:
+        record.error = "no status"
+        return
+    _fill(record, status)
+    if status["state"] not in ENDED:
+        record.error = f"still {status['state']}{waited}"
+
+
 async def _sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
@@ -491,12 +501,7 @@ async def lapse_lifecycle(api: Api, record: Lifecycle, at: float, args: argparse
     # Nothing can end before approve + hold (expires_at = granted_at + hold): poll from then on.
     await asyncio.sleep(max(0.0, args.hold - (_utcnow() - record.approve_sent_at).total_seconds()))
     status = await api.poll(request_id, lambda s: s["state"] in ENDED, args.poll, args.poll_max, deadline)
-    if status is None:
-        record.error = "no status"
-        return
-    _fill(record, status)
-    if status["state"] not in ENDED:
-        record.error = f"still {status['state']} after {give_up_s:.0f}s"
+    _settle(record, status, f" after {give_up_s:.0f}s")
 
 
 async def run_lapse(api: Api, client: Client, args: argparse.Namespace) -> dict[str, Any]:
@@ -607,12 +612,7 @@ async def run_burst(api: Api, args: argparse.Namespace) -> dict[str, Any]:
         assert record.request_id is not None
         async with gate:
             status = await api.status(record.request_id)
-        if status is None:
-            record.error = "no status"
-            return
-        _fill(record, status)
-        if status["state"] not in ENDED:
-            record.error = f"still {status['state']}"
+        _settle(record, status)
 
     await asyncio.gather(*(read(r) for r in created))
     done = [r for r in created if r.completed]

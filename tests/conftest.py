@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,3 @@ def audit(settings: Settings) -> Iterator[Any]:
             return list(session.exec(query))
 
     yield read
-
-
-SHORT = timedelta(seconds=2)

@@ -81,3 +81,22 @@ def test_malformed_file_names_the_field(tmp_path: Path) -> None:
     bad.write_text("approval_workflows:\n  - {name: x, rules: [{name: r, max_duration: soon}]}\n")
     with pytest.raises(OrgError, match="max_duration"):
         OrgFile.read(bad)
+
+
+def test_lapse_load_org_command_loads_a_file_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    lapse = str(Path(sys.executable).parent / "lapse")
+    env = {**os.environ, "LAPSE_DATA_DIR": str(tmp_path)}
+    loaded = subprocess.run([lapse, "load-org", str(DEMO_ORG)], env=env, capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    with session_scope(f"sqlite:///{tmp_path / 'lapse.db'}", write=False) as session:
+        assert catalog.find_user(session, "ada@example.com") is not None
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("assignments:\n  - {workflow: nope, scope: ledger}\n")
+    refused = subprocess.run([lapse, "load-org", str(bad)], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "unknown workflow nope" in refused.stderr

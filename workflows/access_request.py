@@ -314,15 +314,12 @@ class AccessRequestWorkflow:
     # --- validation (validators reject without a trace in history; the API audits that) ---
 
     def _round(self) -> list[StepStatus] | None:
-        """The steps being decided now: the request's own, or a pending extension's."""
-        status = self._status
-        if status.state is RequestState.PENDING and self._approval is None and self._ending is None:
-            return status.steps
-        if status.state is RequestState.ACTIVE and status.extensions and self._ending is None:
-            extension = status.extensions[-1]
-            if extension.state is ExtensionState.PENDING:
-                return extension.steps
-        return None
+        """The steps open to decisions: none once the request is ending or its round is over."""
+        if self._ending is not None:
+            return None
+        if self._status.state is RequestState.PENDING and self._approval is not None:
+            return None
+        return self._status.open_round()
 
     def _check_decision(self, input: DecisionInput) -> None:
         steps = self._round()

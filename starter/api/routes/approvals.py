@@ -7,15 +7,10 @@ from sqlmodel import col, select
 
 from access.db import session_scope
 from access.tables import AccessRequest
-from access.types import ExtensionState, RequestState, RequestStatus, StepState, StepStatus
+from access.types import RequestState, RequestStatus
 from starter.api.deps import CurrentUser, SettingsDep
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"])
-
-
-def _awaits(steps: list[StepStatus], email: str) -> bool:
-    step = next((s for s in steps if s.state is StepState.OPEN), None)
-    return step is not None and email in step.eligible and all(d.approver != email for d in step.decisions)
 
 
 @router.get("")
@@ -27,12 +22,7 @@ def list_approvals(user: CurrentUser, settings: SettingsDep) -> list[RequestStat
     with session_scope(settings.db_url, write=False) as session:
         for row in session.exec(query):
             status = RequestStatus.model_validate(row.status)
-            if status.state is RequestState.PENDING:
-                steps = status.steps
-            elif status.extensions and status.extensions[-1].state is ExtensionState.PENDING:
-                steps = status.extensions[-1].steps
-            else:
-                continue
-            if _awaits(steps, user.email):
+            step = status.open_step()
+            if step and user.email in step.eligible and all(d.approver != user.email for d in step.decisions):
                 waiting.append(status)
     return waiting
