@@ -27,12 +27,19 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-# Real servers the tests start themselves (PostgreSQL), from Debian's packages.
+# Real servers the tests start themselves, from Debian's packages: PostgreSQL and OpenLDAP's
+# slapd (scim2-server comes from PyPI with the dev extras).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-	  echo "installing PostgreSQL (Debian package) for the connector tests"; \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/sbin/slapd ] || missing="$$missing slapd ldap-utils"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (Debian packages) for the connector tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  $(SUDO) systemctl disable --now slapd >/dev/null 2>&1 || $(SUDO) service slapd stop >/dev/null 2>&1 || true; \
+	fi
 
 test: lint system-deps
 	$(BIN)/pytest

@@ -13,18 +13,22 @@ import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from access.credentials import credential_cipher
 from access.settings import Settings, get_settings
 from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.integrations import IntegrationActivities
 from activities.requests import RequestActivities
 from starter.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
+from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
 
-WORKFLOWS: Sequence[type] = [AccessRequestWorkflow]
+WORKFLOWS: Sequence[type] = [AccessRequestWorkflow, DiscoveryWorkflow, ConnectionTestWorkflow]
 
 
 def build_worker(
@@ -36,7 +40,10 @@ def build_worker(
     executor: ThreadPoolExecutor | None = None,
 ) -> Worker:
     """A worker for Lapse's workflows and activities; tests pass their own queue and connectors."""
-    activities = RequestActivities(settings.db_url, connectors=connectors)
+    activities = [
+        *RequestActivities(settings.db_url, connectors=connectors, cipher=partial(credential_cipher, settings)).all(),
+        *IntegrationActivities(settings.db_url, connectors=connectors).all(),
+    ]
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -46,7 +53,7 @@ def build_worker(
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
         ),
-        activities=activities.all(),
+        activities=activities,
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
         max_concurrent_local_activities=32,

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy import event as sa_event
 from sqlmodel import Session, col, select
 
@@ -30,7 +30,12 @@ def engine_for(url: str, *, writer: bool = True) -> Engine:
     begin deferred so they never wait for, or hold up, a writer.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            # A plain postgresql:// URL means psycopg2 to SQLAlchemy; Lapse ships psycopg 3.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        # Room for every activity thread of a worker (32) to hold a connection at once.
+        return create_engine(parsed, pool_pre_ping=True, pool_size=8, max_overflow=32)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -67,11 +72,15 @@ def session_scope(url: str, *, write: bool = True) -> Iterator[Session]:
             raise
 
 
-def lock(session: Session, *keys: str) -> None:
-    """Serialise writers on a key until the transaction ends (a no-op beyond SQLite's lock)."""
+def lock(session: Session, *keys: str, shared: bool = False) -> None:
+    """Serialise writers on a key until the transaction ends (a no-op beyond SQLite's lock).
+
+    ``shared`` holders run alongside each other but not alongside an exclusive holder.
+    """
     if session.get_bind().dialect.name == "postgresql":
         digest = hashlib.blake2b("\x00".join(keys).encode(), digest_size=8).digest()
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(digest, "big", signed=True)})
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        session.execute(text(f"SELECT {function}(:key)"), {"key": int.from_bytes(digest, "big", signed=True)})
 
 
 def migrate(url: str) -> None:

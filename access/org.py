@@ -8,6 +8,7 @@ name (email for users) and updated in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError
 from sqlmodel import Session, col, delete, select
 
+from access.durations import Duration
 from access.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
@@ -27,6 +29,7 @@ from access.tables import (
     User,
 )
 from access.types import ApprovalPolicy, Model, Sensitivity
+from activities.connectors import check_config
 
 T = TypeVar("T")
 
@@ -80,6 +83,8 @@ class RoleEntry(Model):
     description: str = ""
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     owners: list[str] = []
+    jit_only: bool = False
+    """Only Lapse may grant it: discovery treats a grant made elsewhere as drift."""
 
 
 class ResourceEntry(Model):
@@ -88,12 +93,20 @@ class ResourceEntry(Model):
     roles: list[RoleEntry] = []
 
 
+class DiscoveryEntry(Model):
+    every: Duration = timedelta(minutes=15)
+    """How often the discovery schedule runs."""
+    enforce_jit_only: bool = False
+    """Revoke grants of JIT-only roles made outside Lapse."""
+
+
 class IntegrationEntry(Model):
     name: str
     kind: str = "ledger"
     description: str = ""
     config: dict[str, Any] = {}
     """Connector settings; secrets only as references (``dsn_env``, ``dsn_file``), never inline."""
+    discovery: DiscoveryEntry = DiscoveryEntry()
     resources: list[ResourceEntry] = []
 
 
@@ -132,6 +145,10 @@ class OrgFile(Model):
         scopes = set(known.scopes)
         for integration in self.integrations:
             scopes.add(integration.name)
+            try:
+                check_config(integration.kind, integration.config)
+            except ValueError as error:
+                problems.append(f"integration {integration.name}: {error}".replace("\n", " "))
             for resource in integration.resources:
                 scopes.add(f"{integration.name}/{resource.name}")
                 for role in resource.roles:
@@ -226,7 +243,13 @@ def load_org(session: Session, org: OrgFile) -> None:
             session,
             Integration,
             {"name": integ.name},
-            {"kind": integ.kind, "description": integ.description, "config": integ.config},
+            {
+                "kind": integ.kind,
+                "description": integ.description,
+                "config": integ.config,
+                "discovery_interval_s": int(integ.discovery.every.total_seconds()),
+                "enforce_jit_only": integ.discovery.enforce_jit_only,
+            },
         )
         for res in integ.resources:
             where: dict[str, object] = {"integration_id": integration.id, "name": res.name}
@@ -240,6 +263,7 @@ def load_org(session: Session, org: OrgFile) -> None:
                         "path": f"{integ.name}/{res.name}/{role_entry.name}",
                         "description": role_entry.description,
                         "sensitivity": role_entry.sensitivity.value,
+                        "jit_only": role_entry.jit_only,
                     },
                 )
                 session.exec(delete(RoleOwner).where(col(RoleOwner.role_id) == role.id))

@@ -6,7 +6,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from access.durations import Duration
@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     """How long the API waits for a worker to record a new request before answering 503."""
     org_file: Path | None = None
     """Organisation file loaded on first start; default: the bundled demo organisation."""
+    demo_pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    """With the demo organisation, a PostgreSQL that answers here becomes the ``demo-pg`` integration
+    (``off`` to skip). Workers read it from the environment, like any integration's secret."""
+    secret_key: SecretStr | None = None
+    """Fernet key sealing one-time credentials until their requester fetches them; default: a key file
+    ``secret.key`` in ``data_dir``, made on first use. Set it when the API and workers share no disk."""
 
     @property
     def db_url(self) -> str:

@@ -62,6 +62,15 @@ class Integration(SQLModel, table=True):
     kind: str = "ledger"
     description: str = ""
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """Connector settings: secrets only as references (an env var or a file), never the value."""
+    discovery_interval_s: int = 900
+    """How often the discovery schedule runs."""
+    enforce_jit_only: bool = False
+    """Revoke grants of JIT-only roles that discovery finds were made outside Lapse."""
+    discovered_at: datetime | None = Field(default=None, sa_column=_utc())
+    discovery_error: str | None = None
+    """Why the last discovery failed; cleared by the next one that succeeds."""
+    discovery_summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class Resource(SQLModel, table=True):
@@ -81,6 +90,10 @@ class Role(SQLModel, table=True):
     """``integration/resource/role``, kept denormalised because everything refers to it."""
     description: str = ""
     sensitivity: str = "medium"
+    jit_only: bool = False
+    """Only Lapse may grant it: a grant found in the target is drift (and revoked where enforced)."""
+    missing: bool = False
+    """The last discovery did not find the role in the target."""
 
 
 class RoleOwner(SQLModel, table=True):
@@ -138,6 +151,19 @@ class Grant(SQLModel, table=True):
     granted_at: datetime = Field(sa_column=_utc(nullable=False))
     expires_at: datetime | None = Field(default=None, sa_column=_utc())
     ended_at: datetime | None = Field(default=None, sa_column=_utc())
+
+
+class Credential(SQLModel, table=True):
+    """The one-time login of an ephemeral grant, its password sealed until the requester fetches it."""
+
+    request_id: str = Field(primary_key=True)
+    username: str
+    ciphertext: str | None = None
+    """The password, sealed with the app's key (``access.credentials``); cleared once shown."""
+    dsn_hint: str | None = None
+    expires_at: datetime | None = Field(default=None, sa_column=_utc())
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    shown_at: datetime | None = Field(default=None, sa_column=_utc())
 
 
 class AuditEvent(SQLModel, table=True):

@@ -244,6 +244,9 @@ class RequestStatus(Model):
     extensions: list[ExtensionStatus] = []
     revoke_error: str | None = None
     """Set while a revoke keeps failing; Lapse keeps retrying until it succeeds."""
+    login: str | None = None
+    """The login made for this grant alone (ephemeral credentials); its requester fetches the password
+    once from ``POST /api/requests/{id}/credentials``."""
 
     def open_round(self) -> list[StepStatus] | None:
         """The steps being decided now: the request's own while pending, a pending extension's while active."""
@@ -321,6 +324,8 @@ class GrantInput(Model):
     role: str
     duration: Duration | None = None
     """How long the grant lasts from the moment it is made; None for standing access."""
+    expires_at: datetime | None = None
+    """Set when an extension moved the end of a grant already made: only that end is passed on."""
 
 
 class GrantResult(Model):
@@ -329,6 +334,20 @@ class GrantResult(Model):
     expires_at: datetime | None = None
     shared: bool
     """Another active grant already covered this account and role: no new provision."""
+    credentials: bool = False
+    """A login with a password was made for this grant; the password itself is sealed in the app DB,
+    never here (this result is kept in workflow history)."""
+
+
+class CredentialsShown(Model):
+    """An ephemeral grant's login, as shown once to its requester (never stored in this form)."""
+
+    username: str
+    password: str
+    expires_at: datetime | None
+    """When the target stops accepting the login (it moves with extensions)."""
+    dsn_hint: str | None = None
+    """Where to connect, without the password."""
 
 
 class RevokeInput(Model):
@@ -341,3 +360,55 @@ class RevokeResult(Model):
     revoked_at: datetime
     still_held: bool
     """Another active grant still covers this account and role, so access stays."""
+
+
+# --- integrations: connection tests and discovery -----------------------------------------
+
+
+class IntegrationInput(Model):
+    integration: str
+    """The integration's name."""
+
+
+class ConnectionTestResult(Model):
+    ok: bool
+    detail: str
+    """The target's description when ``ok``; otherwise what is wrong."""
+    retryable: bool = False
+    """The failure looks temporary (network, a busy server) rather than a configuration problem."""
+
+
+class DriftItem(Model):
+    """A grant of a JIT-only role found in the target that Lapse did not make."""
+
+    account: str
+    role: str
+    user: str | None = None
+
+
+class DiscoveryResult(Model):
+    """What one discovery run found and changed; also kept on the integration."""
+
+    integration: str
+    resources: int = 0
+    roles: int = 0
+    roles_added: int = 0
+    roles_missing: int = 0
+    """Catalogued roles the target no longer has."""
+    grants_seen: int = 0
+    external_found: int = 0
+    """Grants in the target that no Lapse grant covers, newly recorded with path ``external``."""
+    external_gone: int = 0
+    """External grants recorded earlier that the target no longer has."""
+    lapse_grants_missing: int = 0
+    """Active Lapse grants (jit, birthright) the target does not have: removed by hand outside Lapse."""
+    unlinked_accounts: int = 0
+    """Accounts holding a role that match no Lapse user."""
+    drift: list[DriftItem] = []
+    """External grants of JIT-only roles to revoke (the integration enforces JIT-only)."""
+    remediated: int = 0
+
+
+class RemediateInput(Model):
+    integration: str
+    items: list[DriftItem]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from cryptography.fernet import Fernet
 from sqlmodel import Session, col, func, or_, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from access import catalog, policy
 from access.db import append_audit, lock, session_scope
-from access.tables import AccessRequest, Grant, Integration, Resource
+from access.tables import AccessRequest, Credential, Grant, Integration, Resource
 from access.types import (
     GrantInput,
     GrantResult,
@@ -21,16 +22,33 @@ from access.types import (
     RevokeInput,
     RevokeResult,
 )
-from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, Target
+from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, Credentials, Target
+from activities.integrations import as_activity_error, connector_for
 from workflows import names
+
+T = TypeVar("T")
+
+MAX_ACCOUNT = 63
+"""The longest name a per-grant account may have (PostgreSQL's identifier limit)."""
 
 
 class RequestActivities:
-    """Activities bound to one app DB and one set of connector kinds."""
+    """Activities bound to one app DB and one set of connector kinds.
 
-    def __init__(self, db_url: str, *, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
+    ``cipher`` gives the key that seals one-time credentials (``access.credentials``); it is
+    asked for only when a connector makes some.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        *,
+        connectors: Mapping[str, ConnectorFactory] = BUILT_IN,
+        cipher: Callable[[], Fernet] | None = None,
+    ) -> None:
         self._db_url = db_url
         self._connectors = dict(connectors)
+        self._cipher = cipher
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.record_request, self.resolve_approvers, self.provision_grant, self.revoke_grant]
@@ -75,17 +93,20 @@ class RequestActivities:
         """Record the grant in the ledger and grant the role in the target, idempotently.
 
         When another active grant already covers the account and role, the target is not
-        called again: the ledger counts grants per account and role.
+        called again: the ledger counts grants per account and role. Called again with
+        ``expires_at`` after an extension, it only moves the end the target enforces.
+        Credentials a connector makes are sealed into the app DB in the ledger's transaction.
         """
         with session_scope(self._db_url) as session:
             target, connector = self._target(session, input.role)
-            account = connector.account_for(input.requester)
+            account = _account(connector, input.requester, input.request_id)
             lock(session, account, input.role)
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
             others = _active_grants(session, account, input.role, besides=input.request_id)
+            extending = grant is not None and input.expires_at is not None
+            now = datetime.now(UTC)
             if grant is None:
                 # The clock starts now, at the grant, so the target can enforce the same end.
-                now = datetime.now(UTC)
                 grant = Grant(
                     account=account,
                     role=input.role,
@@ -93,21 +114,51 @@ class RequestActivities:
                     path="jit",
                     request_id=input.request_id,
                     granted_at=now,
-                    expires_at=now + input.duration if input.duration is not None else None,
+                    expires_at=input.expires_at or (now + input.duration if input.duration is not None else None),
                 )
-                session.add(grant)
-                session.flush()
+            elif extending:
+                grant.expires_at = input.expires_at
+            session.add(grant)
+            session.flush()
             expires_at = grant.expires_at
-            if not others:
-                _call(lambda: connector.grant(account, target, expires_at))
-            return GrantResult(account=account, granted_at=grant.granted_at, expires_at=expires_at, shared=bool(others))
+            sealed = session.get(Credential, input.request_id)
+            if extending:
+                if grant.active and not others:
+                    _call(lambda: connector.extend(account, target, expires_at))
+                if sealed is not None:
+                    sealed.expires_at = expires_at
+                    session.add(sealed)
+            elif not others:
+                cipher = self._key() if connector.per_grant_accounts else None  # before the login exists
+                credentials = _call(lambda: connector.grant(account, target, expires_at))
+                if credentials is not None:
+                    sealed = _seal(cipher or self._key(), sealed, input.request_id, credentials, now)
+                    session.add(sealed)
+            return GrantResult(
+                account=account,
+                granted_at=grant.granted_at,
+                expires_at=expires_at,
+                shared=bool(others),
+                credentials=sealed is not None,
+            )
+
+    def _key(self) -> Fernet:
+        """The key that seals credentials; a missing or malformed one fails the grant for good, saying why."""
+        try:
+            if self._cipher is None:
+                raise ValueError("this worker was given no key")
+            return self._cipher()
+        except ValueError as error:
+            raise ApplicationError(
+                f"cannot seal credentials: {error}", type="NoSecretKey", non_retryable=True
+            ) from error
 
     @activity.defn(name=names.REVOKE_GRANT)
     def revoke_grant(self, input: RevokeInput) -> RevokeResult:
         """End the request's grant; revoke in the target unless another active grant remains."""
         with session_scope(self._db_url) as session:
             target, connector = self._target(session, input.role)
-            account = connector.account_for(input.requester)
+            account = _account(connector, input.requester, input.request_id)
             lock(session, account, input.role)
             now = datetime.now(UTC)
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
@@ -121,6 +172,9 @@ class RequestActivities:
                 # Also when no ledger row exists: a grant may have reached the target just before
                 # its provisioning was interrupted. Revoking what is not there is success.
                 _call(lambda: connector.revoke(account, target))
+            sealed = session.get(Credential, input.request_id)
+            if sealed is not None:  # never shown, and of no use now
+                session.delete(sealed)
             return RevokeResult(revoked_at=now, still_held=bool(others))
 
     def _target(self, session: Session, path: str) -> tuple[Target, Connector]:
@@ -131,15 +185,33 @@ class RequestActivities:
         assert resource is not None
         integration = session.get(Integration, resource.integration_id)
         assert integration is not None
-        factory = self._connectors.get(integration.kind)
-        if factory is None:
-            raise ApplicationError(
-                f"integration {integration.name} has kind {integration.kind!r}, for which this worker has no connector",
-                type="UnknownConnector",
-                non_retryable=True,
-            )
+        # Discovery holds this exclusively while it compares the target with the ledger.
+        lock(session, "integration", integration.name, shared=True)
         target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
-        return target, factory(target)
+        return target, connector_for(integration, self._connectors)
+
+
+def _seal(
+    cipher: Fernet, row: Credential | None, request_id: str, credentials: Credentials, now: datetime
+) -> Credential:
+    """The credentials as a ``Credential`` row, the password sealed (a retry replaces the earlier ones)."""
+    row = row or Credential(request_id=request_id, username=credentials.username, created_at=now)
+    row.username = credentials.username
+    row.ciphertext = cipher.encrypt(credentials.password.encode()).decode()
+    row.dsn_hint = credentials.dsn_hint
+    row.expires_at = credentials.expires_at
+    row.created_at = now
+    row.shown_at = None
+    return row
+
+
+def _account(connector: Connector, email: str, request_id: str) -> str:
+    """The user's account, or for a per-grant connector ``<account>_<request id>``, within 63 characters."""
+    account = connector.account_for(email)
+    if not connector.per_grant_accounts:
+        return account
+    suffix = f"_{request_id}"
+    return account[: MAX_ACCOUNT - len(suffix)] + suffix
 
 
 def _active_grants(session: Session, account: str, role: str, *, besides: str) -> int:
@@ -157,9 +229,9 @@ def _active_grants(session: Session, account: str, role: str, *, besides: str) -
     return int(session.exec(query).one())
 
 
-def _call(operation: Callable[[], None]) -> None:
+def _call(operation: Callable[[], T]) -> T:
     """Run a connector call, turning its errors into retryable or final activity failures."""
     try:
-        operation()
+        return operation()
     except ConnectorError as error:
-        raise ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable) from error
+        raise as_activity_error(error) from error

@@ -166,6 +166,20 @@ def extend(
 
 
 @app.command()
+def credentials(request_id: str) -> None:
+    """Show the login made for your grant (ephemeral credentials). Shown once only: keep them now."""
+
+    def show(shown: dict[str, Any]) -> None:
+        typer.echo(f"username: {shown['username']}")
+        typer.echo(f"password: {shown['password']}")
+        typer.echo(f"valid until: {shown['expires_at'] or 'never'}")
+        if shown.get("dsn_hint"):
+            typer.echo(f"connect: {shown['dsn_hint']}")
+
+    _output(_call("POST", f"/api/requests/{request_id}/credentials"), show)
+
+
+@app.command()
 def grants(everyone: Annotated[bool, typer.Option("--all", help="Admins: everyone's grants.")] = False) -> None:
     """What you hold, through which path, until when."""
 
@@ -174,6 +188,61 @@ def grants(everyone: Annotated[bool, typer.Option("--all", help="Admins: everyon
         typer.echo(f"{grant['role']}  {grant['path']:<10} {grant['account']}  until {until}  ({grant['request_id']})")
 
     _output(_call("GET", "/api/grants", params={"all": "true"} if everyone else None), show)
+
+
+integration_app = typer.Typer(help="Admins: connected systems, their connection tests and discovery.")
+app.add_typer(integration_app, name="integrations")
+
+
+def _show_integration(entry: dict[str, Any]) -> None:
+    when = entry["discovered_at"] or "never"
+    typer.echo(f"{entry['name']}  {entry['kind']:<9} {entry['roles']} roles  discovered {when}")
+    if entry.get("discovery_error"):
+        typer.echo(f"    last discovery failed: {entry['discovery_error']}")
+
+
+@integration_app.command("list")
+def integrations_list() -> None:
+    """The integrations, how many roles each has, and how their last discovery went."""
+    _output(_call("GET", "/api/integrations"), _show_integration)
+
+
+@integration_app.command("test")
+def integrations_test(name: str) -> None:
+    """Reach the target with the integration's settings (on a worker, which holds the secrets)."""
+    result = _call("POST", f"/api/integrations/{name}/test")
+    if _state["json"]:
+        _output(result)
+    elif not result["ok"]:
+        _fail(f"{name}: {result['detail']}{' (may pass if retried)' if result['retryable'] else ''}")
+    else:
+        typer.echo(f"{name}: ok, {result['detail']}")
+
+
+@integration_app.command("discover")
+def integrations_discover(name: str) -> None:
+    """Run discovery now: roles and grants in the target, grants made outside Lapse, drift."""
+
+    def show(result: dict[str, Any]) -> None:
+        typer.echo(
+            f"{name}: {result['roles']} roles ({result['roles_added']} new, {result['roles_missing']} missing), "
+            f"{result['grants_seen']} grants seen, {result['external_found']} new external, "
+            f"{result['external_gone']} external gone, {result['unlinked_accounts']} unlinked accounts, "
+            f"{result['remediated']} drift revoked"
+        )
+
+    _output(_call("POST", f"/api/integrations/{name}/discover"), show)
+
+
+@integration_app.command("roles")
+def integrations_roles(name: str) -> None:
+    """The integration's roles: JIT-only, missing from the target, how many hold each."""
+
+    def show(role: dict[str, Any]) -> None:
+        flags = [f for f, on in (("jit-only", role["jit_only"]), ("MISSING", role["missing"])) if on]
+        typer.echo(f"{role['path']}  {role['holders']} holders  {' '.join(flags)}".rstrip())
+
+    _output(_call("GET", f"/api/integrations/{name}/roles"), show)
 
 
 @app.command()

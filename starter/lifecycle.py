@@ -10,6 +10,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -21,14 +22,16 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from access import catalog
+from access.credentials import credential_cipher
 from access.db import append_audit, session_scope
 from access.durations import format_duration
 from access.policy import InvalidRequest, NoEligibleApprovers, NotRequestable, PolicyError, evaluate_policy
 from access.settings import Settings
-from access.tables import AccessRequest, User
+from access.tables import AccessRequest, Credential, User
 from access.types import (
     AccessRequestInput,
     AuditEntry,
+    CredentialsShown,
     DecisionInput,
     EndInput,
     ExtendInput,
@@ -55,6 +58,13 @@ def _plan(settings: Settings, requester: User, role_path: str, duration: timedel
         role = catalog.find_role(session, role_path)
         if role is None:
             raise Problem(404, f"there is no role {role_path!r}; see GET /api/catalog", field="role")
+        if role.missing:
+            raise Problem(
+                409,
+                f"role {role.path} was not found in its target at the last discovery; "
+                "it can be requested again once it is back",
+                field="role",
+            )
         approval = catalog.policy_for(session, role)
         context = catalog.policy_context(session, requester, role, approval)
     try:
@@ -184,3 +194,45 @@ async def extend(
         raise refused(settings, actor.email, "grant.extend", target, problem) from None
     arg = ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan)
     return await _update(client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend")
+
+
+def show_credentials(settings: Settings, actor: User, request_id: str) -> CredentialsShown:
+    """Hand the requester their grant's one-time login, once: the sealed password is cleared as it is read.
+
+    The audit log records that it was shown (or refused), never the password.
+    """
+    status = stored_status(settings, request_id)
+    if status is None:
+        raise Problem(404, f"there is no request {request_id!r}", field="id")
+    target = names.request_workflow_id(request_id)
+    shown: CredentialsShown | None = None
+    with session_scope(settings.db_url) as session:
+        row = session.get(Credential, request_id, with_for_update=True)  # one reader at a time on PostgreSQL
+        if actor.email != status.requester:
+            problem = Problem(403, "only the requester can see the credentials of their grant")
+        elif row is None:
+            problem = Problem(409, f"request {request_id} is {status.state.value} and has no credentials to show")
+        elif row.ciphertext is None:
+            problem = Problem(410, f"the credentials of request {request_id} were already shown, at {row.shown_at}")
+        elif status.state is not RequestState.ACTIVE:
+            problem = Problem(409, f"request {request_id} is {status.state.value}: credentials are shown while active")
+        else:
+            try:
+                password = credential_cipher(settings).decrypt(row.ciphertext.encode()).decode()
+            except InvalidToken:
+                raise Problem(
+                    409, "the credentials were sealed with another key than this API's (LAPSE_SECRET_KEY)"
+                ) from None
+            row.ciphertext = None
+            row.shown_at = datetime.now(UTC)
+            session.add(row)
+            entry = AuditEntry(
+                actor=actor.email, action="credentials.shown", target=target, details={"login": row.username}
+            )
+            append_audit(session, [entry])
+            shown = CredentialsShown(
+                username=row.username, password=password, expires_at=status.expires_at, dsn_hint=row.dsn_hint
+            )
+    if shown is None:
+        raise refused(settings, actor.email, "credentials.show", target, problem)
+    return shown

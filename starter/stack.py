@@ -19,7 +19,7 @@ from sqlmodel import select
 from access.db import migrate, session_scope
 from access.org import DEMO_ORG, OrgFile, load_org
 from access.settings import Settings
-from access.tables import User
+from access.tables import Integration, User
 from workflows.names import SEARCH_ATTRIBUTES
 
 
@@ -41,6 +41,62 @@ def prepare_database(settings: Settings) -> bool:
             return False
         load_org(session, OrgFile.read(settings.org_file or DEMO_ORG))
         return True
+
+
+DEMO_PG = "demo-pg"
+DEMO_PG_ENV = "LAPSE_DEMO_PG_DSN"
+DEMO_PG_ROLES = {
+    "lapse_demo_reports_read": "SELECT ON lapse_demo_reports",
+    "lapse_demo_reports_write": "SELECT, INSERT, UPDATE, DELETE ON lapse_demo_reports",
+}
+
+
+def add_demo_postgres(settings: Settings) -> bool:
+    """With the demo organisation, connect a local PostgreSQL that answers as the ``demo-pg`` integration.
+
+    Creates a table and two NOLOGIN roles there (if missing) and makes them requestable under the
+    read-only workflow; users' login roles are created on their first grant. True if connected.
+    """
+    if settings.org_file is not None or settings.demo_pg_dsn in ("", "off"):
+        return False
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(settings.demo_pg_dsn, connect_timeout=2, autocommit=True) as connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS lapse_demo_reports (id serial PRIMARY KEY, body text)")
+            for role, rights in DEMO_PG_ROLES.items():
+                if connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                    connection.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+                connection.execute(f"GRANT {rights} TO {role}")
+    except psycopg.Error:
+        return False
+    os.environ[DEMO_PG_ENV] = settings.demo_pg_dsn  # the worker resolves the reference from its environment
+    org = OrgFile.model_validate(
+        {
+            "integrations": [
+                {
+                    "name": DEMO_PG,
+                    "kind": "postgres",
+                    "description": "the local PostgreSQL (added by the demo)",
+                    "config": {
+                        "dsn_env": DEMO_PG_ENV,
+                        "role_prefix": "lapse_demo_",
+                        "resource": "reports",
+                        "create_accounts": True,
+                    },
+                    "resources": [
+                        {"name": "reports", "roles": [{"name": name, "sensitivity": "low"} for name in DEMO_PG_ROLES]}
+                    ],
+                }
+            ],
+            "assignments": [{"workflow": "read-only", "scope": DEMO_PG}],
+        }
+    )
+    with session_scope(settings.db_url) as session:
+        if session.exec(select(Integration).where(Integration.name == DEMO_PG)).first() is None:
+            load_org(session, org)
+    return True
 
 
 def _wait(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
@@ -114,6 +170,8 @@ def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
     print(f"app DB ready ({settings.db_url}){'; demo organisation loaded' if loaded else ''}", flush=True)
+    if add_demo_postgres(settings):
+        print(f"local PostgreSQL connected as the {DEMO_PG} integration: try {DEMO_PG}/reports/lapse_demo_reports_read")
     logs = settings.data_dir
     env = {**os.environ, "LAPSE_DATA_DIR": str(settings.data_dir.resolve())}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []

@@ -1,5 +1,10 @@
 """Shared fixtures: a real Temporal dev server, a fresh app DB with the demo organisation,
-an in-process worker on its own task queue, and the API in front of them."""
+an in-process worker on its own task queue, and the API in front of them.
+
+The app DB is SQLite unless a test runs on every backend: everything in ``tests/api/`` and
+any test marked ``every_app_db`` runs once on SQLite and once on PostgreSQL
+(``test_x[postgresql]``). ``pytest --app-db=postgresql`` runs the whole suite on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,70 @@ import asyncio
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import migrate, session_scope
+from access.db import engine_for, migrate, session_scope
 from access.org import DEMO_ORG, OrgFile, load_org
 from access.settings import Settings
-from activities.connectors import BUILT_IN, PermanentError, RetryableError, Target
+from activities.connectors import (
+    BUILT_IN,
+    DiscoveredRole,
+    Discovery,
+    HeldRole,
+    PermanentError,
+    RetryableError,
+    Target,
+)
 from starter.api.app import create_app
 from tests.servers import PostgresServer
 from worker import build_worker
 from workflows import names
 
 BIN = Path(sys.executable).parent
+APP_DBS = ("sqlite", "postgresql")
+API_TESTS = Path(__file__).parent / "api"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--app-db",
+        choices=(*APP_DBS, "both"),
+        default=None,
+        help="run every test that uses the app DB on this backend (default: SQLite, and both for the "
+        "API tests and those marked every_app_db)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "every_app_db: run the test on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "app_db" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--app-db")
+    if chosen in APP_DBS:
+        backends: tuple[str, ...] = (chosen,)
+    elif (
+        chosen == "both"
+        or metafunc.definition.get_closest_marker("every_app_db")
+        or API_TESTS in metafunc.definition.path.parents
+    ):
+        backends = APP_DBS
+    else:
+        return  # the fixture's default: SQLite, with unchanged test ids
+    metafunc.parametrize("app_db", backends, indirect=True)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -51,10 +98,38 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
-def make_settings(tmp_path: Path, address: str, **overrides: Any) -> Settings:
+@pytest.fixture
+def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty app DB: a SQLite file, or a fresh database in the ``postgres`` cluster."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'lapse.db'}"
+        yield url
+        _dispose_engines(url)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"lapse_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/{name}"
+    yield url
+    _dispose_engines(url)
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _dispose_engines(url: str) -> None:
+    """Close the pooled connections of ``engine_for``'s engines for ``url`` (it caches one per call form)."""
+    for engine in (engine_for(url), engine_for(url, writer=True), engine_for(url, writer=False)):
+        engine.dispose()
+    engine_for.cache_clear()  # don't keep an engine per test for the whole run
+
+
+def make_settings(tmp_path: Path, address: str, *, database_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings for a test, with the app DB (SQLite in ``tmp_path`` by default) migrated and the demo loaded."""
     settings = Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'lapse.db'}",
+        database_url=database_url or f"sqlite:///{tmp_path / 'lapse.db'}",
         temporal_address=address,
         task_queue=f"test-{uuid.uuid4().hex[:8]}",
         **overrides,
@@ -71,8 +146,9 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, env: WorkflowEnvironment, settings_overrides: dict[str, Any]) -> Settings:
-    return make_settings(tmp_path, env.client.service_client.config.target_host, **settings_overrides)
+def settings(tmp_path: Path, env: WorkflowEnvironment, app_db: str, settings_overrides: dict[str, Any]) -> Settings:
+    address = env.client.service_client.config.target_host
+    return make_settings(tmp_path, address, database_url=app_db, **settings_overrides)
 
 
 @dataclass
@@ -87,11 +163,24 @@ class FakeTarget:
     grant_gate: threading.Event = field(default_factory=lambda: _open_event())
     """Grants block until this is set: lets a test act while provisioning is under way."""
 
-    def connector(self, _target: Target) -> FakeTarget:
+    discovers = False
+    accounts_by_rule = True
+    per_grant_accounts = False
+
+    def connector(self, _config: Any) -> FakeTarget:
         return self
 
     def account_for(self, email: str) -> str:
         return email
+
+    def test_connection(self) -> str:
+        return "the test's fake target"
+
+    def discover(self) -> Discovery:
+        return Discovery(resources={}, roles=[])
+
+    def list_grants(self, roles: Iterable[DiscoveredRole]) -> list[HeldRole]:
+        return []
 
     def grant(self, account: str, target: Target, expires_at: datetime | None) -> None:
         self.grant_gate.wait(timeout=30)
@@ -99,6 +188,9 @@ class FakeTarget:
             raise PermanentError(self.permanent_grant_error)
         self.calls.append(("grant", account, target.path))
         self.held.add((account, target.path))
+
+    def extend(self, account: str, target: Target, expires_at: datetime | None) -> None:
+        self.calls.append(("extend", account, target.path))
 
     def revoke(self, account: str, target: Target) -> None:
         if self.revoke_failures > 0:

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+
+from tests.servers import PostgresServer
 
 LAPSE = str(Path(sys.executable).parent / "lapse")
 
@@ -77,8 +80,8 @@ class Stack:
         return result.stdout
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def start_stack(tmp_path: Path, **extra_env: str) -> Stack:
+    """``lapse run`` on free ports with its data in ``tmp_path``; no local PostgreSQL joins the demo unless given."""
     api_port = _free_port()
     env = {
         **os.environ,
@@ -87,9 +90,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "LAPSE_TEMPORAL_UI_PORT": str(_free_port()),
         "LAPSE_API_PORT": str(api_port),
         "LAPSE_API_URL": f"http://127.0.0.1:{api_port}",
+        "LAPSE_DEMO_PG_DSN": "off",
+        **extra_env,
     }
     stack = Stack(tmp_path, env, f"http://127.0.0.1:{api_port}")
     stack.start()
+    return stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = start_stack(tmp_path)
     yield stack
     if stack.process is not None:
         assert stack.stop() == 0
@@ -155,3 +166,29 @@ def test_expiry_that_passed_while_lapse_was_down_is_revoked_at_start(stack: Stac
     ended = stack.wait_for(created["id"], "expired", timeout=60)
     assert _lag(ended) >= 2  # it lapsed while nothing ran, and was revoked as soon as Lapse was back
     assert stack.call("katherine@example.com", "GET", "/api/grants") == []
+
+
+def test_demo_connects_a_reachable_local_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
+    stack = start_stack(tmp_path, LAPSE_DEMO_PG_DSN=postgres.dsn())
+    try:
+        role = "demo-pg/reports/lapse_demo_reports_read"
+        assert role in stack.cli("--as", "katherine@example.com", "catalog")
+        created = stack.call(
+            "katherine@example.com", "POST", "/api/requests", {"role": role, "duration": "PT30S", "justification": ""}
+        )
+        stack.wait_for(created["id"], "active")
+        with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+            held = admin.execute(
+                "SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
+                "JOIN pg_roles m ON m.oid = a.member WHERE g.rolname = %s AND m.rolname = 'katherine'",
+                ("lapse_demo_reports_read",),
+            ).fetchone()
+        assert held is not None  # her login role was created on first use and made a member
+        stack.call("katherine@example.com", "POST", f"/api/requests/{created['id']}/revoke", {})
+        integration = stack.call("ada@example.com", "GET", "/api/integrations/demo-pg")
+        assert integration["roles"] == 2 and integration["kind"] == "postgres"
+        assert "demo-pg: ok, PostgreSQL" in stack.cli("--as", "ada@example.com", "integrations", "test", "demo-pg")
+        discovered = stack.cli("--as", "ada@example.com", "integrations", "discover", "demo-pg")
+        assert "demo-pg: 2 roles (0 new, 0 missing)" in discovered
+    finally:
+        assert stack.stop() == 0

@@ -12,14 +12,15 @@ from access.db import migrate, session_scope
 from access.org import DEMO_ORG, OrgError, OrgFile, load_org
 from access.tables import Integration, User
 
+pytestmark = pytest.mark.every_app_db
+
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'org.db'}"
-    migrate(url)
-    with session_scope(url) as session:
+def db_url(app_db: str) -> str:
+    migrate(app_db)
+    with session_scope(app_db) as session:
         load_org(session, OrgFile.read(DEMO_ORG))
-    return url
+    return app_db
 
 
 def test_demo_loads_and_reloading_changes_nothing(db_url: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -89,6 +89,8 @@ class AccessRequestWorkflow:
         self._wake = False
         self._carry: list[AuditEntry] = []
         """Audit events of a decision that ended the approval round, recorded by the next transition."""
+        self._enforced_end: datetime | None = None
+        """The grant's end as last passed to the target, which may enforce it itself."""
 
     # --- the lifecycle ---------------------------------------------------------------------
 
@@ -133,7 +135,15 @@ class AccessRequestWorkflow:
 
         status.granted_at = grant.granted_at
         status.expires_at = grant.granted_at + input.duration
-        detail = {"account": grant.account, "expires_at": status.expires_at.isoformat(), "shared": grant.shared}
+        detail: dict[str, Any] = {
+            "account": grant.account,
+            "expires_at": status.expires_at.isoformat(),
+            "shared": grant.shared,
+        }
+        if grant.credentials:
+            status.login = grant.account
+            detail["credentials"] = True
+        self._enforced_end = status.expires_at
         await self._transition(RequestState.ACTIVE, [self._audit("lapse", "grant.provisioned", **detail)])
 
         await self._hold()
@@ -174,11 +184,37 @@ class AccessRequestWorkflow:
             remaining = self._status.expires_at - workflow.now()
             if remaining <= timedelta(0):
                 return
+            # Histories from before this step replay without it: no marker, no activity.
+            if self._status.expires_at != self._enforced_end and workflow.patched("reprovision-on-extend"):
+                await self._move_end()
+                continue  # the grant may have been extended again or revoked meanwhile
             self._wake = False
             try:
                 await workflow.wait_condition(lambda: self._wake or self._ending is not None, timeout=remaining)
             except TimeoutError:
                 return
+
+    async def _move_end(self) -> None:
+        """After an extension, move the end the target enforces (an ephemeral login's expiry) too."""
+        expires_at = self._status.expires_at
+        try:
+            await workflow.execute_activity(
+                names.PROVISION_GRANT,
+                GrantInput(
+                    request_id=self._input.id,
+                    requester=self._input.requester,
+                    role=self._input.role,
+                    duration=self._input.duration,
+                    expires_at=expires_at,
+                ),
+                result_type=GrantResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=PROVISION_RETRY,
+            )
+        except ActivityError as error:
+            # Lapse still holds the grant to the new end; only the target may end logins sooner.
+            await self._record([self._audit("lapse", "grant.extend_failed", reason=_cause(error))])
+        self._enforced_end = expires_at
 
     async def _revoke(self) -> None:
         """Revoke until it succeeds. Failures are made visible, never final."""

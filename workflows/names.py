@@ -22,6 +22,10 @@ RESOLVE_APPROVERS = "resolve_approvers"
 PROVISION_GRANT = "provision_grant"
 REVOKE_GRANT = "revoke_grant"
 
+TEST_CONNECTION = "test_connection"
+DISCOVER_INTEGRATION = "discover_integration"
+REMEDIATE_DRIFT = "remediate_drift"
+
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 
 
@@ -39,3 +43,8 @@ def start_search_attributes(requester: str, role: str) -> TypedSearchAttributes:
             SearchAttributePair(STATE, "pending"),
         ]
     )
+
+
+def discovery_id(integration: str) -> str:
+    """The discovery schedule's id, and the id of a discovery run started by hand."""
+    return f"discovery-{integration}"

@@ -10,7 +10,8 @@ from temporalio.client import Client
 
 from access.settings import Settings, get_settings
 from starter.api import problems
-from starter.api.routes import approvals, audit, catalog, grants, requests
+from starter.api.routes import approvals, audit, catalog, grants, integrations, requests
+from starter.integrations import ensure_schedules
 from starter.temporal import connect
 
 
@@ -21,6 +22,8 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.client is None:
             app.state.client = await connect(app.state.settings)
+        # Idempotent: every replica may do it; a new integration gets its schedule when created.
+        await ensure_schedules(app.state.client, app.state.settings)
         yield
 
     app = FastAPI(
@@ -37,7 +40,14 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     app.state.settings = settings or get_settings()
     app.state.client = client
     problems.install(app)
-    for router in (catalog.router, requests.router, approvals.router, grants.router, audit.router):
+    for router in (
+        catalog.router,
+        requests.router,
+        approvals.router,
+        grants.router,
+        integrations.router,
+        audit.router,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import text
 
 from access.db import session_scope
 from access.settings import Settings
+from access.tables import Grant
 from tests.conftest import Api
 
 DEPLOY = "ledger/payments-api/deploy"
@@ -113,6 +116,25 @@ async def test_everyones_grants_are_for_admins(api: Api) -> None:
     _problem(await api.call("alan@example.com", "GET", "/api/grants", all="true"), 403)
     assert await api.ok("ada@example.com", "GET", "/api/grants", all="true") == []
     _problem(await api.call("alan@example.com", "GET", "/api/audit"), 403)
+
+
+async def test_grants_are_listed_soonest_expiry_first_and_standing_access_last(api: Api, settings: Settings) -> None:
+    now = datetime.now(UTC)
+    with session_scope(settings.db_url) as session:
+        for role, expires_at in [(DEPLOY, None), ("ledger/prod-db/read", now + timedelta(hours=2))]:
+            session.add(
+                Grant(account="alan", role=role, user_email="alan@example.com", granted_at=now, expires_at=expires_at)
+            )
+        session.add(
+            Grant(account="alan", role="ledger/prod-db/write", granted_at=now, expires_at=now + timedelta(hours=1))
+        )
+    grants = await api.ok("ada@example.com", "GET", "/api/grants", all="true")
+    assert [(g["role"], g["user"]) for g in grants] == [
+        ("ledger/prod-db/write", None),  # found in the target with no matching user
+        ("ledger/prod-db/read", "alan@example.com"),
+        (DEPLOY, "alan@example.com"),  # never expires
+    ]
+    assert datetime.fromisoformat(grants[0]["expires_at"]) == now + timedelta(hours=1)
 
 
 async def test_audit_log_detects_an_edited_event(api: Api, settings: Settings) -> None:

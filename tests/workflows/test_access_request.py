@@ -21,6 +21,9 @@ WRITE = "ledger/prod-db/write"  # sensitive: ken -> manager margaret, then owner
 ADMIN = "ledger/prod-db/admin"  # critical: manager, then 2 of owners (frances, radia) + security (ada, radia)
 READ = "ledger/prod-db/read"  # read-only: up to 1h automatic
 
+# Tests marked every_app_db lean on the grants ledger and the audit chain: they also run with
+# a PostgreSQL app DB.
+
 
 async def _search_attribute_becomes(
     handle: WorkflowHandle[Any, Any], key: SearchAttributeKey[Any], value: object
@@ -34,6 +37,7 @@ async def _search_attribute_becomes(
     raise AssertionError(f"{key.name} stayed {seen!r}, wanted {value!r}")
 
 
+@pytest.mark.every_app_db
 async def test_one_step_lifecycle_grants_then_lapses(api: Api, target: FakeTarget, audit) -> None:
     created = await api.request("alan@example.com", DEPLOY, "PT3S", "hotfix for INC-1")
     assert created["state"] == "pending"
@@ -89,6 +93,7 @@ async def test_denial_ends_the_request_without_access(api: Api, target: FakeTarg
     assert events[-1].action == "request.denied" and events[-1].actor == "linus@example.com"
 
 
+@pytest.mark.every_app_db
 async def test_requester_cannot_approve_own_request(api: Api, target: FakeTarget, audit) -> None:
     created = await api.request("alan@example.com", DEPLOY)
     response = await api.call("alan@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
@@ -143,6 +148,7 @@ async def test_quorum_counts_distinct_eligible_people(api: Api) -> None:
     await api.wait_for(created["id"], "active")
 
 
+@pytest.mark.every_app_db
 async def test_concurrent_duplicate_approvals_count_once(api: Api) -> None:
     created = await api.request("ken@example.com", ADMIN)
     await api.ok("margaret@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
@@ -173,6 +179,7 @@ async def test_request_without_decision_times_out(api: Api, target: FakeTarget) 
     assert target.calls == []
 
 
+@pytest.mark.every_app_db
 async def test_revoke_during_provisioning_still_ends_with_access_removed(api: Api, target: FakeTarget) -> None:
     target.grant_gate.clear()  # the target hangs while granting
     created = await api.request("katherine@example.com", READ, "PT10M", "")
@@ -206,6 +213,7 @@ async def test_admin_revokes_someone_elses_grant(api: Api, target: FakeTarget) -
     assert (ended["state"], ended["ended_by"], ended["end_reason"]) == ("revoked", "ada@example.com", "leaver")
 
 
+@pytest.mark.every_app_db
 async def test_overlapping_grants_keep_access_until_the_last_ends(api: Api, target: FakeTarget) -> None:
     first = await api.request("katherine@example.com", READ, "PT30M", "")
     second = await api.request("katherine@example.com", READ, "PT30M", "")
@@ -223,6 +231,7 @@ async def test_overlapping_grants_keep_access_until_the_last_ends(api: Api, targ
     assert [c[0] for c in target.calls] == ["grant", "revoke"]
 
 
+@pytest.mark.every_app_db
 async def test_concurrent_revokes_of_overlapping_grants_remove_access(api: Api, target: FakeTarget) -> None:
     ids = [(await api.request("katherine@example.com", READ, "PT30M", ""))["id"] for _ in range(3)]
     for request_id in ids:
@@ -257,6 +266,7 @@ async def test_extension_beyond_the_rules_maximum_is_refused(api: Api) -> None:
     assert status["extensions"] == []
 
 
+@pytest.mark.every_app_db
 async def test_extension_that_needs_approval_waits_for_it(api: Api) -> None:
     created = await api.request("katherine@example.com", READ, "PT30M", "")
     active = await api.wait_for(created["id"], "active")

@@ -24,7 +24,8 @@ def pg_role(postgres: PostgresServer, settings: Settings, monkeypatch: pytest.Mo
             admin.execute("CREATE ROLE reports_read NOLOGIN")
             admin.execute("GRANT SELECT ON reports TO reports_read")
         if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'katherine'").fetchone():
-            admin.execute(f"CREATE ROLE katherine LOGIN PASSWORD '{PASSWORD}'")
+            admin.execute("CREATE ROLE katherine LOGIN")
+        admin.execute(f"ALTER ROLE katherine LOGIN PASSWORD '{PASSWORD}'")  # other tests may have made her
         admin.execute("REVOKE reports_read FROM katherine")
     monkeypatch.setenv("LAPSE_TEST_PG_DSN", postgres.dsn())
     with session_scope(settings.db_url) as session:

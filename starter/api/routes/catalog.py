@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlmodel import select
+from sqlmodel import col, select
 
 from access import catalog
 from access.db import session_scope
@@ -29,7 +29,7 @@ class CatalogEntry(BaseModel):
 def list_catalog(user: CurrentUser, settings: SettingsDep) -> list[CatalogEntry]:
     entries: list[CatalogEntry] = []
     with session_scope(settings.db_url, write=False) as session:
-        for role in session.exec(select(Role).order_by(Role.path)):
+        for role in session.exec(select(Role).where(col(Role.missing).is_(False)).order_by(Role.path)):
             policy = catalog.policy_for(session, role)
             if policy is None:
                 continue

@@ -41,7 +41,7 @@ def list_grants(
     else:
         query = query.where(Grant.user_email == user.email)
     with session_scope(settings.db_url, write=False) as session:
-        rows = session.exec(query.order_by(col(Grant.expires_at), col(Grant.role))).all()
+        rows = session.exec(query.order_by(col(Grant.expires_at).nulls_last(), col(Grant.role))).all()
     return [
         GrantOut(
             role=g.role,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from sqlmodel import col, select
 
 from access.db import session_scope
 from access.durations import Duration
 from access.tables import AccessRequest
-from access.types import Model, RequestState, RequestStatus
+from access.types import CredentialsShown, Model, RequestState, RequestStatus
 from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep
 from starter.api.problems import Problem
@@ -114,3 +114,13 @@ async def extend(
     return await lifecycle.extend(
         client, settings, user, request_id, duration=body.duration, justification=body.justification
     )
+
+
+@router.post("/{request_id}/credentials")
+def show_credentials(request_id: str, user: CurrentUser, settings: SettingsDep, response: Response) -> CredentialsShown:
+    """The login made for your grant (ephemeral credentials), shown once: 410 Gone after that.
+
+    A POST, not a GET: reading them changes state, and no cache or browser history may keep them.
+    """
+    response.headers["Cache-Control"] = "no-store"
+    return lifecycle.show_credentials(settings, user, request_id)

@@ -1,0 +1,47 @@
+"""The key that seals one-time credentials between the provision activity and the requester.
+
+The password of an ephemeral grant rests in the app DB only as a Fernet token, and only
+until its requester fetches it once; workflow history never sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from access.settings import Settings
+
+KEY_FILE = "secret.key"
+
+
+def credential_cipher(settings: Settings) -> Fernet:
+    """``LAPSE_SECRET_KEY``, else the key file in the data dir, created (mode 0600) on first use."""
+    if settings.secret_key is not None:
+        try:
+            return Fernet(settings.secret_key.get_secret_value().encode())
+        except ValueError as error:
+            raise ValueError(
+                "LAPSE_SECRET_KEY is not a Fernet key (32 url-safe base64-encoded bytes; make one with "
+                '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`)'
+            ) from error
+    path = settings.data_dir / KEY_FILE
+    if not path.exists():
+        _create_key_file(path)
+    return Fernet(path.read_bytes().strip())
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key beside ``path`` and link it into place: a racing process keeps the first key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mkstemp makes it 0600
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(Fernet.generate_key())
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)

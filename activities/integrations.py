@@ -1,0 +1,350 @@
+"""Activities on whole integrations: test the connection, discover the catalog and grants, undo drift.
+
+Discovery compares what the target says with the grants ledger: a grant in the target that
+no Lapse grant covers is recorded with path ``external``; on a JIT-only role it is drift,
+audited, and revoked where the integration enforces JIT-only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from access.db import append_audit, lock, session_scope
+from access.tables import Grant, Integration, Resource, Role, User
+from access.types import AuditEntry, ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
+from activities.connectors import (
+    BUILT_IN,
+    Connector,
+    ConnectorError,
+    ConnectorFactory,
+    Discovery,
+    HeldRole,
+    Target,
+)
+from workflows import names
+
+DRIFT_PER_RUN = 1000
+"""At most this many drift revokes per discovery run (they travel in history); the next run does the rest."""
+
+
+def connector_for(integration: Integration, connectors: Mapping[str, ConnectorFactory]) -> Connector:
+    """The integration's connector; a missing kind or a bad configuration fails for good, with why."""
+    factory = connectors.get(integration.kind)
+    if factory is None:
+        raise ApplicationError(
+            f"integration {integration.name} has kind {integration.kind!r}, for which this worker has no connector",
+            type="UnknownConnector",
+            non_retryable=True,
+        )
+    try:
+        return factory(integration.config)
+    except ValidationError as error:
+        raise ApplicationError(
+            f"integration {integration.name} is misconfigured: {error}", type="InvalidConfig", non_retryable=True
+        ) from error
+
+
+def as_activity_error(error: ConnectorError) -> ApplicationError:
+    """A connector failure as an activity failure: retried when it may pass, final when it will not."""
+    return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable)
+
+
+def split_path(path: str) -> tuple[str, str, str]:
+    integration, resource, role = path.split("/", 2)
+    return integration, resource, role
+
+
+class IntegrationActivities:
+    """Activities bound to one app DB and one set of connector kinds."""
+
+    def __init__(self, db_url: str, *, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
+        self._db_url = db_url
+        self._connectors = dict(connectors)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.test_connection, self.discover_integration, self.remediate_drift]
+
+    def _integration(self, session: Session, name: str) -> Integration:
+        integration = session.exec(select(Integration).where(Integration.name == name)).first()
+        if integration is None:
+            raise ApplicationError(f"no integration {name!r}", type="UnknownIntegration", non_retryable=True)
+        return integration
+
+    @activity.defn(name=names.TEST_CONNECTION)
+    def test_connection(self, input: IntegrationInput) -> ConnectionTestResult:
+        """Reach the target with the integration's settings; a failure is an answer, not an error."""
+        with session_scope(self._db_url, write=False) as session:
+            integration = self._integration(session, input.integration)
+        try:
+            return ConnectionTestResult(ok=True, detail=connector_for(integration, self._connectors).test_connection())
+        except ConnectorError as error:
+            return ConnectionTestResult(ok=False, detail=str(error), retryable=error.retryable)
+        except ApplicationError as error:
+            return ConnectionTestResult(ok=False, detail=error.message)
+
+    @activity.defn(name=names.DISCOVER_INTEGRATION)
+    def discover_integration(self, input: IntegrationInput) -> DiscoveryResult:
+        """Read the target's resources, roles and grants, and bring the catalog and ledger in line."""
+        try:
+            with session_scope(self._db_url) as session:
+                # Exclusive: no grant or revoke of this integration is half-done while we compare,
+                # so a grant Lapse is making is never mistaken for one made outside it.
+                lock(session, "integration", input.integration)
+                integration = self._integration(session, input.integration)
+                connector = connector_for(integration, self._connectors)
+                if not connector.discovers:
+                    return DiscoveryResult(integration=integration.name)
+                found = connector.discover()
+                activity.heartbeat()
+                held = list(connector.list_grants(found.roles))
+                activity.heartbeat()
+                return _reconcile(session, integration, connector, found, held, datetime.now(UTC))
+        except ConnectorError as error:
+            self._failed(input.integration, str(error))
+            raise as_activity_error(error) from error
+        except ApplicationError as error:
+            self._failed(input.integration, error.message)
+            raise
+
+    def _failed(self, name: str, reason: str) -> None:
+        with session_scope(self._db_url) as session:
+            integration = session.exec(select(Integration).where(Integration.name == name)).first()
+            if integration is not None:
+                integration.discovery_error = reason
+                session.add(integration)
+                append_audit(
+                    session,
+                    [AuditEntry(actor="lapse", action="discovery.failed", target=f"integration:{name}", reason=reason)],
+                )
+
+    @activity.defn(name=names.REMEDIATE_DRIFT)
+    def remediate_drift(self, input: RemediateInput) -> int:
+        """Revoke external grants of JIT-only roles; returns how many were ended."""
+        ended = 0
+        for item in input.items:
+            activity.heartbeat(ended)
+            with session_scope(self._db_url) as session:
+                lock(session, "integration", input.integration, shared=True)
+                lock(session, item.account, item.role)
+                external = session.exec(
+                    select(Grant).where(
+                        Grant.account == item.account,
+                        Grant.role == item.role,
+                        Grant.path == "external",
+                        col(Grant.active).is_(True),
+                    )
+                ).first()
+                if external is None:
+                    continue  # already ended by an earlier attempt
+                covered = session.exec(
+                    select(Grant).where(
+                        Grant.account == item.account,
+                        Grant.role == item.role,
+                        Grant.path != "external",
+                        col(Grant.active).is_(True),
+                    )
+                ).first()
+                if covered is None:
+                    integration = self._integration(session, input.integration)
+                    connector = connector_for(integration, self._connectors)
+                    _, resource, role = split_path(item.role)
+                    target = Target(integration=integration.name, resource=resource, role=role, config={})
+                    try:
+                        connector.revoke(item.account, target)
+                    except ConnectorError as error:
+                        raise as_activity_error(error) from error
+                now = datetime.now(UTC)
+                external.active = False
+                external.ended_at = now
+                session.add(external)
+                reason = "the role is JIT-only and this grant was made outside Lapse"
+                if covered is not None:
+                    reason += "; a Lapse grant now covers the account, so access stays until that one ends"
+                append_audit(
+                    session,
+                    [
+                        AuditEntry(
+                            actor="lapse",
+                            action="drift.revoked",
+                            target=item.role,
+                            reason=reason,
+                            details={"account": item.account, "user": item.user},
+                            at=now,
+                        )
+                    ],
+                )
+                ended += 1
+        return ended
+
+
+def _reconcile(
+    session: Session,
+    integration: Integration,
+    connector: Connector,
+    found: Discovery,
+    held: list[HeldRole],
+    now: datetime,
+) -> DiscoveryResult:
+    result = DiscoveryResult(integration=integration.name)
+    roles = _update_catalog(session, integration, found, result)
+    prefix = f"{integration.name}/"
+    events: list[AuditEntry] = []
+
+    active: dict[tuple[str, str], list[Grant]] = defaultdict(list)
+    for grant in session.exec(
+        select(Grant).where(col(Grant.role).startswith(prefix, autoescape=True), col(Grant.active).is_(True))
+    ):
+        active[(grant.account, grant.role)].append(grant)
+
+    target_has: dict[tuple[str, str], HeldRole] = {}
+    for entry in held:
+        target_has[(entry.account, f"{prefix}{entry.resource}/{entry.role}")] = entry
+    result.grants_seen = len(target_has)
+
+    link = _linker(session, connector, held)
+    unlinked: set[str] = set()
+    new_rows: list[dict[str, Any]] = []
+    for (account, path), entry in sorted(target_has.items()):
+        user = link(entry)
+        if user is None:
+            unlinked.add(account)
+        if (account, path) in active:
+            continue
+        new_rows.append(
+            {
+                "account": account,
+                "role": path,
+                "user_email": user,
+                "path": "external",
+                "active": True,
+                "granted_at": now,
+            }
+        )
+        role = roles.get(path)
+        if role is not None and role.jit_only:
+            enforce = integration.enforce_jit_only
+            events.append(
+                AuditEntry(
+                    actor="lapse",
+                    action="drift.detected",
+                    target=path,
+                    reason="a JIT-only role was granted outside Lapse"
+                    + ("; revoking it" if enforce else "; the integration does not enforce, so it stays"),
+                    details={"account": account, "user": user},
+                    at=now,
+                )
+            )
+            if enforce and len(result.drift) < DRIFT_PER_RUN:
+                result.drift.append(DriftItem(account=account, role=path, user=user))
+    if new_rows:
+        session.execute(insert(Grant), new_rows)
+    result.external_found = len(new_rows)
+    result.unlinked_accounts = len(unlinked)
+
+    for (account, path), grants in active.items():
+        if (account, path) in target_has:
+            continue
+        for grant in grants:
+            if grant.path == "external":
+                grant.active = False
+                grant.ended_at = now
+                session.add(grant)
+                result.external_gone += 1
+            else:
+                result.lapse_grants_missing += 1
+                events.append(
+                    AuditEntry(
+                        actor="lapse",
+                        action="grant.missing_in_target",
+                        target=path,
+                        reason=f"the {grant.path} grant is active in Lapse but the target does not have it",
+                        details={"account": account, "user": grant.user_email, "request_id": grant.request_id},
+                        at=now,
+                    )
+                )
+
+    integration.discovered_at = now
+    integration.discovery_error = None
+    integration.discovery_summary = result.model_dump(mode="json", exclude={"drift"})
+    session.add(integration)
+    summary = result.model_dump(mode="json", exclude={"drift", "integration"})
+    events.append(
+        AuditEntry(
+            actor="lapse", action="discovery.completed", target=f"integration:{integration.name}", details=summary
+        )
+    )
+    append_audit(session, events)
+    return result
+
+
+def _update_catalog(
+    session: Session, integration: Integration, found: Discovery, result: DiscoveryResult
+) -> dict[str, Role]:
+    """Add what the target has, mark what it no longer has; returns the integration's roles by path."""
+    resources = {r.name: r for r in session.exec(select(Resource).where(Resource.integration_id == integration.id))}
+    for name in sorted(set(found.resources) | {r.resource for r in found.roles}):
+        if name not in resources:
+            resources[name] = Resource(
+                integration_id=integration.id,  # type: ignore[arg-type]
+                name=name,
+                description=found.resources.get(name, ""),
+            )
+            session.add(resources[name])
+    session.flush()
+    by_id = {r.id: r for r in resources.values()}
+    roles: dict[str, Role] = {}
+    for role in session.exec(select(Role).where(col(Role.resource_id).in_(list(by_id)))):
+        roles[role.path] = role
+    seen: set[str] = set()
+    for discovered in found.roles:
+        path = f"{integration.name}/{discovered.resource}/{discovered.name}"
+        seen.add(path)
+        existing = roles.get(path)
+        if existing is None:
+            role = Role(
+                resource_id=resources[discovered.resource].id,  # type: ignore[arg-type]
+                name=discovered.name,
+                path=path,
+                description=discovered.description,
+            )
+            roles[path] = role
+            result.roles_added += 1
+        else:
+            role = existing
+            role.missing = False
+            role.description = role.description or discovered.description
+        session.add(role)
+    for path, role in roles.items():
+        if path not in seen:
+            role.missing = True
+            session.add(role)
+            result.roles_missing += 1
+    session.flush()
+    result.resources = len(found.resources)
+    result.roles = len(found.roles)
+    return roles
+
+
+def _linker(session: Session, connector: Connector, held: list[HeldRole]) -> Callable[[HeldRole], str | None]:
+    """Which Lapse user holds an account: by the email the target reports, else by the account rule."""
+    emails = set(session.exec(select(User.email)))
+    by_rule: dict[str, str] = {}
+    if connector.accounts_by_rule and any(entry.email is None for entry in held):
+        by_rule = {connector.account_for(email): email for email in sorted(emails)}
+
+    def link(entry: HeldRole) -> str | None:
+        if entry.email is not None:
+            email = entry.email.strip().lower()
+            return email if email in emails else None
+        return by_rule.get(entry.account)
+
+    return link

@@ -1,0 +1,63 @@
+"""The app DB layer on SQLite and PostgreSQL: the audit chain under concurrent writers, UTC
+times, and the database URL a user gives."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlmodel import col, select
+
+from access.db import append_audit, engine_for, migrate, session_scope, verify_audit
+from access.tables import AuditEvent
+from access.types import AuditEntry
+
+pytestmark = pytest.mark.every_app_db
+
+
+@pytest.fixture
+def db_url(app_db: str) -> str:
+    migrate(app_db)
+    return app_db
+
+
+def test_concurrent_writers_keep_the_audit_chain_whole(db_url: str) -> None:
+    writers, appends = 8, 10
+    start = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        start.wait()
+        try:
+            for i in range(appends):
+                with session_scope(db_url) as session:
+                    append_audit(session, [AuditEntry(actor=f"writer-{n}", action="test.append", target=str(i))])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with session_scope(db_url, write=False) as session:
+        ids = list(session.exec(select(AuditEvent.id).order_by(col(AuditEvent.id))))
+        assert ids == list(range(1, writers * appends + 1))
+        assert verify_audit(session) is None
+
+
+def test_times_are_stored_and_read_back_in_utc(db_url: str) -> None:
+    at = datetime(2026, 3, 29, 1, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    with session_scope(db_url) as session:
+        append_audit(session, [AuditEntry(at=at, actor="ada@example.com", action="test.time", target="x")])
+    with session_scope(db_url, write=False) as session:
+        event = session.exec(select(AuditEvent)).one()
+        assert event.at == at and event.at.tzinfo == UTC
+        assert verify_audit(session) is None  # the hash covers the time, to the microsecond
+
+
+@pytest.mark.parametrize("url", ["postgresql://lapse@db:5432/lapse", "postgres://lapse:pw@db/lapse"])
+def test_a_plain_postgresql_url_uses_the_installed_driver(url: str) -> None:
+    assert engine_for(url).dialect.driver == "psycopg"
