@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench histories clean
+.PHONY: run test lint system-deps bench bench-connectors histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ test: lint system-deps
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.lifecycle
+
+bench-connectors: $(VENV)/.dev system-deps
+	$(BIN)/python -m bench.connectors
 
 histories: $(VENV)/.dev
 	$(BIN)/python -m tests.histories.record $(TAG)

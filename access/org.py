@@ -147,8 +147,13 @@ class OrgFile(Model):
             scopes.add(integration.name)
             try:
                 check_config(integration.kind, integration.config)
+            except ValidationError as error:  # its messages only: the values may be secrets put in by mistake
+                problems += [
+                    f"integration {integration.name}: config.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                    for e in error.errors()
+                ]
             except ValueError as error:
-                problems.append(f"integration {integration.name}: {error}".replace("\n", " "))
+                problems.append(f"integration {integration.name}: {error}")
             for resource in integration.resources:
                 scopes.add(f"{integration.name}/{resource.name}")
                 for role in resource.roles:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -152,6 +152,14 @@ class ConnectorConfig(BaseModel):
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+EnvName = Annotated[
+    str,
+    Field(
+        pattern=_ENV_NAME.pattern,
+        description="The name of an environment variable holding the secret (a reference, never the value).",
+    ),
+]
 
 
 def secret(*, env: str | None, file: Path | None, what: str) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
-from sqlalchemy import insert
+from sqlalchemy import insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -186,6 +187,15 @@ class IntegrationActivities:
         return ended
 
 
+class ActiveGrant(NamedTuple):
+    id: int
+    account: str
+    role: str
+    path: str
+    user_email: str | None
+    request_id: str | None
+
+
 def _reconcile(
     session: Session,
     integration: Integration,
@@ -199,10 +209,15 @@ def _reconcile(
     prefix = f"{integration.name}/"
     events: list[AuditEntry] = []
 
-    active: dict[tuple[str, str], list[Grant]] = defaultdict(list)
-    for grant in session.exec(
-        select(Grant).where(col(Grant.role).startswith(prefix, autoescape=True), col(Grant.active).is_(True))
-    ):
+    # Plain rows, not ORM objects: tens of thousands are read and only the few that change are loaded.
+    active: dict[tuple[str, str], list[ActiveGrant]] = defaultdict(list)
+    rows = session.execute(
+        sa_select(
+            *(col(c) for c in (Grant.id, Grant.account, Grant.role, Grant.path, Grant.user_email, Grant.request_id))
+        ).where(col(Grant.role).startswith(prefix, autoescape=True), col(Grant.active).is_(True))
+    )
+    for row in rows:
+        grant = ActiveGrant(*row)
         active[(grant.account, grant.role)].append(grant)
 
     target_has: dict[tuple[str, str], HeldRole] = {}
@@ -250,14 +265,13 @@ def _reconcile(
     result.external_found = len(new_rows)
     result.unlinked_accounts = len(unlinked)
 
+    gone: list[int] = []
     for (account, path), grants in active.items():
         if (account, path) in target_has:
             continue
         for grant in grants:
             if grant.path == "external":
-                grant.active = False
-                grant.ended_at = now
-                session.add(grant)
+                gone.append(grant.id)
                 result.external_gone += 1
             else:
                 result.lapse_grants_missing += 1
@@ -272,6 +286,8 @@ def _reconcile(
                     )
                 )
 
+    if gone:
+        session.execute(update(Grant).where(col(Grant.id).in_(gone)).values(active=False, ended_at=now))
     integration.discovered_at = now
     integration.discovery_error = None
     integration.discovery_summary = result.model_dump(mode="json", exclude={"drift"})

@@ -6,6 +6,7 @@ Every read is a paged search, so directories with more entries than the server's
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -32,6 +33,7 @@ from activities.connectors import (
     Credentials,
     DiscoveredRole,
     Discovery,
+    EnvName,
     HeldRole,
     PermanentError,
     RetryableError,
@@ -57,7 +59,7 @@ class LdapConfig(ConnectorConfig):
     url: str
     """``ldap://host:port`` or ``ldaps://host:port``."""
     bind_dn: str
-    password_env: str | None = None
+    password_env: EnvName | None = None
     password_file: Path | None = None
     users_base: str
     groups_base: str
@@ -129,8 +131,12 @@ def _classified(doing: str, url: str) -> Iterator[None]:
         raise PermanentError(f"{doing} failed: {error}") from error
 
 
+@functools.lru_cache(maxsize=65536)
 def _dn_key(dn: str) -> str:
-    """A DN in a form that compares equal however it was spaced or cased (as LDAP compares it)."""
+    """A DN in a form that compares equal however it was spaced or cased (as LDAP compares it).
+
+    Cached: discovery meets each member DN once per group it is in, and parsing is slow.
+    """
     try:
         return ",".join(f"{kind.lower()}={value.lower()}" for kind, value, _ in parse_dn(dn, strip=True))
     except LDAPInvalidDnError:

@@ -28,6 +28,7 @@ from activities.connectors import (
     Credentials,
     DiscoveredRole,
     Discovery,
+    EnvName,
     HeldRole,
     PermanentError,
     RetryableError,
@@ -39,7 +40,7 @@ from activities.connectors import (
 class PostgresConfig(ConnectorConfig):
     """An integration's settings. The DSN is a reference (an env var or a file), never the secret."""
 
-    dsn_env: str | None = None
+    dsn_env: EnvName | None = None
     """Name of the environment variable holding the connection string."""
     dsn_file: Path | None = None
     """A file holding the connection string (e.g. a mounted secret)."""

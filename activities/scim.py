@@ -7,7 +7,9 @@ holds no connection and the constructor does no I/O (it also validates configura
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -42,6 +44,7 @@ from activities.connectors import (
     Credentials,
     DiscoveredRole,
     Discovery,
+    EnvName,
     HeldRole,
     PermanentError,
     RetryableError,
@@ -59,7 +62,7 @@ class ScimConfig(ConnectorConfig):
     """SCIM apps usually key users by email, so the whole email is the default account."""
     base_url: str
     """The SCIM service root, e.g. ``https://app.example.com/scim/v2``."""
-    token_env: str | None = None
+    token_env: EnvName | None = None
     """Name of the environment variable holding the bearer token."""
     token_file: Path | None = None
     """A file holding the bearer token (e.g. a mounted secret)."""
@@ -175,7 +178,7 @@ class ScimConnector:
             base_url=self.config.base_url,
             headers=headers,
             timeout=self.config.timeout,
-            verify=self.config.verify_tls,
+            verify=_tls_context() if self.config.verify_tls else False,
             transport=self._transport,
         ) as http:
             yield _HttpxScimClient(http, provider=_PROVIDER)
@@ -296,6 +299,12 @@ class ScimConnector:
             except PermanentError as error:
                 if not isinstance(error.__cause__, NoTargetException):
                     raise
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Loading the CA bundle takes ~20 ms: once per process, not per call."""
+    return ssl.create_default_context()
 
 
 def _email_of(user: User[Any]) -> str | None:

@@ -93,3 +93,12 @@ async def test_role_removed_from_postgres_fails_the_request_clearly(api: Api, pg
     created = await api.request("katherine@example.com", pg_role, "PT5M", "")
     failed = await api.wait_for(created["id"], "failed", timeout=30)
     assert "role reports_gone does not exist in PostgreSQL" in failed["end_reason"]
+
+
+async def test_wrong_password_fails_the_request_with_the_reason(
+    api: Api, pg_role: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAPSE_TEST_PG_DSN", postgres.dsn("katherine", password="not-her-password"))
+    created = await api.request("katherine@example.com", pg_role, "PT5M", "")
+    failed = await api.wait_for(created["id"], "failed", timeout=30)
+    assert "password authentication failed" in failed["end_reason"]
