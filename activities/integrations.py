@@ -194,6 +194,7 @@ class ActiveGrant(NamedTuple):
     path: str
     user_email: str | None
     request_id: str | None
+    policy: str | None
 
 
 def _reconcile(
@@ -213,7 +214,18 @@ def _reconcile(
     active: dict[tuple[str, str], list[ActiveGrant]] = defaultdict(list)
     rows = session.execute(
         sa_select(
-            *(col(c) for c in (Grant.id, Grant.account, Grant.role, Grant.path, Grant.user_email, Grant.request_id))
+            *(
+                col(c)
+                for c in (
+                    Grant.id,
+                    Grant.account,
+                    Grant.role,
+                    Grant.path,
+                    Grant.user_email,
+                    Grant.request_id,
+                    Grant.policy,
+                )
+            )
         ).where(col(Grant.role).startswith(prefix, autoescape=True), col(Grant.active).is_(True))
     )
     for row in rows:
@@ -229,10 +241,12 @@ def _reconcile(
     unlinked: set[str] = set()
     new_rows: list[dict[str, Any]] = []
     for (account, path), entry in sorted(target_has.items()):
-        user = link(entry)
+        covering = active.get((account, path), [])
+        # A Lapse grant knows its user even where no rule could (an ephemeral login per grant).
+        user = link(entry) or next((g.user_email for g in covering if g.user_email), None)
         if user is None:
             unlinked.add(account)
-        if (account, path) in active:
+        if covering:
             continue
         new_rows.append(
             {
@@ -273,6 +287,21 @@ def _reconcile(
             if grant.path == "external":
                 gone.append(grant.id)
                 result.external_gone += 1
+            elif grant.path == "birthright":
+                # Revoked by hand outside Lapse: end it, so the next birthright sync grants it again.
+                gone.append(grant.id)
+                result.lapse_grants_missing += 1
+                events.append(
+                    AuditEntry(
+                        actor="lapse",
+                        action="grant.missing_in_target",
+                        target=path,
+                        reason=f"the birthright grant (policy {grant.policy!r}) was removed in the target; "
+                        "ended here, and the next birthright sync grants it again while the policy applies",
+                        details={"account": account, "user": grant.user_email, "policy": grant.policy},
+                        at=now,
+                    )
+                )
             else:
                 result.lapse_grants_missing += 1
                 events.append(
