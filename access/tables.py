@@ -43,12 +43,16 @@ class User(SQLModel, table=True):
     manager_email: str | None = None
     active: bool = True
     is_admin: bool = False
+    source: str = "file"
+    """Where the user comes from: ``file`` (the organisation file) or the directory integration's name.
+    A directory sync only deactivates (as leavers) the users of its own source."""
 
 
 class Group(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True)
     description: str = ""
+    source: str = "file"
 
 
 class Membership(SQLModel, table=True):
@@ -71,6 +75,8 @@ class Integration(SQLModel, table=True):
     discovery_error: str | None = None
     """Why the last discovery failed; cleared by the next one that succeeds."""
     discovery_summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    directory: bool = False
+    """Also the identity source: the directory sync reads users, groups and memberships from it (LDAP)."""
 
 
 class Resource(SQLModel, table=True):
@@ -147,6 +153,8 @@ class Grant(SQLModel, table=True):
     path: str = "jit"
     """``jit``, ``birthright`` or ``external``."""
     request_id: str | None = Field(default=None, unique=True)
+    policy: str | None = Field(default=None, index=True)
+    """The birthright policy a ``birthright`` grant was made under."""
     active: bool = True
     granted_at: datetime = Field(sa_column=_utc(nullable=False))
     expires_at: datetime | None = Field(default=None, sa_column=_utc())
@@ -178,3 +186,44 @@ class AuditEvent(SQLModel, table=True):
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     prev_hash: str = ""
     hash: str = ""
+
+
+class BirthrightPolicy(SQLModel, table=True):
+    """Baseline access: members of any of ``groups`` hold every role in ``roles``. Ordered by ``position``;
+    a user and role granted by several policies is attributed to the first."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    position: int = Field(index=True)
+    description: str = ""
+    groups: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """Role paths ``integration/resource/role``."""
+
+
+class BirthrightItem(SQLModel, table=True):
+    """One step of a birthright sync's plan, kept in the app DB so a run of any size resumes where it was."""
+
+    __table_args__ = (Index("ix_birthright_item_run_seq", "run", "seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run: str
+    seq: int
+    action: str
+    """``add``, ``remove`` or ``relabel`` (another policy now accounts for the grant)."""
+    user_email: str
+    role: str
+    policy: str
+    done: bool = False
+    """Applied, or given up on (``error`` says why); a resumed run skips it."""
+    error: str | None = None
+    """Why the target refused it for good; the next sync plans it again."""
+
+
+class SyncState(SQLModel, table=True):
+    """How the last run of a scheduled sync (``directory-sync``, ``birthright-sync``) went."""
+
+    name: str = Field(primary_key=True)
+    started_at: datetime | None = Field(default=None, sa_column=_utc())
+    finished_at: datetime | None = Field(default=None, sa_column=_utc())
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
