@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench bench-connectors histories clean
+.PHONY: run test lint system-deps bench bench-connectors bench-birthright histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench: $(VENV)/.dev
 
 bench-connectors: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench.connectors
+
+bench-birthright: $(VENV)/.dev
+	$(BIN)/python -m bench.birthright
 
 histories: $(VENV)/.dev
 	$(BIN)/python -m tests.histories.record $(TAG)

@@ -21,14 +21,24 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from access.credentials import credential_cipher
 from access.settings import Settings, get_settings
+from activities.birthright import BirthrightActivities
 from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.directory import DirectoryActivities
 from activities.integrations import IntegrationActivities
 from activities.requests import RequestActivities
 from starter.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
+from workflows.birthright import BirthrightSyncWorkflow
+from workflows.directory import DirectorySyncWorkflow
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
 
-WORKFLOWS: Sequence[type] = [AccessRequestWorkflow, DiscoveryWorkflow, ConnectionTestWorkflow]
+WORKFLOWS: Sequence[type] = [
+    AccessRequestWorkflow,
+    DiscoveryWorkflow,
+    ConnectionTestWorkflow,
+    BirthrightSyncWorkflow,
+    DirectorySyncWorkflow,
+]
 
 
 def build_worker(
@@ -43,6 +53,8 @@ def build_worker(
     activities = [
         *RequestActivities(settings.db_url, connectors=connectors, cipher=partial(credential_cipher, settings)).all(),
         *IntegrationActivities(settings.db_url, connectors=connectors).all(),
+        *BirthrightActivities(settings.db_url, connectors=connectors).all(),
+        *DirectoryActivities(settings.db_url, org_file=settings.org_file).all(),
     ]
     return Worker(
         client,

@@ -97,16 +97,17 @@ def migrate(url: str) -> None:
 # --- audit ----------------------------------------------------------------------------------
 
 
-def _digest(prev_hash: str, event: AuditEvent) -> str:
+def _digest(prev_hash: str, event: AuditEvent | dict[str, Any]) -> str:
+    row = event if isinstance(event, dict) else event.model_dump()
     body = json.dumps(
         [
-            event.id,
-            event.at.astimezone(UTC).isoformat(),
-            event.actor,
-            event.action,
-            event.target,
-            event.reason,
-            event.details,
+            row["id"],
+            row["at"].astimezone(UTC).isoformat(),
+            row["actor"],
+            row["action"],
+            row["target"],
+            row["reason"],
+            row["details"],
         ],
         sort_keys=True,
         default=str,
@@ -122,22 +123,23 @@ def append_audit(session: Session, entries: list[AuditEntry]) -> None:
     last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
     prev_hash = last.hash if last else ""
     next_id = (last.id or 0) + 1 if last else 1
+    rows: list[dict[str, Any]] = []
     for entry in entries:
-        event = AuditEvent(
-            id=next_id,
-            at=entry.at or datetime.now(UTC),
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            reason=entry.reason,
-            details=json.loads(json.dumps(entry.details, default=str)),
-            prev_hash=prev_hash,
-        )
-        event.hash = _digest(prev_hash, event)
-        session.add(event)
-        prev_hash = event.hash
+        row: dict[str, Any] = {
+            "id": next_id,
+            "at": entry.at or datetime.now(UTC),
+            "actor": entry.actor,
+            "action": entry.action,
+            "target": entry.target,
+            "reason": entry.reason,
+            "details": json.loads(json.dumps(entry.details, default=str)),
+            "prev_hash": prev_hash,
+        }
+        row["hash"] = prev_hash = _digest(prev_hash, row)
+        rows.append(row)
         next_id += 1
-    session.flush()
+    # One bulk insert: a directory sync's first run writes tens of thousands of events.
+    session.execute(AuditEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
 
 
 def verify_audit(session: Session) -> int | None:

@@ -1,4 +1,4 @@
-"""The organisation file: users, groups, integrations, approval workflows and their assignment.
+"""The organisation file: users, groups, integrations, approval workflows and their assignment, birthright policies.
 
 The run command loads the bundled demo organisation on first start; admins can load
 their own with ``lapse load-org FILE``. Loading is idempotent: entries are matched by
@@ -20,6 +20,7 @@ from access.durations import Duration
 from access.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
+    BirthrightPolicy,
     Group,
     Integration,
     Membership,
@@ -108,6 +109,8 @@ class IntegrationEntry(Model):
     """Connector settings; secrets only as references (``dsn_env``, ``dsn_file``), never inline."""
     discovery: DiscoveryEntry = DiscoveryEntry()
     resources: list[ResourceEntry] = []
+    directory: bool = False
+    """Also the identity source: the directory sync reads users and groups from it (``ldap`` only)."""
 
 
 class AssignmentEntry(Model):
@@ -116,12 +119,22 @@ class AssignmentEntry(Model):
     """``integration``, ``integration/resource`` or ``integration/resource/role``."""
 
 
+class BirthrightPolicyEntry(Model):
+    name: str
+    groups: list[str] = Field(min_length=1)
+    roles: list[str] = Field(min_length=1)
+    """Role paths ``integration/resource/role``."""
+    description: str = ""
+
+
 class OrgFile(Model):
     users: list[UserEntry] = []
     groups: list[GroupEntry] = []
     integrations: list[IntegrationEntry] = []
     approval_workflows: list[ApprovalPolicy] = Field(default=[])
     assignments: list[AssignmentEntry] = []
+    birthright_policies: list[BirthrightPolicyEntry] = []
+    """In order: a role two policies grant is attributed to the first."""
 
     @classmethod
     def read(cls, path: Path) -> OrgFile:
@@ -154,6 +167,8 @@ class OrgFile(Model):
                 ]
             except ValueError as error:
                 problems.append(f"integration {integration.name}: {error}")
+            if integration.directory and integration.kind != "ldap":
+                problems.append(f"integration {integration.name}: only an ldap integration can be the directory")
             for resource in integration.resources:
                 scopes.add(f"{integration.name}/{resource.name}")
                 for role in resource.roles:
@@ -180,6 +195,19 @@ class OrgFile(Model):
                 problems.append(f"assignment: unknown workflow {assignment.workflow}")
             if assignment.scope not in scopes:
                 problems.append(f"assignment: unknown scope {assignment.scope}")
+        seen: set[str] = set()
+        for policy in self.birthright_policies:
+            if policy.name in seen:
+                problems.append(f"birthright policy {policy.name}: defined twice")
+            seen.add(policy.name)
+            problems += [
+                f"birthright policy {policy.name}: unknown group {g}" for g in policy.groups if g not in groups
+            ]
+            problems += [
+                f"birthright policy {policy.name}: unknown role {r}"
+                for r in policy.roles
+                if r.count("/") != 2 or r not in scopes
+            ]
         if problems:
             raise OrgError("; ".join(problems))
 
@@ -254,6 +282,7 @@ def load_org(session: Session, org: OrgFile) -> None:
                 "config": integ.config,
                 "discovery_interval_s": int(integ.discovery.every.total_seconds()),
                 "enforce_jit_only": integ.discovery.enforce_jit_only,
+                "directory": integ.directory,
             },
         )
         for res in integ.resources:
@@ -290,4 +319,22 @@ def load_org(session: Session, org: OrgFile) -> None:
             {"integration_id": integration_id, "resource_id": resource_id, "role_id": role_id},
             {"approval_workflow_id": _one(session, ApprovalWorkflow, name=assignment.workflow).id},
         )
+    if org.birthright_policies:
+        _load_birthright(session, org.birthright_policies)
     session.flush()
+
+
+def _load_birthright(session: Session, entries: list[BirthrightPolicyEntry]) -> None:
+    """The file's policies first, in its order; policies only the DB has keep their order after them."""
+    named = {e.name for e in entries}
+    others = session.exec(
+        select(BirthrightPolicy)
+        .where(col(BirthrightPolicy.name).not_in(named))
+        .order_by(col(BirthrightPolicy.position), col(BirthrightPolicy.id))
+    ).all()
+    for position, entry in enumerate(entries):
+        values = {"position": position, "groups": entry.groups, "roles": entry.roles, "description": entry.description}
+        _upsert(session, BirthrightPolicy, {"name": entry.name}, values)
+    for position, policy in enumerate(others, start=len(entries)):
+        policy.position = position
+        session.add(policy)

@@ -54,7 +54,7 @@ def approvers_of(approver: Approver, context: PolicyContext) -> list[str]:
         case ApproverKind.GROUP:
             return list(context.group_members.get(approver.name or "", []))
         case ApproverKind.USER:
-            return [approver.name] if approver.name else []
+            return [approver.name] if approver.name and approver.name not in context.inactive else []
 
 
 def resolve_approvers(approvers: list[Approver], context: PolicyContext) -> list[str]:

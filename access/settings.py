@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     """A request with no decision for this long ends as ``timed_out``."""
     submit_timeout: Duration = Field(default=timedelta(seconds=30))
     """How long the API waits for a worker to record a new request before answering 503."""
+    directory_sync_every: Duration = Field(default=timedelta(minutes=15))
+    """How often the directory sync pulls users, groups and memberships from the identity source."""
+    birthright_sync_every: Duration = Field(default=timedelta(days=1))
+    """How often the birthright sync runs on its own (policy and group changes also start it at once)."""
     org_file: Path | None = None
     """Organisation file loaded on first start; default: the bundled demo organisation."""
     demo_pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"

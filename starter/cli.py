@@ -245,6 +245,40 @@ def integrations_roles(name: str) -> None:
     _output(_call("GET", f"/api/integrations/{name}/roles"), show)
 
 
+directory_app = typer.Typer(help="Admins: the directory sync (joiners, movers, leavers).")
+app.add_typer(directory_app, name="directory")
+
+
+@directory_app.command("sync")
+def directory_sync() -> None:
+    """Run the directory sync now; `lapse directory status` shows how it went."""
+    _output(_call("POST", "/api/directory/sync"), lambda _: typer.echo("directory sync started"))
+
+
+@directory_app.command("status")
+def directory_status() -> None:
+    """The directory sync's last run: when, joiners, movers and leavers, or why it failed."""
+
+    def show(state: dict[str, Any]) -> None:
+        if state["started_at"] is None:
+            typer.echo("the directory sync has not run yet")
+            return
+        finished = f"finished {state['finished_at']}" if state["finished_at"] else "still running"
+        typer.echo(f"started {state['started_at']}, {finished}")
+        if state.get("error"):
+            typer.echo(f"    last run failed: {state['error']}")
+        summary = state["summary"]
+        if summary:
+            typer.echo(
+                f"    {', '.join(summary['sources'])}: {summary['users']} users, {summary['groups']} groups; "
+                f"{summary['joined']} joined, {summary['moved']} moved, {summary['left']} left"
+            )
+            for leaver in summary["leavers"]:
+                typer.echo(f"    left: {leaver['email']} ({leaver['why']})")
+
+    _output(_call("GET", "/api/directory/sync"), show)
+
+
 @app.command()
 def run() -> None:
     """Run Lapse: the Temporal dev server, a worker and the API, with the demo organisation."""

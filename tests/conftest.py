@@ -9,6 +9,7 @@ any test marked ``every_app_db`` runs once on SQLite and once on PostgreSQL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import uuid
@@ -22,7 +23,9 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from access.db import engine_for, migrate, session_scope
@@ -38,6 +41,7 @@ from activities.connectors import (
     Target,
 )
 from starter.api.app import create_app
+from starter.syncs import SYNCS
 from tests.servers import PostgresServer
 from worker import build_worker
 from workflows import names
@@ -262,6 +266,23 @@ async def api(env: WorkflowEnvironment, settings: Settings, worker: None) -> Asy
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://lapse.test", timeout=60) as client:
         yield Api(client)
+    # Policy changes trigger the sync schedules: leave none pointed at this test's queue, whose worker goes now.
+    await clear_sync_schedules(env.client)
+
+
+async def clear_sync_schedules(client: Client) -> None:
+    """End the sync schedules' running and buffered runs and delete the schedules (their ids are global)."""
+    for schedule_id, workflow_type in SYNCS.items():
+        handle = client.get_schedule_handle(schedule_id)
+        with contextlib.suppress(RPCError):
+            for action in (await handle.describe()).info.running_actions:
+                if isinstance(action, ScheduleActionExecutionStartWorkflow):
+                    with contextlib.suppress(RPCError):
+                        await client.get_workflow_handle(action.workflow_id).terminate("the test that started it ended")
+            await handle.delete()
+        async for execution in client.list_workflows(f'WorkflowType="{workflow_type}" AND ExecutionStatus="Running"'):
+            with contextlib.suppress(RPCError):
+                await client.get_workflow_handle(execution.id, run_id=execution.run_id).terminate("test over")
 
 
 @pytest.fixture

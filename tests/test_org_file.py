@@ -101,3 +101,40 @@ def test_lapse_load_org_command_loads_a_file_and_refuses_a_bad_one(tmp_path: Pat
     refused = subprocess.run([lapse, "load-org", str(bad)], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert "unknown workflow nope" in refused.stderr
+
+
+def test_birthright_policies_load_in_order_idempotently_and_unknown_references_are_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    from sqlmodel import col
+
+    from access.tables import BirthrightPolicy
+
+    path = tmp_path / "birthright.yaml"
+    path.write_text(
+        """
+birthright_policies:
+  - {name: engineering, groups: [engineering], roles: [ledger/payments-api/read]}
+  - {name: finance, groups: [finance], roles: [ledger/billing-reports/viewer], description: reports}
+"""
+    )
+    for _ in range(2):
+        with session_scope(db_url) as session:
+            load_org(session, OrgFile.read(path))
+    with session_scope(db_url, write=False) as session:
+        policies = session.exec(select(BirthrightPolicy).order_by(col(BirthrightPolicy.position))).all()
+        assert [(p.name, p.position, p.groups, p.description) for p in policies] == [
+            ("engineering", 0, ["engineering"], ""),
+            ("finance", 1, ["finance"], "reports"),
+        ]
+
+    path.write_text(
+        """
+birthright_policies:
+  - {name: bad, groups: [nope], roles: [ledger/nope/x]}
+"""
+    )
+    with pytest.raises(OrgError) as refused, session_scope(db_url) as session:
+        load_org(session, OrgFile.read(path))
+    assert "birthright policy bad: unknown group nope" in str(refused.value)
+    assert "birthright policy bad: unknown role ledger/nope/x" in str(refused.value)

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         RecordInput,
         RequestState,
         RequestStatus,
+        ReresolveInput,
         ResolveInput,
         RevokeInput,
         StepState,
@@ -346,6 +347,84 @@ class AccessRequestWorkflow:
     @extend.validator
     def _validate_extend(self, input: ExtendInput) -> None:
         self._check_extend(input)
+
+    # --- the directory sync (signals: old histories never received them) -------------------
+
+    @workflow.signal
+    def end_for_leaver(self, input: EndInput) -> None:
+        """The requester left the organisation: a pending request is cancelled, a granted one revoked.
+
+        Anything else (already ending, ended, decided but not yet granted) is left to run its course.
+        """
+        if self._ending is not None:
+            return
+        state = self._status.state
+        undecided = state is RequestState.PENDING and self._approval in (None, RequestState.ACTIVE)
+        if undecided or state in (RequestState.PROVISIONING, RequestState.ACTIVE):
+            self._ending = input
+
+    @workflow.signal
+    async def reresolve_approvers(self, input: ReresolveInput) -> None:
+        """Approvers of the open step left: resolve them again, keeping decisions of those still eligible.
+
+        If too few remain for the approvals still needed, the request fails (an extension is refused),
+        saying who left.
+        """
+        steps = self._round()
+        step = next((s for s in steps or [] if s.state is StepState.OPEN), None)
+        if step is None:
+            return
+        try:
+            eligible: list[str] = await workflow.execute_local_activity(
+                names.RESOLVE_APPROVERS,
+                ResolveInput(requester=self._input.requester, role=self._input.role, approvers=step.approvers),
+                result_type=list[str],
+                start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
+            )
+        except ActivityError:
+            return  # the next directory sync asks again
+        if self._round() is not steps or step.state is not StepState.OPEN or step.approvals >= step.quorum:
+            return  # decided or ended meanwhile
+        gone = [person for person in step.eligible if person not in eligible]
+        if not gone and sorted(eligible) == sorted(step.eligible):
+            return
+        dropped = [d.approver for d in step.decisions if d.approver not in eligible]
+        step.decisions = [d for d in step.decisions if d.approver in eligible]
+        step.eligible = eligible
+        needed = step.quorum - step.approvals
+        available = [p for p in eligible if all(d.approver != p for d in step.decisions)]
+        events = [
+            self._audit("lapse", "step.reresolved", step=step.name, eligible=eligible, gone=gone, dropped=dropped)
+        ]
+        if len(available) >= needed:
+            await self._record(events)
+            return
+        left = [p for p in gone if p in input.left]
+        moved = [p for p in gone if p not in input.left]
+        who = "; ".join(
+            part
+            for part in (
+                f"{', '.join(left)} left" if left else "",
+                f"{', '.join(moved)} no longer eligible" if moved else "",
+            )
+            if part
+        )
+        remain = (
+            "no eligible approver remains" if not available else f"only {len(available)} eligible approver(s) remain"
+        )
+        why = f"step {step.name!r} needs {needed} approval{'' if needed == 1 else 's'} but {remain}" + (
+            f": {who}" if who else ""
+        )
+        if steps is self._status.steps:
+            # The round is over: the run's next transition ends the request as failed and records these.
+            self._failure = why
+            self._carry.extend(events)
+            self._approval = RequestState.FAILED
+            return
+        extension = self._status.extensions[-1]
+        extension.state = ExtensionState.DENIED
+        events.append(self._audit("lapse", "extension.refused", reason=why))
+        await self._record(events)
 
     # --- validation (validators reject without a trace in history; the API audits that) ---
 

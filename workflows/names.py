@@ -26,6 +26,18 @@ TEST_CONNECTION = "test_connection"
 DISCOVER_INTEGRATION = "discover_integration"
 REMEDIATE_DRIFT = "remediate_drift"
 
+DIRECTORY_SYNC = "directory-sync"
+"""The directory sync's schedule id, and its runs' workflow id prefix."""
+SYNC_DIRECTORY = "sync_directory"
+TRIGGER_SYNC = "trigger_sync"
+BIRTHRIGHT_SYNC = "birthright-sync"
+"""The birthright sync's schedule id, and its runs' workflow id prefix."""
+PLAN_BIRTHRIGHT_SYNC = "plan_birthright_sync"
+APPLY_BIRTHRIGHT_BATCH = "apply_birthright_batch"
+FINISH_BIRTHRIGHT_SYNC = "finish_birthright_sync"
+BIRTHRIGHT_APPLY_ATTEMPTS = 5
+"""Tries of an apply batch; on the last, an item whose target keeps failing is recorded as failed instead."""
+
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 
 

@@ -10,8 +10,9 @@ from temporalio.client import Client
 
 from access.settings import Settings, get_settings
 from starter.api import problems
-from starter.api.routes import approvals, audit, catalog, grants, integrations, requests
+from starter.api.routes import approvals, audit, birthright, catalog, directory, grants, integrations, requests
 from starter.integrations import ensure_schedules
+from starter.syncs import ensure_sync_schedules
 from starter.temporal import connect
 
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
             app.state.client = await connect(app.state.settings)
         # Idempotent: every replica may do it; a new integration gets its schedule when created.
         await ensure_schedules(app.state.client, app.state.settings)
+        await ensure_sync_schedules(app.state.client, app.state.settings)
         yield
 
     app = FastAPI(
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         approvals.router,
         grants.router,
         integrations.router,
+        birthright.router,
+        directory.router,
         audit.router,
     ):
         app.include_router(router)

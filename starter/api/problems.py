@@ -46,6 +46,13 @@ def _field(location: Any) -> str:
     return ".".join(str(p) for p in parts)
 
 
+def _discriminator(error: Any) -> str:
+    """A body whose kind field (e.g. ``action``) names no known kind: that field is at fault."""
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        return str((error.get("ctx") or {}).get("discriminator", "")).strip("'")
+    return ""
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, error: Problem) -> JSONResponse:
@@ -53,7 +60,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in error.errors()]
+        errors = [{"field": _field(e["loc"]) or _discriminator(e), "message": e["msg"]} for e in error.errors()]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         return problem_response(
             422, f"{first['field'] or 'body'}: {first['message']}", field=first["field"] or None, errors=errors

@@ -23,6 +23,11 @@ class GrantOut(BaseModel):
     path: str
     """``jit`` (a request), ``birthright`` (a policy) or ``external`` (found in the target)."""
     request_id: str | None
+    policy: str | None = None
+    """The birthright policy a ``birthright`` grant was made under."""
+    returns_on_sync: bool = False
+    """A birthright grant: revoking it by hand is temporary, the next birthright sync grants it again
+    while the policy applies. Change the policy (``/api/birthright/policies``) to take it away for good."""
     granted_at: datetime
     expires_at: datetime | None
     """``null`` for standing access."""
@@ -49,6 +54,8 @@ def list_grants(
             user=g.user_email,
             path=g.path,
             request_id=g.request_id,
+            policy=g.policy,
+            returns_on_sync=g.path == "birthright",
             granted_at=g.granted_at,
             expires_at=g.expires_at,
         )

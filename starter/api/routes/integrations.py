@@ -34,6 +34,9 @@ class IntegrationCreate(BaseModel):
     )
     discovery_every: Duration = Field(default=timedelta(minutes=15), description="How often discovery runs.")
     enforce_jit_only: bool = Field(default=False, description="Revoke grants of JIT-only roles made outside Lapse.")
+    directory: bool = Field(
+        default=False, description="Also the identity source the directory sync reads users and groups from (`ldap`)."
+    )
 
 
 class IntegrationOut(BaseModel):
@@ -128,6 +131,8 @@ async def create_integration(
         raise Problem(422, f"config{'.' + where if where else ''}: {first['msg']}", field="config") from None
     except ValueError as error:
         raise Problem(422, str(error), field="kind") from None
+    if body.directory and body.kind != "ldap":
+        raise Problem(422, "only an ldap integration can be the directory", field="directory")
     with session_scope(settings.db_url) as session:
         if session.exec(select(Integration).where(Integration.name == body.name)).first() is not None:
             raise Problem(409, f"an integration named {body.name!r} already exists", field="name")
@@ -138,6 +143,7 @@ async def create_integration(
             config=body.config,
             discovery_interval_s=int(body.discovery_every.total_seconds()),
             enforce_jit_only=body.enforce_jit_only,
+            directory=body.directory,
         )
         session.add(integration)
         session.flush()

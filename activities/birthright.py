@@ -1,0 +1,415 @@
+"""Activities of the birthright sync: store the plan in the app DB, apply it in batches, record the outcome.
+
+The plan's items live in ``BirthrightItem`` rows, never in workflow history, so a run of any size
+resumes where it was. Each item is applied in its own short transaction that re-reads the ledger
+under the account and role's lock and marks the item done: a retried or resumed batch never
+grants twice, and overlapping JIT or external grants keep access (the target is called for the
+first active grant of an account and role, and revoked only when the last one ends).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from access import catalog
+from access.db import append_audit, lock, session_scope
+from access.tables import BirthrightItem, BirthrightPolicy, Grant, Integration, Resource, SyncState, User
+from access.types import (
+    AuditEntry,
+    BirthrightBatchInput,
+    BirthrightBatchResult,
+    BirthrightFinishInput,
+    BirthrightPlanned,
+    BirthrightSyncResult,
+    SyncInput,
+)
+from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, LedgerConnector, Target
+from activities.integrations import as_activity_error, connector_for
+from workflows import names
+
+INSERT_CHUNK = 5000
+LEDGER_CHUNK = 100
+"""Items of ledger-only roles applied in one transaction."""
+ACTOR = "lapse"
+
+
+class _Refused(Exception):
+    """The item cannot be applied until someone changes something (a role or integration is gone)."""
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    integration: str
+    target: Target
+    connector: Connector
+
+
+class _Targets:
+    """Roles and connectors resolved once per batch: a connector may cache accounts (LDAP DNs)."""
+
+    def __init__(self, connectors: Mapping[str, ConnectorFactory]) -> None:
+        self._connectors = connectors
+        self._roles: dict[str, _Resolved] = {}
+        self._by_integration: dict[str, Connector] = {}
+
+    def records_only(self, session: Session, path: str) -> bool:
+        """Whether the role's grant is the ledger row alone (the built-in ledger connector)."""
+        try:
+            return isinstance(self.resolve(session, path).connector, LedgerConnector)
+        except _Refused:
+            return False
+
+    def resolve(self, session: Session, path: str) -> _Resolved:
+        if path in self._roles:
+            return self._roles[path]
+        role = catalog.find_role(session, path)
+        if role is None:
+            raise _Refused(f"role {path} no longer exists")
+        resource = session.get(Resource, role.resource_id)
+        integration = session.get(Integration, resource.integration_id) if resource else None
+        if resource is None or integration is None:
+            raise _Refused(f"role {path} no longer exists")
+        connector = self._by_integration.get(integration.name)
+        if connector is None:
+            try:
+                connector = connector_for(integration, self._connectors)
+            except ApplicationError as error:
+                raise _Refused(error.message) from error
+            self._by_integration[integration.name] = connector
+        target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
+        self._roles[path] = _Resolved(integration.name, target, connector)
+        return self._roles[path]
+
+
+class BirthrightActivities:
+    """Activities bound to one app DB and one set of connector kinds."""
+
+    def __init__(self, db_url: str, *, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
+        self._db_url = db_url
+        self._connectors = dict(connectors)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.plan_birthright_sync, self.apply_birthright_batch, self.finish_birthright_sync]
+
+    @activity.defn(name=names.PLAN_BIRTHRIGHT_SYNC)
+    def plan_birthright_sync(self, input: SyncInput) -> BirthrightPlanned:
+        """Plan from the app DB as it is now and store the items under a new run id (earlier runs' go)."""
+        began = datetime.now(UTC)
+        with session_scope(self._db_url, write=False) as session:
+            inputs = catalog.birthright_inputs(session)
+        plan = inputs.plan()
+        run = uuid.uuid4().hex[:16]
+        rows: list[dict[str, Any]] = []
+        for action, items in (("remove", plan.remove), ("add", plan.add)):  # removes first: leavers go at once
+            rows += [
+                {"run": run, "action": action, "user_email": i.user, "role": i.role, "policy": i.policy, "done": False}
+                for i in items
+            ]
+        rows += [
+            {"run": run, "action": "relabel", "user_email": r.user, "role": r.role, "policy": r.policy, "done": False}
+            for r in plan.relabel
+        ]
+        for seq, row in enumerate(rows, start=1):
+            row["seq"] = seq
+        summary = plan.summary()
+        with session_scope(self._db_url) as session:
+            session.execute(delete(BirthrightItem))
+            for start in range(0, len(rows), INSERT_CHUNK):
+                session.execute(insert(BirthrightItem), rows[start : start + INSERT_CHUNK])
+            state = session.get(SyncState, names.BIRTHRIGHT_SYNC) or SyncState(name=names.BIRTHRIGHT_SYNC)
+            state.started_at = began
+            state.finished_at = None
+            state.error = None
+            planned_at = datetime.now(UTC).isoformat()
+            state.summary = {"run": run, "reason": input.reason, "planned_at": planned_at, "planned": summary}
+            session.add(state)
+        return BirthrightPlanned(
+            run=run,
+            add=len(plan.add),
+            remove=len(plan.remove),
+            relabel=len(plan.relabel),
+            frozen_roles=plan.frozen_roles,
+        )
+
+    @activity.defn(name=names.APPLY_BIRTHRIGHT_BATCH)
+    def apply_birthright_batch(self, input: BirthrightBatchInput) -> BirthrightBatchResult:
+        """Apply up to ``limit`` items after ``after_seq`` in order, heartbeating the last one handled.
+
+        A retry resumes after the heartbeat. A target's retryable error fails the attempt (the
+        activity retries with backoff); on the last attempt, or for a permanent error, the item is
+        recorded as failed and the batch carries on: one broken role does not block everyone.
+        """
+        details = activity.info().heartbeat_details
+        after = max(input.after_seq, int(details[0]) if details else 0)
+        with session_scope(self._db_url, write=False) as session:
+            items = session.exec(
+                select(BirthrightItem)
+                .where(BirthrightItem.run == input.run, col(BirthrightItem.seq) > after)
+                .order_by(col(BirthrightItem.seq))
+                .limit(input.limit)
+            ).all()
+            result = BirthrightBatchResult(last_seq=None, more=len(items) == input.limit)
+            targets = _Targets(self._connectors)
+            ledger_only = {item.role for item in items if targets.records_only(session, item.role)}
+        pending = [item for item in items if not item.done]
+        start = 0
+        while start < len(pending):
+            # Roles whose grant is the ledger row itself share a transaction (nothing outside can be
+            # called twice); every other item gets its own, so a killed worker repeats at most one call.
+            end = start + 1
+            while end < len(pending) and end - start < LEDGER_CHUNK and pending[start].role in ledger_only:
+                if pending[end].role not in ledger_only:
+                    break
+                end += 1
+            chunk = pending[start:end]
+            if len(chunk) > 1 and self._apply_together(chunk, targets):
+                result.applied += len(chunk)
+            else:
+                for item in chunk:
+                    if self._apply(item, targets):
+                        result.applied += 1
+                    else:
+                        result.failed += 1
+            start = end
+            activity.heartbeat(chunk[-1].seq)
+        if items:
+            result.last_seq = items[-1].seq
+        return result
+
+    def _apply_together(self, items: list[BirthrightItem], targets: _Targets) -> bool:
+        """Apply ledger-only items in one transaction; False (nothing kept) if any of them cannot be."""
+        try:
+            with session_scope(self._db_url) as session:
+                events: list[AuditEntry] = []
+                for item in items:
+                    events += self._apply_in(session, item, targets)
+                append_audit(session, events)
+            return True
+        except (ConnectorError, _Refused):
+            return False  # each alone, so the one at fault is recorded as failed
+
+    def _apply(self, item: BirthrightItem, targets: _Targets) -> bool:
+        """Apply one item in its own transaction; False if it was recorded as failed."""
+        try:
+            with session_scope(self._db_url) as session:
+                append_audit(session, self._apply_in(session, item, targets))
+            return True
+        except ConnectorError as error:
+            if error.retryable and activity.info().attempt < names.BIRTHRIGHT_APPLY_ATTEMPTS:
+                raise as_activity_error(error) from error
+            reason = str(error)
+        except _Refused as error:
+            reason = str(error)
+        self._failed(item, reason)
+        return False
+
+    def _apply_in(self, session: Session, item: BirthrightItem, targets: _Targets) -> list[AuditEntry]:
+        """Apply one item in the caller's transaction and mark it done; returns its audit events."""
+        fresh = session.get(BirthrightItem, item.id, with_for_update=True)
+        if fresh is None or fresh.done:
+            return []  # an earlier attempt got here first
+        resolved = targets.resolve(session, item.role)
+        # Discovery holds this exclusively while it compares the target with the ledger.
+        lock(session, "integration", resolved.integration, shared=True)
+        if item.action == "add":
+            events = _add(session, item, resolved)
+        elif item.action == "remove":
+            events = _remove(session, item, resolved)
+        else:
+            events = _relabel(session, item)
+        fresh.done = True
+        session.add(fresh)
+        return events
+
+    def _failed(self, item: BirthrightItem, reason: str) -> None:
+        with session_scope(self._db_url) as session:
+            fresh = session.get(BirthrightItem, item.id)
+            if fresh is None or fresh.done:
+                return
+            fresh.done = True
+            fresh.error = reason
+            session.add(fresh)
+            verb = {"add": "grant", "remove": "revoke"}.get(item.action, "relabel")
+            append_audit(
+                session,
+                [
+                    AuditEntry(
+                        actor=ACTOR,
+                        action="birthright.failed",
+                        target=item.role,
+                        reason=f"could not {verb} it under birthright policy {item.policy!r}: {reason}; "
+                        "the next sync tries again",
+                        details={"user": item.user_email, "policy": item.policy, "action": item.action},
+                    )
+                ],
+            )
+
+    @activity.defn(name=names.FINISH_BIRTHRIGHT_SYNC)
+    def finish_birthright_sync(self, input: BirthrightFinishInput) -> BirthrightSyncResult:
+        """Record how the run went on the ``birthright-sync`` sync state, and audit it."""
+        result = BirthrightSyncResult(run=input.run, error=input.error)
+        with session_scope(self._db_url) as session:
+            if input.run is not None:
+                counts = session.execute(
+                    sa_select(col(BirthrightItem.action), col(BirthrightItem.error).is_(None), func.count())
+                    .where(col(BirthrightItem.run) == input.run, col(BirthrightItem.done).is_(True))
+                    .group_by(col(BirthrightItem.action), col(BirthrightItem.error).is_(None))
+                )
+                for action, ok, count in counts:
+                    if not ok:
+                        result.failed += count
+                    elif action == "add":
+                        result.added += count
+                    elif action == "remove":
+                        result.removed += count
+                    else:
+                        result.relabelled += count
+            now = datetime.now(UTC)
+            state = session.get(SyncState, names.BIRTHRIGHT_SYNC) or SyncState(
+                name=names.BIRTHRIGHT_SYNC, started_at=now
+            )
+            state.finished_at = now
+            state.error = input.error
+            outcome = result.model_dump(mode="json", exclude={"run", "error"})
+            state.summary = {**state.summary, **outcome}
+            session.add(state)
+            append_audit(
+                session,
+                [
+                    AuditEntry(
+                        actor=ACTOR,
+                        action="birthright_sync.failed" if input.error else "birthright_sync.completed",
+                        target=names.BIRTHRIGHT_SYNC,
+                        reason=input.error or "",
+                        details={"run": input.run, **outcome},
+                        at=now,
+                    )
+                ],
+            )
+        return result
+
+
+def _birthright(session: Session, user: str, role: str) -> list[Grant]:
+    return list(
+        session.exec(
+            select(Grant).where(
+                Grant.path == "birthright", Grant.user_email == user, Grant.role == role, col(Grant.active).is_(True)
+            )
+        )
+    )
+
+
+def _others(session: Session, account: str, role: str) -> int:
+    """Active grants of ``role`` to ``account`` by any path (call after ending or before adding ours)."""
+    query = (
+        select(func.count())
+        .select_from(Grant)
+        .where(Grant.account == account, Grant.role == role, col(Grant.active).is_(True))
+    )
+    return int(session.exec(query).one())
+
+
+def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[AuditEntry]:
+    user = session.exec(select(User).where(User.email == item.user_email)).first()
+    if user is None or not user.active:
+        return []  # left since the plan was made: the next plan removes, not adds
+    account = resolved.connector.account_for(item.user_email)
+    lock(session, account, item.role)
+    existing = _birthright(session, item.user_email, item.role)
+    if existing:  # already granted (a concurrent attempt): at most bring the policy name up to date
+        for grant in existing:
+            grant.policy = item.policy
+            session.add(grant)
+        return []
+    others = _others(session, account, item.role)
+    now = datetime.now(UTC)
+    grant = Grant(
+        account=account,
+        role=item.role,
+        user_email=item.user_email,
+        path="birthright",
+        policy=item.policy,
+        granted_at=now,
+        expires_at=None,
+    )
+    session.add(grant)
+    session.flush()
+    if not others:
+        resolved.connector.grant(account, resolved.target, None)
+    reason = f"birthright policy {item.policy!r}"
+    if others:
+        reason += "; another active grant already gave this access, so the target was not called"
+    details = {"user": item.user_email, "account": account, "policy": item.policy, "grant_id": grant.id}
+    return [
+        AuditEntry(actor=ACTOR, action="birthright.granted", target=item.role, reason=reason, details=details, at=now)
+    ]
+
+
+def _remove(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[AuditEntry]:
+    accounts = sorted({g.account for g in _birthright(session, item.user_email, item.role)})
+    for account in accounts:
+        lock(session, account, item.role)
+    grants = _birthright(session, item.user_email, item.role)  # again, under the locks
+    if not grants:
+        return []
+    now = datetime.now(UTC)
+    for grant in grants:
+        grant.active = False
+        grant.ended_at = now
+        session.add(grant)
+    session.flush()
+    why = _why_removed(session, item)
+    events: list[AuditEntry] = []
+    for account in sorted({g.account for g in grants}):
+        still_held = _others(session, account, item.role) > 0
+        if not still_held:
+            resolved.connector.revoke(account, resolved.target)
+        reason = f"birthright policy {item.policy!r} no longer grants it: {why}"
+        if still_held:
+            reason += "; another active grant still covers the account, so access stays"
+        details = {"user": item.user_email, "account": account, "policy": item.policy, "still_held": still_held}
+        events.append(
+            AuditEntry(
+                actor=ACTOR, action="birthright.revoked", target=item.role, reason=reason, details=details, at=now
+            )
+        )
+    return events
+
+
+def _why_removed(session: Session, item: BirthrightItem) -> str:
+    user = session.exec(select(User).where(User.email == item.user_email)).first()
+    if user is None or not user.active:
+        return "the user is no longer active"
+    policy = session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == item.policy)).first()
+    if policy is None:
+        return "the policy was deleted"
+    return "the user is no longer in a group of a policy granting the role, or the policy changed"
+
+
+def _relabel(session: Session, item: BirthrightItem) -> list[AuditEntry]:
+    events: list[AuditEntry] = []
+    for grant in _birthright(session, item.user_email, item.role):
+        if grant.policy == item.policy:
+            continue
+        events.append(
+            AuditEntry(
+                actor=ACTOR,
+                action="birthright.relabelled",
+                target=item.role,
+                reason=f"birthright policy {item.policy!r} now accounts for it (was {grant.policy!r}); access stays",
+                details={"user": item.user_email, "account": grant.account, "policy": item.policy, "was": grant.policy},
+            )
+        )
+        grant.policy = item.policy
+        session.add(grant)
+    return events

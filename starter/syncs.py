@@ -1,0 +1,69 @@
+"""The directory and birthright sync schedules: created when the stack starts, triggered on changes.
+
+A trigger goes through the schedule, whose overlap policy keeps one run going and at most one
+waiting, so a burst of policy edits never piles up runs.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+from access.settings import Settings
+from access.types import SyncInput
+from workflows import names
+
+SYNCS: dict[str, str] = {
+    names.DIRECTORY_SYNC: "DirectorySyncWorkflow",
+    names.BIRTHRIGHT_SYNC: "BirthrightSyncWorkflow",
+}
+"""Schedule id → the workflow type it runs."""
+
+
+def _schedule(settings: Settings, schedule_id: str) -> Schedule:
+    directory = schedule_id == names.DIRECTORY_SYNC
+    every = settings.directory_sync_every if directory else settings.birthright_sync_every
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            SYNCS[schedule_id],
+            SyncInput(),
+            id=schedule_id,
+            task_queue=settings.task_queue,
+            # A run that cannot finish (no worker on its queue) must not hold up every later trigger.
+            execution_timeout=timedelta(minutes=30) if directory else timedelta(hours=2),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.BUFFER_ONE),
+    )
+
+
+async def ensure_sync_schedules(client: Client, settings: Settings) -> list[str]:
+    """Create the sync schedules, or bring existing ones to the current settings; returns their ids."""
+    for schedule_id in SYNCS:
+        schedule = _schedule(settings, schedule_id)
+        try:
+            await client.create_schedule(schedule_id, schedule)
+        except ScheduleAlreadyRunningError:
+
+            def update(_input: ScheduleUpdateInput, schedule: Schedule = schedule) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=schedule)
+
+            await client.get_schedule_handle(schedule_id).update(update)
+    return list(SYNCS)
+
+
+async def trigger_sync(client: Client, schedule_id: str) -> None:
+    """Run the sync now, through its schedule: one run at a time, at most one more buffered."""
+    await client.get_schedule_handle(schedule_id).trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
