@@ -23,7 +23,17 @@ from temporalio.exceptions import ApplicationError
 
 from access import catalog
 from access.db import append_audit, lock, session_scope
-from access.tables import BirthrightItem, BirthrightPolicy, Grant, Integration, Resource, SyncState, User
+from access.tables import (
+    BirthrightItem,
+    BirthrightPolicy,
+    Grant,
+    Group,
+    Integration,
+    Membership,
+    Resource,
+    SyncState,
+    User,
+)
 from access.types import (
     AuditEntry,
     BirthrightBatchInput,
@@ -86,6 +96,11 @@ class _Targets:
             except ApplicationError as error:
                 raise _Refused(error.message) from error
             self._by_integration[integration.name] = connector
+        if connector.per_grant_accounts:
+            raise _Refused(
+                f"integration {integration.name} makes a login per grant (ephemeral credentials): "
+                "birthright access, which has no end, cannot go through it"
+            )
         target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
         self._roles[path] = _Resolved(integration.name, target, connector)
         return self._roles[path]
@@ -207,6 +222,12 @@ class BirthrightActivities:
             reason = str(error)
         except _Refused as error:
             reason = str(error)
+        except Exception as error:
+            # Anything else (a bad account template, an unclassified driver error): retried, then recorded
+            # against this item alone, so one broken role does not hold up everyone else's access.
+            if activity.info().attempt < names.BIRTHRIGHT_APPLY_ATTEMPTS:
+                raise
+            reason = f"unexpected error: {type(error).__name__}: {error}"
         self._failed(item, reason)
         return False
 
@@ -320,6 +341,8 @@ def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[Au
     user = session.exec(select(User).where(User.email == item.user_email)).first()
     if user is None or not user.active:
         return []  # left since the plan was made: the next plan removes, not adds
+    if not _still_granted(session, user, item):
+        return []  # the policy or the user's groups changed since the plan: the run that change started decides
     account = resolved.connector.account_for(item.user_email)
     lock(session, account, item.role)
     existing = _birthright(session, item.user_email, item.role)
@@ -341,15 +364,25 @@ def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[Au
     )
     session.add(grant)
     session.flush()
-    if not others:
-        resolved.connector.grant(account, resolved.target, None)
+    # Granted in the target even when another grant covers it: granting is idempotent, and that other
+    # grant's access may have been removed by hand (discovery ends only the grants it can restore).
+    resolved.connector.grant(account, resolved.target, None)
     reason = f"birthright policy {item.policy!r}"
     if others:
-        reason += "; another active grant already gave this access, so the target was not called"
+        reason += "; another active grant already gave this access"
     details = {"user": item.user_email, "account": account, "policy": item.policy, "grant_id": grant.id}
     return [
         AuditEntry(actor=ACTOR, action="birthright.granted", target=item.role, reason=reason, details=details, at=now)
     ]
+
+
+def _still_granted(session: Session, user: User, item: BirthrightItem) -> bool:
+    """Whether the item's policy still grants its role to a group the user is in (it may have changed mid-run)."""
+    policy = session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == item.policy)).first()
+    if policy is None or item.role not in policy.roles:
+        return False
+    groups = set(session.exec(select(Group.name).join(Membership).where(Membership.user_id == user.id)))
+    return not groups.isdisjoint(policy.groups)
 
 
 def _remove(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[AuditEntry]:

@@ -95,19 +95,28 @@ class IntegrationActivities:
     @activity.defn(name=names.DISCOVER_INTEGRATION)
     def discover_integration(self, input: IntegrationInput) -> DiscoveryResult:
         """Read the target's resources, roles and grants, and bring the catalog and ledger in line."""
+        name = input.integration
         try:
+            with session_scope(self._db_url, write=False) as session:
+                connector = connector_for(self._integration(session, name), self._connectors)
+            if not connector.discovers:
+                return DiscoveryResult(integration=name)
+            # Read the target holding no lock: on a large directory or app this takes a while.
+            found = connector.discover()
+            activity.heartbeat()
+            held = list(connector.list_grants(found.roles))
+            activity.heartbeat()
             with session_scope(self._db_url) as session:
-                # Exclusive: no grant or revoke of this integration is half-done while we compare,
-                # so a grant Lapse is making is never mistaken for one made outside it.
-                lock(session, "integration", input.integration)
-                integration = self._integration(session, input.integration)
-                connector = connector_for(integration, self._connectors)
-                if not connector.discovers:
-                    return DiscoveryResult(integration=integration.name)
-                found = connector.discover()
-                activity.heartbeat()
-                held = list(connector.list_grants(found.roles))
-                activity.heartbeat()
+                # Exclusive: no grant or revoke of this integration is half-done while we compare. Where the
+                # listing and the ledger disagree, a grant or revoke may have happened since the listing:
+                # read those roles again now, so one Lapse is making is never mistaken for drift.
+                lock(session, "integration", name)
+                integration = self._integration(session, name)
+                disputed = _disputed(session, f"{name}/", held)
+                if disputed:
+                    again = [r for r in found.roles if f"{name}/{r.resource}/{r.name}" in disputed]
+                    kept = [h for h in held if f"{name}/{h.resource}/{h.role}" not in disputed]
+                    held = kept + list(connector.list_grants(again))
                 return _reconcile(session, integration, connector, found, held, datetime.now(UTC))
         except ConnectorError as error:
             self._failed(input.integration, str(error))
@@ -195,6 +204,18 @@ class ActiveGrant(NamedTuple):
     user_email: str | None
     request_id: str | None
     policy: str | None
+
+
+def _disputed(session: Session, prefix: str, held: list[HeldRole]) -> set[str]:
+    """Role paths where the target's listing and the ledger's active grants differ."""
+    rows = session.execute(
+        sa_select(col(Grant.account), col(Grant.role)).where(
+            col(Grant.role).startswith(prefix, autoescape=True), col(Grant.active).is_(True)
+        )
+    )
+    ledger = {(account, role) for account, role in rows}
+    listed = {(entry.account, f"{prefix}{entry.resource}/{entry.role}") for entry in held}
+    return {path for _, path in ledger ^ listed}
 
 
 def _reconcile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -185,7 +186,8 @@ def grants(everyone: Annotated[bool, typer.Option("--all", help="Admins: everyon
 
     def show(grant: dict[str, Any]) -> None:
         until = grant["expires_at"] or "never"
-        typer.echo(f"{grant['role']}  {grant['path']:<10} {grant['account']}  until {until}  ({grant['request_id']})")
+        origin = grant["request_id"] or (f"policy {grant['policy']}" if grant.get("policy") else "found in the target")
+        typer.echo(f"{grant['role']}  {grant['path']:<10} {grant['account']}  until {until}  ({origin})")
 
     _output(_call("GET", "/api/grants", params={"all": "true"} if everyone else None), show)
 
@@ -298,11 +300,32 @@ def load_org_file(path: str) -> None:
     settings = get_settings()
     migrate(settings.db_url)
     try:
+        org = OrgFile.read(Path(path))
         with session_scope(settings.db_url) as session:
-            load_org(session, OrgFile.read(Path(path)))
+            load_org(session, org)
     except OrgError as error:
         _fail(str(error))
     typer.echo(f"loaded {path}")
+    typer.echo(asyncio.run(_apply_schedules(settings, sync_birthright=bool(org.birthright_policies))))
+
+
+async def _apply_schedules(settings: Any, *, sync_birthright: bool) -> str:
+    """New integrations get their discovery schedules, and new policies a birthright sync, now."""
+    from starter.integrations import ensure_schedules
+    from starter.syncs import ensure_sync_schedules, trigger_sync
+    from starter.temporal import connect
+    from workflows import names
+
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+        discovery = await ensure_schedules(client, settings)
+        await ensure_sync_schedules(client, settings)
+        if sync_birthright:
+            await trigger_sync(client, names.BIRTHRIGHT_SYNC)
+    except (RuntimeError, OSError, TimeoutError) as error:
+        return f"Temporal is not reachable ({error}): schedules are brought up to date when the API next starts"
+    started = "; birthright sync started" if sync_birthright else ""
+    return f"schedules up to date: {', '.join(discovery) or 'no discovery schedules'}{started}"
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ short workflow the API waits for.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from datetime import timedelta
@@ -15,21 +16,22 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
+    WorkflowFailureError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import TimeoutError as TimeoutErrorFailure
 
 from access.db import session_scope
+from access.durations import format_duration
 from access.settings import Settings
 from access.tables import Integration
 from access.types import ConnectionTestResult, DiscoveryResult, IntegrationInput
 from activities.connectors import BUILT_IN
+from starter.syncs import upsert_schedule
 from workflows import names
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
 
@@ -45,6 +47,17 @@ def discovers(integration: Integration) -> bool:
         return factory(integration.config).discovers
     except ValueError:
         return False  # misconfigured: its requests and connection test say why
+
+
+def makes_login_per_grant(integration: Integration) -> bool:
+    """Whether each grant gets its own account in the target (ephemeral credentials)."""
+    factory = BUILT_IN.get(integration.kind)
+    if factory is None:
+        return False
+    try:
+        return factory(integration.config).per_grant_accounts
+    except ValueError:
+        return False
 
 
 def _schedule(settings: Settings, integration: Integration) -> Schedule:
@@ -63,15 +76,7 @@ def _schedule(settings: Settings, integration: Integration) -> Schedule:
 
 async def ensure_discovery_schedule(client: Client, settings: Settings, integration: Integration) -> None:
     """Create the integration's discovery schedule, or bring an existing one to its current interval."""
-    schedule = _schedule(settings, integration)
-    try:
-        await client.create_schedule(names.discovery_id(integration.name), schedule)
-    except ScheduleAlreadyRunningError:
-
-        def update(_input: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=schedule)
-
-        await client.get_schedule_handle(names.discovery_id(integration.name)).update(update)
+    await upsert_schedule(client, names.discovery_id(integration.name), _schedule(settings, integration))
 
 
 async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
@@ -84,13 +89,19 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
 
 
 async def check_connection(client: Client, settings: Settings, name: str) -> ConnectionTestResult:
-    return await client.execute_workflow(
-        ConnectionTestWorkflow.run,
-        IntegrationInput(integration=name),
-        id=f"connection-test-{name}-{secrets.token_hex(4)}",
-        task_queue=settings.task_queue,
-        execution_timeout=timedelta(seconds=90),
-    )
+    """Run the connection test on a worker; ``NoWorker`` if none answers within ``submit_timeout``."""
+    try:
+        return await client.execute_workflow(
+            ConnectionTestWorkflow.run,
+            IntegrationInput(integration=name),
+            id=f"connection-test-{name}-{secrets.token_hex(4)}",
+            task_queue=settings.task_queue,
+            execution_timeout=settings.submit_timeout,
+        )
+    except WorkflowFailureError as error:
+        if isinstance(error.cause, TimeoutError | TimeoutErrorFailure):
+            raise NoWorker(f"no worker ran the connection test of {name} within the time allowed") from error
+        raise
 
 
 async def discover_now(client: Client, settings: Settings, name: str) -> DiscoveryResult:
@@ -102,4 +113,14 @@ async def discover_now(client: Client, settings: Settings, name: str) -> Discove
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
-    return await handle.result()
+    try:
+        return await asyncio.wait_for(handle.result(), timeout=settings.submit_timeout.total_seconds())
+    except TimeoutError:
+        raise NoWorker(
+            f"discovery of {name} did not finish within {format_duration(settings.submit_timeout)}: no worker may "
+            "be running, or the target is slow. It goes on; its outcome shows on the integration."
+        ) from None
+
+
+class NoWorker(Exception):
+    """Nothing answered in time: no worker is polling, or the work is slow. The caller may try again."""

@@ -41,26 +41,33 @@ def _schedule(settings: Settings, schedule_id: str) -> Schedule:
             SyncInput(),
             id=schedule_id,
             task_queue=settings.task_queue,
-            # A run that cannot finish (no worker on its queue) must not hold up every later trigger.
-            execution_timeout=timedelta(minutes=30) if directory else timedelta(hours=2),
+            # A run that cannot finish (no worker on its queue) must not hold up every later trigger; per run,
+            # since a large birthright sync continues as new many times.
+            run_timeout=timedelta(minutes=30) if directory else timedelta(hours=1),
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.BUFFER_ONE),
     )
 
 
+async def upsert_schedule(client: Client, schedule_id: str, schedule: Schedule) -> None:
+    """Create the schedule, or bring an existing one to ``schedule`` — keeping its state, so one an
+    operator paused in the Web UI stays paused."""
+    try:
+        await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+
+        def update(input: ScheduleUpdateInput) -> ScheduleUpdate:
+            schedule.state = input.description.schedule.state
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(schedule_id).update(update)
+
+
 async def ensure_sync_schedules(client: Client, settings: Settings) -> list[str]:
     """Create the sync schedules, or bring existing ones to the current settings; returns their ids."""
     for schedule_id in SYNCS:
-        schedule = _schedule(settings, schedule_id)
-        try:
-            await client.create_schedule(schedule_id, schedule)
-        except ScheduleAlreadyRunningError:
-
-            def update(_input: ScheduleUpdateInput, schedule: Schedule = schedule) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=schedule)
-
-            await client.get_schedule_handle(schedule_id).update(update)
+        await upsert_schedule(client, schedule_id, _schedule(settings, schedule_id))
     return list(SYNCS)
 
 

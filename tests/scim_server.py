@@ -43,7 +43,8 @@ class ScimServer:
 
     def start(self) -> ScimServer:
         command = [sys.executable, "-m", "scim2_server.testserver.cli", "--hostname", "127.0.0.1"]
-        command += ["--port", str(self.port), "--bearer-token", self.token]
+        # One argument: a token starting with "-" would otherwise read as an option.
+        command += ["--port", str(self.port), f"--bearer-token={self.token}"]
         with self._log.open("wb") as log:  # a file, not a pipe: the server logs every request
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20

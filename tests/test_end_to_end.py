@@ -130,6 +130,17 @@ def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     assert _lag(ended) >= 0
     assert stack.cli("--as", "alan@example.com", "grants").strip() == "(none)"
 
+    # An organisation file with a birthright policy: loading it starts the birthright sync at once.
+    policies = stack.data_dir / "policies.yaml"
+    policies.write_text(
+        "birthright_policies:\n  - {name: platform-read, groups: [platform], roles: [ledger/payments-api/read]}\n"
+    )
+    assert "birthright sync started" in stack.cli("load-org", str(policies))
+    deadline = time.monotonic() + 30
+    while "ledger/payments-api/read  birthright" not in stack.cli("--as", "alan@example.com", "grants"):
+        assert time.monotonic() < deadline, "the birthright sync did not grant the policy's role"
+        time.sleep(0.3)
+
 
 def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
     created = stack.call(

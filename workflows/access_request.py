@@ -121,6 +121,10 @@ class AccessRequestWorkflow:
             if outcome is not RequestState.ACTIVE:
                 return await self._finish(outcome)
 
+        # Cancelled (or its requester left) before anything was granted: end here, granting nothing.
+        # Histories from before this check replay without it (no marker).
+        if self._ending is not None and workflow.patched("end-before-provision"):
+            return await self._finish(RequestState.CANCELLED)
         await self._transition(RequestState.PROVISIONING)
         try:
             grant = await workflow.execute_activity(

@@ -42,7 +42,7 @@ SIGNALS_PER_RUN = 500
 
 @workflow.defn
 class DirectorySyncWorkflow:
-    """Sync the directory, start the birthright sync if anything changed, then act on leavers' requests."""
+    """Sync the directory, start the birthright sync, then act on leavers' requests."""
 
     @workflow.run
     async def run(self, input: DirectorySyncInput) -> DirectorySyncResult:
@@ -56,15 +56,16 @@ class DirectorySyncWorkflow:
             start_to_close_timeout=timedelta(minutes=30),
             retry_policy=SYNC_RETRY,
         )
-        if result.groups_changed or result.joined or result.left:
-            # Leavers' birthright grants go, joiners' and movers' come: the birthright sync decides which.
-            await workflow.execute_activity(
-                names.TRIGGER_SYNC,
-                TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC),
-                result_type=bool,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=SYNC_RETRY,
-            )
+        # Leavers' birthright grants go, joiners' and movers' come: the birthright sync decides which. Started
+        # after every run, not only when this attempt saw changes: a retried attempt finds the changes an
+        # interrupted one already committed, and would otherwise leave them to the daily run.
+        await workflow.execute_activity(
+            names.TRIGGER_SYNC,
+            TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC),
+            result_type=bool,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=SYNC_RETRY,
+        )
         await self._signal(input, result.work)
         return result
 

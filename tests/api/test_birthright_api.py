@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from access.settings import Settings
 from tests.conftest import Api
 
 ADMIN = "ada@example.com"
@@ -114,3 +115,22 @@ async def test_preview_of_bad_changes_names_the_field_and_saves_nothing(api: Api
     assert len(limited["gains"]) == 1 and limited["truncated"] is True
     assert await api.ok(ADMIN, "GET", POLICIES) == []
     assert not [e for e in audit() if e.action.startswith("birthright")]
+
+
+async def test_roles_of_an_integration_with_a_login_per_grant_are_refused(api: Api, settings: Settings) -> None:
+    """Ephemeral credentials end with their grant; birthright access has no end, so it cannot use them."""
+    from access.db import session_scope
+    from access.tables import Integration, Resource, Role
+
+    with session_scope(settings.db_url) as session:
+        integration = Integration(name="pg-eph", kind="postgres", config={"dsn_env": "X", "ephemeral": True})
+        session.add(integration)
+        session.flush()
+        resource = Resource(integration_id=integration.id, name="db")  # type: ignore[arg-type]
+        session.add(resource)
+        session.flush()
+        session.add(Role(resource_id=resource.id, name="reader", path="pg-eph/db/reader"))  # type: ignore[arg-type]
+    body = {"name": "eph", "groups": ["engineering"], "roles": ["pg-eph/db/reader"]}
+    response = await api.call("ada@example.com", "POST", "/api/birthright/policies", body)
+    assert response.status_code == 422 and response.json()["field"] == "roles"
+    assert "login per grant" in response.json()["detail"]

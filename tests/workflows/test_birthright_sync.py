@@ -138,7 +138,8 @@ async def test_jit_and_birthright_overlap_and_neither_removes_the_other(
     assert target.calls.count(("grant", "alan@example.com", READ)) == 1
 
     await create_policy(api, "engineering-read", ["engineering"], [READ])
-    assert target.calls.count(("grant", "alan@example.com", READ)) == 1  # already held through the JIT grant
+    # Granted again (idempotent) although the JIT grant covers it: that access may have been removed by hand.
+    assert target.calls.count(("grant", "alan@example.com", READ)) == 2
 
     await delete_policy(api, "engineering-read")
     revoked = sorted(a for kind, a, role in target.calls if kind == "revoke")
@@ -335,3 +336,39 @@ async def test_ldap_group_follows_the_policy_the_directory_and_hand_revokes(
     await delete_policy(api, "finance-billing")
     assert members() == {grace}
     assert birthright_grants(settings, role) == {}
+
+
+def test_a_policy_deleted_while_its_sync_runs_grants_nothing_more(settings: Settings, audit: Any) -> None:
+    target = CrashingTarget()
+    activities = BirthrightActivities(settings.db_url, connectors={**BUILT_IN, "ledger": target.connector})
+    run = _plan_and_items(settings, activities)
+    with session_scope(settings.db_url) as session:
+        from access.tables import BirthrightPolicy
+
+        session.delete(session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == "eng")).one())
+    ActivityEnvironment().run(activities.apply_birthright_batch, BirthrightBatchInput(run=run, after_seq=0, limit=500))
+    assert target.calls == [] and birthright_grants(settings, READ) == {}
+    assert not [e for e in audit(READ) if e.action == "birthright.granted"]
+
+
+def test_birthright_grants_in_the_target_even_when_another_grant_covers_the_account(settings: Settings) -> None:
+    """The other grant's access may have been removed by hand: granting again is idempotent and restores it."""
+    from access.tables import Grant
+
+    target = CrashingTarget()
+    activities = BirthrightActivities(settings.db_url, connectors={**BUILT_IN, "ledger": target.connector})
+    with session_scope(settings.db_url) as session:
+        session.add(
+            Grant(
+                account="alan@example.com",
+                role=READ,
+                user_email="alan@example.com",
+                path="jit",
+                request_id="jit-alan",
+                granted_at=datetime.now(UTC),
+            )
+        )
+    run = _plan_and_items(settings, activities)
+    ActivityEnvironment().run(activities.apply_birthright_batch, BirthrightBatchInput(run=run, after_seq=0, limit=500))
+    assert ("grant", "alan@example.com", READ) in target.calls
+    assert birthright_grants(settings, READ)["alan@example.com"] == "eng"

@@ -20,10 +20,11 @@ from access import catalog
 from access.birthright import BirthrightPlan, PolicySpec
 from access.db import append_audit, lock, session_scope
 from access.settings import Settings
-from access.tables import BirthrightPolicy, Grant, Group, Role, SyncState
+from access.tables import BirthrightPolicy, Grant, Group, Integration, Resource, Role, SyncState
 from access.types import AuditEntry
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.problems import Problem
+from starter.integrations import makes_login_per_grant
 from starter.syncs import ensure_sync_schedules, trigger_sync
 from workflows import names
 
@@ -143,6 +144,15 @@ def _check(session: Session, groups: list[str] | None, roles: list[str] | None, 
                 raise Problem(422, f"unknown role {path!r} (give integration/resource/role)", field=f"{prefix}roles")
             if found[path].missing:
                 raise Problem(422, f"role {path!r} is missing in its target", field=f"{prefix}roles")
+            resource = session.get(Resource, found[path].resource_id)
+            integration = session.get(Integration, resource.integration_id) if resource else None
+            if integration is not None and makes_login_per_grant(integration):
+                raise Problem(
+                    422,
+                    f"role {path!r} is in {integration.name}, which makes a login per grant (ephemeral "
+                    "credentials): birthright access, which has no end, cannot go through it",
+                    field=f"{prefix}roles",
+                )
 
 
 def _check_order(session: Session, names_: list[str], *, field: str) -> list[BirthrightPolicy]:
@@ -189,8 +199,8 @@ def _renumber(session: Session, policies: list[BirthrightPolicy]) -> None:
         session.add(policy)
 
 
-async def _trigger(client: Client, settings: Settings) -> None:
-    """Start the sync now through its schedule (one run at a time, at most one waiting)."""
+async def _trigger(client: Client, settings: Settings) -> bool:
+    """Start the sync now through its schedule (one run at a time, at most one waiting); False if unreachable."""
     try:
         try:
             await trigger_sync(client, names.BIRTHRIGHT_SYNC)
@@ -201,6 +211,8 @@ async def _trigger(client: Client, settings: Settings) -> None:
     except RPCError as error:
         # The change is saved; the daily run applies it if Temporal stays out of reach.
         log.warning("could not start the birthright sync: %s", error.message)
+        return False
+    return True
 
 
 def _audit(session: Session, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
@@ -358,7 +370,8 @@ def _preview(plan: BirthrightPlan, limit: int) -> PreviewOut:
 async def sync_now(user: CurrentUser, settings: SettingsDep, client: ClientDep) -> dict[str, str]:
     """Run the birthright sync now (one run at a time, at most one more waiting)."""
     require_admin(user)
-    await _trigger(client, settings)
+    if not await _trigger(client, settings):
+        raise Problem(503, "the workflow service is unavailable: the birthright sync was not started, try again")
     with session_scope(settings.db_url) as session:
         _audit(session, user.email, "birthright_sync.triggered", names.BIRTHRIGHT_SYNC, {})
     return {"status": "triggered", "schedule": names.BIRTHRIGHT_SYNC}

@@ -175,7 +175,10 @@ async def run_connection_test(
     require_admin(user)
     with session_scope(settings.db_url, write=False) as session:
         _find(session, name)
-    return await integrations.check_connection(client, settings, name)
+    try:
+        return await integrations.check_connection(client, settings, name)
+    except integrations.NoWorker as error:
+        raise Problem(503, str(error)) from None
 
 
 @router.post("/{name}/discover")
@@ -188,6 +191,8 @@ async def discover(name: NameParam, user: CurrentUser, settings: SettingsDep, cl
         raise Problem(409, f"integration {name!r} ({integration.kind}) has no target to discover", field="name")
     try:
         return await integrations.discover_now(client, settings, name)
+    except integrations.NoWorker as error:
+        raise Problem(503, str(error)) from None
     except WorkflowFailureError as error:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, ApplicationError):
