@@ -54,7 +54,9 @@ def build_worker(
         *RequestActivities(settings.db_url, connectors=connectors, cipher=partial(credential_cipher, settings)).all(),
         *IntegrationActivities(settings.db_url, connectors=connectors).all(),
         *BirthrightActivities(settings.db_url, connectors=connectors).all(),
-        *DirectoryActivities(settings.db_url, org_file=settings.org_file).all(),
+        *DirectoryActivities(
+            settings.db_url, org_file=settings.org_file, max_leavers=settings.directory_max_leavers
+        ).all(),
     ]
     return Worker(
         client,

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     """How long the API waits for a worker to record a new request before answering 503."""
     directory_sync_every: Duration = Field(default=timedelta(minutes=15))
     """How often the directory sync pulls users, groups and memberships from the identity source."""
+    directory_max_leavers: float = Field(default=0.2, gt=0, le=1)
+    """A directory sync that would make more than this share of a source's active users leavers at once is
+    refused (a wrong filter or an emptied OU, far more likely than an exodus)."""
     birthright_sync_every: Duration = Field(default=timedelta(days=1))
     """How often the birthright sync runs on its own (policy and group changes also start it at once)."""
     org_file: Path | None = None

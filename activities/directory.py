@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 FILE_SOURCE = "file"
 LISTED = 1000
 """At most this many joiners, movers and leavers are listed in a result (the counts are exact)."""
+MASS_LEAVERS_FLOOR = 10
+"""Below this many active users, any share may leave in one run."""
 WORK_PER_RUN = 2000
 """At most this many requests are handed to one run's workflow; the next run finds the rest."""
 
@@ -77,10 +79,18 @@ DirectoryReader = Callable[[Mapping[str, Any]], LdapDirectory]
 class DirectoryActivities:
     """The directory sync's activities, bound to one app DB and one organisation file."""
 
-    def __init__(self, db_url: str, *, org_file: Path | None = None, reader: DirectoryReader = LdapDirectory) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        *,
+        org_file: Path | None = None,
+        reader: DirectoryReader = LdapDirectory,
+        max_leavers: float = 0.2,
+    ) -> None:
         self._db_url = db_url
         self._org_file = org_file or DEMO_ORG
         self._reader = reader
+        self._max_leavers = max_leavers
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.sync_directory, self.trigger_sync]
@@ -94,7 +104,7 @@ class DirectoryActivities:
             sources = self._read_sources()
             activity.heartbeat()
             with session_scope(self._db_url) as session:
-                return _sync(session, sources, input.reason, started)
+                return _sync(session, sources, input.reason, started, max_leavers=self._max_leavers)
         except ConnectorError as error:
             self._failed(str(error))
             raise as_activity_error(error) from error
@@ -205,11 +215,13 @@ class _Changes:
         self.groups = 0
 
 
-def _sync(session: Session, sources: list[Source], reason: str, started: datetime) -> DirectorySyncResult:
+def _sync(
+    session: Session, sources: list[Source], reason: str, started: datetime, *, max_leavers: float = 1.0
+) -> DirectorySyncResult:
     now = datetime.now(UTC)
     changes = _Changes()
     for source in sources:
-        _apply(session, source, changes)
+        _apply(session, source, changes, max_leavers=max_leavers)
     joined = [changes.joiners[email] for email in sorted(changes.joiners)]
     left = [changes.leavers[email] for email in sorted(changes.leavers)]
     movers = [
@@ -281,8 +293,12 @@ def _summary(result: DirectorySyncResult) -> dict[str, Any]:
     return summary
 
 
-def _apply(session: Session, source: Source, changes: _Changes) -> None:
-    """Bring one source's users, groups and memberships into the app DB (plain rows, bulk statements)."""
+def _apply(session: Session, source: Source, changes: _Changes, *, max_leavers: float = 1.0) -> None:
+    """Bring one source's users, groups and memberships into the app DB (plain rows, bulk statements).
+
+    Refused (nothing changes) when more than ``max_leavers`` of the source's active users would leave at
+    once: far more likely a wrong filter or an emptied OU than a real exodus, and it would take everyone's access.
+    """
     users = _dedupe(source.snapshot.users)
     changes.users += len(users)
     existing = {
@@ -332,6 +348,16 @@ def _apply(session: Session, source: Source, changes: _Changes) -> None:
             if row.source == source.name and row.active and email not in users:
                 updates.append({"id": row.id, "active": False})
                 changes.leavers[email] = Leaver(email=email, why=f"gone from {source.name}")
+    had = sum(1 for row in existing.values() if row.source == source.name and row.active)
+    leaving = sum(1 for update_ in updates if update_.get("active") is False)
+    if had >= MASS_LEAVERS_FLOOR and leaving > max_leavers * had:
+        raise ApplicationError(
+            f"{source.name} would make {leaving} of its {had} active users leavers at once (more than "
+            f"{max_leavers:.0%}): refused, nothing changed. Check the source's filters and bases; if this is "
+            "right, raise LAPSE_DIRECTORY_MAX_LEAVERS for one run.",
+            type="TooManyLeavers",
+            non_retryable=True,
+        )
     if new_rows:
         session.execute(_table(User).insert(), new_rows)
     if updates:

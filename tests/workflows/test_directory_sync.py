@@ -345,3 +345,29 @@ async def test_many_leavers_continue_as_new_and_a_missing_request_is_skipped(
     runs = [e async for e in env.client.list_workflows(f'WorkflowId="{workflow_id}"')]
     assert len(runs) == 3
     assert sum(1 for r in runs if r.status is WorkflowExecutionStatus.CONTINUED_AS_NEW) == 2
+
+
+async def test_a_directory_that_would_empty_the_organisation_is_refused(
+    api: Api, directory: Directory, settings: Settings
+) -> None:
+    """A wrong filter or an emptied OU looks like everyone leaving: the run is refused and nothing changes."""
+    staff = [f"staff{n}" for n in range(10)]
+    for uid in staff:
+        directory.add_user(uid)
+    first = await run_sync(api)
+    assert first["joined"] == 10
+
+    for uid in staff[:3]:  # 3 of 10 (30 %) at once: more than the 20 % a run may take away
+        directory.delete(uid)
+    triggered_at = datetime.now(UTC)
+    assert (await api.call(ADMIN, "POST", "/api/directory/sync")).status_code == 202
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        state = await api.ok(ADMIN, "GET", "/api/directory/sync")
+        finished = datetime.fromisoformat(state["finished_at"]) if state["finished_at"] else None
+        if finished is not None and finished >= triggered_at and state["error"]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, state
+        await asyncio.sleep(0.2)
+    assert "would make 3 of its 10 active users leavers" in state["error"]
+    assert all(user(settings, f"{uid}@example.com").active for uid in staff)
