@@ -404,6 +404,8 @@ class DiscoveryResult(Model):
     """External grants recorded earlier that the target no longer has."""
     lapse_grants_missing: int = 0
     """Active Lapse grants (jit, birthright) the target does not have: removed by hand outside Lapse."""
+    birthright_ended: int = 0
+    """Of those, birthright grants ended here: the birthright sync (started at once) grants them again."""
     unlinked_accounts: int = 0
     """Accounts holding a role that match no Lapse user."""
     drift: list[DriftItem] = []

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from access import catalog
 from access.db import append_audit, lock, session_scope
+from access.ledger import active_grants
 from access.tables import (
     BirthrightItem,
     BirthrightPolicy,
@@ -327,16 +328,6 @@ def _birthright(session: Session, user: str, role: str) -> list[Grant]:
     )
 
 
-def _others(session: Session, account: str, role: str) -> int:
-    """Active grants of ``role`` to ``account`` by any path (call after ending or before adding ours)."""
-    query = (
-        select(func.count())
-        .select_from(Grant)
-        .where(Grant.account == account, Grant.role == role, col(Grant.active).is_(True))
-    )
-    return int(session.exec(query).one())
-
-
 def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[AuditEntry]:
     user = session.exec(select(User).where(User.email == item.user_email)).first()
     if user is None or not user.active:
@@ -351,7 +342,7 @@ def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[Au
             grant.policy = item.policy
             session.add(grant)
         return []
-    others = _others(session, account, item.role)
+    others = active_grants(session, account, item.role)
     now = datetime.now(UTC)
     grant = Grant(
         account=account,
@@ -401,7 +392,7 @@ def _remove(session: Session, item: BirthrightItem, resolved: _Resolved) -> list
     why = _why_removed(session, item)
     events: list[AuditEntry] = []
     for account in sorted({g.account for g in grants}):
-        still_held = _others(session, account, item.role) > 0
+        still_held = active_grants(session, account, item.role) > 0
         if not still_held:
             resolved.connector.revoke(account, resolved.target)
         reason = f"birthright policy {item.policy!r} no longer grants it: {why}"

@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from access.db import append_audit, lock, session_scope
+from access.ledger import active_grants
 from access.tables import Grant, Integration, Resource, Role, User
 from access.types import AuditEntry, ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
 from activities.connectors import (
@@ -155,15 +156,8 @@ class IntegrationActivities:
                 ).first()
                 if external is None:
                     continue  # already ended by an earlier attempt
-                covered = session.exec(
-                    select(Grant).where(
-                        Grant.account == item.account,
-                        Grant.role == item.role,
-                        Grant.path != "external",
-                        col(Grant.active).is_(True),
-                    )
-                ).first()
-                if covered is None:
+                covered = active_grants(session, item.account, item.role, path_not="external") > 0
+                if not covered:
                     integration = self._integration(session, input.integration)
                     connector = connector_for(integration, self._connectors)
                     _, resource, role = split_path(item.role)
@@ -177,7 +171,7 @@ class IntegrationActivities:
                 external.ended_at = now
                 session.add(external)
                 reason = "the role is JIT-only and this grant was made outside Lapse"
-                if covered is not None:
+                if covered:
                     reason += "; a Lapse grant now covers the account, so access stays until that one ends"
                 append_audit(
                     session,
@@ -312,13 +306,14 @@ def _reconcile(
                 # Revoked by hand outside Lapse: end it, so the next birthright sync grants it again.
                 gone.append(grant.id)
                 result.lapse_grants_missing += 1
+                result.birthright_ended += 1
                 events.append(
                     AuditEntry(
                         actor="lapse",
                         action="grant.missing_in_target",
                         target=path,
                         reason=f"the birthright grant (policy {grant.policy!r}) was removed in the target; "
-                        "ended here, and the next birthright sync grants it again while the policy applies",
+                        "ended here, and the birthright sync grants it again while the policy applies",
                         details={"account": account, "user": grant.user_email, "policy": grant.policy},
                         at=now,
                     )

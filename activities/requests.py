@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cryptography.fernet import Fernet
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from access import catalog, policy
 from access.db import append_audit, lock, session_scope
+from access.ledger import active_grants
 from access.tables import AccessRequest, Credential, Grant, Integration, Resource
 from access.types import (
     GrantInput,
@@ -102,7 +103,7 @@ class RequestActivities:
             account = _account(connector, input.requester, input.request_id)
             lock(session, account, input.role)
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
-            others = _active_grants(session, account, input.role, besides=input.request_id)
+            others = active_grants(session, account, input.role, besides_request=input.request_id)
             extending = grant is not None and input.expires_at is not None
             now = datetime.now(UTC)
             if grant is None:
@@ -167,7 +168,7 @@ class RequestActivities:
                 grant.ended_at = now
                 session.add(grant)
                 session.flush()
-            others = _active_grants(session, account, input.role, besides=input.request_id)
+            others = active_grants(session, account, input.role, besides_request=input.request_id)
             if not others:
                 # Also when no ledger row exists: a grant may have reached the target just before
                 # its provisioning was interrupted. Revoking what is not there is success.
@@ -212,21 +213,6 @@ def _account(connector: Connector, email: str, request_id: str) -> str:
         return account
     suffix = f"_{request_id}"
     return account[: MAX_ACCOUNT - len(suffix)] + suffix
-
-
-def _active_grants(session: Session, account: str, role: str, *, besides: str) -> int:
-    """Active grants of ``role`` to ``account`` other than request ``besides``'s own, by any path."""
-    query = (
-        select(func.count())
-        .select_from(Grant)
-        .where(
-            Grant.account == account,
-            Grant.role == role,
-            col(Grant.active).is_(True),
-            or_(col(Grant.request_id).is_(None), Grant.request_id != besides),
-        )
-    )
-    return int(session.exec(query).one())
 
 
 def _call(operation: Callable[[], T]) -> T:

@@ -8,7 +8,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from access.types import ConnectionTestResult, DiscoveryResult, IntegrationInput, RemediateInput
+    from access.types import (
+        ConnectionTestResult,
+        DiscoveryResult,
+        IntegrationInput,
+        RemediateInput,
+        TriggerInput,
+    )
     from workflows import names
 
 DISCOVERY_RETRY = RetryPolicy(
@@ -20,7 +26,7 @@ DRIFT_BATCH = 100
 
 @workflow.defn
 class DiscoveryWorkflow:
-    """Bring the catalog and grants ledger in line with the target; revoke enforced drift."""
+    """Bring the catalog and grants ledger in line with the target; revoke enforced drift; restore birthright."""
 
     @workflow.run
     async def run(self, input: IntegrationInput) -> DiscoveryResult:
@@ -40,6 +46,16 @@ class DiscoveryWorkflow:
                 result_type=int,
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=DISCOVERY_RETRY,
+            )
+        # Birthright grants removed by hand come back now, not at the daily run. Runs from before this
+        # step replay without it (no marker).
+        if result.birthright_ended and workflow.patched("discovery-starts-birthright-sync"):
+            await workflow.execute_activity(
+                names.TRIGGER_SYNC,
+                TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC),
+                result_type=bool,
+                start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DISCOVERY_RETRY,
             )
         return result

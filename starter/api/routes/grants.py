@@ -20,6 +20,7 @@ class GrantOut(BaseModel):
     role: str
     account: str
     user: str | None
+    """``null``: the account matches no Lapse user (unlinked)."""
     path: str
     """``jit`` (a request), ``birthright`` (a policy) or ``external`` (found in the target)."""
     request_id: str | None
@@ -31,6 +32,20 @@ class GrantOut(BaseModel):
     granted_at: datetime
     expires_at: datetime | None
     """``null`` for standing access."""
+
+    @classmethod
+    def of(cls, grant: Grant) -> GrantOut:
+        return cls(
+            role=grant.role,
+            account=grant.account,
+            user=grant.user_email,
+            path=grant.path,
+            request_id=grant.request_id,
+            policy=grant.policy,
+            returns_on_sync=grant.path == "birthright",
+            granted_at=grant.granted_at,
+            expires_at=grant.expires_at,
+        )
 
 
 @router.get("")
@@ -47,17 +62,4 @@ def list_grants(
         query = query.where(Grant.user_email == user.email)
     with session_scope(settings.db_url, write=False) as session:
         rows = session.exec(query.order_by(col(Grant.expires_at).nulls_last(), col(Grant.role))).all()
-    return [
-        GrantOut(
-            role=g.role,
-            account=g.account,
-            user=g.user_email,
-            path=g.path,
-            request_id=g.request_id,
-            policy=g.policy,
-            returns_on_sync=g.path == "birthright",
-            granted_at=g.granted_at,
-            expires_at=g.expires_at,
-        )
-        for g in rows
-    ]
+    return [GrantOut.of(g) for g in rows]

@@ -19,6 +19,7 @@ from activities.connectors import check_config
 from starter import integrations
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.problems import Problem
+from starter.api.routes.grants import GrantOut
 
 router = APIRouter(prefix="/api/integrations", tags=["integrations"])
 
@@ -70,16 +71,6 @@ class RoleUpdate(BaseModel):
     jit_only: bool | None = None
     sensitivity: Sensitivity | None = None
     description: str | None = None
-
-
-class GrantOut(BaseModel):
-    role: str
-    account: str
-    user: str | None
-    """``null``: the account matches no Lapse user (unlinked)."""
-    path: str
-    granted_at: datetime
-    expires_at: datetime | None
 
 
 def _find(session: Session, name: str) -> Integration:
@@ -283,14 +274,4 @@ def list_integration_grants(
         if path is not None:
             query = query.where(Grant.path == path)
         rows = session.exec(query.order_by(Grant.role, Grant.account)).all()
-    return [
-        GrantOut(
-            role=g.role,
-            account=g.account,
-            user=g.user_email,
-            path=g.path,
-            granted_at=g.granted_at,
-            expires_at=g.expires_at,
-        )
-        for g in rows
-    ]
+    return [GrantOut.of(g) for g in rows]
