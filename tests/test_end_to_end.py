@@ -3,6 +3,7 @@ a worker killed mid-grant, and an expiry that passes while Lapse is down."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from temporalio.client import Client
 
 from tests.servers import PostgresServer
 
@@ -106,6 +108,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         assert stack.stop() == 0
 
 
+async def _schedules(address: str) -> set[str]:
+    """The schedules' ids, once the sync schedules show (listing goes through visibility, which may lag)."""
+    client = await Client.connect(address)
+    for _ in range(50):
+        ids = {schedule.id async for schedule in await client.list_schedules()}
+        if {"birthright-sync", "directory-sync"} <= ids:
+            break
+        await asyncio.sleep(0.2)
+    return ids
+
+
 def _lag(status: Any) -> float:
     return (datetime.fromisoformat(status["ended_at"]) - datetime.fromisoformat(status["expires_at"])).total_seconds()
 
@@ -129,6 +142,9 @@ def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     ended = stack.wait_for(created["id"], "expired")
     assert _lag(ended) >= 0
     assert stack.cli("--as", "alan@example.com", "grants").strip() == "(none)"
+
+    # The stack created the sync schedules (visible in the Web UI), idempotently across restarts.
+    assert {"birthright-sync", "directory-sync"} <= asyncio.run(_schedules(stack.env["LAPSE_TEMPORAL_ADDRESS"]))
 
     # An organisation file with a birthright policy: loading it starts the birthright sync at once.
     policies = stack.data_dir / "policies.yaml"

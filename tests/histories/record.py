@@ -7,17 +7,23 @@ requests started under old code are still running somewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 import httpx
+import psycopg
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.connectors import BUILT_IN
 from starter.api.app import create_app
-from tests.conftest import Api, FakeTarget, make_settings
+from starter.syncs import ensure_sync_schedules
+from tests.conftest import Api, FakeTarget, clear_sync_schedules, make_settings
+from tests.servers import PostgresServer
 from worker import build_worker
 from workflows import names
 
@@ -34,8 +40,9 @@ async def record(tag: str) -> None:
         target = FakeTarget()
         settings = make_settings(Path(tmp), env.client.service_client.config.target_host, approval_timeout="PT2S")
         app = create_app(settings, client=env.client)
+        connectors = {**BUILT_IN, "ledger": target.connector}
         async with (
-            build_worker(env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}),
+            build_worker(env.client, settings, task_queue=settings.task_queue, connectors=connectors),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as http,
         ):
             api = Api(http)
@@ -83,9 +90,49 @@ async def record(tag: str) -> None:
 
             for name, request_id in scenarios.items():
                 await api.wait_for(request_id, "expired", "revoked", "denied", "timed_out", "cancelled", timeout=60)
-                history = await env.client.get_workflow_handle(names.request_workflow_id(request_id)).fetch_history()
-                (HERE / f"{tag}-{name}.json").write_text(history.to_json())
-                print(f"recorded {tag}-{name} ({len(history.events)} events)")
+                await _save(env, names.request_workflow_id(request_id), f"{tag}-{name}")
+
+            # The scheduled syncs and discovery: a policy starts the birthright sync, the directory sync reads
+            # the organisation file, and discovery reads a real PostgreSQL.
+            await ensure_sync_schedules(env.client, settings)
+            body = {"name": "platform-read", "groups": ["platform"], "roles": ["ledger/payments-api/read"]}
+            await api.ok("ada@example.com", "POST", "/api/birthright/policies", body)
+            await _save(env, await _finished_run(env, "BirthrightSyncWorkflow"), f"{tag}-birthright-sync")
+            await api.ok("ada@example.com", "POST", "/api/directory/sync")
+            await _save(env, await _finished_run(env, "DirectorySyncWorkflow"), f"{tag}-directory-sync")
+
+            postgres = PostgresServer().start()
+            try:
+                with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+                    admin.execute("CREATE ROLE reports_read NOLOGIN")
+                    admin.execute("CREATE ROLE alan LOGIN")
+                    admin.execute("GRANT reports_read TO alan")
+                os.environ["LAPSE_RECORD_PG_DSN"] = postgres.dsn()
+                integration = {"name": "pg", "kind": "postgres", "config": {"dsn_env": "LAPSE_RECORD_PG_DSN"}}
+                await api.ok("ada@example.com", "POST", "/api/integrations", integration)
+                await api.ok("ada@example.com", "POST", "/api/integrations/pg/discover")
+                await _save(env, names.discovery_id("pg"), f"{tag}-discovery")
+            finally:
+                postgres.stop()
+            await clear_sync_schedules(env.client)
+            with contextlib.suppress(RPCError):
+                await env.client.get_schedule_handle(names.discovery_id("pg")).delete()
+
+
+async def _finished_run(env: WorkflowEnvironment, workflow_type: str) -> str:
+    """The id of the newest finished run of a workflow type (the schedules name their runs)."""
+    for _ in range(300):
+        query = f'WorkflowType="{workflow_type}" AND ExecutionStatus="Completed"'
+        async for execution in env.client.list_workflows(query):
+            return execution.id
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"no {workflow_type} run finished")
+
+
+async def _save(env: WorkflowEnvironment, workflow_id: str, name: str) -> None:
+    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+    (HERE / f"{name}.json").write_text(history.to_json())
+    print(f"recorded {name} ({len(history.events)} events)")
 
 
 if __name__ == "__main__":
