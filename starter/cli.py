@@ -281,6 +281,64 @@ def directory_status() -> None:
     _output(_call("GET", "/api/directory/sync"), show)
 
 
+birthright_app = typer.Typer(help="Admins: birthright policies and their sync.")
+app.add_typer(birthright_app, name="birthright")
+
+
+@birthright_app.command("policies")
+def birthright_policies() -> None:
+    """The policies in order: which groups get which roles, and how many grants each accounts for."""
+
+    def show(policy: dict[str, Any]) -> None:
+        typer.echo(f"{policy['position'] + 1}. {policy['name']}  {policy['grants']} grants")
+        typer.echo(f"    groups {', '.join(policy['groups'])} → roles {', '.join(policy['roles'])}")
+
+    _output(_call("GET", "/api/birthright/policies"), show)
+
+
+@birthright_app.command("preview-delete")
+def birthright_preview_delete(name: str) -> None:
+    """Who would lose which role if the policy were deleted (nothing is changed)."""
+
+    def show(plan: dict[str, Any]) -> None:
+        for loss in plan["losses"]:
+            typer.echo(f"loses {loss['role']}: {loss['user']}")
+        for relabel in plan["relabels"]:
+            typer.echo(f"keeps {relabel['role']} through {relabel['policy']}: {relabel['user']}")
+        if not plan["losses"] and not plan["relabels"]:
+            typer.echo("nobody loses anything")
+
+    _output(_call("POST", "/api/birthright/preview", {"action": "delete", "name": name}), show)
+
+
+@birthright_app.command("sync")
+def birthright_sync() -> None:
+    """Run the birthright sync now; `lapse birthright status` shows how it went."""
+    _output(_call("POST", "/api/birthright/sync"), lambda _: typer.echo("birthright sync started"))
+
+
+@birthright_app.command("status")
+def birthright_status() -> None:
+    """The birthright sync's last run: when, what it planned and did, or why it failed."""
+
+    def show(state: dict[str, Any]) -> None:
+        if state["started_at"] is None:
+            typer.echo("the birthright sync has not run yet")
+            return
+        finished = f"finished {state['finished_at']}" if state["finished_at"] else "still running"
+        typer.echo(f"started {state['started_at']}, {finished}")
+        if state.get("error"):
+            typer.echo(f"    last run failed: {state['error']}")
+        summary = state["summary"]
+        if "added" in summary:
+            typer.echo(
+                f"    {summary['added']} granted, {summary['removed']} revoked, {summary['relabelled']} re-attributed, "
+                f"{summary['failed']} failed"
+            )
+
+    _output(_call("GET", "/api/birthright/sync"), show)
+
+
 @app.command()
 def run() -> None:
     """Run Lapse: the Temporal dev server, a worker and the API, with the demo organisation."""
@@ -291,7 +349,7 @@ def run() -> None:
 
 @app.command("load-org")
 def load_org_file(path: str) -> None:
-    """Load (or update) users, groups, integrations and approval workflows from a YAML file."""
+    """Load (or update) users, groups, integrations, approval workflows and birthright policies from a YAML file."""
     from pathlib import Path
 
     from access.db import migrate, session_scope

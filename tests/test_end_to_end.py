@@ -156,6 +156,12 @@ def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     while "ledger/payments-api/read  birthright" not in stack.cli("--as", "alan@example.com", "grants"):
         assert time.monotonic() < deadline, "the birthright sync did not grant the policy's role"
         time.sleep(0.3)
+    assert "platform-read  3 grants" in stack.cli("--as", "ada@example.com", "birthright", "policies")
+    while "3 granted, 0 revoked" not in stack.cli("--as", "ada@example.com", "birthright", "status"):
+        assert time.monotonic() < deadline, "the birthright sync did not report its run"
+        time.sleep(0.3)
+    preview = stack.cli("--as", "ada@example.com", "birthright", "preview-delete", "platform-read")
+    assert "loses ledger/payments-api/read: alan@example.com" in preview
 
 
 def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
