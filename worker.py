@@ -31,6 +31,7 @@ from workflows.access_request import AccessRequestWorkflow
 from workflows.birthright import BirthrightSyncWorkflow
 from workflows.directory import DirectorySyncWorkflow
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
+from workflows.grants import GrantRevokeWorkflow
 
 WORKFLOWS: Sequence[type] = [
     AccessRequestWorkflow,
@@ -38,6 +39,7 @@ WORKFLOWS: Sequence[type] = [
     ConnectionTestWorkflow,
     BirthrightSyncWorkflow,
     DirectorySyncWorkflow,
+    GrantRevokeWorkflow,
 ]
 
 

@@ -563,3 +563,22 @@ class ReresolveInput(Model):
 class TriggerInput(Model):
     schedule_id: str
     """The sync to run now: ``birthright-sync`` or ``directory-sync``."""
+
+
+# --- an admin's revoke of a birthright or external grant ----------------------------------
+
+
+class LedgerRevokeInput(Model):
+    grant_id: int
+    actor: str
+    comment: str = ""
+
+
+class LedgerRevokeResult(Model):
+    role: str
+    account: str
+    path: str
+    still_held: bool
+    """Another active grant still covers the account and role, so access stays."""
+    returns_on_sync: bool
+    """A birthright grant: the next birthright sync grants it again while its policy applies."""

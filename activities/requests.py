@@ -16,8 +16,11 @@ from access.db import append_audit, lock, session_scope
 from access.ledger import active_grants
 from access.tables import AccessRequest, Credential, Grant, Integration, Resource
 from access.types import (
+    AuditEntry,
     GrantInput,
     GrantResult,
+    LedgerRevokeInput,
+    LedgerRevokeResult,
     RecordInput,
     ResolveInput,
     RevokeInput,
@@ -52,7 +55,13 @@ class RequestActivities:
         self._cipher = cipher
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.record_request, self.resolve_approvers, self.provision_grant, self.revoke_grant]
+        return [
+            self.record_request,
+            self.resolve_approvers,
+            self.provision_grant,
+            self.revoke_grant,
+            self.revoke_ledger_grant,
+        ]
 
     @activity.defn(name=names.RECORD_REQUEST)
     def record_request(self, input: RecordInput) -> None:
@@ -177,6 +186,61 @@ class RequestActivities:
             if sealed is not None:  # never shown, and of no use now
                 session.delete(sealed)
             return RevokeResult(revoked_at=now, still_held=bool(others))
+
+    @activity.defn(name=names.REVOKE_LEDGER_GRANT)
+    def revoke_ledger_grant(self, input: LedgerRevokeInput) -> LedgerRevokeResult:
+        """An admin ends a birthright or external grant; the target is revoked unless another grant remains.
+
+        A birthright grant ended so is granted again by the next birthright sync while its policy applies.
+        """
+        with session_scope(self._db_url) as session:
+            grant = session.get(Grant, input.grant_id)
+            if grant is None or grant.path == "jit":
+                raise ApplicationError(
+                    f"grant {input.grant_id} is not a birthright or external grant",
+                    type="NotALedgerGrant",
+                    non_retryable=True,
+                )
+            target, connector = self._target(session, grant.role)
+            lock(session, grant.account, grant.role)
+            session.refresh(grant)
+            birthright = grant.path == "birthright"
+            if grant.active:
+                now = datetime.now(UTC)
+                grant.active = False
+                grant.ended_at = now
+                session.add(grant)
+                session.flush()
+                others = active_grants(session, grant.account, grant.role)
+                if not others:
+                    _call(lambda: connector.revoke(grant.account, target))
+                reason = input.comment
+                if birthright:
+                    reason += f" (birthright policy {grant.policy!r}: the next birthright sync grants it again)"
+                details = {
+                    "account": grant.account,
+                    "user": grant.user_email,
+                    "path": grant.path,
+                    "still_held": bool(others),
+                }
+                entry = AuditEntry(
+                    actor=input.actor,
+                    action="grant.revoked",
+                    target=grant.role,
+                    reason=reason.strip(),
+                    details=details,
+                    at=now,
+                )
+                append_audit(session, [entry])
+            else:
+                others = active_grants(session, grant.account, grant.role)
+            return LedgerRevokeResult(
+                role=grant.role,
+                account=grant.account,
+                path=grant.path,
+                still_held=bool(others),
+                returns_on_sync=birthright,
+            )
 
     def _target(self, session: Session, path: str) -> tuple[Target, Connector]:
         role = catalog.find_role(session, path)

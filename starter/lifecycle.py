@@ -6,6 +6,7 @@ workflow or sends it an update, and turns refusals into problems the API can ret
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +36,8 @@ from access.types import (
     DecisionInput,
     EndInput,
     ExtendInput,
+    LedgerRevokeInput,
+    LedgerRevokeResult,
     RequestPlan,
     RequestState,
     RequestStatus,
@@ -42,6 +45,7 @@ from access.types import (
 from starter.api.problems import Problem
 from workflows import names
 from workflows.access_request import AccessRequestWorkflow
+from workflows.grants import GrantRevokeWorkflow
 
 _POLICY_STATUS = {NotRequestable: 403, InvalidRequest: 422, NoEligibleApprovers: 422}
 _REFUSAL_STATUS = {"Forbidden": 403, "Conflict": 409, "Invalid": 422}
@@ -236,3 +240,25 @@ def show_credentials(settings: Settings, actor: User, request_id: str) -> Creden
     if shown is None:
         raise refused(settings, actor.email, "credentials.show", target, problem)
     return shown
+
+
+async def revoke_ledger_grant(
+    client: Client, settings: Settings, actor: User, grant_id: int, *, comment: str
+) -> LedgerRevokeResult:
+    """End a birthright or external grant through its revoke workflow; wait ``submit_timeout`` for it."""
+    handle = await client.start_workflow(
+        GrantRevokeWorkflow.run,
+        LedgerRevokeInput(grant_id=grant_id, actor=actor.email, comment=comment),
+        id=names.grant_revoke_id(grant_id),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    try:
+        return await asyncio.wait_for(handle.result(), timeout=settings.submit_timeout.total_seconds())
+    except TimeoutError:
+        raise Problem(
+            503,
+            f"the revoke of grant {grant_id} has not finished within {format_duration(settings.submit_timeout)}: "
+            f"no worker may be running, or the target keeps failing. It goes on until it succeeds "
+            f"(workflow {names.grant_revoke_id(grant_id)}).",
+        ) from None

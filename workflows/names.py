@@ -21,6 +21,7 @@ RECORD_REQUEST = "record_request"
 RESOLVE_APPROVERS = "resolve_approvers"
 PROVISION_GRANT = "provision_grant"
 REVOKE_GRANT = "revoke_grant"
+REVOKE_LEDGER_GRANT = "revoke_ledger_grant"
 
 TEST_CONNECTION = "test_connection"
 DISCOVER_INTEGRATION = "discover_integration"
@@ -60,3 +61,8 @@ def start_search_attributes(requester: str, role: str) -> TypedSearchAttributes:
 def discovery_id(integration: str) -> str:
     """The discovery schedule's id, and the id of a discovery run started by hand."""
     return f"discovery-{integration}"
+
+
+def grant_revoke_id(grant_id: int) -> str:
+    """An admin's revoke of a birthright or external grant, from the permissions table."""
+    return f"revoke-grant-{grant_id}"

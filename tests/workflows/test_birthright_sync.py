@@ -373,3 +373,50 @@ def test_birthright_grants_in_the_target_even_when_another_grant_covers_the_acco
     ActivityEnvironment().run(activities.apply_birthright_batch, BirthrightBatchInput(run=run, after_seq=0, limit=500))
     assert ("grant", "alan@example.com", READ) in target.calls
     assert birthright_grants(settings, READ)["alan@example.com"] == "eng"
+
+
+# --- an admin revokes from the permissions table ----------------------------------------------
+
+
+def _grant_id(settings: Settings, user: str, role: str, path: str) -> int:
+    from access.tables import Grant
+
+    with session_scope(settings.db_url, write=False) as session:
+        grant = session.exec(
+            select(Grant).where(
+                Grant.user_email == user, Grant.role == role, Grant.path == path, col(Grant.active).is_(True)
+            )
+        ).one()
+        assert grant.id is not None
+        return grant.id
+
+
+async def test_an_admin_revoking_a_birthright_grant_is_temporary(
+    api: Api, schedules: None, target: FakeTarget, settings: Settings, audit: Any
+) -> None:
+    await create_policy(api, "engineering-read", ["engineering"], [READ])
+    grant_id = _grant_id(settings, "alan@example.com", READ, "birthright")
+
+    response = await api.call("alan@example.com", "POST", f"/api/grants/{grant_id}/revoke", {})
+    assert response.status_code == 403
+    revoked = await api.ok(ADMIN, "POST", f"/api/grants/{grant_id}/revoke", {"comment": "audit finding"})
+    assert revoked["returns_on_sync"] is True and revoked["still_held"] is False
+    assert ("revoke", "alan@example.com", READ) in target.calls
+    assert "alan@example.com" not in birthright_grants(settings, READ)
+    (event,) = [e for e in audit(READ) if e.action == "grant.revoked"]
+    assert event.actor == ADMIN and "audit finding" in event.reason and "grants it again" in event.reason
+    again = await api.call(ADMIN, "POST", f"/api/grants/{grant_id}/revoke", {})
+    assert again.status_code == 409
+    assert (await api.call(ADMIN, "POST", "/api/grants/999999/revoke", {})).status_code == 404
+
+    await sync_now(api)  # the seed's behaviour: the policy still applies, so the grant returns
+    assert birthright_grants(settings, READ)["alan@example.com"] == "engineering-read"
+    assert target.calls.count(("grant", "alan@example.com", READ)) == 2
+
+
+async def test_an_admin_revoking_a_jit_grant_ends_its_request(api: Api, settings: Settings) -> None:
+    created = await api.request("katherine@example.com", "ledger/prod-db/read", "PT30M", "")
+    await api.wait_for(created["id"], "active")
+    grant_id = _grant_id(settings, "katherine@example.com", "ledger/prod-db/read", "jit")
+    revoked = await api.ok(ADMIN, "POST", f"/api/grants/{grant_id}/revoke", {"comment": "not needed"})
+    assert revoked["request"]["state"] == "revoked" and revoked["request"]["ended_by"] == ADMIN

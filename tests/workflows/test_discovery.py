@@ -237,3 +237,19 @@ async def test_a_lapse_grant_is_not_mistaken_for_drift(api: Api, cluster: Cluste
     assert "katherine" in cluster.members(role)
     await api.wait_for(created["id"], "expired", timeout=30)
     assert "katherine" not in cluster.members(role)
+
+
+async def test_an_admin_revokes_an_external_grant_in_the_target(api: Api, cluster: Cluster, audit) -> None:
+    await _create(api, cluster)
+    await api.ok(ADMIN, "POST", f"/api/integrations/{cluster.name}/discover")
+    external = await api.ok(ADMIN, "GET", f"/api/integrations/{cluster.name}/grants?path=external")
+    (alans,) = [g for g in external if g["account"] == "alan"]
+    everyone = await api.ok(ADMIN, "GET", "/api/grants", all="true")
+    (row,) = [g for g in everyone if g["role"] == alans["role"] and g["account"] == "alan"]
+    assert "alan" in cluster.members(f"{cluster.prefix}read")
+
+    revoked = await api.ok(ADMIN, "POST", f"/api/grants/{row['id']}/revoke", {"comment": "not approved"})
+    assert revoked["grant"]["path"] == "external" and revoked["returns_on_sync"] is False
+    assert "alan" not in cluster.members(f"{cluster.prefix}read")
+    again = await api.ok(ADMIN, "POST", f"/api/integrations/{cluster.name}/discover")
+    assert again["external_found"] == 0  # gone from the target: nothing to record again

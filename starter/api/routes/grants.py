@@ -1,4 +1,4 @@
-"""GET /api/grants: what is held, through which path, since and until when."""
+"""/api/grants: what is held, through which path, since and until when; admins end grants here."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ from sqlmodel import col, select
 
 from access.db import session_scope
 from access.tables import Grant
-from starter.api.deps import CurrentUser, SettingsDep, require_admin
+from access.types import RequestStatus
+from starter import lifecycle
+from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
+from starter.api.problems import Problem
 
 router = APIRouter(prefix="/api/grants", tags=["grants"])
 
 
 class GrantOut(BaseModel):
+    id: int
+    """For ``POST /api/grants/{id}/revoke``."""
     role: str
     account: str
     user: str | None
@@ -35,7 +40,9 @@ class GrantOut(BaseModel):
 
     @classmethod
     def of(cls, grant: Grant) -> GrantOut:
+        assert grant.id is not None
         return cls(
+            id=grant.id,
             role=grant.role,
             account=grant.account,
             user=grant.user_email,
@@ -63,3 +70,41 @@ def list_grants(
     with session_scope(settings.db_url, write=False) as session:
         rows = session.exec(query.order_by(col(Grant.expires_at).nulls_last(), col(Grant.role))).all()
     return [GrantOut.of(g) for g in rows]
+
+
+class RevokeBody(BaseModel):
+    comment: str = ""
+
+
+class RevokedOut(BaseModel):
+    grant: GrantOut
+    still_held: bool
+    """Another active grant still covers the account and role, so access stays."""
+    returns_on_sync: bool
+    """A birthright grant: the next birthright sync grants it again while its policy applies."""
+    request: RequestStatus | None = None
+    """For a JIT grant: its request, which the revoke ended."""
+
+
+@router.post("/{grant_id}/revoke")
+async def revoke_grant(
+    grant_id: int, body: RevokeBody, user: CurrentUser, settings: SettingsDep, client: ClientDep
+) -> RevokedOut:
+    """Admins: end a grant from the permissions table. A JIT grant ends through its request; a birthright
+    grant comes back at the next birthright sync unless its policy changes; an external one is revoked in
+    the target (discovery records it again if someone grants it there again)."""
+    require_admin(user)
+    with session_scope(settings.db_url, write=False) as session:
+        grant = session.get(Grant, grant_id)
+    if grant is None:
+        raise Problem(404, f"there is no grant {grant_id}", field="grant_id")
+    if not grant.active:
+        raise Problem(409, f"grant {grant_id} already ended at {grant.ended_at}", field="grant_id")
+    if grant.path == "jit" and grant.request_id:
+        status = await lifecycle.end(client, settings, user, grant.request_id, revoke=True, comment=body.comment)
+        return RevokedOut(grant=GrantOut.of(grant), still_held=False, returns_on_sync=False, request=status)
+    result = await lifecycle.revoke_ledger_grant(client, settings, user, grant_id, comment=body.comment)
+    with session_scope(settings.db_url, write=False) as session:
+        ended = session.get(Grant, grant_id)
+    assert ended is not None
+    return RevokedOut(grant=GrantOut.of(ended), still_held=result.still_held, returns_on_sync=result.returns_on_sync)
