@@ -141,6 +141,7 @@ async def directory(
     body = {"name": found.name, "kind": "ldap", "config": config, "directory": True}
     response = await api.call(ADMIN, "POST", "/api/integrations", body)
     assert response.status_code == 201, response.text
+    assert response.json()["directory"] is True
     yield found
     with contextlib.suppress(RPCError):
         await env.client.get_schedule_handle(names.discovery_id(found.name)).delete()

@@ -52,6 +52,8 @@ class IntegrationOut(BaseModel):
     """Why the last discovery failed; ``null`` once one succeeds."""
     discovery_summary: dict[str, Any]
     roles: int
+    directory: bool
+    """Also the identity source of the directory sync."""
 
 
 class RoleOut(BaseModel):
@@ -95,6 +97,7 @@ def _out(session: Session, integration: Integration) -> IntegrationOut:
         discovery_error=integration.discovery_error,
         discovery_summary=integration.discovery_summary,
         roles=int(roles),
+        directory=integration.directory,
     )
 
 
