@@ -139,3 +139,20 @@ birthright_policies:
         load_org(session, OrgFile.read(path))
     assert "birthright policy bad: unknown group nope" in str(refused.value)
     assert "birthright policy bad: unknown role ledger/nope/x" in str(refused.value)
+
+
+def test_the_readmes_organisation_file_examples_are_valid() -> None:
+    """Every YAML example in the README parses as an organisation file, connector settings included."""
+    import re
+
+    import yaml
+
+    from activities.connectors import check_config
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
+    assert len(blocks) >= 3
+    for block in blocks:
+        org = OrgFile.model_validate(yaml.safe_load(block))
+        for integration in org.integrations:
+            check_config(integration.kind, integration.config)
