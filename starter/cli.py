@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
@@ -261,24 +262,29 @@ def directory_sync() -> None:
 def directory_status() -> None:
     """The directory sync's last run: when, joiners, movers and leavers, or why it failed."""
 
-    def show(state: dict[str, Any]) -> None:
-        if state["started_at"] is None:
-            typer.echo("the directory sync has not run yet")
+    def details(summary: dict[str, Any]) -> None:
+        if not summary:
             return
-        finished = f"finished {state['finished_at']}" if state["finished_at"] else "still running"
-        typer.echo(f"started {state['started_at']}, {finished}")
-        if state.get("error"):
-            typer.echo(f"    last run failed: {state['error']}")
-        summary = state["summary"]
-        if summary:
-            typer.echo(
-                f"    {', '.join(summary['sources'])}: {summary['users']} users, {summary['groups']} groups; "
-                f"{summary['joined']} joined, {summary['moved']} moved, {summary['left']} left"
-            )
-            for leaver in summary["leavers"]:
-                typer.echo(f"    left: {leaver['email']} ({leaver['why']})")
+        typer.echo(
+            f"    {', '.join(summary['sources'])}: {summary['users']} users, {summary['groups']} groups; "
+            f"{summary['joined']} joined, {summary['moved']} moved, {summary['left']} left"
+        )
+        for leaver in summary["leavers"]:
+            typer.echo(f"    left: {leaver['email']} ({leaver['why']})")
 
-    _output(_call("GET", "/api/directory/sync"), show)
+    _output(_call("GET", "/api/directory/sync"), lambda state: _show_sync("directory", state, details))
+
+
+def _show_sync(name: str, state: dict[str, Any], details: Callable[[dict[str, Any]], None]) -> None:
+    """A sync's last run: when it started and finished, why it failed, then its own details."""
+    if state["started_at"] is None:
+        typer.echo(f"the {name} sync has not run yet")
+        return
+    finished = f"finished {state['finished_at']}" if state["finished_at"] else "still running"
+    typer.echo(f"started {state['started_at']}, {finished}")
+    if state.get("error"):
+        typer.echo(f"    last run failed: {state['error']}")
+    details(state["summary"])
 
 
 birthright_app = typer.Typer(help="Admins: birthright policies and their sync.")
@@ -321,22 +327,14 @@ def birthright_sync() -> None:
 def birthright_status() -> None:
     """The birthright sync's last run: when, what it planned and did, or why it failed."""
 
-    def show(state: dict[str, Any]) -> None:
-        if state["started_at"] is None:
-            typer.echo("the birthright sync has not run yet")
-            return
-        finished = f"finished {state['finished_at']}" if state["finished_at"] else "still running"
-        typer.echo(f"started {state['started_at']}, {finished}")
-        if state.get("error"):
-            typer.echo(f"    last run failed: {state['error']}")
-        summary = state["summary"]
+    def details(summary: dict[str, Any]) -> None:
         if "added" in summary:
             typer.echo(
                 f"    {summary['added']} granted, {summary['removed']} revoked, {summary['relabelled']} re-attributed, "
                 f"{summary['failed']} failed"
             )
 
-    _output(_call("GET", "/api/birthright/sync"), show)
+    _output(_call("GET", "/api/birthright/sync"), lambda state: _show_sync("birthright", state, details))
 
 
 @app.command()

@@ -163,6 +163,12 @@ def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     preview = stack.cli("--as", "ada@example.com", "birthright", "preview-delete", "platform-read")
     assert "loses ledger/payments-api/read: alan@example.com" in preview
 
+    # The directory sync reads the demo organisation file: nobody joins or leaves.
+    assert "directory sync started" in stack.cli("--as", "ada@example.com", "directory", "sync")
+    while "0 joined, 0 moved, 0 left" not in stack.cli("--as", "ada@example.com", "directory", "status"):
+        assert time.monotonic() < deadline + 30, "the directory sync did not report its run"
+        time.sleep(0.3)
+
 
 def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
     created = stack.call(
