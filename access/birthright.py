@@ -31,7 +31,6 @@ class HeldGrant:
     user: str
     role: str
     policy: str | None
-    grant_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,6 @@ class BirthrightPlan:
     relabel: list[Relabel] = field(default_factory=list)
     frozen_roles: list[str] = field(default_factory=list)
     """Roles the policies name that cannot be granted now (unknown, or missing in the target): left as they are."""
-
-    @property
-    def empty(self) -> bool:
-        return not (self.add or self.remove or self.relabel)
 
     def summary(self) -> dict[str, Any]:
         """Counts overall, by policy and by role: what an admin reads before saving a change."""

@@ -122,9 +122,9 @@ def birthright_inputs(session: Session) -> PlanInputs:
         members.setdefault(group, set()).add(email)
     active = set(session.execute(sa_select(col(User.email)).where(col(User.active).is_(True))).scalars())
     current = [
-        HeldGrant(user=user, role=role, policy=policy, grant_id=grant_id)
-        for grant_id, user, role, policy in session.execute(
-            sa_select(col(Grant.id), col(Grant.user_email), col(Grant.role), col(Grant.policy)).where(
+        HeldGrant(user=user, role=role, policy=policy)
+        for user, role, policy in session.execute(
+            sa_select(col(Grant.user_email), col(Grant.role), col(Grant.policy)).where(
                 col(Grant.path) == "birthright", col(Grant.active).is_(True), col(Grant.user_email).is_not(None)
             )
         )

@@ -30,7 +30,7 @@ from access.tables import (
     User,
 )
 from access.types import ApprovalPolicy, Model, Sensitivity
-from activities.connectors import check_config
+from activities.connectors import built, check_config
 
 T = TypeVar("T")
 
@@ -320,8 +320,25 @@ def load_org(session: Session, org: OrgFile) -> None:
             {"approval_workflow_id": _one(session, ApprovalWorkflow, name=assignment.workflow).id},
         )
     if org.birthright_policies:
+        _refuse_per_grant_roles(session, org.birthright_policies)
         _load_birthright(session, org.birthright_policies)
     session.flush()
+
+
+def _refuse_per_grant_roles(session: Session, entries: list[BirthrightPolicyEntry]) -> None:
+    """Birthright access has no end: it cannot go through an integration that makes a login per grant."""
+    problems = []
+    for entry in entries:
+        for path in entry.roles:
+            integration = session.exec(select(Integration).where(Integration.name == path.split("/", 1)[0])).first()
+            connector = built(integration.kind, integration.config) if integration else None
+            if connector is not None and connector.per_grant_accounts:
+                problems.append(
+                    f"birthright policy {entry.name}: role {path} is in {integration.name if integration else '?'}, "
+                    "which makes a login per grant (ephemeral credentials)"
+                )
+    if problems:
+        raise OrgError("; ".join(problems))
 
 
 def _load_birthright(session: Session, entries: list[BirthrightPolicyEntry]) -> None:

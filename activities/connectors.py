@@ -241,6 +241,19 @@ BUILT_IN: dict[str, ConnectorFactory] = {"ledger": LedgerConnector, "postgres": 
 """Connector factories by integration kind."""
 
 
+def built(
+    kind: str, config: Mapping[str, Any], connectors: Mapping[str, ConnectorFactory] = BUILT_IN
+) -> Connector | None:
+    """The connector for ``kind`` (no I/O), or None when the kind is unknown or the configuration is invalid."""
+    factory = connectors.get(kind)
+    if factory is None:
+        return None
+    try:
+        return factory(config)
+    except ValueError:
+        return None
+
+
 def check_config(kind: str, config: Mapping[str, Any], connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
     """Build the connector once to validate its configuration; raises ValueError naming the problem."""
     factory = connectors.get(kind)

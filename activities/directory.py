@@ -290,6 +290,7 @@ def _summary(result: DirectorySyncResult) -> dict[str, Any]:
     summary["requests_to_revoke"] = sum(1 for r in work.end if r.state != RequestState.PENDING.value)
     summary["requests_to_cancel"] = sum(1 for r in work.end if r.state == RequestState.PENDING.value)
     summary["approvals_to_reresolve"] = len(work.reresolve)
+    summary["requests_deferred"] = work.more  # beyond this run's share: the next run takes them
     return summary
 
 

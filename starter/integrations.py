@@ -30,7 +30,7 @@ from access.durations import format_duration
 from access.settings import Settings
 from access.tables import Integration
 from access.types import ConnectionTestResult, DiscoveryResult, IntegrationInput
-from activities.connectors import BUILT_IN
+from activities.connectors import built
 from starter.syncs import upsert_schedule
 from workflows import names
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
@@ -39,25 +39,16 @@ log = logging.getLogger(__name__)
 
 
 def discovers(integration: Integration) -> bool:
-    """Whether the integration's kind has a target to discover (the ledger has not)."""
-    factory = BUILT_IN.get(integration.kind)
-    if factory is None:
-        return False
-    try:
-        return factory(integration.config).discovers
-    except ValueError:
-        return False  # misconfigured: its requests and connection test say why
+    """Whether the integration's kind has a target to discover (the ledger has not); a misconfigured one
+    has not either, until fixed (its requests and connection test say why)."""
+    connector = built(integration.kind, integration.config)
+    return connector is not None and connector.discovers
 
 
 def makes_login_per_grant(integration: Integration) -> bool:
     """Whether each grant gets its own account in the target (ephemeral credentials)."""
-    factory = BUILT_IN.get(integration.kind)
-    if factory is None:
-        return False
-    try:
-        return factory(integration.config).per_grant_accounts
-    except ValueError:
-        return False
+    connector = built(integration.kind, integration.config)
+    return connector is not None and connector.per_grant_accounts
 
 
 def _schedule(settings: Settings, integration: Integration) -> Schedule:

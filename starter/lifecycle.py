@@ -28,7 +28,7 @@ from access.db import append_audit, session_scope
 from access.durations import format_duration
 from access.policy import InvalidRequest, NoEligibleApprovers, NotRequestable, PolicyError, evaluate_policy
 from access.settings import Settings
-from access.tables import AccessRequest, Credential, User
+from access.tables import AccessRequest, Credential, Grant, User
 from access.types import (
     AccessRequestInput,
     AuditEntry,
@@ -242,7 +242,28 @@ def show_credentials(settings: Settings, actor: User, request_id: str) -> Creden
     return shown
 
 
-async def revoke_ledger_grant(
+async def revoke_grant(
+    client: Client, settings: Settings, actor: User, grant_id: int, *, comment: str
+) -> tuple[Grant, LedgerRevokeResult | None, RequestStatus | None]:
+    """End a grant from the permissions table: a JIT grant through its request (so that history stays
+    true), a birthright or external one through its revoke workflow. Returns the grant as it ended."""
+    with session_scope(settings.db_url, write=False) as session:
+        grant = session.get(Grant, grant_id)
+    if grant is None:
+        raise Problem(404, f"there is no grant {grant_id}", field="grant_id")
+    if not grant.active:
+        raise Problem(409, f"grant {grant_id} already ended at {grant.ended_at}", field="grant_id")
+    if grant.path == "jit" and grant.request_id:
+        status = await end(client, settings, actor, grant.request_id, revoke=True, comment=comment)
+        return grant, None, status
+    result = await _revoke_ledger_grant(client, settings, actor, grant_id, comment=comment)
+    with session_scope(settings.db_url, write=False) as session:
+        ended = session.get(Grant, grant_id)
+    assert ended is not None
+    return ended, result, None
+
+
+async def _revoke_ledger_grant(
     client: Client, settings: Settings, actor: User, grant_id: int, *, comment: str
 ) -> LedgerRevokeResult:
     """End a birthright or external grant through its revoke workflow; wait ``submit_timeout`` for it."""

@@ -6,8 +6,10 @@ waiting, so a burst of policy edits never piles up runs.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
+from pydantic import BaseModel
 from temporalio.client import (
     Client,
     Schedule,
@@ -20,8 +22,10 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 from access.settings import Settings
+from access.tables import SyncState
 from access.types import SyncInput
 from workflows import names
 
@@ -30,6 +34,24 @@ SYNCS: dict[str, str] = {
     names.BIRTHRIGHT_SYNC: "BirthrightSyncWorkflow",
 }
 """Schedule id → the workflow type it runs."""
+
+
+class SyncStateOut(BaseModel):
+    """A sync's last run, as ``GET /api/directory/sync`` and ``GET /api/birthright/sync`` show it."""
+
+    name: str
+    started_at: datetime | None
+    """When the last run started; ``null`` if none has yet."""
+    finished_at: datetime | None
+    """``null`` while a run is going."""
+    summary: dict[str, Any]
+    """What the last run found and did (counts, and for the directory the joiners, movers and leavers)."""
+    error: str | None
+    """Why the last run failed; ``null`` once one succeeds."""
+
+    @classmethod
+    def of(cls, state: SyncState | None, name: str) -> SyncStateOut:
+        return cls.model_validate(state or SyncState(name=name), from_attributes=True)
 
 
 def _schedule(settings: Settings, schedule_id: str) -> Schedule:
@@ -69,6 +91,18 @@ async def ensure_sync_schedules(client: Client, settings: Settings) -> list[str]
     for schedule_id in SYNCS:
         await upsert_schedule(client, schedule_id, _schedule(settings, schedule_id))
     return list(SYNCS)
+
+
+async def trigger_now(client: Client, settings: Settings, schedule_id: str) -> None:
+    """Run a sync now; if its schedule is missing (a stack started before it existed), make the schedules
+    first. Raises ``RPCError`` when Temporal cannot be reached."""
+    try:
+        await trigger_sync(client, schedule_id)
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        await ensure_sync_schedules(client, settings)
+        await trigger_sync(client, schedule_id)
 
 
 async def trigger_sync(client: Client, schedule_id: str) -> None:

@@ -156,3 +156,23 @@ def test_the_readmes_organisation_file_examples_are_valid() -> None:
         org = OrgFile.model_validate(yaml.safe_load(block))
         for integration in org.integrations:
             check_config(integration.kind, integration.config)
+
+
+def test_a_birthright_policy_cannot_use_a_login_per_grant(db_url: str, tmp_path: Path) -> None:
+    """Ephemeral credentials end with their grant; birthright access has none, so the file is refused whole."""
+    org = tmp_path / "eph.yaml"
+    org.write_text(
+        """
+integrations:
+  - name: pg-eph
+    kind: postgres
+    config: {dsn_env: LAPSE_PG_EPH_DSN, ephemeral: true}
+    resources: [{name: db, roles: [{name: reader}]}]
+birthright_policies:
+  - {name: eng-reads, groups: [engineering], roles: [pg-eph/db/reader]}
+"""
+    )
+    with pytest.raises(OrgError, match="pg-eph, which makes a login per grant"), session_scope(db_url) as session:
+        load_org(session, OrgFile.read(org))
+    with session_scope(db_url, write=False) as session:
+        assert session.exec(select(Integration).where(Integration.name == "pg-eph")).first() is None

@@ -7,7 +7,6 @@ preview runs the sync's own plan on the changed policies and saves nothing.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -25,7 +24,7 @@ from access.types import AuditEntry
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.problems import Problem
 from starter.integrations import makes_login_per_grant
-from starter.syncs import ensure_sync_schedules, trigger_sync
+from starter.syncs import SyncStateOut, trigger_now
 from workflows import names
 
 router = APIRouter(prefix="/api/birthright", tags=["birthright"])
@@ -104,14 +103,6 @@ class PreviewOut(BaseModel):
     """``add``, ``remove``, ``relabel`` in all, and ``by_policy`` and ``by_role``."""
     truncated: bool
     """The lists stop at ``limit`` entries each; ``counts`` are complete."""
-
-
-class SyncOut(BaseModel):
-    started_at: datetime | None
-    finished_at: datetime | None
-    """``null`` while a run is under way."""
-    summary: dict[str, Any]
-    error: str | None
 
 
 # --- reading and checking -----------------------------------------------------------------
@@ -202,12 +193,7 @@ def _renumber(session: Session, policies: list[BirthrightPolicy]) -> None:
 async def _trigger(client: Client, settings: Settings) -> bool:
     """Start the sync now through its schedule (one run at a time, at most one waiting); False if unreachable."""
     try:
-        try:
-            await trigger_sync(client, names.BIRTHRIGHT_SYNC)
-        except RPCError:
-            # No schedule yet (a stack started before it existed): make it, then trigger.
-            await ensure_sync_schedules(client, settings)
-            await trigger_sync(client, names.BIRTHRIGHT_SYNC)
+        await trigger_now(client, settings, names.BIRTHRIGHT_SYNC)
     except RPCError as error:
         # The change is saved; the daily run applies it if Temporal stays out of reach.
         log.warning("could not start the birthright sync: %s", error.message)
@@ -378,11 +364,8 @@ async def sync_now(user: CurrentUser, settings: SettingsDep, client: ClientDep) 
 
 
 @router.get("/sync")
-def sync_state(user: CurrentUser, settings: SettingsDep) -> SyncOut:
+def sync_state(user: CurrentUser, settings: SettingsDep) -> SyncStateOut:
     """The last run: when it started and finished, what it planned and did, and why it failed if it did."""
     require_admin(user)
     with session_scope(settings.db_url, write=False) as session:
-        state = session.get(SyncState, names.BIRTHRIGHT_SYNC)
-    if state is None:
-        return SyncOut(started_at=None, finished_at=None, summary={}, error=None)
-    return SyncOut(started_at=state.started_at, finished_at=state.finished_at, summary=state.summary, error=state.error)
+        return SyncStateOut.of(session.get(SyncState, names.BIRTHRIGHT_SYNC), names.BIRTHRIGHT_SYNC)

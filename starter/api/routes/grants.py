@@ -14,7 +14,6 @@ from access.tables import Grant
 from access.types import RequestStatus
 from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
-from starter.api.problems import Problem
 
 router = APIRouter(prefix="/api/grants", tags=["grants"])
 
@@ -94,17 +93,10 @@ async def revoke_grant(
     grant comes back at the next birthright sync unless its policy changes; an external one is revoked in
     the target (discovery records it again if someone grants it there again)."""
     require_admin(user)
-    with session_scope(settings.db_url, write=False) as session:
-        grant = session.get(Grant, grant_id)
-    if grant is None:
-        raise Problem(404, f"there is no grant {grant_id}", field="grant_id")
-    if not grant.active:
-        raise Problem(409, f"grant {grant_id} already ended at {grant.ended_at}", field="grant_id")
-    if grant.path == "jit" and grant.request_id:
-        status = await lifecycle.end(client, settings, user, grant.request_id, revoke=True, comment=body.comment)
-        return RevokedOut(grant=GrantOut.of(grant), still_held=False, returns_on_sync=False, request=status)
-    result = await lifecycle.revoke_ledger_grant(client, settings, user, grant_id, comment=body.comment)
-    with session_scope(settings.db_url, write=False) as session:
-        ended = session.get(Grant, grant_id)
-    assert ended is not None
-    return RevokedOut(grant=GrantOut.of(ended), still_held=result.still_held, returns_on_sync=result.returns_on_sync)
+    ended, result, request = await lifecycle.revoke_grant(client, settings, user, grant_id, comment=body.comment)
+    return RevokedOut(
+        grant=GrantOut.of(ended),
+        still_held=result.still_held if result else False,
+        returns_on_sync=result.returns_on_sync if result else False,
+        request=request,
+    )
