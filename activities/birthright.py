@@ -29,9 +29,7 @@ from access.tables import (
     BirthrightPolicy,
     Grant,
     Group,
-    Integration,
     Membership,
-    Resource,
     SyncState,
     User,
 )
@@ -45,7 +43,7 @@ from access.types import (
     SyncInput,
 )
 from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, LedgerConnector, Target
-from activities.integrations import as_activity_error, connector_for
+from activities.integrations import as_activity_error, resolve_target
 from workflows import names
 
 INSERT_CHUNK = 5000
@@ -83,26 +81,17 @@ class _Targets:
     def resolve(self, session: Session, path: str) -> _Resolved:
         if path in self._roles:
             return self._roles[path]
-        role = catalog.find_role(session, path)
-        if role is None:
-            raise _Refused(f"role {path} no longer exists")
-        resource = session.get(Resource, role.resource_id)
-        integration = session.get(Integration, resource.integration_id) if resource else None
-        if resource is None or integration is None:
-            raise _Refused(f"role {path} no longer exists")
-        connector = self._by_integration.get(integration.name)
-        if connector is None:
-            try:
-                connector = connector_for(integration, self._connectors)
-            except ApplicationError as error:
-                raise _Refused(error.message) from error
-            self._by_integration[integration.name] = connector
+        try:
+            integration, target, connector = resolve_target(session, path, self._connectors)
+        except ApplicationError as error:
+            raise _Refused(error.message) from error
+        # One connector per integration for the batch: it may cache accounts (LDAP DNs).
+        connector = self._by_integration.setdefault(integration.name, connector)
         if connector.per_grant_accounts:
             raise _Refused(
                 f"integration {integration.name} makes a login per grant (ephemeral credentials): "
                 "birthright access, which has no end, cannot go through it"
             )
-        target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
         self._roles[path] = _Resolved(integration.name, target, connector)
         return self._roles[path]
 

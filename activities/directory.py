@@ -23,6 +23,7 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 from temporalio import activity
+from temporalio.client import ScheduleOverlapPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -46,7 +47,6 @@ from access.types import (
 from activities.connectors import ConnectorError
 from activities.integrations import as_activity_error
 from activities.ldap import DirectoryGroup, DirectorySnapshot, DirectoryUser, LdapDirectory
-from starter.syncs import trigger_sync
 from workflows import names
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,9 @@ class DirectoryActivities:
     async def trigger_sync(self, input: TriggerInput) -> bool:
         """Run another sync now through its schedule; False (and a log line) if it has no schedule."""
         try:
-            await trigger_sync(activity.client(), input.schedule_id)
+            # Through the schedule, whose overlap policy keeps one run going and at most one waiting.
+            handle = activity.client().get_schedule_handle(input.schedule_id)
+            await handle.trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
         except RPCError as error:
             if error.status is not RPCStatusCode.NOT_FOUND:
                 raise

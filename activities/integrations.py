@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from access import catalog
 from access.db import append_audit, lock, session_scope
 from access.ledger import active_grants
 from access.tables import Grant, Integration, Resource, Role, User
@@ -53,6 +54,20 @@ def connector_for(integration: Integration, connectors: Mapping[str, ConnectorFa
         raise ApplicationError(
             f"integration {integration.name} is misconfigured: {error}", type="InvalidConfig", non_retryable=True
         ) from error
+
+
+def resolve_target(
+    session: Session, path: str, connectors: Mapping[str, ConnectorFactory]
+) -> tuple[Integration, Target, Connector]:
+    """A role path's integration, its target as a connector sees it, and the connector; a role gone from the
+    catalog, a missing kind or a bad configuration fails for good, saying why."""
+    role = catalog.find_role(session, path)
+    resource = session.get(Resource, role.resource_id) if role else None
+    integration = session.get(Integration, resource.integration_id) if resource else None
+    if role is None or resource is None or integration is None:
+        raise ApplicationError(f"role {path} no longer exists", type="UnknownRole", non_retryable=True)
+    target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
+    return integration, target, connector_for(integration, connectors)
 
 
 def as_activity_error(error: ConnectorError) -> ApplicationError:

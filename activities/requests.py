@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 from access import catalog, policy
 from access.db import append_audit, lock, session_scope
 from access.ledger import active_grants
-from access.tables import AccessRequest, Credential, Grant, Integration, Resource
+from access.tables import AccessRequest, Credential, Grant
 from access.types import (
     AuditEntry,
     GrantInput,
@@ -27,7 +27,7 @@ from access.types import (
     RevokeResult,
 )
 from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, Credentials, Target
-from activities.integrations import as_activity_error, connector_for
+from activities.integrations import as_activity_error, resolve_target
 from workflows import names
 
 T = TypeVar("T")
@@ -243,17 +243,10 @@ class RequestActivities:
             )
 
     def _target(self, session: Session, path: str) -> tuple[Target, Connector]:
-        role = catalog.find_role(session, path)
-        if role is None:
-            raise ApplicationError(f"role {path} no longer exists", type="UnknownRole", non_retryable=True)
-        resource = session.get(Resource, role.resource_id)
-        assert resource is not None
-        integration = session.get(Integration, resource.integration_id)
-        assert integration is not None
+        integration, target, connector = resolve_target(session, path, self._connectors)
         # Discovery holds this exclusively while it compares the target with the ledger.
         lock(session, "integration", integration.name, shared=True)
-        target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
-        return target, connector_for(integration, self._connectors)
+        return target, connector
 
 
 def _seal(
