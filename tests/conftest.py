@@ -144,6 +144,12 @@ def make_settings(tmp_path: Path, address: str, *, database_url: str | None = No
     return settings
 
 
+def load_into(settings: Settings, org: dict[str, Any]) -> None:
+    """Load part of an organisation file (as a dict) on top of what the app DB holds, as ``lapse load-org`` does."""
+    with session_scope(settings.db_url) as session:
+        load_org(session, OrgFile.model_validate(org))
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {}

@@ -20,8 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from access.db import session_scope
 from access.settings import Settings
-from access.tables import ApprovalAssignment, ApprovalWorkflow, Integration
-from tests.conftest import Api
+from tests.conftest import Api, load_into
 from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
 from tests.scim_server import ScimServer
 from workflows import names
@@ -48,10 +47,7 @@ async def _connect(api: Api, settings: Settings, name: str, kind: str, config: d
     tested = await api.ok(ADMIN, "POST", f"/api/integrations/{name}/test")
     assert tested["ok"], tested
     await api.ok(ADMIN, "POST", f"/api/integrations/{name}/discover")
-    with session_scope(settings.db_url) as session:
-        integration = session.exec(select(Integration).where(Integration.name == name)).one()
-        read_only = session.exec(select(ApprovalWorkflow).where(ApprovalWorkflow.name == "read-only")).one()
-        session.add(ApprovalAssignment(approval_workflow_id=read_only.id, integration_id=integration.id))  # type: ignore[arg-type]
+    load_into(settings, {"assignments": [{"workflow": "read-only", "scope": name}]})
     return [r["path"] for r in await api.ok(ADMIN, "GET", f"/api/integrations/{name}/roles")]
 
 

@@ -13,14 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 import pytest_asyncio
-from sqlmodel import select
 from temporalio.client import ScheduleIntervalSpec
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import session_scope
-from access.tables import ApprovalAssignment, ApprovalWorkflow, Integration
-from tests.conftest import Api
+from tests.conftest import Api, load_into
 from tests.servers import PostgresServer
 from workflows import names
 
@@ -224,10 +221,7 @@ async def test_a_lapse_grant_is_not_mistaken_for_drift(api: Api, cluster: Cluste
     path = f"{cluster.name}/reports/{role}"
     await api.ok(ADMIN, "POST", f"/api/integrations/{cluster.name}/discover")
     await api.ok(ADMIN, "PATCH", f"/api/integrations/{cluster.name}/roles/reports/{role}", {"jit_only": True})
-    with session_scope(settings.db_url) as session:
-        integration = session.exec(select(Integration).where(Integration.name == cluster.name)).one()
-        read_only = session.exec(select(ApprovalWorkflow).where(ApprovalWorkflow.name == "read-only")).one()
-        session.add(ApprovalAssignment(approval_workflow_id=read_only.id, integration_id=integration.id))  # type: ignore[arg-type]
+    load_into(settings, {"assignments": [{"workflow": "read-only", "scope": cluster.name}]})
 
     created = await api.request("katherine@example.com", path, "PT6S", "")
     await api.wait_for(created["id"], "active")

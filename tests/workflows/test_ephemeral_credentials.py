@@ -10,14 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from access.credentials import KEY_FILE
-from access.db import session_scope
 from access.settings import Settings
-from access.tables import ApprovalAssignment, ApprovalWorkflow, Integration, Resource, Role
-from tests.conftest import Api
+from tests.conftest import Api, load_into
 from tests.servers import PostgresServer
 from workflows import names
 
@@ -33,18 +30,20 @@ def pg_role(postgres: PostgresServer, settings: Settings, monkeypatch: pytest.Mo
             admin.execute("CREATE ROLE reports_read NOLOGIN")
             admin.execute("GRANT SELECT ON reports TO reports_read")
     monkeypatch.setenv("LAPSE_TEST_PG_DSN", postgres.dsn())
-    with session_scope(settings.db_url) as session:
-        integration = Integration(
-            name="vault", kind="postgres", config={"dsn_env": "LAPSE_TEST_PG_DSN", "ephemeral": True}
-        )
-        session.add(integration)
-        session.flush()
-        resource = Resource(integration_id=integration.id, name="postgres")  # type: ignore[arg-type]
-        session.add(resource)
-        session.flush()
-        session.add(Role(resource_id=resource.id, name="reports_read", path="vault/postgres/reports_read"))  # type: ignore[arg-type]
-        read_only = session.exec(select(ApprovalWorkflow).where(ApprovalWorkflow.name == "read-only")).one()
-        session.add(ApprovalAssignment(approval_workflow_id=read_only.id, integration_id=integration.id))  # type: ignore[arg-type]
+    load_into(
+        settings,
+        {
+            "integrations": [
+                {
+                    "name": "vault",
+                    "kind": "postgres",
+                    "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "ephemeral": True},
+                    "resources": [{"name": "postgres", "roles": [{"name": "reports_read"}]}],
+                }
+            ],
+            "assignments": [{"workflow": "read-only", "scope": "vault"}],
+        },
+    )
     return "vault/postgres/reports_read"
 
 

@@ -8,8 +8,8 @@ from sqlmodel import select
 
 from access.db import session_scope
 from access.settings import Settings
-from access.tables import ApprovalAssignment, ApprovalWorkflow, Integration, Resource, Role
-from tests.conftest import Api
+from access.tables import Role
+from tests.conftest import Api, load_into
 from tests.servers import PostgresServer
 
 PASSWORD = "katherine-pw"
@@ -28,16 +28,20 @@ def pg_role(postgres: PostgresServer, settings: Settings, monkeypatch: pytest.Mo
         admin.execute(f"ALTER ROLE katherine LOGIN PASSWORD '{PASSWORD}'")  # other tests may have made her
         admin.execute("REVOKE reports_read FROM katherine")
     monkeypatch.setenv("LAPSE_TEST_PG_DSN", postgres.dsn())
-    with session_scope(settings.db_url) as session:
-        integration = Integration(name="pg", kind="postgres", config={"dsn_env": "LAPSE_TEST_PG_DSN"})
-        session.add(integration)
-        session.flush()
-        resource = Resource(integration_id=integration.id, name="postgres")  # type: ignore[arg-type]
-        session.add(resource)
-        session.flush()
-        session.add(Role(resource_id=resource.id, name="reports_read", path="pg/postgres/reports_read"))  # type: ignore[arg-type]
-        read_only = session.exec(select(ApprovalWorkflow).where(ApprovalWorkflow.name == "read-only")).one()
-        session.add(ApprovalAssignment(approval_workflow_id=read_only.id, integration_id=integration.id))  # type: ignore[arg-type]
+    load_into(
+        settings,
+        {
+            "integrations": [
+                {
+                    "name": "pg",
+                    "kind": "postgres",
+                    "config": {"dsn_env": "LAPSE_TEST_PG_DSN"},
+                    "resources": [{"name": "postgres", "roles": [{"name": "reports_read"}]}],
+                }
+            ],
+            "assignments": [{"workflow": "read-only", "scope": "pg"}],
+        },
+    )
     return "pg/postgres/reports_read"
 
 
