@@ -138,7 +138,40 @@ def evaluate_policy(
                 eligible=eligible,
             )
         )
-    return RequestPlan(policy=policy.name, rule=rule.name, max_duration=rule.max_duration, steps=steps)
+    if rule.distinct_approvers and not _distinct_people_suffice(steps):
+        raise NoEligibleApprovers(
+            "role",
+            f"rule {rule.name!r} needs {sum(s.quorum for s in steps)} different people across its steps "
+            "but fewer are eligible",
+        )
+    # The limit an extension is held to is the rule's effective one: a rule chosen because the request was
+    # short enough (``duration_at_most``) does not cover a longer grant, whatever its ``max_duration``.
+    return RequestPlan(
+        policy=policy.name,
+        rule=rule.name,
+        max_duration=_longest(rule),
+        steps=steps,
+        distinct_approvers=rule.distinct_approvers,
+    )
+
+
+def _distinct_people_suffice(steps: list[StepPlan]) -> bool:
+    """Whether each step's quorum can be met by people who decide no other step (a bipartite matching
+    of approval slots to people, by augmenting paths; steps and quorums are small)."""
+    slots = [step.eligible for step in steps for _ in range(step.quorum)]
+    taken: dict[str, int] = {}
+
+    def place(slot: int, seen: set[str]) -> bool:
+        for person in slots[slot]:
+            if person in seen:
+                continue
+            seen.add(person)
+            if person not in taken or place(taken[person], seen):
+                taken[person] = slot
+                return True
+        return False
+
+    return all(place(slot, set()) for slot in range(len(slots)))
 
 
 def _why_unapprovable(

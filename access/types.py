@@ -55,6 +55,8 @@ class Approver(Model):
             raise ValueError(f"approver of kind {self.kind.value!r} needs a name")
         if not needs_name and self.name:
             raise ValueError(f"approver of kind {self.kind.value!r} takes no name")
+        if self.kind is ApproverKind.USER and self.name:
+            self.name = self.name.strip().lower()  # emails compare case-insensitively, as users are stored
         return self
 
     def describe(self) -> str:
@@ -88,6 +90,9 @@ class Rule(Model):
     max_duration: Duration
     justification: bool = True
     """Whether a request under this rule must give a justification."""
+    distinct_approvers: bool = True
+    """One person's decision counts for one step of a request only; ``false`` lets the same person
+    approve several steps (say so explicitly: it weakens a multi-step rule to fewer people)."""
 
     @model_validator(mode="after")
     def _positive_max(self) -> Rule:
@@ -146,7 +151,10 @@ class RequestPlan(Model):
     policy: str
     rule: str
     max_duration: Duration
+    """The longest grant this rule allows: its ``max_duration``, or less where its condition caps it."""
     steps: list[StepPlan]
+    distinct_approvers: bool = True
+    """One person's decision counts for one step only (the rule's ``distinct_approvers``)."""
 
 
 # --- a request as the workflow knows it --------------------------------------------------
@@ -268,6 +276,20 @@ class RequestStatus(Model):
 # --- workflow and activity inputs ---------------------------------------------------------
 
 
+class Resume(Model):
+    """What a request's run hands the run it continues as (a long hold or a long-failing revoke)."""
+
+    status: RequestStatus
+    enforced_end: datetime | None = None
+    """The grant's end as last passed to the target."""
+    ending: EndInput | None = None
+    """A revoke (or a leaver's end) already asked for."""
+    revoking: bool = False
+    """The grant's time is up or it is being ended: go straight to the revoke."""
+    failure: str = ""
+    """Why provisioning failed, when the revoke being carried on takes back a failed grant."""
+
+
 class AccessRequestInput(Model):
     id: str
     requester: str
@@ -277,6 +299,16 @@ class AccessRequestInput(Model):
     plan: RequestPlan
     approval_timeout: Duration
     created_at: datetime
+    resume: Resume | None = None
+    """Set when the run continues as new: the approval round is over and the grant was made."""
+
+
+class RequestAck(Model):
+    """What an update answers: small, since every answer is kept in the run's history."""
+
+    id: str
+    state: RequestState
+    expires_at: datetime | None = None
 
 
 class DecisionInput(Model):
@@ -298,6 +330,9 @@ class ExtendInput(Model):
     justification: str = ""
     plan: RequestPlan
     """The policy's verdict on the grant's new total length, evaluated by the caller."""
+    total: Duration | None = None
+    """The new total length the plan was judged for; the workflow refuses the extension if the grant
+    changed meanwhile (another extension applied), since the verdict may not hold for another total."""
 
 
 class AuditEntry(Model):
@@ -582,3 +617,50 @@ class LedgerRevokeResult(Model):
     """Another active grant still covers the account and role, so access stays."""
     returns_on_sync: bool
     """A birthright grant: the next birthright sync grants it again while its policy applies."""
+
+
+# --- the expiry backstop ------------------------------------------------------------------
+
+
+class BackstopInput(Model):
+    """A run of the expiry backstop; ``after_id`` and ``rounds`` are set when it continues as new."""
+
+    grace: timedelta = timedelta(minutes=2)
+    """How long past its end a grant may stay before the backstop steps in."""
+    after_id: int = 0
+    """Grants up to this id were looked at by an earlier round of this run."""
+    rounds: int = 0
+
+
+class FindOverdueInput(Model):
+    grace: timedelta
+    after_id: int
+    limit: int
+
+
+class OverdueGrant(Model):
+    """A JIT grant past its end (or stuck mid-grant or mid-revoke) whose request run will not revoke it."""
+
+    grant_id: int
+    request_id: str
+    reason: str
+    """Why its run will not: gone, ended, or alive but holding the grant past its end."""
+
+
+class OverdueFound(Model):
+    grants: list[OverdueGrant] = []
+    last_id: int | None = None
+    """The last grant id looked at; None when there was none."""
+    more: bool = False
+    """More grants may be overdue beyond ``last_id``."""
+
+
+class BackstopResult(Model):
+    """What one backstop run did: counts, and the request ids whose revoke is failing (at most a few)."""
+
+    revoked: int = 0
+    still_held: int = 0
+    """Ended in the ledger, but another active grant still covers the account and role."""
+    failing: list[str] = []
+    rounds: int = 0
+    error: str | None = None

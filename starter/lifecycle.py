@@ -15,18 +15,26 @@ from cryptography.fernet import InvalidToken
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowFailureError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from access import catalog
 from access.credentials import credential_cipher
-from access.db import append_audit, session_scope
+from access.db import append_audit, audit_refusal, session_scope
 from access.durations import format_duration
-from access.policy import InvalidRequest, NoEligibleApprovers, NotRequestable, PolicyError, evaluate_policy
+from access.policy import (
+    InvalidRequest,
+    NoEligibleApprovers,
+    NotRequestable,
+    PolicyError,
+    evaluate_policy,
+    resolve_approvers,
+)
 from access.settings import Settings
 from access.tables import AccessRequest, Credential, Grant, User
 from access.types import (
@@ -38,10 +46,12 @@ from access.types import (
     ExtendInput,
     LedgerRevokeInput,
     LedgerRevokeResult,
+    RequestAck,
     RequestPlan,
     RequestState,
     RequestStatus,
 )
+from activities.requests import request_run
 from starter.api.problems import Problem
 from workflows import names
 from workflows.access_request import AccessRequestWorkflow
@@ -135,14 +145,17 @@ async def _update(
         raise Problem(404, f"there is no request {request_id!r}", field="id")
     handle = client.get_workflow_handle(names.request_workflow_id(request_id))
     try:
-        result: RequestStatus = await handle.execute_update(update, arg, result_type=RequestStatus)
-        return result
+        # The update answers small (its answer stays in history); the whole status comes from a query.
+        await handle.execute_update(update, arg, result_type=RequestAck)
+        current: RequestStatus = await handle.query(AccessRequestWorkflow.status)
+        return current
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
         kind = cause.type if isinstance(cause, ApplicationError) else None
         status = _REFUSAL_STATUS.get(kind or "", 409)
-        field = "duration" if kind == "Invalid" else None
+        details = cause.details if isinstance(cause, ApplicationError) else ()
+        field = str(details[0]) if details else None
     except RPCError as error:
         if error.status is not RPCStatusCode.NOT_FOUND:
             raise
@@ -153,10 +166,10 @@ async def _update(
 
 
 def refused(settings: Settings, actor: str, action: str, target: str, problem: Problem) -> Problem:
-    """Audit a refused attempt (refusals leave no trace in workflow history) and return it."""
-    with session_scope(settings.db_url) as session:
-        entry = AuditEntry(actor=actor, action=f"{action}.refused", target=target, reason=problem.detail)
-        append_audit(session, [entry])
+    """Audit a refused attempt (refusals leave no trace in workflow history) and return it.
+
+    Identical repeats within ``settings.audit_refusal_window`` become one event with their count."""
+    audit_refusal(settings, AuditEntry(actor=actor, action=f"{action}.refused", target=target, reason=problem.detail))
     return problem
 
 
@@ -165,9 +178,29 @@ async def decide(
 ) -> RequestStatus:
     update = AccessRequestWorkflow.approve if approved else AccessRequestWorkflow.deny
     action = "request.approve" if approved else "request.deny"
+    _still_eligible(settings, actor, request_id, action)
     return await _update(
         client, settings, actor.email, request_id, update, DecisionInput(actor=actor.email, comment=comment), action
     )
+
+
+def _still_eligible(settings: Settings, actor: User, request_id: str, action: str) -> None:
+    """Refuse a decision from someone the open step named who is no longer eligible today (moved out of
+    the group, no longer the manager or an owner): the step's people were resolved when it opened."""
+    status = stored_status(settings, request_id)
+    step = status.open_step() if status else None
+    if status is None or step is None or actor.email not in step.eligible:
+        return  # the workflow refuses these itself, saying why
+    with session_scope(settings.db_url, write=False) as session:
+        requester = catalog.find_user(session, status.requester)
+        role = catalog.find_role(session, status.role)
+        if requester is None or role is None:
+            return
+        context = catalog.policy_context(session, requester, role, catalog.policy_for(session, role))
+    if actor.email not in resolve_approvers(step.approvers, context):
+        target = names.request_workflow_id(request_id)
+        problem = Problem(403, f"{actor.email} is no longer an eligible approver for step {step.name!r}")
+        raise refused(settings, actor.email, action, target, problem)
 
 
 async def end(
@@ -196,7 +229,7 @@ async def extend(
         plan = _plan(settings, actor, status.role, total, justification or status.justification)
     except Problem as problem:
         raise refused(settings, actor.email, "grant.extend", target, problem) from None
-    arg = ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan)
+    arg = ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan, total=total)
     return await _update(client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend")
 
 
@@ -245,28 +278,31 @@ def show_credentials(settings: Settings, actor: User, request_id: str) -> Creden
 async def revoke_grant(
     client: Client, settings: Settings, actor: User, grant_id: int, *, comment: str
 ) -> tuple[Grant, LedgerRevokeResult | None, RequestStatus | None]:
-    """End a grant from the permissions table: a JIT grant through its request (so that history stays
-    true), a birthright or external one through its revoke workflow. Returns the grant as it ended."""
+    """End a grant from the permissions table: a JIT grant through its request while its run is going (so
+    that history stays true); a birthright or external one, or a JIT one whose run is gone (terminated at
+    Temporal's history limit, say), through a revoke workflow over its ledger row. Returns the grant as it
+    ended, and for a JIT grant its request."""
     with session_scope(settings.db_url, write=False) as session:
         grant = session.get(Grant, grant_id)
     if grant is None:
         raise Problem(404, f"there is no grant {grant_id}", field="grant_id")
     if not grant.active:
         raise Problem(409, f"grant {grant_id} already ended at {grant.ended_at}", field="grant_id")
-    if grant.path == "jit" and grant.request_id:
-        status = await end(client, settings, actor, grant.request_id, revoke=True, comment=comment)
+    request_id = grant.request_id if grant.path == "jit" else None
+    if request_id is not None and (await request_run(client, request_id)).running:
+        status = await end(client, settings, actor, request_id, revoke=True, comment=comment)
         return grant, None, status
     result = await _revoke_ledger_grant(client, settings, actor, grant_id, comment=comment)
     with session_scope(settings.db_url, write=False) as session:
         ended = session.get(Grant, grant_id)
     assert ended is not None
-    return ended, result, None
+    return ended, result, stored_status(settings, request_id) if request_id is not None else None
 
 
 async def _revoke_ledger_grant(
     client: Client, settings: Settings, actor: User, grant_id: int, *, comment: str
 ) -> LedgerRevokeResult:
-    """End a birthright or external grant through its revoke workflow; wait ``submit_timeout`` for it."""
+    """End a grant by its ledger row through its revoke workflow; wait ``submit_timeout`` for it."""
     handle = await client.start_workflow(
         GrantRevokeWorkflow.run,
         LedgerRevokeInput(grant_id=grant_id, actor=actor.email, comment=comment),
@@ -283,3 +319,10 @@ async def _revoke_ledger_grant(
             f"no worker may be running, or the target keeps failing. It goes on until it succeeds "
             f"(workflow {names.grant_revoke_id(grant_id)}).",
         ) from None
+    except WorkflowFailureError as error:
+        cause = error.cause.cause if isinstance(error.cause, ActivityError) else error.cause
+        if isinstance(cause, ApplicationError) and cause.type == "RunAlive":
+            raise Problem(409, f"{cause.message} (POST /api/requests/{{id}}/revoke)", field="grant_id") from None
+        if isinstance(cause, ApplicationError) and cause.type == "NotALedgerGrant":
+            raise Problem(404, cause.message, field="grant_id") from None
+        raise

@@ -393,12 +393,47 @@ def test_a_missing_manager_resolves_to_nobody():
 # --- quorum and unapprovable requests --------------------------------------------------------
 
 
+def _shared_approvers(policy: ApprovalPolicy) -> ApprovalPolicy:
+    """``policy`` with its rules opted out of the distinct-approver rule."""
+    rules = [rule.model_copy(update={"distinct_approvers": False}) for rule in policy.rules]
+    return policy.model_copy(update={"rules": rules})
+
+
 def test_a_step_with_exactly_its_quorum_of_eligible_approvers_is_accepted():
-    # Radia is an owner and in security: that leaves Frances and Ada, exactly the quorum of two.
-    plan = evaluate(CRITICAL, context(RADIA, "ledger/prod-db/admin"))
+    # Radia is an owner and in security: that leaves Frances and Ada, exactly the quorum of two —
+    # when the rule lets Ada, Radia's manager, also count for the second step.
+    plan = evaluate(_shared_approvers(CRITICAL), context(RADIA, "ledger/prod-db/admin"))
 
     assert plan.steps[1].quorum == 2
     assert plan.steps[1].eligible == [ADA, FRANCES]
+    assert plan.distinct_approvers is False
+
+
+def test_f3_a_rule_one_person_would_have_to_approve_twice_is_refused_up_front():
+    # Ada is Radia's manager and one of the two left for the second step: three approvals need three
+    # different people, and only Ada and Frances are eligible.
+    with pytest.raises(NoEligibleApprovers, match="needs 3 different people across its steps"):
+        evaluate(CRITICAL, context(RADIA, "ledger/prod-db/admin"))
+
+
+def test_f3_distinct_approvers_counts_people_who_can_serve_different_steps():
+    # Grace's manager is Ada; the second step has Frances, Radia and Ada: Ada for step 1 leaves two.
+    plan = evaluate(CRITICAL, context(GRACE, "ledger/prod-db/admin"))
+    assert plan.distinct_approvers is True
+    assert [s.quorum for s in plan.steps] == [1, 2]
+
+
+def test_f12_an_extension_is_held_to_the_limit_of_the_rule_chosen_by_its_condition():
+    # "quick look" is chosen for grants up to an hour; its max_duration says 8 h, but a grant it
+    # approved automatically must not be extended automatically beyond the hour that chose it.
+    policy = make_policy(
+        "loose",
+        {"name": "quick look", "when": {"duration_at_most": "PT1H"}, "max_duration": "PT8H", "justification": False},
+        {"name": "longer", "steps": [{"approvers": [MANAGER]}], "max_duration": "PT8H"},
+    )
+    plan = evaluate(policy, context(GRACE, "ledger/prod-db/read"), duration=timedelta(minutes=30))
+    assert plan.rule == "quick look"
+    assert plan.max_duration == timedelta(hours=1)
 
 
 def test_a_step_with_fewer_eligible_approvers_than_its_quorum_is_refused():
@@ -519,7 +554,7 @@ def test_the_plan_carries_policy_rule_max_duration_and_sorted_eligible_lists():
 
 def test_no_step_of_a_plan_lists_the_requester():
     ctx = context(RADIA, "ledger/prod-db/admin", manager=ADA)
-    plan = evaluate(CRITICAL, ctx)
+    plan = evaluate(_shared_approvers(CRITICAL), ctx)
 
     assert all(RADIA not in step.eligible for step in plan.steps)
 

@@ -11,6 +11,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from access.durations import format_duration
+    from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE, MAX_EXTENSIONS, check_text
     from access.types import (
         AccessRequestInput,
         AuditEntry,
@@ -23,10 +24,12 @@ with workflow.unsafe.imports_passed_through():
         GrantInput,
         GrantResult,
         RecordInput,
+        RequestAck,
         RequestState,
         RequestStatus,
         ReresolveInput,
         ResolveInput,
+        Resume,
         RevokeInput,
         StepState,
         StepStatus,
@@ -46,9 +49,20 @@ REVOKE_PERMANENT_PAUSE = timedelta(minutes=5)
 """After a non-retryable revoke failure, wait this long and try again: a revoke never gives up."""
 
 
-def _refused(kind: str, message: str) -> ApplicationError:
-    """Why an update was rejected; ``kind`` (Forbidden, Conflict, Invalid) maps to an HTTP status."""
-    return ApplicationError(message, type=kind, non_retryable=True)
+def _refused(kind: str, message: str, *, field: str | None = None) -> ApplicationError:
+    """Why an update was rejected; ``kind`` (Forbidden, Conflict, Invalid) maps to an HTTP status and
+    ``field``, when given, names the part of the input at fault."""
+    return ApplicationError(message, *([field] if field else []), type=kind, non_retryable=True)
+
+
+def _check_text(field: str, text: str) -> None:
+    why = check_text(field, text)
+    if why is not None:
+        raise _refused("Invalid", why, field=field)
+
+
+def _approved_by(step: StepStatus, person: str) -> bool:
+    return any(d.approver == person and d.approved for d in step.decisions)
 
 
 def _cause(error: BaseException) -> str:
@@ -68,35 +82,44 @@ class AccessRequestWorkflow:
     @workflow.init
     def __init__(self, input: AccessRequestInput) -> None:
         self._input = input
-        self._status = RequestStatus(
-            id=input.id,
-            requester=input.requester,
-            role=input.role,
-            duration=input.duration,
-            justification=input.justification,
-            policy=input.plan.policy,
-            rule=input.plan.rule,
-            created_at=input.created_at,
-            steps=[
-                StepStatus(name=s.name, approvers=s.approvers, quorum=s.quorum, eligible=s.eligible)
-                for s in input.plan.steps
-            ],
+        resume = input.resume
+        self._status = (
+            resume.status
+            if resume
+            else RequestStatus(
+                id=input.id,
+                requester=input.requester,
+                role=input.role,
+                duration=input.duration,
+                justification=input.justification,
+                policy=input.plan.policy,
+                rule=input.plan.rule,
+                created_at=input.created_at,
+                steps=[
+                    StepStatus(name=s.name, approvers=s.approvers, quorum=s.quorum, eligible=s.eligible)
+                    for s in input.plan.steps
+                ],
+            )
         )
-        self._recorded = False
-        self._approval: RequestState | None = None
+        self._recorded = resume is not None
+        self._approval: RequestState | None = RequestState.ACTIVE if resume else None
         """Outcome of the first approval round: approved (ACTIVE), DENIED or FAILED."""
-        self._failure = ""
-        self._ending: EndInput | None = None
+        self._failure = resume.failure if resume else ""
+        self._ending: EndInput | None = resume.ending if resume else None
+        self._expiring = bool(resume and resume.revoking)
+        """The grant's time is up: it is being revoked, and can no longer be extended."""
         self._wake = False
         self._carry: list[AuditEntry] = []
         """Audit events of a decision that ended the approval round, recorded by the next transition."""
-        self._enforced_end: datetime | None = None
+        self._enforced_end: datetime | None = resume.enforced_end if resume else None
         """The grant's end as last passed to the target, which may enforce it itself."""
 
     # --- the lifecycle ---------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: AccessRequestInput) -> RequestStatus:
+        if input.resume is not None:
+            return await self._carry_on(input.resume)
         status = self._status
         events = [
             self._audit(
@@ -136,6 +159,11 @@ class AccessRequestWorkflow:
             )
         except ActivityError as error:
             self._failure = f"provisioning failed: {_cause(error)}"
+            # The grant may have reached the target before the failure (a timeout, a crash after the
+            # call): take it back, idempotently, before saying the request failed.
+            if workflow.patched("compensate-failed-provision"):
+                self._expiring = True
+                await self._revoke()
             return await self._finish(RequestState.FAILED)
 
         status.granted_at = grant.granted_at
@@ -151,10 +179,44 @@ class AccessRequestWorkflow:
         self._enforced_end = status.expires_at
         await self._transition(RequestState.ACTIVE, [self._audit("lapse", "grant.provisioned", **detail)])
 
+        return await self._hold_then_revoke()
+
+    async def _hold_then_revoke(self) -> RequestStatus:
         await self._hold()
+        self._expiring = True
         await self._revoke()
         ending = self._ending
         return await self._finish(RequestState.REVOKED if ending else RequestState.EXPIRED)
+
+    async def _carry_on(self, resume: Resume) -> RequestStatus:
+        """A run that continued as new: the grant was made; hold it, or go straight on revoking it."""
+        if resume.revoking:
+            await self._revoke()
+            if resume.failure:
+                return await self._finish(RequestState.FAILED)
+            return await self._finish(RequestState.REVOKED if self._ending else RequestState.EXPIRED)
+        return await self._hold_then_revoke()
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return info.get_current_history_length() >= HISTORY_EVENTS_BEFORE_CONTINUE or (
+            info.is_continue_as_new_suggested()
+        )
+
+    async def _continue_as_new(self, *, revoking: bool) -> None:
+        """Hand the request to a fresh run, so no grant's history grows toward Temporal's limits."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        resume = Resume(
+            status=self._status,
+            enforced_end=self._enforced_end,
+            ending=self._ending,
+            revoking=revoking,
+            failure=self._failure if revoking else "",
+        )
+        workflow.continue_as_new(
+            self._input.model_copy(update={"resume": resume}),
+            search_attributes=workflow.info().typed_search_attributes,
+        )
 
     async def _await_approval(self) -> RequestState:
         """Wait for the approval round to end; each step has ``approval_timeout`` to be decided."""
@@ -193,9 +255,13 @@ class AccessRequestWorkflow:
             if self._status.expires_at != self._enforced_end and workflow.patched("reprovision-on-extend"):
                 await self._move_end()
                 continue  # the grant may have been extended again or revoked meanwhile
+            if self._history_is_long():
+                await self._continue_as_new(revoking=False)
             self._wake = False
             try:
-                await workflow.wait_condition(lambda: self._wake or self._ending is not None, timeout=remaining)
+                await workflow.wait_condition(
+                    lambda: self._wake or self._ending is not None or self._history_is_long(), timeout=remaining
+                )
             except TimeoutError:
                 return
 
@@ -241,6 +307,8 @@ class AccessRequestWorkflow:
                 retry = REVOKE_FOREVER
                 if isinstance(error.cause, ApplicationError) and error.cause.non_retryable:
                     await workflow.sleep(REVOKE_PERMANENT_PAUSE)
+                if self._history_is_long():
+                    await self._continue_as_new(revoking=True)
 
     async def _finish(self, state: RequestState) -> RequestStatus:
         status = self._status
@@ -281,48 +349,48 @@ class AccessRequestWorkflow:
         return self._status
 
     @workflow.update
-    async def approve(self, input: DecisionInput) -> RequestStatus:
+    async def approve(self, input: DecisionInput) -> RequestAck:
         await self._decide(input, approved=True)
-        return self._status
+        return self._ack()
 
     @approve.validator
     def _validate_approve(self, input: DecisionInput) -> None:
-        self._check_decision(input)
+        self._check_decision(input, strict=True)
 
     @workflow.update
-    async def deny(self, input: DecisionInput) -> RequestStatus:
+    async def deny(self, input: DecisionInput) -> RequestAck:
         await self._decide(input, approved=False)
-        return self._status
+        return self._ack()
 
     @deny.validator
     def _validate_deny(self, input: DecisionInput) -> None:
-        self._check_decision(input)
+        self._check_decision(input, strict=True)
 
     @workflow.update
-    async def cancel(self, input: EndInput) -> RequestStatus:
+    async def cancel(self, input: EndInput) -> RequestAck:
         self._check_cancel(input)
         self._ending = input
-        await workflow.wait_condition(lambda: self._status.state.ended)
-        return self._status
+        await self._ended_or_revoking()
+        return self._ack()
 
     @cancel.validator
     def _validate_cancel(self, input: EndInput) -> None:
-        self._check_cancel(input)
+        self._check_cancel(input, strict=True)
 
     @workflow.update
-    async def revoke(self, input: EndInput) -> RequestStatus:
+    async def revoke(self, input: EndInput) -> RequestAck:
         self._check_revoke(input)
         self._ending = input
-        await workflow.wait_condition(lambda: self._status.state.ended)
-        return self._status
+        await self._ended_or_revoking()
+        return self._ack()
 
     @revoke.validator
     def _validate_revoke(self, input: EndInput) -> None:
-        self._check_revoke(input)
+        self._check_revoke(input, strict=True)
 
     @workflow.update
-    async def extend(self, input: ExtendInput) -> RequestStatus:
-        self._check_extend(input)
+    async def extend(self, input: ExtendInput) -> RequestAck:
+        self._check_extend(input, strict=workflow.patched("extension-limits"))
         status = self._status
         extension = ExtensionStatus(
             duration=input.duration,
@@ -346,11 +414,25 @@ class AccessRequestWorkflow:
         else:
             events.append(self._apply_extension(extension, f"rule {input.plan.rule!r} needs no approval"))
             await self._transition(status.state, events)
-        return status
+        return self._ack()
 
     @extend.validator
     def _validate_extend(self, input: ExtendInput) -> None:
-        self._check_extend(input)
+        self._check_extend(input, strict=True)
+
+    def _ack(self) -> RequestAck:
+        return RequestAck(id=self._input.id, state=self._status.state, expires_at=self._status.expires_at)
+
+    async def _ended_or_revoking(self) -> None:
+        """Answer a revoke or cancel once it is done, or once the revoke is known to be failing (it goes
+        on until it succeeds, shown as ``revoking``): the caller is not held while a target is down.
+        Histories from before this answered only at the end."""
+        if workflow.patched("answer-while-revoking"):
+            await workflow.wait_condition(
+                lambda: self._status.state.ended or self._status.state is RequestState.REVOKING
+            )
+        else:
+            await workflow.wait_condition(lambda: self._status.state.ended)
 
     # --- the directory sync (signals: old histories never received them) -------------------
 
@@ -396,7 +478,7 @@ class AccessRequestWorkflow:
         step.decisions = [d for d in step.decisions if d.approver in eligible]
         step.eligible = eligible
         needed = step.quorum - step.approvals
-        available = [p for p in eligible if all(d.approver != p for d in step.decisions)]
+        available = [p for p in self._free_approvers(steps or [], step) if all(d.approver != p for d in step.decisions)]
         events = [
             self._audit("lapse", "step.reresolved", step=step.name, eligible=eligible, gone=gone, dropped=dropped)
         ]
@@ -440,27 +522,38 @@ class AccessRequestWorkflow:
             return None
         return self._status.open_round()
 
-    def _check_decision(self, input: DecisionInput) -> None:
+    def _check_decision(self, input: DecisionInput, *, strict: bool) -> None:
+        """Whether ``input.actor`` may decide the open step now. ``strict`` adds the rules that came later:
+        bounded comments, and one person's decision counting for one step of a round only."""
         steps = self._round()
         step = next((s for s in steps or [] if s.state is StepState.OPEN), None)
         if step is None:
             raise _refused(
                 "Conflict", f"request {self._input.id} is {self._status.state.value}: nothing is awaiting a decision"
             )
+        if strict:
+            _check_text("comment", input.comment)
         if input.actor == self._input.requester:
             raise _refused("Forbidden", "you cannot decide your own request")
         if input.actor not in step.eligible:
-            raise _refused(
-                "Forbidden",
-                f"{input.actor} is not an eligible approver for step {step.name!r} "
-                f"(eligible: {', '.join(step.eligible)})",
-            )
+            # Who is eligible is not said: the refusal goes to someone who may not see the request.
+            raise _refused("Forbidden", f"{input.actor} is not an eligible approver for step {step.name!r}")
         if any(d.approver == input.actor for d in step.decisions):
             raise _refused("Conflict", f"{input.actor} has already decided step {step.name!r}")
         if step.approvals >= step.quorum:
             raise _refused("Conflict", f"step {step.name!r} already has the approvals it needs")
+        if strict and self._input.plan.distinct_approvers:
+            earlier = next((s for s in steps or [] if s is not step and _approved_by(s, input.actor)), None)
+            if earlier is not None:
+                raise _refused(
+                    "Forbidden",
+                    f"{input.actor} already approved step {earlier.name!r} of this request; "
+                    f"step {step.name!r} needs someone else",
+                )
 
-    def _check_cancel(self, input: EndInput) -> None:
+    def _check_cancel(self, input: EndInput, *, strict: bool = False) -> None:
+        if strict:
+            _check_text("comment", input.comment)
         if input.actor != self._input.requester and not input.is_admin:
             raise _refused("Forbidden", "only the requester or an admin can cancel a request")
         if self._status.state is not RequestState.PENDING or self._ending is not None:
@@ -469,7 +562,9 @@ class AccessRequestWorkflow:
                 f"request {self._input.id} is {self._status.state.value}: only a pending request can be cancelled",
             )
 
-    def _check_revoke(self, input: EndInput) -> None:
+    def _check_revoke(self, input: EndInput, *, strict: bool = False) -> None:
+        if strict:
+            _check_text("comment", input.comment)
         if input.actor != self._input.requester and not input.is_admin:
             raise _refused("Forbidden", "only the requester or an admin can revoke a grant")
         if self._status.state not in (RequestState.PROVISIONING, RequestState.ACTIVE) or self._ending is not None:
@@ -478,31 +573,50 @@ class AccessRequestWorkflow:
                 f"request {self._input.id} is {self._status.state.value}: only a granted request can be revoked",
             )
 
-    def _check_extend(self, input: ExtendInput) -> None:
+    def _check_extend(self, input: ExtendInput, *, strict: bool) -> None:
+        """Whether the grant may be extended so. ``strict`` adds the rules that came later: bounded
+        justifications and extension counts, no extension once the time is up, and the policy's verdict
+        only for the total it was judged for."""
         status = self._status
+        if strict:
+            _check_text("justification", input.justification)
         if input.actor != self._input.requester:
             raise _refused("Forbidden", "only the requester can extend their grant")
-        if status.state is not RequestState.ACTIVE or self._ending is not None:
-            raise _refused(
-                "Conflict", f"request {self._input.id} is {status.state.value}: only an active grant can be extended"
-            )
+        if status.state is not RequestState.ACTIVE or self._ending is not None or (strict and self._expiring):
+            state = "expiring" if self._expiring else status.state.value
+            raise _refused("Conflict", f"request {self._input.id} is {state}: only an active grant can be extended")
         if status.extensions and status.extensions[-1].state is ExtensionState.PENDING:
             raise _refused("Conflict", "an extension of this grant is already awaiting approval")
+        if strict and len(status.extensions) >= MAX_EXTENSIONS:
+            raise _refused(
+                "Conflict",
+                f"request {self._input.id} has asked for {len(status.extensions)} extensions, the most one "
+                "request may; request the role again instead",
+            )
         if input.duration <= timedelta(0):
-            raise _refused("Invalid", "the extension must be longer than zero")
+            raise _refused("Invalid", "the extension must be longer than zero", field="duration")
         assert status.granted_at is not None and status.expires_at is not None
         total = status.expires_at + input.duration - status.granted_at
+        if strict and input.total is not None and input.total != total:
+            raise _refused(
+                "Conflict",
+                f"the grant changed while the extension was being judged (it would be {format_duration(total)} "
+                f"long, not {format_duration(input.total)}); ask again",
+            )
         if total > input.plan.max_duration:
             raise _refused(
                 "Invalid",
                 f"extending by {format_duration(input.duration)} makes the grant {format_duration(total)} long, "
                 f"beyond the {format_duration(input.plan.max_duration)} rule {input.plan.rule!r} allows",
+                field="duration",
             )
 
     # --- decisions -------------------------------------------------------------------------
 
     async def _decide(self, input: DecisionInput, *, approved: bool) -> None:
-        self._check_decision(input)  # again: another update may have run since validation
+        # Again: another update may have run since validation. Histories from before the distinct-approver
+        # rule replay without it (validators do not run on replay, this check does).
+        self._check_decision(input, strict=workflow.patched("distinct-approvers"))
         steps = self._round()
         assert steps is not None
         index, step = next((i, s) for i, s in enumerate(steps) if s.state is StepState.OPEN)
@@ -538,10 +652,11 @@ class AccessRequestWorkflow:
                     start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
                 )
                 step.state = StepState.APPROVED
-                if len(following.eligible) < following.quorum:
+                free = self._free_approvers(steps, following)
+                if len(free) < following.quorum:
                     self._failure = (
                         f"step {following.name!r} needs {following.quorum} approval(s) "
-                        f"but only {len(following.eligible)} eligible approver(s) remain"
+                        f"but only {len(free)} eligible approver(s) remain"
                     )
                     outcome = RequestState.FAILED
                 else:
@@ -566,6 +681,13 @@ class AccessRequestWorkflow:
             await workflow.wait_condition(lambda: self._status.state is not RequestState.PENDING)
             return
         await self._record(events)
+
+    def _free_approvers(self, steps: list[StepStatus], step: StepStatus) -> list[str]:
+        """Who may still decide ``step``: its eligible people, less those who approved another step of the
+        round when one person counts for one step (histories from before that rule count everyone)."""
+        if not (self._input.plan.distinct_approvers and workflow.patched("distinct-approvers")):
+            return list(step.eligible)
+        return [p for p in step.eligible if not any(s is not step and _approved_by(s, p) for s in steps)]
 
     def _apply_extension(self, extension: ExtensionStatus, reason: str) -> AuditEntry:
         assert self._status.expires_at is not None

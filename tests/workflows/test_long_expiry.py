@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE
 from access.types import (
     AccessRequestInput,
     Approver,
@@ -21,10 +23,11 @@ from access.types import (
     RequestStatus,
     StepPlan,
 )
+from activities.connectors import PermanentError, Target
 from tests.conftest import FakeTarget, make_settings
 from worker import build_worker
 from workflows import names
-from workflows.access_request import AccessRequestWorkflow
+from workflows.access_request import REVOKE_PERMANENT_PAUSE, AccessRequestWorkflow
 
 TEST_SERVER = str(Path(sys.executable).parent / "temporal-test-server")
 
@@ -97,3 +100,61 @@ async def test_undecided_request_times_out_after_a_day(tmp_path: Path) -> None:
     assert result.ended_at is not None and result.ended_at - result.created_at >= timedelta(hours=24)
     assert "no decision on step 'manager' within P1D" in (result.end_reason or "")
     assert target.calls == []
+
+
+class _RevokeRefused(FakeTarget):
+    """A target that refuses the revoke for good (a rotated password, say) this many times, then accepts it."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def revoke(self, account: str, target: Target) -> None:
+        if self.refusals > 0:
+            self.refusals -= 1
+            self.calls.append(("revoke-refused", account, target.path))
+            raise PermanentError("authentication failed (injected by the test)")
+        super().revoke(account, target)
+
+
+async def test_f2_days_of_failing_revokes_keep_every_run_small(tmp_path: Path) -> None:
+    # A revoke refused for good is retried every REVOKE_PERMANENT_PAUSE: the run continues as new long
+    # before Temporal would terminate it, and the grant is revoked once the target accepts again.
+    # `make test` holds the revoke failing for a week (several continues-as-new); `make chaos` for 30 days.
+    days = float(os.environ.get("LAPSE_FAILING_REVOKE_DAYS", "7"))
+    refusals = int(days * timedelta(days=1) / REVOKE_PERMANENT_PAUSE)
+    target = _RevokeRefused(refusals)
+    async with await _time_skipping() as env:
+        settings = make_settings(tmp_path, "unused:0")
+        async with build_worker(
+            env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
+        ):
+            request_id = uuid.uuid4().hex[:10]
+            handle = await env.client.start_workflow(
+                AccessRequestWorkflow.run,
+                _input(request_id, duration=timedelta(hours=1), steps=[]),
+                id=f"access-request-{request_id}",
+                task_queue=settings.task_queue,
+            )
+            result = await handle.result()
+            lengths = await _run_lengths(env, handle.id, handle.result_run_id)
+    assert result.state is RequestState.EXPIRED
+    assert target.refusals == 0 and target.held == set()
+    assert len(lengths) > refusals * 10 // HISTORY_EVENTS_BEFORE_CONTINUE  # it did continue as new
+    assert max(lengths) < 10_000
+
+
+async def _run_lengths(env: WorkflowEnvironment, workflow_id: str, run_id: str | None) -> list[int]:
+    """The history length of each run of a workflow, following its continue-as-new chain from ``run_id``."""
+    lengths = []
+    while run_id:
+        history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        lengths.append(len(history.events))
+        last = history.events[-1]
+        continued = last.workflow_execution_continued_as_new_event_attributes
+        run_id = (
+            continued.new_execution_run_id
+            if last.HasField("workflow_execution_continued_as_new_event_attributes")
+            else None
+        )
+    return lengths

@@ -1,0 +1,286 @@
+"""A hostile requester, a careless approver and a failing target against the request workflow: the
+findings of the adversarial review (issue 8), each named after its number, on the real dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlmodel import col, delete, select
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from access.db import session_scope
+from access.limits import MAX_EXTENSIONS
+from access.settings import Settings
+from access.tables import Grant, Group, Membership, User
+from activities.connectors import PermanentError, Target
+from tests.conftest import Api, FakeTarget, load_into
+from workflows import names
+
+READ = "ledger/prod-db/read"  # read-only: up to 1h automatic
+WRITE = "ledger/prod-db/write"  # sensitive: on call -> one other on-call engineer
+ADMIN = "ledger/prod-db/admin"  # critical: manager, then 2 of owners (frances, radia) + security (ada, radia)
+DEPLOY = "ledger/payments-api/deploy"  # manager-approval: alan's manager is linus
+VIEWER = "ledger/billing-reports/viewer"
+
+
+class HostileTarget(FakeTarget):
+    """The test's target, with the faults these tests need on top of FakeTarget's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_after_grant: str | None = None
+        """Grant in the target, then fail as if the answer was lost."""
+        self.revoke_gate = threading.Event()
+        self.revoke_gate.set()
+
+    def grant(self, account: str, target: Target, expires_at: datetime | None) -> None:
+        super().grant(account, target, expires_at)
+        if self.fail_after_grant:
+            raise PermanentError(self.fail_after_grant)
+
+    def revoke(self, account: str, target: Target) -> None:
+        self.revoke_gate.wait(timeout=30)
+        super().revoke(account, target)
+
+
+@pytest.fixture
+def target() -> HostileTarget:
+    return HostileTarget()
+
+
+async def _history_length(env: WorkflowEnvironment, request_id: str) -> int:
+    handle = env.client.get_workflow_handle(names.request_workflow_id(request_id))
+    return (await handle.describe()).raw_description.workflow_execution_info.history_length
+
+
+# --- finding 1: a requester can make a grant permanent -------------------------------------------
+
+
+def _loose_viewer(settings: Settings) -> None:
+    """The viewer role under a rule that extends automatically up to a day: the attacker's best case."""
+    load_into(
+        settings,
+        {
+            "approval_workflows": [
+                {
+                    "name": "self-service",
+                    "rules": [{"name": "anyone", "max_duration": "P1D", "justification": False}],
+                }
+            ],
+            "assignments": [{"workflow": "self-service", "scope": VIEWER}],
+        },
+    )
+
+
+async def test_f1_endless_extensions_leave_the_history_small(
+    api: Api, env: WorkflowEnvironment, settings: Settings, target: HostileTarget
+) -> None:
+    _loose_viewer(settings)
+    created = await api.request("katherine@example.com", VIEWER, "PT5M", "")
+    await api.wait_for(created["id"], "active")
+    path = f"/api/requests/{created['id']}/extend"
+    body = {"duration": "PT1S", "justification": "x" * 1500}
+
+    attempts = int(os.environ.get("LAPSE_ABUSE_ATTEMPTS", "200"))  # `make chaos`: 1,000
+    answers = [(await api.call("katherine@example.com", "POST", path, body)).status_code for _ in range(attempts)]
+
+    assert answers[:MAX_EXTENSIONS] == [200] * MAX_EXTENSIONS
+    assert set(answers[MAX_EXTENSIONS:]) == {409}
+    refusal = await api.call("katherine@example.com", "POST", path, body)
+    assert "extensions, the most one request may" in refusal.json()["detail"]
+    status = await api.status(created["id"])
+    assert len(status["extensions"]) == MAX_EXTENSIONS
+    # Each answer is small and refusals leave no trace: the run stays far from Temporal's limits.
+    assert await _history_length(env, created["id"]) < 400
+
+    granted, expires = datetime.fromisoformat(status["granted_at"]), datetime.fromisoformat(status["expires_at"])
+    assert expires - granted == timedelta(minutes=5, seconds=MAX_EXTENSIONS)
+    ended = await api.ok("katherine@example.com", "POST", f"/api/requests/{created['id']}/revoke", {})
+    assert ended["state"] == "revoked"
+    assert ("katherine@example.com", VIEWER) not in target.held
+
+
+async def test_f1_oversized_justification_never_reaches_the_workflow(
+    api: Api, env: WorkflowEnvironment, settings: Settings
+) -> None:
+    _loose_viewer(settings)
+    created = await api.request("katherine@example.com", VIEWER, "PT1M", "")
+    await api.wait_for(created["id"], "active")
+    before = await _history_length(env, created["id"])
+
+    response = await api.call(
+        "katherine@example.com",
+        "POST",
+        f"/api/requests/{created['id']}/extend",
+        {"duration": "PT1S", "justification": "x" * 20_000},
+    )
+
+    assert response.status_code == 422
+    assert response.json()["field"] == "justification"
+    assert await _history_length(env, created["id"]) == before
+
+
+# --- finding 3: one person satisfying several steps ----------------------------------------------
+
+
+async def test_f3_one_person_cannot_approve_two_steps_of_a_request(api: Api, target: HostileTarget) -> None:
+    # Grace's manager is Ada, who is also in security, one of the two the second step needs.
+    created = await api.request("grace@example.com", ADMIN, "PT10M", "migration")
+    await api.ok("ada@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+
+    again = await api.call("ada@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+
+    assert again.status_code == 403
+    assert "already approved step 'manager'" in again.json()["detail"]
+    await api.ok("frances@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+    assert (await api.status(created["id"]))["state"] == "pending"
+    await api.ok("radia@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+    active = await api.wait_for(created["id"], "active")
+    approvers = [d["approver"] for step in active["steps"] for d in step["decisions"]]
+    assert sorted(approvers) == ["ada@example.com", "frances@example.com", "radia@example.com"]
+
+
+# --- finding 12: automatic extensions beyond the rule's maximum ----------------------------------
+
+
+async def test_f12_concurrent_automatic_extensions_stop_at_the_rule_that_allowed_them(
+    api: Api, settings: Settings
+) -> None:
+    load_into(
+        settings,
+        {
+            "approval_workflows": [
+                {
+                    "name": "loose",
+                    "rules": [
+                        {
+                            "name": "quick",
+                            "when": {"duration_at_most": "PT1H"},
+                            "max_duration": "PT8H",
+                            "justification": False,
+                        },
+                        {"name": "longer", "steps": [{"approvers": [{"kind": "manager"}]}], "max_duration": "PT8H"},
+                    ],
+                }
+            ],
+            "assignments": [{"workflow": "loose", "scope": VIEWER}],
+        },
+    )
+    created = await api.request("katherine@example.com", VIEWER, "PT40M", "")
+    await api.wait_for(created["id"], "active")
+    path = f"/api/requests/{created['id']}/extend"
+
+    answers = await asyncio.gather(
+        *[api.call("katherine@example.com", "POST", path, {"duration": "PT15M"}) for _ in range(4)]
+    )
+
+    assert sorted(a.status_code for a in answers)[0] == 200
+    status = await api.status(created["id"])
+    granted, expires = datetime.fromisoformat(status["granted_at"]), datetime.fromisoformat(status["expires_at"])
+    assert expires - granted == timedelta(minutes=55)  # one applied; the others were judged for 55 min too
+    assert [e["state"] for e in status["extensions"]] == ["approved"]
+
+
+# --- finding 13: a failed provisioning is never compensated --------------------------------------
+
+
+async def test_f13_provisioning_that_failed_after_reaching_the_target_is_taken_back(
+    api: Api, settings: Settings, target: HostileTarget, audit
+) -> None:
+    target.fail_after_grant = "the answer was lost (injected by the test)"
+    created = await api.request("katherine@example.com", READ, "PT10M", "")
+
+    ended = await api.wait_for(created["id"], "failed", timeout=60)
+
+    assert "the answer was lost" in ended["end_reason"]
+    assert ("katherine@example.com", READ) not in target.held
+    assert [c[0] for c in target.calls] == ["grant", "revoke"]
+    with session_scope(settings.db_url, write=False) as session:
+        assert session.exec(select(Grant).where(col(Grant.active).is_(True))).all() == []
+
+
+# --- finding 15: revokes that hang, late extensions, stale approvers, chatty refusals -------------
+
+
+async def test_f15_revoke_answers_while_the_target_keeps_failing(api: Api, target: HostileTarget) -> None:
+    created = await api.request("katherine@example.com", READ, "PT10M", "")
+    await api.wait_for(created["id"], "active")
+    target.revoke_failures = 10_000
+
+    answer = await asyncio.wait_for(
+        api.ok("katherine@example.com", "POST", f"/api/requests/{created['id']}/revoke", {"comment": "done"}),
+        timeout=20,
+    )
+
+    assert answer["state"] == "revoking"
+    assert "target unreachable" in answer["revoke_error"]
+    target.revoke_failures = 0
+    ended = await api.wait_for(created["id"], "revoked", timeout=30)
+    assert ended["ended_by"] == "katherine@example.com"
+    assert ("katherine@example.com", READ) not in target.held
+
+
+async def test_f15_extension_once_the_time_is_up_is_refused(api: Api, target: HostileTarget) -> None:
+    target.revoke_gate.clear()  # the revoke at expiry hangs in the target
+    created = await api.request("katherine@example.com", READ, "PT2S", "")
+    await api.wait_for(created["id"], "active")
+    await asyncio.sleep(3)
+
+    late = await api.call(
+        "katherine@example.com", "POST", f"/api/requests/{created['id']}/extend", {"duration": "PT5M"}
+    )
+
+    assert late.status_code == 409
+    assert "expiring" in late.json()["detail"]
+    target.revoke_gate.set()
+    ended = await api.wait_for(created["id"], "expired", timeout=30)
+    assert ended["extensions"] == []
+
+
+async def test_f15_approver_who_left_the_group_can_no_longer_decide(api: Api, settings: Settings) -> None:
+    # Alan is on call: one other on-call engineer (Barbara) approves his write access.
+    created = await api.request("alan@example.com", WRITE, "PT10M", "incident")
+    assert created["steps"][0]["eligible"] == ["barbara@example.com"]
+    with session_scope(settings.db_url) as session:
+        barbara = session.exec(select(User).where(User.email == "barbara@example.com")).one()
+        oncall = session.exec(select(Group).where(Group.name == "oncall-platform")).one()
+        session.exec(
+            delete(Membership).where(col(Membership.user_id) == barbara.id, col(Membership.group_id) == oncall.id)
+        )
+
+    response = await api.call("barbara@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+
+    assert response.status_code == 403
+    assert "no longer an eligible approver" in response.json()["detail"]
+    assert (await api.status(created["id"]))["steps"][0]["decisions"] == []
+
+
+async def test_f15_refusal_does_not_list_who_may_approve(api: Api) -> None:
+    created = await api.request("alan@example.com", DEPLOY)
+
+    response = await api.call("ken@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+
+    assert response.status_code == 403
+    assert "linus@example.com" not in response.json()["detail"]
+
+
+async def test_f15_overlong_comment_is_refused_by_the_workflow_itself(env: WorkflowEnvironment, api: Api) -> None:
+    # The API refuses it first; the workflow does not rely on that (a caller may reach Temporal directly).
+    from access.types import DecisionInput
+    from workflows.access_request import AccessRequestWorkflow
+
+    created = await api.request("alan@example.com", DEPLOY)
+    handle = env.client.get_workflow_handle(names.request_workflow_id(created["id"]))
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(
+            AccessRequestWorkflow.approve, DecisionInput(actor="linus@example.com", comment="x" * 5000)
+        )
+    assert "at most 2000 are allowed" in str(refused.value.cause)
+    status: Any = await api.status(created["id"])
+    assert status["steps"][0]["decisions"] == []
