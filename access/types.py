@@ -254,6 +254,8 @@ class RequestStatus(Model):
     extensions: list[ExtensionStatus] = []
     revoke_error: str | None = None
     """Set while a revoke keeps failing; Lapse keeps retrying until it succeeds."""
+    distinct_approvers: bool = True
+    """One person's decision counts for one step of a round only."""
     login: str | None = None
     """The login made for this grant alone (ephemeral credentials); its requester fetches the password
     once from ``POST /api/requests/{id}/credentials``."""
@@ -271,6 +273,17 @@ class RequestStatus(Model):
     def open_step(self) -> StepStatus | None:
         """The step awaiting decisions now, if any."""
         return next((s for s in self.open_round() or [] if s.state is StepState.OPEN), None)
+
+    def awaits_decision_from(self, person: str) -> bool:
+        """Whether ``person`` can decide the open step now, as the workflow judges it from this status."""
+        round = self.open_round() or []
+        step = next((s for s in round if s.state is StepState.OPEN), None)
+        if step is None or person not in step.eligible or any(d.approver == person for d in step.decisions):
+            return False
+        approved_another = any(
+            s is not step and any(d.approver == person and d.approved for d in s.decisions) for s in round
+        )
+        return not (self.distinct_approvers and approved_another)
 
 
 # --- workflow and activity inputs ---------------------------------------------------------

@@ -95,6 +95,7 @@ class AccessRequestWorkflow:
                 policy=input.plan.policy,
                 rule=input.plan.rule,
                 created_at=input.created_at,
+                distinct_approvers=input.plan.distinct_approvers,
                 steps=[
                     StepStatus(name=s.name, approvers=s.approvers, quorum=s.quorum, eligible=s.eligible)
                     for s in input.plan.steps

@@ -134,6 +134,8 @@ async def test_f3_one_person_cannot_approve_two_steps_of_a_request(api: Api, tar
     created = await api.request("grace@example.com", ADMIN, "PT10M", "migration")
     await api.ok("ada@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
 
+    waiting = await api.ok("ada@example.com", "GET", "/api/approvals")
+    assert created["id"] not in [r["id"] for r in waiting]
     again = await api.call("ada@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
 
     assert again.status_code == 403
@@ -284,3 +286,43 @@ async def test_f15_overlong_comment_is_refused_by_the_workflow_itself(env: Workf
     assert "at most 2000 are allowed" in str(refused.value.cause)
     status: Any = await api.status(created["id"])
     assert status["steps"][0]["decisions"] == []
+
+
+async def test_f1_a_long_hold_continues_as_new_keeping_its_grant_and_open_extension(
+    api: Api, env: WorkflowEnvironment, target: HostileTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A threshold low enough that a few extensions take the run past it (the sandbox reads it per run).
+    monkeypatch.setattr("access.limits.HISTORY_EVENTS_BEFORE_CONTINUE", 40)
+    created = await api.request("alan@example.com", DEPLOY, "PT10M", "hotfix")
+    await api.ok("linus@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+    await api.wait_for(created["id"], "active")
+    path = f"/api/requests/{created['id']}/extend"
+    for _ in range(3):
+        await api.ok("alan@example.com", "POST", path, {"duration": "PT1M", "justification": "still fixing"})
+        await api.ok("linus@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+    pending = await api.ok("alan@example.com", "POST", path, {"duration": "PT1M", "justification": "one more"})
+    assert pending["extensions"][-1]["state"] == "pending"
+
+    handle = env.client.get_workflow_handle(names.request_workflow_id(created["id"]))
+    runs = await _runs(env, handle.id)
+    assert len(runs) > 1  # it continued as new while holding the grant
+    decided = await api.ok("linus@example.com", "POST", f"/api/requests/{created['id']}/approve", {})
+    assert [e["state"] for e in decided["extensions"]] == ["approved"] * 4
+    granted, expires = datetime.fromisoformat(decided["granted_at"]), datetime.fromisoformat(decided["expires_at"])
+    assert expires - granted == timedelta(minutes=14)
+    assert ("alan@example.com", DEPLOY) in target.held
+
+    ended = await api.ok("alan@example.com", "POST", f"/api/requests/{created['id']}/revoke", {"comment": "done"})
+    assert ended["state"] == "revoked"
+    assert ("alan@example.com", DEPLOY) not in target.held
+    assert [c[0] for c in target.calls] == ["grant", "extend", "extend", "extend", "extend", "revoke"]
+
+
+async def _runs(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
+    """The run ids of a workflow once it has more than one (visibility lags a moment behind), oldest first."""
+    for _ in range(50):
+        runs = [execution.run_id async for execution in env.client.list_workflows(f'WorkflowId = "{workflow_id}"')]
+        if len(runs) > 1:
+            break
+        await asyncio.sleep(0.1)
+    return runs[::-1]
