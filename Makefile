@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench bench-connectors bench-birthright histories clean
+.PHONY: run test lint system-deps fuzz bench bench-connectors bench-birthright histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ system-deps:
 
 test: lint system-deps
 	$(BIN)/pytest
+
+# The API fuzz suite, large: schemathesis over the OpenAPI document (`make test` runs it small).
+FUZZ_EXAMPLES ?= 100
+fuzz: $(VENV)/.dev system-deps
+	LAPSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/api/test_fuzz.py -p no:cacheprovider -s
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.lifecycle

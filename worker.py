@@ -20,7 +20,10 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from access.credentials import credential_cipher
+from access.db import configure_audit
 from access.settings import Settings, get_settings
+from activities.audit import AuditActivities
+from activities.backstop import BackstopActivities
 from activities.birthright import BirthrightActivities
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.directory import DirectoryActivities
@@ -28,6 +31,8 @@ from activities.integrations import IntegrationActivities
 from activities.requests import RequestActivities
 from starter.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
+from workflows.audit import AuditCheckpointWorkflow
+from workflows.backstop import ExpiryBackstopWorkflow
 from workflows.birthright import BirthrightSyncWorkflow
 from workflows.directory import DirectorySyncWorkflow
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
@@ -40,6 +45,8 @@ WORKFLOWS: Sequence[type] = [
     BirthrightSyncWorkflow,
     DirectorySyncWorkflow,
     GrantRevokeWorkflow,
+    ExpiryBackstopWorkflow,
+    AuditCheckpointWorkflow,
 ]
 
 
@@ -52,10 +59,13 @@ def build_worker(
     executor: ThreadPoolExecutor | None = None,
 ) -> Worker:
     """A worker for Lapse's workflows and activities; tests pass their own queue and connectors."""
+    configure_audit(settings)  # the audit key and head checkpoint of its app DB
     activities = [
         *RequestActivities(settings.db_url, connectors=connectors, cipher=partial(credential_cipher, settings)).all(),
         *IntegrationActivities(settings.db_url, connectors=connectors).all(),
         *BirthrightActivities(settings.db_url, connectors=connectors).all(),
+        *BackstopActivities(settings.db_url, connectors=connectors).all(),
+        *AuditActivities(settings.db_url).all(),
         *DirectoryActivities(
             settings.db_url, org_file=settings.org_file, max_leavers=settings.directory_max_leavers
         ).all(),

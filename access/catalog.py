@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from access import groups
 from access.birthright import HeldGrant, PlanInputs, PolicySpec
 from access.tables import (
     ApprovalAssignment,
@@ -30,16 +31,26 @@ def find_role(session: Session, path: str) -> Role | None:
 
 
 def groups_of(session: Session, user: User) -> list[str]:
-    rows = session.exec(select(Group.name).join(Membership).where(Membership.user_id == user.id).order_by(Group.name))
-    return list(rows)
+    """The user's groups as shown: ``name`` for the organisation file's, ``source:name`` for a directory's."""
+    return sorted(group_ids_of(session, user).values())
 
 
-def active_members(session: Session, group: str) -> list[str]:
+def group_ids_of(session: Session, user: User) -> dict[int, str]:
+    """The user's groups: id → how the group is shown (``name`` for the file's, ``source:name`` otherwise)."""
+    rows = session.execute(
+        sa_select(col(Group.id), col(Group.source), col(Group.name))
+        .join(Membership, col(Membership.group_id) == Group.id)
+        .where(col(Membership.user_id) == user.id)
+    )
+    return {group_id: groups.display(source, name) for group_id, source, name in rows}
+
+
+def active_members(session: Session, group_id: int) -> list[str]:
+    """The active members of one group (by id: a name may be several sources' groups)."""
     rows = session.exec(
         select(User.email)
         .join(Membership)
-        .join(Group)
-        .where(Group.name == group, col(User.active).is_(True))
+        .where(Membership.group_id == group_id, col(User.active).is_(True))
         .order_by(User.email)
     )
     return list(rows)
@@ -90,14 +101,23 @@ def policy_context(session: Session, requester: User, role: Role, policy: Approv
     inactive = session.exec(
         select(User.email).where(col(User.email).in_(sorted(named_users)), col(User.active).is_(False))
     )
+    # The policy names groups by reference; each names one group of one source, or nobody (unknown or
+    # ambiguous). The requester is "in" a reference only through that very group, never a namesake, so
+    # ``Requester.groups`` holds the policy's references the requester meets (what the conditions compare).
+    conditions = {ref for rule in (policy.rules if policy else []) for ref in rule.when.groups + rule.when.on_call}
+    resolved = groups.resolve(session, named_groups | conditions)
+    held = group_ids_of(session, requester)
+    matched = {ref for ref, group_id in resolved.items() if group_id in held}
     return PolicyContext(
         requester=Requester(
             email=requester.email,
             manager=manager.email if manager and manager.active else None,
-            groups=groups_of(session, requester),
+            groups=sorted(matched),
         ),
         role=RoleFacts(path=role.path, owners=role_owners(session, role), sensitivity=role.sensitivity),  # type: ignore[arg-type]
-        group_members={group: active_members(session, group) for group in sorted(named_groups)},
+        group_members={
+            ref: active_members(session, resolved[ref]) if ref in resolved else [] for ref in sorted(named_groups)
+        },
         inactive=sorted(inactive),
     )
 
@@ -113,13 +133,17 @@ def birthright_inputs(session: Session) -> PlanInputs:
             select(BirthrightPolicy).order_by(col(BirthrightPolicy.position), col(BirthrightPolicy.id))
         )
     ]
-    members: dict[str, set[str]] = {}
-    for group, email in session.execute(
-        sa_select(col(Group.name), col(User.email))
-        .join(Membership, col(Membership.group_id) == Group.id)
-        .join(User, col(User.id) == Membership.user_id)
-    ):
-        members.setdefault(group, set()).add(email)
+    # Policies name groups by reference: members are keyed by the reference, through the one group it names.
+    resolved = groups.resolve(session, {ref for policy in policies for ref in policy.groups})
+    by_id: dict[int, set[str]] = {}
+    if resolved:
+        for group_id, email in session.execute(
+            sa_select(col(Membership.group_id), col(User.email))
+            .join(User, col(User.id) == Membership.user_id)
+            .where(col(Membership.group_id).in_(sorted(set(resolved.values()))))
+        ):
+            by_id.setdefault(group_id, set()).add(email)
+    members = {ref: set(by_id.get(group_id, set())) for ref, group_id in resolved.items()}
     active = set(session.execute(sa_select(col(User.email)).where(col(User.active).is_(True))).scalars())
     current = [
         HeldGrant(user=user, role=role, policy=policy)

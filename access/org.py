@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from sqlmodel import Session, col, delete, select
 
+from access import groups as group_refs
 from access.durations import Duration
 from access.tables import (
     ApprovalAssignment,
@@ -46,7 +47,8 @@ class Known:
     """What the app DB already holds, which an organisation file may refer to."""
 
     emails: set[str] = field(default_factory=set)
-    groups: set[str] = field(default_factory=set)
+    groups: list[group_refs.GroupRow] = field(default_factory=list)
+    """Every group of every source: a policy's group reference must name exactly one."""
     workflows: set[str] = field(default_factory=set)
     scopes: set[str] = field(default_factory=set)
 
@@ -59,7 +61,10 @@ class Known:
             scopes.add(f"{integration.name}/{resource.name}")
         return cls(
             emails=set(session.exec(select(User.email))),
-            groups=set(session.exec(select(Group.name))),
+            groups=[
+                group_refs.GroupRow(id=g.id or 0, source=g.source, name=g.name, external_id=g.external_id)
+                for g in session.exec(select(Group))
+            ],
             workflows=set(session.exec(select(ApprovalWorkflow.name))),
             scopes=scopes,
         )
@@ -72,11 +77,36 @@ class UserEntry(Model):
     admin: bool = False
     active: bool = True
     groups: list[str] = []
+    """The organisation file's own groups (``name`` or ``file:name``): a directory's are its to fill."""
+
+    @field_validator("groups")
+    @classmethod
+    def _file_groups(cls, value: list[str]) -> list[str]:
+        names = []
+        for ref in value:
+            parsed = group_refs.parse(ref)
+            if parsed.source not in (None, group_refs.FILE) or not parsed.name:
+                raise ValueError(f"{ref!r}: the organisation file puts users in its own groups only (by name)")
+            names.append(parsed.name)
+        return names
+
+    @field_validator("email", "manager")
+    @classmethod
+    def _lower_email(cls, value: str | None) -> str | None:
+        """Emails compare case-insensitively: kept in lower case from where they enter."""
+        return value.strip().lower() if value is not None else None
 
 
 class GroupEntry(Model):
     name: str
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if ":" in value or not value.strip():
+            raise ValueError(f"{value!r}: a group name cannot be empty or hold ':' (it separates a source)")
+        return value.strip()
 
 
 class RoleEntry(Model):
@@ -86,6 +116,11 @@ class RoleEntry(Model):
     owners: list[str] = []
     jit_only: bool = False
     """Only Lapse may grant it: discovery treats a grant made elsewhere as drift."""
+
+    @field_validator("owners")
+    @classmethod
+    def _lower_emails(cls, value: list[str]) -> list[str]:
+        return [owner.strip().lower() for owner in value]
 
 
 class ResourceEntry(Model):
@@ -149,12 +184,22 @@ class OrgFile(Model):
         """Refuse references to users, groups, workflows or scopes neither the file nor ``known`` has."""
         known = known or Known()
         emails = {u.email.lower() for u in self.users} | known.emails
-        groups = {g.name for g in self.groups} | known.groups
+        # Groups are known by source: the file's own by name, each directory's by external id.
+        rows = {(row.source, row.external_id or row.name): row for row in known.groups}
+        for entry in self.groups:
+            rows.setdefault(
+                (group_refs.FILE, entry.name), group_refs.GroupRow(0, group_refs.FILE, entry.name, entry.name)
+            )
+        file_groups = {name for source, name in rows if source == group_refs.FILE}
+
+        def unknown(ref: str) -> str | None:
+            return group_refs.resolve_one(ref, rows.values()).problem
+
         problems: list[str] = []
         for user in self.users:
             if user.manager and user.manager.lower() not in emails:
                 problems.append(f"user {user.email}: manager {user.manager} is not a user")
-            problems += [f"user {user.email}: unknown group {g}" for g in user.groups if g not in groups]
+            problems += [f"user {user.email}: unknown group {g}" for g in user.groups if g not in file_groups]
         scopes = set(known.scopes)
         for integration in self.integrations:
             scopes.add(integration.name)
@@ -183,13 +228,13 @@ class OrgFile(Model):
             for rule in workflow.rules:
                 for step in rule.steps:
                     for approver in step.approvers:
-                        if approver.kind == "group" and approver.name not in groups:
-                            problems.append(f"workflow {workflow.name}: unknown group {approver.name}")
+                        if approver.kind == "group" and (why := unknown(approver.name or "")):
+                            problems.append(f"workflow {workflow.name}: {why}")
                         if approver.kind == "user" and (approver.name or "").lower() not in emails:
                             problems.append(f"workflow {workflow.name}: unknown user {approver.name}")
                 for group in rule.when.groups + rule.when.on_call:
-                    if group not in groups:
-                        problems.append(f"workflow {workflow.name}: unknown group {group}")
+                    if why := unknown(group):
+                        problems.append(f"workflow {workflow.name}: {why}")
         for assignment in self.assignments:
             if assignment.workflow not in workflows:
                 problems.append(f"assignment: unknown workflow {assignment.workflow}")
@@ -200,9 +245,7 @@ class OrgFile(Model):
             if policy.name in seen:
                 problems.append(f"birthright policy {policy.name}: defined twice")
             seen.add(policy.name)
-            problems += [
-                f"birthright policy {policy.name}: unknown group {g}" for g in policy.groups if g not in groups
-            ]
+            problems += [f"birthright policy {policy.name}: {why}" for g in policy.groups if (why := unknown(g))]
             problems += [
                 f"birthright policy {policy.name}: unknown role {r}"
                 for r in policy.roles
@@ -253,7 +296,12 @@ def load_org(session: Session, org: OrgFile) -> None:
     """
     org.check(Known.read(session))
     for g in org.groups:
-        _upsert(session, Group, {"name": g.name}, {"description": g.description})
+        _upsert(
+            session,
+            Group,
+            {"source": group_refs.FILE, "name": g.name},
+            {"description": g.description, "external_id": g.name},
+        )
     for entry in org.users:
         _upsert(
             session,
@@ -268,9 +316,14 @@ def load_org(session: Session, org: OrgFile) -> None:
         )
     for entry in org.users:
         user = _one(session, User, email=entry.email.lower())
-        session.exec(delete(Membership).where(col(Membership.user_id) == user.id))
+        # Only the file's own groups: a directory's memberships are the directory's to decide.
+        file_group_ids = select(Group.id).where(Group.source == group_refs.FILE)
+        session.exec(
+            delete(Membership).where(col(Membership.user_id) == user.id, col(Membership.group_id).in_(file_group_ids))
+        )
         for group in entry.groups:
-            session.add(Membership(user_id=user.id, group_id=_one(session, Group, name=group).id))  # type: ignore[arg-type]
+            group_id = _one(session, Group, source=group_refs.FILE, name=group).id
+            session.add(Membership(user_id=user.id, group_id=group_id))  # type: ignore[arg-type]
     for integ in org.integrations:
         integration = _upsert(
             session,

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     """A request with no decision for this long ends as ``timed_out``."""
     submit_timeout: Duration = Field(default=timedelta(seconds=30))
     """How long the API waits for a worker to record a new request before answering 503."""
+    max_pending_submits: int = Field(default=48, ge=1)
+    """Requests one API process starts at once, each waiting on a worker to record it; beyond these, a new
+    request is refused with 503 and ``Retry-After`` (nothing started) instead of queueing behind them."""
+    admission_wait: timedelta = timedelta(milliseconds=500)
+    """How long a new request may wait for one of those places before it is refused."""
     directory_sync_every: Duration = Field(default=timedelta(minutes=15))
     """How often the directory sync pulls users, groups and memberships from the identity source."""
     directory_max_leavers: float = Field(default=0.2, gt=0, le=1)
@@ -46,14 +51,51 @@ class Settings(BaseSettings):
     refused (a wrong filter or an emptied OU, far more likely than an exodus)."""
     birthright_sync_every: Duration = Field(default=timedelta(days=1))
     """How often the birthright sync runs on its own (policy and group changes also start it at once)."""
+    backstop_every: Duration = Field(default=timedelta(minutes=1))
+    """How often the expiry backstop looks for grants past their end that their request's run is not revoking."""
+    backstop_grace: Duration = Field(default=timedelta(minutes=2))
+    """How long past its end a grant may stay before the backstop revokes it itself (the run revokes on time
+    unless it is gone or stuck)."""
     org_file: Path | None = None
     """Organisation file loaded on first start; default: the bundled demo organisation."""
-    demo_pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    demo_pg_dsn: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres", json_schema_extra={"integration_secret": True}
+    )
     """With the demo organisation, a PostgreSQL that answers here becomes the ``demo-pg`` integration
-    (``off`` to skip). Workers read it from the environment, like any integration's secret."""
+    (``off`` to skip). Workers read it from the environment, like any integration's secret: the one setting
+    an integration's ``*_env`` may name (marked ``integration_secret``)."""
+    secret_env_prefix: str = Field(default="LAPSE_", min_length=1)
+    """Integrations' ``*_env`` references may only name environment variables starting with this, and never
+    one Lapse's own settings read (``LAPSE_SECRET_KEY``, ``LAPSE_DATABASE_URL``, … except ``demo_pg_dsn``)."""
+    secrets_dir: Path | None = None
+    """Integrations' ``*_file`` references (and ``ca_file``) may only name files inside this directory, after
+    resolving symlinks and ``..``; default ``<data_dir>/secrets``."""
     secret_key: SecretStr | None = None
     """Fernet key sealing one-time credentials until their requester fetches them; default: a key file
     ``secret.key`` in ``data_dir``, made on first use. Set it when the API and workers share no disk."""
+    audit_key: SecretStr | None = None
+    """Keys that MAC the audit chain (HMAC-SHA256), as ``kid:base64key`` entries (32+ bytes) separated by
+    commas: the first MACs new events, all verify (rotate by putting a new key first; keep the old ones as
+    long as their events must verify). Default: ``audit.key`` in ``data_dir``, made (mode 0600) on first use.
+    Keep it off the app DB's host and backups; the API and the workers must share it."""
+    audit_refusal_window: float = Field(default=60.0, ge=0, le=86400)
+    """Seconds during which identical refusals (same caller, action, target and reason) after the first
+    are counted instead of each writing an audit event; one event with their count follows. 0: no coalescing."""
+    audit_checkpoint_every: Duration = Field(default=timedelta(minutes=5))
+    """How often the scheduled ``audit-checkpoint`` workflow records the audit log's head in Temporal."""
+    codec_key: SecretStr | None = None
+    """Keys that encrypt and authenticate every Temporal payload (AES-256-GCM), as ``kid:base64key`` entries
+    separated by commas: the first encrypts, all decrypt (rotate by putting a new key first and dropping the
+    old one once no open run uses it). Default: ``codec_key_file``, else ``codec.key`` in ``data_dir``, made
+    (mode 0600) on first use. The API, the workers and the CLI must share it."""
+    codec_key_file: Path | None = None
+    """A file holding the ``codec_key`` entries (one per line or comma-separated), e.g. a mounted secret."""
+    codec_accept_plaintext: bool = False
+    """Migration window only: let workers and clients read unencrypted payloads, i.e. runs started before the
+    codec. Anyone who can reach Temporal can then forge input: turn it off once those runs have closed."""
+    codec_ui_origins: list[str] = []
+    """Origins allowed to call ``/codec/*`` from a browser (the Temporal Web UI); default: the embedded UI's
+    ``http://localhost:<temporal_ui_port>`` and ``http://127.0.0.1:<temporal_ui_port>``."""
 
     @property
     def db_url(self) -> str:

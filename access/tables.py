@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -46,13 +46,33 @@ class User(SQLModel, table=True):
     source: str = "file"
     """Where the user comes from: ``file`` (the organisation file) or the directory integration's name.
     A directory sync only deactivates (as leavers) the users of its own source."""
+    external_id: str | None = None
+    """The directory entry the user is (its entryUUID / objectGUID, else its DN); None for the file's users.
+    Another entry of the same source claiming the same email does not take the user over."""
 
 
 class Group(SQLModel, table=True):
+    """A group of one source: the organisation file's (``file``, keyed by name) or a directory's (the
+    integration's name, keyed by the entry's entryUUID / objectGUID, else its DN). Two sources' groups of
+    the same name are different groups; policies name them by reference (``access.groups``)."""
+
+    __table_args__ = (
+        UniqueConstraint("source", "external_id", name="uq_group_source_external_id"),
+        Index(
+            "uq_group_file_name",
+            "name",
+            unique=True,
+            sqlite_where=text("source = 'file'"),
+            postgresql_where=text("source = 'file'"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(unique=True, index=True)
+    name: str = Field(index=True)
+    """The display name (an LDAP group's ``cn``); unique only within the organisation file."""
     description: str = ""
     source: str = "file"
+    external_id: str | None = None
+    """The group's identity in its source: the name for the file's groups."""
 
 
 class Membership(SQLModel, table=True):
@@ -145,7 +165,10 @@ class AccessRequest(SQLModel, table=True):
 class Grant(SQLModel, table=True):
     """The grants ledger: one row per grant of a role to an account, by whatever path."""
 
-    __table_args__ = (Index("ix_grant_account_role_active", "account", "role", "active"),)
+    __table_args__ = (
+        Index("ix_grant_account_role_active", "account", "role", "active"),
+        Index("ix_grant_active_expires_at", "active", "expires_at"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     account: str
     role: str
@@ -159,6 +182,11 @@ class Grant(SQLModel, table=True):
     granted_at: datetime = Field(sa_column=_utc(nullable=False))
     expires_at: datetime | None = Field(default=None, sa_column=_utc())
     ended_at: datetime | None = Field(default=None, sa_column=_utc())
+    phase: str = Field(default="held", sa_column_kwargs={"server_default": "held"})
+    """While active: ``provisioning`` (the target is being granted), ``held`` or ``revoking`` (the target is
+    being revoked). No target is called inside a transaction: see ``access.ledger``."""
+    phase_at: datetime | None = Field(default=None, sa_column=_utc())
+    """When the grant entered its phase; the expiry backstop looks at grants stuck in one."""
 
 
 class Credential(SQLModel, table=True):
@@ -175,7 +203,8 @@ class Credential(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """An append-only, hash-chained log: each row's hash covers the previous row's hash."""
+    """An append-only, MAC-chained log: ``id`` is the sequence number; each row's ``hash`` is an HMAC
+    (key ``key_id``, kept outside the DB) over its content and the previous row's ``hash``."""
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(sa_column=_utc(nullable=False, index=True))
@@ -186,6 +215,8 @@ class AuditEvent(SQLModel, table=True):
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     prev_hash: str = ""
     hash: str = ""
+    key_id: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    """The audit key the MAC was made with; ``""`` for events from before migration 0005 (unkeyed SHA-256)."""
 
 
 class BirthrightPolicy(SQLModel, table=True):

@@ -46,7 +46,8 @@ class Approver(Model):
 
     kind: ApproverKind
     name: str | None = None
-    """The group name (``group``) or the user's email (``user``)."""
+    """A group reference (``group``: ``name``, ``source:name`` or ``source:#external-id``, see
+    ``access.groups``) or the user's email (``user``)."""
 
     @model_validator(mode="after")
     def _name_matches_kind(self) -> Approver:
@@ -75,9 +76,9 @@ class Conditions(Model):
     """When a rule applies. Every condition given must hold; none given matches everyone."""
 
     groups: list[str] = []
-    """The requester is a member of at least one of these groups."""
+    """The requester is a member of at least one of these groups (group references, see ``access.groups``)."""
     on_call: list[str] = []
-    """The requester is on call in one of these rotations (modelled as groups for now)."""
+    """The requester is on call in one of these rotations (modelled as groups for now; group references)."""
     duration_at_most: Duration | None = None
     """The requested duration is at most this long."""
 
@@ -117,6 +118,7 @@ class Requester(Model):
     manager: str | None = None
     """The manager's email, when the manager is an active user."""
     groups: list[str] = []
+    """The policy's group references the requester is a member of (through the one group each names)."""
 
 
 class RoleFacts(Model):
@@ -132,7 +134,8 @@ class PolicyContext(Model):
     requester: Requester
     role: RoleFacts
     group_members: dict[str, list[str]] = {}
-    """Active members of every group the policy's approvers name."""
+    """Active members of every group the policy's approvers name, by reference (none when it names no
+    single group)."""
     inactive: list[str] = []
     """Users the policy's approvers name (``user``) who are no longer active: they approve nothing."""
 

@@ -1,10 +1,12 @@
 """Activities of the birthright sync: store the plan in the app DB, apply it in batches, record the outcome.
 
 The plan's items live in ``BirthrightItem`` rows, never in workflow history, so a run of any size
-resumes where it was. Each item is applied in its own short transaction that re-reads the ledger
-under the account and role's lock and marks the item done: a retried or resumed batch never
-grants twice, and overlapping JIT or external grants keep access (the target is called for the
-first active grant of an account and role, and revoked only when the last one ends).
+resumes where it was. Each item is applied in three steps (``access.ledger``): a short transaction
+that re-reads the ledger under the account and role's lock and claims the grant or revoke, the
+target's call with no transaction open, and a short transaction that records it and marks the item
+done: a retried or resumed batch never grants twice, and overlapping JIT or external grants keep
+access (the target is called for the first active grant of an account and role, and revoked only
+when the last one ends).
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from access import catalog
+from access import groups as group_refs
 from access.db import append_audit, lock, session_scope
-from access.ledger import active_grants
+from access.ledger import HELD, PROVISIONING, active_grants, claim_revoke, end, revoke_in_flight
 from access.tables import (
     BirthrightItem,
     BirthrightPolicy,
     Grant,
-    Group,
     Membership,
     SyncState,
     User,
@@ -42,7 +44,15 @@ from access.types import (
     BirthrightSyncResult,
     SyncInput,
 )
-from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, LedgerConnector, Target
+from activities.connectors import (
+    BUILT_IN,
+    Connector,
+    ConnectorError,
+    ConnectorFactory,
+    LedgerConnector,
+    RetryableError,
+    Target,
+)
 from activities.integrations import as_activity_error, resolve_target
 from workflows import names
 
@@ -61,6 +71,17 @@ class _Resolved:
     integration: str
     target: Target
     connector: Connector
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """An item's claim: the grants whose target call is due, and those a revoke ended without one."""
+
+    resolved: _Resolved
+    calls: list[tuple[int, str]]
+    """(grant id, account) to grant (``add``) or revoke (``remove``) in the target."""
+    covered: list[tuple[int, str]]
+    """(grant id, account) a ``remove`` ended in the claim: another grant still covers the account."""
 
 
 class _Targets:
@@ -201,10 +222,15 @@ class BirthrightActivities:
             return False  # each alone, so the one at fault is recorded as failed
 
     def _apply(self, item: BirthrightItem, targets: _Targets) -> bool:
-        """Apply one item in its own transaction; False if it was recorded as failed."""
+        """Apply one item: claim, call the target with no transaction open, record; False if it was recorded
+        as failed."""
         try:
             with session_scope(self._db_url) as session:
-                append_audit(session, self._apply_in(session, item, targets))
+                claimed = self._claim(session, item, targets)
+            if claimed is not None:
+                _call_target(item, claimed)
+                with session_scope(self._db_url) as session:
+                    _record(session, item, claimed)
             return True
         except ConnectorError as error:
             if error.retryable and activity.info().attempt < names.BIRTHRIGHT_APPLY_ATTEMPTS:
@@ -222,22 +248,34 @@ class BirthrightActivities:
         return False
 
     def _apply_in(self, session: Session, item: BirthrightItem, targets: _Targets) -> list[AuditEntry]:
-        """Apply one item in the caller's transaction and mark it done; returns its audit events."""
+        """Apply one item of a ledger-only role in the caller's transaction (its "target" is this ledger, so
+        nothing outside is called) and mark it done; returns its audit events (none: already written)."""
+        claimed = self._claim(session, item, targets)
+        if claimed is not None:
+            _call_target(item, claimed)
+            _record(session, item, claimed)
+        return []
+
+    def _claim(self, session: Session, item: BirthrightItem, targets: _Targets) -> _Claimed | None:
+        """Claim the item's grants or revokes in the caller's transaction; None when no target call is due
+        (the item is then done, recorded here)."""
         fresh = session.get(BirthrightItem, item.id, with_for_update=True)
         if fresh is None or fresh.done:
-            return []  # an earlier attempt got here first
+            return None  # an earlier attempt got here first
         resolved = targets.resolve(session, item.role)
         # Discovery holds this exclusively while it compares the target with the ledger.
         lock(session, "integration", resolved.integration, shared=True)
         if item.action == "add":
-            events = _add(session, item, resolved)
+            claimed = _Claimed(resolved, _claim_add(session, item, resolved), [])
         elif item.action == "remove":
-            events = _remove(session, item, resolved)
+            claimed = _claim_remove(session, item, resolved)
         else:
-            events = _relabel(session, item)
-        fresh.done = True
-        session.add(fresh)
-        return events
+            append_audit(session, _relabel(session, item))
+            claimed = _Claimed(resolved, [], [])
+        if claimed.calls:
+            return claimed
+        _record(session, item, claimed)
+        return None
 
     def _failed(self, item: BirthrightItem, reason: str) -> None:
         with session_scope(self._db_url) as session:
@@ -247,6 +285,14 @@ class BirthrightActivities:
             fresh.done = True
             fresh.error = reason
             session.add(fresh)
+            if item.action == "add":
+                # The grant it claimed is not made: end the claim, so the next sync plans it again. A revoke
+                # claimed by a failed ``remove`` stays ``revoking`` (still active): the next sync retries it.
+                now = datetime.now(UTC)
+                for grant in _birthright(session, item.user_email, item.role):
+                    if grant.phase == PROVISIONING:
+                        lock(session, grant.account, grant.role)
+                        end(session, grant, now)
             verb = {"add": "grant", "remove": "revoke"}.get(item.action, "relabel")
             append_audit(
                 session,
@@ -317,7 +363,8 @@ def _birthright(session: Session, user: str, role: str) -> list[Grant]:
     )
 
 
-def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[AuditEntry]:
+def _claim_add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[tuple[int, str]]:
+    """Claim the grant of an ``add``: the (grant id, account) the target must grant, or none."""
     user = session.exec(select(User).where(User.email == item.user_email)).first()
     if user is None or not user.active:
         return []  # left since the plan was made: the next plan removes, not adds
@@ -326,12 +373,17 @@ def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[Au
     account = resolved.connector.account_for(item.user_email)
     lock(session, account, item.role)
     existing = _birthright(session, item.user_email, item.role)
+    claimed = [g for g in existing if g.phase == PROVISIONING]
+    if claimed:  # an earlier attempt claimed it and may not have reached the target: call again
+        return [(claimed[0].id, claimed[0].account)] if claimed[0].id is not None else []
     if existing:  # already granted (a concurrent attempt): at most bring the policy name up to date
         for grant in existing:
             grant.policy = item.policy
             session.add(grant)
         return []
-    others = active_grants(session, account, item.role)
+    if revoke_in_flight(session, account, item.role):
+        # That revoke must land before this grant, or it would take this grant's access away.
+        raise RetryableError(f"{account} is being revoked from {item.role} in the target; granting once that is done")
     now = datetime.now(UTC)
     grant = Grant(
         account=account,
@@ -341,19 +393,92 @@ def _add(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[Au
         policy=item.policy,
         granted_at=now,
         expires_at=None,
+        phase=PROVISIONING,
+        phase_at=now,
     )
     session.add(grant)
     session.flush()
+    assert grant.id is not None
     # Granted in the target even when another grant covers it: granting is idempotent, and that other
     # grant's access may have been removed by hand (discovery ends only the grants it can restore).
-    resolved.connector.grant(account, resolved.target, None)
-    reason = f"birthright policy {item.policy!r}"
-    if others:
-        reason += "; another active grant already gave this access"
-    details = {"user": item.user_email, "account": account, "policy": item.policy, "grant_id": grant.id}
-    return [
-        AuditEntry(actor=ACTOR, action="birthright.granted", target=item.role, reason=reason, details=details, at=now)
-    ]
+    return [(grant.id, account)]
+
+
+def _claim_remove(session: Session, item: BirthrightItem, resolved: _Resolved) -> _Claimed:
+    """Claim the revokes of a ``remove``: those of the last grant of their account go to the target; the
+    others end here, another grant still covering their account."""
+    accounts = sorted({g.account for g in _birthright(session, item.user_email, item.role)})
+    for account in accounts:
+        lock(session, account, item.role)
+    now = datetime.now(UTC)
+    claimed = _Claimed(resolved, [], [])
+    for grant in _birthright(session, item.user_email, item.role):  # again, under the locks
+        assert grant.id is not None
+        if claim_revoke(session, grant, now):
+            claimed.calls.append((grant.id, grant.account))
+        else:
+            claimed.covered.append((grant.id, grant.account))
+    session.flush()
+    return claimed
+
+
+def _call_target(item: BirthrightItem, claimed: _Claimed) -> None:
+    """The target's calls of a claimed item, each account once; no transaction is open (but a ledger-only one)."""
+    connector, target = claimed.resolved.connector, claimed.resolved.target
+    for account in sorted({account for _, account in claimed.calls}):
+        if item.action == "add":
+            connector.grant(account, target, None)
+        else:
+            connector.revoke(account, target)
+
+
+def _record(session: Session, item: BirthrightItem, claimed: _Claimed) -> None:
+    """Record a claimed item's outcome and mark it done (a second recording of the same item does nothing)."""
+    fresh = session.get(BirthrightItem, item.id, with_for_update=True)
+    if fresh is None or fresh.done:
+        return
+    now = datetime.now(UTC)
+    events: list[AuditEntry] = []
+    if item.action == "add":
+        for grant_id, account in claimed.calls:
+            lock(session, account, item.role)
+            grant = session.get(Grant, grant_id)
+            if grant is None or not grant.active:
+                continue
+            grant.phase = HELD
+            grant.phase_at = now
+            session.add(grant)
+            reason = f"birthright policy {item.policy!r}"
+            if active_grants(session, account, item.role, besides_grant=grant_id):
+                reason += "; another active grant already gave this access"
+            details = {"user": item.user_email, "account": account, "policy": item.policy, "grant_id": grant_id}
+            events.append(
+                AuditEntry(
+                    actor=ACTOR, action="birthright.granted", target=item.role, reason=reason, details=details, at=now
+                )
+            )
+    elif item.action == "remove":
+        why = _why_removed(session, item)
+        for grant_id, account in claimed.calls:
+            lock(session, account, item.role)
+            grant = session.get(Grant, grant_id)
+            if grant is not None and grant.active:
+                end(session, grant, now)
+        revoked = sorted({a for _, a in claimed.calls})
+        covered = sorted({a for _, a in claimed.covered} - set(revoked))
+        for account, still_held in [(a, False) for a in revoked] + [(a, True) for a in covered]:
+            reason = f"birthright policy {item.policy!r} no longer grants it: {why}"
+            if still_held:
+                reason += "; another active grant still covers the account, so access stays"
+            details = {"user": item.user_email, "account": account, "policy": item.policy, "still_held": still_held}
+            events.append(
+                AuditEntry(
+                    actor=ACTOR, action="birthright.revoked", target=item.role, reason=reason, details=details, at=now
+                )
+            )
+    fresh.done = True
+    session.add(fresh)
+    append_audit(session, events)
 
 
 def _still_granted(session: Session, user: User, item: BirthrightItem) -> bool:
@@ -361,39 +486,9 @@ def _still_granted(session: Session, user: User, item: BirthrightItem) -> bool:
     policy = session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == item.policy)).first()
     if policy is None or item.role not in policy.roles:
         return False
-    groups = set(session.exec(select(Group.name).join(Membership).where(Membership.user_id == user.id)))
-    return not groups.isdisjoint(policy.groups)
-
-
-def _remove(session: Session, item: BirthrightItem, resolved: _Resolved) -> list[AuditEntry]:
-    accounts = sorted({g.account for g in _birthright(session, item.user_email, item.role)})
-    for account in accounts:
-        lock(session, account, item.role)
-    grants = _birthright(session, item.user_email, item.role)  # again, under the locks
-    if not grants:
-        return []
-    now = datetime.now(UTC)
-    for grant in grants:
-        grant.active = False
-        grant.ended_at = now
-        session.add(grant)
-    session.flush()
-    why = _why_removed(session, item)
-    events: list[AuditEntry] = []
-    for account in sorted({g.account for g in grants}):
-        still_held = active_grants(session, account, item.role) > 0
-        if not still_held:
-            resolved.connector.revoke(account, resolved.target)
-        reason = f"birthright policy {item.policy!r} no longer grants it: {why}"
-        if still_held:
-            reason += "; another active grant still covers the account, so access stays"
-        details = {"user": item.user_email, "account": account, "policy": item.policy, "still_held": still_held}
-        events.append(
-            AuditEntry(
-                actor=ACTOR, action="birthright.revoked", target=item.role, reason=reason, details=details, at=now
-            )
-        )
-    return events
+    # By the groups the policy's references name, never a namesake of another source.
+    held = set(session.exec(select(Membership.group_id).where(Membership.user_id == user.id)))
+    return not held.isdisjoint(group_refs.resolve(session, policy.groups).values())
 
 
 def _why_removed(session: Session, item: BirthrightItem) -> str:

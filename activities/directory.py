@@ -10,7 +10,7 @@ waiting on them — is found afresh every run, so a run that stopped halfway is 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from temporalio.client import ScheduleOverlapPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from access import groups
 from access.db import append_audit, session_scope
 from access.org import DEMO_ORG, OrgError, OrgFile
 from access.tables import AccessRequest, Group, Integration, Membership, SyncState, User
@@ -194,7 +195,11 @@ def _read_org_file(path: Path) -> DirectorySnapshot:
     described = {group.name: group.description for group in org.groups}
     groups = tuple(
         DirectoryGroup(
-            dn="", name=name, description=described.get(name, ""), member_emails=tuple(sorted(members[name]))
+            dn="",
+            name=name,
+            description=described.get(name, ""),
+            member_emails=tuple(sorted(members[name])),
+            external_id=name,  # the file's groups are keyed by name, in their own source
         )
         for name in sorted(set(described) | set(members))
     )
@@ -233,16 +238,15 @@ def _sync(
     ]
     if joined:  # a joiner's groups are all those they hold now, whichever source manages them
         held: dict[str, list[str]] = defaultdict(list)
-        for email, group in session.execute(
-            sa_select(col(User.email), col(Group.name))
+        for email, group_source, group in session.execute(
+            sa_select(col(User.email), col(Group.source), col(Group.name))
             .join(Membership, col(Membership.user_id) == User.id)
             .join(Group, col(Group.id) == Membership.group_id)
-            .order_by(col(Group.name))
+            .where(col(User.email).in_(sorted(changes.joiners)))
         ):
-            if email in changes.joiners:
-                held[email].append(group)
+            held[email].append(groups.display(group_source, group))
         for joiner in joined:
-            joiner.groups = held.get(joiner.email, [])
+            joiner.groups = sorted(held.get(joiner.email, []))
     result = DirectorySyncResult(
         sources=[source.name for source in sources],
         users=changes.users,
@@ -302,8 +306,6 @@ def _apply(session: Session, source: Source, changes: _Changes, *, max_leavers: 
     Refused (nothing changes) when more than ``max_leavers`` of the source's active users would leave at
     once: far more likely a wrong filter or an emptied OU than a real exodus, and it would take everyone's access.
     """
-    users = _dedupe(source.snapshot.users)
-    changes.users += len(users)
     existing = {
         row.email: row
         for row in session.execute(
@@ -314,9 +316,13 @@ def _apply(session: Session, source: Source, changes: _Changes, *, max_leavers: 
                 col(User.manager_email),
                 col(User.active),
                 col(User.source),
+                col(User.external_id),
             )
         )
     }
+    bound = {email: row.external_id for email, row in existing.items() if row.source == source.name}
+    users = _dedupe(source.snapshot.users, bound)
+    changes.users += len(users)
     new_rows: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     for user in users.values():
@@ -331,12 +337,19 @@ def _apply(session: Session, source: Source, changes: _Changes, *, max_leavers: 
                     "active": active,
                     "is_admin": False,
                     "source": source.name,
+                    "external_id": user.external_id or None,
                 }
             )
             if active:
                 changes.joiners[user.email] = Joiner(email=user.email, name=user.name, manager=user.manager_email)
             continue
-        wanted = {"name": user.name, "manager_email": user.manager_email, "active": active, "source": source.name}
+        wanted = {
+            "name": user.name,
+            "manager_email": user.manager_email,
+            "active": active,
+            "source": source.name,
+            "external_id": user.external_id or None,
+        }
         changed = {key: value for key, value in wanted.items() if getattr(row, key) != value}
         if not changed:
             continue
@@ -366,9 +379,9 @@ def _apply(session: Session, source: Source, changes: _Changes, *, max_leavers: 
     if updates:
         session.execute(update(User), updates)
 
-    group_ids = _apply_groups(session, source, changes)
+    source_groups = _apply_groups(session, source, changes)
     user_ids = {email: user_id for user_id, email in session.execute(sa_select(col(User.id), col(User.email)))}
-    _apply_memberships(session, source, users, group_ids, user_ids, changes)
+    _apply_memberships(session, source, users, source_groups, user_ids, changes)
 
 
 def _table(model: type[SQLModel]) -> Table:
@@ -377,43 +390,76 @@ def _table(model: type[SQLModel]) -> Table:
     return table
 
 
-def _dedupe(users: Iterable[DirectoryUser]) -> dict[str, DirectoryUser]:
-    """Users by email; the first entry wins when two carry the same address."""
+def _dedupe(users: Iterable[DirectoryUser], bound: Mapping[str, str | None]) -> dict[str, DirectoryUser]:
+    """Users by email. When two entries carry the same address, the entry the user is already bound to
+    (``bound``: email → external id) wins, else the first: a new entry cannot take a user over by copying
+    their email."""
     by_email: dict[str, DirectoryUser] = {}
     for user in users:
-        by_email.setdefault(user.email, user)
+        held = by_email.get(user.email)
+        if held is None or (held.external_id != bound.get(user.email) and user.external_id == bound.get(user.email)):
+            by_email[user.email] = user
     return by_email
 
 
-def _apply_groups(session: Session, source: Source, changes: _Changes) -> dict[str, int]:
-    """Create and claim the source's groups; returns the ids of every group the source manages, by name."""
-    wanted: dict[str, str] = {}
-    for group in source.snapshot.groups:  # one group per name, however many OUs repeat it
-        wanted[group.name] = wanted.get(group.name) or group.description
+def _group_key(group: DirectoryGroup) -> str:
+    """A group's identity in its source: its external id (the file's: its name)."""
+    return group.external_id or group.dn.strip().lower() or group.name
+
+
+def _apply_groups(session: Session, source: Source, changes: _Changes) -> dict[str, tuple[int, str]]:
+    """Create and update the source's own groups, keyed by external id; returns every group of the source
+    as key → (id, display name).
+
+    Only this source's groups are touched: another source's group of the same name (the organisation
+    file's ``security``, another directory's) is a different group, never merged with or taken over.
+    """
+    wanted: dict[str, DirectoryGroup] = {}
+    for group in source.snapshot.groups:
+        wanted.setdefault(_group_key(group), group)
     changes.groups += len(wanted)
-    existing = {
-        row.name: row
-        for row in session.execute(sa_select(col(Group.id), col(Group.name), col(Group.description), col(Group.source)))
-    }
-    new_rows = [
-        {"name": name, "description": description, "source": source.name}
-        for name, description in wanted.items()
-        if name not in existing
-    ]
-    updates = [
-        {"id": row.id, "description": wanted[name] or row.description, "source": source.name}
-        for name, row in existing.items()
-        if name in wanted and (row.source != source.name or (wanted[name] and wanted[name] != row.description))
-    ]
+    rows = list(
+        session.execute(
+            sa_select(col(Group.id), col(Group.name), col(Group.description), col(Group.external_id)).where(
+                col(Group.source) == source.name
+            )
+        )
+    )
+    by_key = {row.external_id: row for row in rows if row.external_id is not None}
+    # Groups from before migration 0007 have no external id yet: adopted by name where that is unambiguous.
+    unkeyed: dict[str, list[Any]] = defaultdict(list)
+    for old in rows:
+        if old.external_id is None:
+            unkeyed[old.name].append(old)
+    named = Counter(group.name for group in wanted.values())
+    new_rows: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for key, group in wanted.items():
+        row = by_key.get(key)
+        if row is None and named[group.name] == 1 and len(unkeyed.get(group.name, ())) == 1:
+            row = unkeyed.pop(group.name)[0]
+            updates.append({"id": row.id, "external_id": key})
+        if row is None:
+            new_rows.append(
+                {"name": group.name, "description": group.description, "source": source.name, "external_id": key}
+            )
+            continue
+        changed = {}
+        if row.name != group.name:  # renamed in the source: the same group, under its new name
+            changed["name"] = group.name
+        if group.description and group.description != row.description:
+            changed["description"] = group.description
+        if changed:
+            updates.append({"id": row.id, **changed})
     if new_rows:
         session.execute(_table(Group).insert(), new_rows)
         changes.groups_changed = True
     if updates:
         session.execute(update(Group), updates)
     return {
-        name: group_id
-        for group_id, name in session.execute(
-            sa_select(col(Group.id), col(Group.name)).where(col(Group.source) == source.name)
+        external_id or f"#{group_id}": (group_id, groups.display(source.name, name))
+        for group_id, name, external_id in session.execute(
+            sa_select(col(Group.id), col(Group.name), col(Group.external_id)).where(col(Group.source) == source.name)
         )
     }
 
@@ -422,7 +468,7 @@ def _apply_memberships(
     session: Session,
     source: Source,
     users: Mapping[str, DirectoryUser],
-    group_ids: Mapping[str, int],
+    source_groups: Mapping[str, tuple[int, str]],
     user_ids: Mapping[str, int],
     changes: _Changes,
 ) -> None:
@@ -433,13 +479,13 @@ def _apply_memberships(
     """
     desired: set[tuple[int, int]] = set()
     for group in source.snapshot.groups:
-        group_id = group_ids[group.name]
+        group_id = source_groups[_group_key(group)][0]
         desired |= {(user_ids[email], group_id) for email in group.member_emails if email in user_ids}
     managed_users = None if source.complete else {user_ids[email] for email in users}
     current: set[tuple[int, int]] = set()
     for user_id, group_id in session.execute(
         sa_select(col(Membership.user_id), col(Membership.group_id)).where(
-            col(Membership.group_id).in_(list(group_ids.values()))
+            col(Membership.group_id).in_([group_id for group_id, _ in source_groups.values()])
         )
     ):
         if managed_users is None or user_id in managed_users:
@@ -455,7 +501,7 @@ def _apply_memberships(
         statement = sa_delete(table).where(and_(table.c.user_id == bindparam("u"), table.c.group_id == bindparam("g")))
         session.connection().execute(statement, [{"u": u, "g": g} for u, g in sorted(removed)])
     emails = {user_id: email for email, user_id in user_ids.items()}
-    names_of = {group_id: name for name, group_id in group_ids.items()}
+    names_of = dict(source_groups.values())
     for user_id, group_id in added:
         changes.added[emails[user_id]].add(names_of[group_id])
     for user_id, group_id in removed:

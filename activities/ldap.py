@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import functools
 import re
+import ssl
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import ldap3  # type: ignore[import-untyped]
 from ldap3.core.exceptions import (  # type: ignore[import-untyped]
+    LDAPCertificateError,
     LDAPCommunicationError,
     LDAPException,
     LDAPInvalidDnError,
@@ -29,6 +31,7 @@ from ldap3.utils.dn import parse_dn  # type: ignore[import-untyped]
 from pydantic import Field, field_validator, model_validator
 
 from activities.connectors import (
+    ConnectorBase,
     ConnectorConfig,
     Credentials,
     DiscoveredRole,
@@ -37,8 +40,10 @@ from activities.connectors import (
     HeldRole,
     PermanentError,
     RetryableError,
+    SecretFile,
     Target,
     secret,
+    secret_file,
 )
 
 _BUSY, _UNAVAILABLE, _TIME_LIMIT_EXCEEDED = 51, 52, 3
@@ -57,10 +62,21 @@ class LdapConfig(ConnectorConfig):
     """
 
     url: str
-    """``ldap://host:port`` or ``ldaps://host:port``."""
+    """``ldaps://host:port`` (or ``ldap://host:port`` with ``start_tls``; plain ``ldap://`` only with ``insecure``)."""
     bind_dn: str
     password_env: EnvName | None = None
-    password_file: Path | None = None
+    password_file: SecretFile | None = None
+    start_tls: bool = False
+    """Upgrade an ``ldap://`` connection with StartTLS (certificate verified) before binding."""
+    ca_file: SecretFile | None = None
+    """The CA certificate (PEM) the server's certificate must chain to, inside the secrets directory;
+    default: the system's trusted roots."""
+    verify_tls: bool = True
+    """Check the server's certificate and name; turning it off needs ``insecure: true``."""
+    allow_privileged: list[str] = []
+    """Directory admin groups (AD's protected groups: ``adminCount``, critical system objects, Domain
+    Admins and the like; any group the bind DN itself is in) that may still be discovered and granted,
+    by ``cn``; each is catalogued with a warning. Any other admin group is never requestable."""
     users_base: str
     groups_base: str
     user_filter: str = "(objectClass=inetOrgPerson)"
@@ -102,12 +118,46 @@ class LdapConfig(ConnectorConfig):
     def _one_password_source(self) -> LdapConfig:
         if (self.password_env is None) == (self.password_file is None):
             raise ValueError("set exactly one of password_env or password_file")
+        if self.url.startswith("ldaps://") and self.start_tls:
+            raise ValueError("start_tls is for ldap:// URLs: ldaps:// is TLS from the start")
+        if not self.insecure and not (self.url.startswith("ldaps://") or self.start_tls):
+            raise ValueError(
+                "ldap:// sends the bind password in clear: use ldaps://, or start_tls: true, "
+                "or set insecure: true to allow plaintext"
+            )
+        if not self.insecure and not self.verify_tls:
+            raise ValueError("verify_tls: false accepts any certificate: it needs insecure: true")
         if self.disabled_value is not None and (self.disabled_attribute or "").lower() == "useraccountcontrol":
             raise ValueError("disabled_value does not apply to userAccountControl (its disabled bit is tested)")
         return self
 
     def password(self) -> str:
-        return secret(env=self.password_env, file=self.password_file, what=f"the LDAP password for {self.bind_dn}")
+        return secret(
+            env=self.password_env,
+            file=self.password_file,
+            what=f"the LDAP password for {self.bind_dn}",
+            field="password",
+        )
+
+    def tls(self) -> Any:
+        """ldap3's TLS settings for ldaps:// or StartTLS (None for plaintext): verified unless ``verify_tls`` is off."""
+        if not (self.url.startswith("ldaps://") or self.start_tls):
+            return None
+        ca = None
+        if self.ca_file is not None:
+            ca = secret_file(self.ca_file, what="the LDAP server's CA certificate", field="ca_file").decode()
+        host = self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0].strip("[]")
+        return ldap3.Tls(validate=ssl.CERT_REQUIRED if self.verify_tls else ssl.CERT_NONE, ca_certs_data=ca, sni=host)
+
+    @property
+    def transport(self) -> str:
+        if self.url.startswith("ldaps://"):
+            kind = "ldaps"
+        elif self.start_tls:
+            kind = "StartTLS"
+        else:
+            return "plaintext"
+        return kind + (", certificate verified" if self.verify_tls else ", certificate NOT verified")
 
 
 def _words(description: str) -> str:
@@ -125,7 +175,11 @@ def _classified(doing: str, url: str) -> Iterator[None]:
         if error.result in _RETRYABLE_RESULTS:
             raise RetryableError(detail) from error
         raise PermanentError(detail) from error
+    except LDAPCertificateError as error:
+        raise PermanentError(f"the TLS certificate of LDAP at {url} is not valid: {error}") from error
     except (LDAPCommunicationError, LDAPResponseTimeoutError) as error:
+        if "certificate" in str(error).lower():  # the handshake refused it: configuration, not the network
+            raise PermanentError(f"the TLS certificate of LDAP at {url} is not valid: {error}") from error
         raise RetryableError(f"cannot reach LDAP at {url}: {error}") from error
     except LDAPException as error:
         raise PermanentError(f"{doing} failed: {error}") from error
@@ -183,7 +237,7 @@ class _Directory:
     def connect(self) -> Iterator[Any]:
         config = self.config
         password = config.password()
-        server = ldap3.Server(config.url, get_info=ldap3.NONE, connect_timeout=config.connect_timeout)
+        server = ldap3.Server(config.url, get_info=ldap3.NONE, connect_timeout=config.connect_timeout, tls=config.tls())
         connection = ldap3.Connection(
             server,
             user=config.bind_dn,
@@ -194,6 +248,8 @@ class _Directory:
         )
         with _classified(f"LDAP bind as {config.bind_dn}", config.url):
             connection.open()
+            if config.start_tls:
+                connection.start_tls()  # before the bind: the password only ever travels encrypted
             connection.bind()
         try:
             yield connection
@@ -240,7 +296,28 @@ class _Directory:
         if names is not None:
             wanted = "".join(f"(cn={escape_filter_chars(name)})" for name in names)
             search_filter = f"(&{search_filter}(|{wanted}))"
-        return self.entries(connection, config.groups_base, search_filter, ["cn", "description", "member"])
+        return self.entries(
+            connection, config.groups_base, search_filter, ["cn", "description", "member", *_ADMIN_MARKS, *_ENTRY_IDS]
+        )
+
+    def bind_dn_groups(self, connection: Any) -> set[str]:
+        """The DN keys of the groups under groups_base the bind DN is a direct member of."""
+        config = self.config
+        search_filter = f"(&{config.group_filter}(member={escape_filter_chars(config.bind_dn)}))"
+        return {_dn_key(entry.dn) for entry in self.entries(connection, config.groups_base, search_filter, ["1.1"])}
+
+    def privileged(self, group: _Entry, bind_groups: set[str]) -> str | None:
+        """Why ``group`` is a directory admin group (never requestable unless allowed), or None."""
+        reasons = []
+        if (group.first("cn") or "").lower() in ADMIN_GROUPS:
+            reasons.append("a built-in administrators group")
+        if (group.first("adminCount") or "0").strip() not in ("", "0"):
+            reasons.append("protected by AdminSDHolder (adminCount)")
+        if (group.first("isCriticalSystemObject") or "").upper() == "TRUE":
+            reasons.append("a critical system object")
+        if _dn_key(group.dn) in bind_groups:
+            reasons.append(f"Lapse's own bind DN {self.config.bind_dn} is a member")
+        return "; ".join(reasons) or None
 
     def members(self, connection: Any, group: _Entry) -> list[str]:
         """The group's ``member`` values, following AD's ranges past the first 1,500."""
@@ -271,7 +348,7 @@ class _Directory:
         return 0
 
 
-class LdapConnector:
+class LdapConnector(ConnectorBase):
     """Roles are groups under groups_base (``groupOfNames`` or AD ``group``); accounts are user DNs.
 
     A user's account is the DN of the entry under users_base whose mail attribute is their
@@ -317,21 +394,38 @@ class LdapConnector:
             )
             for base in (config.users_base, config.groups_base):
                 list(self._directory.entries(connection, base, "(objectClass=*)", ["1.1"], scope=ldap3.BASE))
-        return f"{_server_name(root)} at {config.url}, bound as {config.bind_dn}"
+        return f"{_server_name(root)} at {config.url} ({config.transport}), bound as {config.bind_dn}" + (
+            config.insecure_note()
+        )
 
     def discover(self) -> Discovery:
         """One resource holding every group, each described by its ``description``."""
         config = self.config
         roles: dict[str, DiscoveredRole] = {}
+        warnings: list[str] = []
+        allowed = {name.lower() for name in config.allow_privileged}
         with self._directory.connect() as connection:
+            bind_groups = self._directory.bind_dn_groups(connection)
             for group in self._directory.groups(connection):
                 name = group.first("cn")
                 # A cn that repeats in another OU names one role; granting it then reports the ambiguity.
-                if name and name.lower() not in roles:
-                    roles[name.lower()] = DiscoveredRole(config.resource, name, group.first("description") or "")
+                if not name or name.lower() in roles:
+                    continue
+                description = group.first("description") or ""
+                why = self._directory.privileged(group, bind_groups)
+                if why and name.lower() not in allowed:
+                    warnings.append(
+                        f"left out the admin group {group.dn} ({why}); allow_privileged names it to offer it"
+                    )
+                    continue
+                if why:
+                    warnings.append(f"offering the admin group {group.dn} ({why}): it is in allow_privileged")
+                    description = f"WARNING: privileged ({why}), allowed by allow_privileged. {description}".strip()
+                roles[name.lower()] = DiscoveredRole(config.resource, name, description)
         return Discovery(
             resources={config.resource: f"LDAP groups under {config.groups_base}"},
             roles=sorted(roles.values(), key=lambda role: role.name.lower()),
+            warnings=warnings,
         )
 
     def list_grants(self, roles: Iterable[DiscoveredRole]) -> Iterable[HeldRole]:
@@ -354,14 +448,22 @@ class LdapConnector:
                     held.append(HeldRole(account=account, resource=role.resource, role=role.name, email=email))
         return held
 
-    def _group(self, connection: Any, target: Target) -> _Entry:
+    def _group(self, connection: Any, target: Target, *, granting: bool = False) -> _Entry:
         config = self.config
         search_filter = f"(&{config.group_filter}(cn={escape_filter_chars(target.role)}))"
-        found = list(islice(self._directory.entries(connection, config.groups_base, search_filter, ["objectClass"]), 2))
+        attributes = ["objectClass", "cn", *_ADMIN_MARKS]
+        found = list(islice(self._directory.entries(connection, config.groups_base, search_filter, attributes), 2))
         if not found:
             raise PermanentError(f"group cn={target.role} not found under {config.groups_base} ({target.path})")
         if len(found) > 1:
             raise PermanentError(f"more than one group is called cn={target.role} under {config.groups_base}")
+        if granting and target.role.lower() not in {name.lower() for name in config.allow_privileged}:
+            why = self._directory.privileged(found[0], self._directory.bind_dn_groups(connection))
+            if why:
+                raise PermanentError(
+                    f"group {found[0].dn} is a directory admin group ({why}) and not in the integration's "
+                    "allow_privileged: not granting it"
+                )
         return found[0]
 
     def _check_account(self, account: str) -> None:
@@ -373,7 +475,7 @@ class LdapConnector:
     def grant(self, account: str, target: Target, expires_at: datetime | None) -> Credentials | None:
         self._check_account(account)
         with self._directory.connect() as connection:
-            group = self._group(connection, target)
+            group = self._group(connection, target, granting=True)
             self._directory.modify(connection, group.dn, [(ldap3.MODIFY_ADD, account)], tolerate=_ALREADY_THERE)
             if _requires_member(group):
                 placeholder = [(ldap3.MODIFY_DELETE, self.config.placeholder_member)]
@@ -398,6 +500,33 @@ class LdapConnector:
                 raise PermanentError(f"the directory refused to remove the last member of {group.dn}")
 
 
+_ADMIN_MARKS = ("adminCount", "isCriticalSystemObject")
+"""Active Directory's marks of a protected or system group (other directories do not return them)."""
+
+ADMIN_GROUPS = frozenset(
+    name.lower()
+    for name in (
+        "Administrators",
+        "Domain Admins",
+        "Enterprise Admins",
+        "Schema Admins",
+        "Account Operators",
+        "Backup Operators",
+        "Server Operators",
+        "Print Operators",
+        "Replicator",
+        "Domain Controllers",
+        "Read-only Domain Controllers",
+        "Enterprise Read-only Domain Controllers",
+        "Key Admins",
+        "Enterprise Key Admins",
+        "Group Policy Creator Owners",
+        "DnsAdmins",
+        "Cert Publishers",
+    )
+)
+"""Built-in administrators groups (Active Directory's), refused by name whatever the directory says."""
+
 _ALREADY_THERE = {_VALUE_EXISTS, _ENTRY_EXISTS}
 """Adding a present member: OpenLDAP says attributeOrValueExists, AD entryAlreadyExists."""
 
@@ -417,6 +546,21 @@ def _server_name(root: _Entry | None) -> str:
     return "LDAP server"
 
 
+_ENTRY_IDS = ("entryUUID", "objectGUID")
+"""An entry's permanent identity (OpenLDAP / 389 DS, Active Directory): it survives renames and moves."""
+
+
+def _entry_id(entry: _Entry) -> str:
+    """The entry's external id: its entryUUID, its objectGUID (as a UUID), else its DN key."""
+    uuid_value = entry.first("entryUUID")
+    if uuid_value:
+        return uuid_value.strip().lower()
+    guid = entry.values.get("objectguid")
+    if guid and len(guid[0]) == 16:
+        return str(uuid.UUID(bytes_le=bytes(guid[0])))
+    return _dn_key(entry.dn)
+
+
 @dataclass(frozen=True)
 class DirectoryUser:
     dn: str
@@ -426,6 +570,8 @@ class DirectoryUser:
     manager_email: str | None
     """The manager's email, when the ``manager`` DN is a user under users_base with an email."""
     disabled: bool
+    external_id: str = ""
+    """The entry's permanent identity (``_entry_id``); empty for the organisation file's users."""
 
 
 @dataclass(frozen=True)
@@ -435,6 +581,9 @@ class DirectoryGroup:
     description: str
     member_emails: tuple[str, ...]
     """Direct members that are users with an email; nested groups and other entries are left out."""
+    external_id: str = ""
+    """The entry's permanent identity (``_entry_id``): the group's key in Lapse, with the source. The name
+    (``cn``) is only its display name: anyone who may create an entry under groups_base can reuse it."""
 
 
 @dataclass(frozen=True)
@@ -443,7 +592,7 @@ class DirectorySnapshot:
     groups: tuple[DirectoryGroup, ...]
 
 
-class LdapDirectory:
+class LdapDirectory(ConnectorBase):
     """The directory as an identity source: users (with manager and disabled flag), groups, memberships.
 
     Users without an email are left out: Lapse knows people by email.
@@ -470,7 +619,7 @@ class LdapDirectory:
     def _users(self, connection: Any) -> dict[str, DirectoryUser]:
         """Users by DN key; managers are resolved after all users are read, as they can come in any order."""
         config = self.config
-        extra = [config.name_attribute, config.manager_attribute, "cn"]
+        extra = [config.name_attribute, config.manager_attribute, "cn", *_ENTRY_IDS]
         if config.disabled_attribute:
             extra.append(config.disabled_attribute)
         entries = self._directory.users(connection, extra)
@@ -485,6 +634,7 @@ class LdapDirectory:
                 name=entry.first(config.name_attribute) or entry.first("cn") or emails[key],
                 manager_email=emails.get(_dn_key(manager)) if manager else None,
                 disabled=self._disabled(entry),
+                external_id=_entry_id(entry),
             )
         return users
 
@@ -509,4 +659,5 @@ class LdapDirectory:
                 name=group.first("cn") or group.dn,
                 description=group.first("description") or "",
                 member_emails=tuple(sorted(set(emails))),
+                external_id=_entry_id(group),
             )

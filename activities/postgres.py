@@ -11,19 +11,19 @@ The password reaches the server only as a SCRAM verifier, never in clear in a st
 
 from __future__ import annotations
 
-import re
+import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import conninfo, errors, sql
 from pydantic import model_validator
 
 from activities.connectors import (
+    ConnectorBase,
     ConnectorConfig,
     Credentials,
     DiscoveredRole,
@@ -32,8 +32,11 @@ from activities.connectors import (
     HeldRole,
     PermanentError,
     RetryableError,
+    SecretFile,
     Target,
+    remember_secret,
     secret,
+    secret_policy,
 )
 
 
@@ -42,8 +45,15 @@ class PostgresConfig(ConnectorConfig):
 
     dsn_env: EnvName | None = None
     """Name of the environment variable holding the connection string."""
-    dsn_file: Path | None = None
-    """A file holding the connection string (e.g. a mounted secret)."""
+    dsn_file: SecretFile | None = None
+    """A file holding the connection string (e.g. a mounted secret), inside the secrets directory."""
+    ca_file: SecretFile | None = None
+    """The CA certificate (PEM) the server's certificate must chain to, inside the secrets directory;
+    default: the DSN's ``sslrootcert``, else the system's trusted roots."""
+    allow_privileged: list[str] = []
+    """Privileged roles (SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION, the server-file and
+    server-program roles, or a member of one) that may still be discovered and granted, by name; each is
+    catalogued with a warning. Any other privileged role is never requestable."""
     create_accounts: bool = False
     """Create a LOGIN role for a user who has no account yet, on first grant."""
     role_prefix: str = ""
@@ -61,7 +71,43 @@ class PostgresConfig(ConnectorConfig):
         return self
 
     def dsn(self) -> str:
-        return secret(env=self.dsn_env, file=self.dsn_file, what="the connection string")
+        return secret(env=self.dsn_env, file=self.dsn_file, what="the connection string", field="dsn")
+
+    def connection_options(self, dsn: str) -> dict[str, str]:
+        """Extra libpq options that make the connection verified TLS (``sslmode=verify-full``), or a
+        PermanentError when the DSN asks for less without ``insecure: true``.
+
+        TCP targets, loopback included, need verified TLS; a Unix-domain socket (a host that is a
+        directory, or no host at all) carries no TLS in PostgreSQL and never leaves the machine, so it is
+        accepted as it is. With ``insecure: true`` the DSN is used as written."""
+        try:
+            params = conninfo.conninfo_to_dict(dsn)
+        except (psycopg.ProgrammingError, UnicodeDecodeError) as error:
+            raise PermanentError(f"the connection string ({self._source()}) is malformed: {error}".strip()) from None
+        if self.insecure or not _over_tcp(params):
+            return {"sslrootcert": self._ca_path()} if self.ca_file is not None else {}
+        mode = str(params.get("sslmode") or os.environ.get("PGSSLMODE") or "")
+        if mode and mode != "verify-full":
+            raise PermanentError(
+                f"the connection string ({self._source()}) has sslmode={mode}, which does not verify the server: "
+                "use sslmode=verify-full (the default when none is given), or set insecure: true"
+            )
+        options = {"sslmode": "verify-full"}
+        if self.ca_file is not None:
+            options["sslrootcert"] = self._ca_path()
+        elif not (params.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")):
+            options["sslrootcert"] = "system"
+        return options
+
+    def _ca_path(self) -> str:
+        assert self.ca_file is not None
+        resolved, problem = secret_policy().file_problem(self.ca_file)
+        if problem:
+            raise PermanentError(f"ca_file refused: {problem}")
+        return str(resolved)
+
+    def _source(self) -> str:
+        return f"${self.dsn_env}" if self.dsn_env else f"dsn_file {self.dsn_file}"
 
 
 _PERMANENT = (errors.InvalidPassword, errors.InvalidAuthorizationSpecification, errors.InsufficientPrivilege)
@@ -78,16 +124,21 @@ def _classified() -> Iterator[None]:
         raise RetryableError(f"PostgreSQL was busy: {error}".strip()) from error
     except psycopg.OperationalError as error:
         message = str(error)
+        if any(sign in message for sign in _TLS_REFUSALS):
+            raise PermanentError(f"PostgreSQL refused TLS: {message}".strip()) from error
         if "password authentication failed" in message or ("role" in message and "does not exist" in message):
             raise PermanentError(f"PostgreSQL refused the connection: {message}".strip()) from error
         raise RetryableError(f"cannot reach PostgreSQL: {message}".strip()) from error
 
 
+_TLS_REFUSALS = ("server does not support SSL", "certificate", "root certificate file")
+"""How libpq says verified TLS cannot be had: a configuration problem, not the network."""
+
 EPHEMERAL_MARK = "lapse: ephemeral login"
 """The comment on every login role ephemeral mode makes: only such roles are ever dropped."""
 
 
-class PostgresConnector:
+class PostgresConnector(ConnectorBase):
     discovers = True
     accounts_by_rule = True
 
@@ -96,20 +147,34 @@ class PostgresConnector:
         self.per_grant_accounts = self.config.ephemeral
 
     def account_for(self, email: str) -> str:
-        """The account rule's result (the email's local part by default), with anything but ``[a-z0-9_]`` as ``_``."""
-        return re.sub(r"[^a-z0-9_]", "_", self.config.account.apply(email).lower())
+        """The account rule's result as it is (the email's local part, lowercased, by default).
+
+        Nothing is replaced: ``a.lan@`` and ``a_lan@`` are the logins ``a.lan`` and ``a_lan`` (quoted
+        identifiers), so two emails the rule tells apart never share a login. Names longer than
+        PostgreSQL's 63 bytes, which it would truncate into each other, are refused at grant."""
+        return self.config.account.apply(email)
 
     @contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Any]]:
-        with _classified(), psycopg.connect(self.config.dsn(), connect_timeout=10, autocommit=True) as connection:
+        dsn = self.config.dsn()
+        target = conninfo.make_conninfo(dsn, **self.config.connection_options(dsn))
+        remember_secret(target)  # the DSN as libpq gets it: its password in every spelling
+        with _classified(), psycopg.connect(target, connect_timeout=10, autocommit=True) as connection:
             connection.execute("SET lock_timeout = '5s'")
             yield connection
 
     def test_connection(self) -> str:
-        """The server's version, or a ConnectorError saying what is wrong."""
+        """The server's version and how the connection is protected, or a ConnectorError saying what is wrong."""
         with self._connect() as connection:
             row = connection.execute("SHOW server_version").fetchone()
-            return f"PostgreSQL {row[0] if row else '?'}"
+            info = connection.info
+            if info.host.startswith("/"):
+                transport = "Unix socket"
+            elif connection.pgconn.ssl_in_use:
+                transport = "TLS" + (", certificate verified" if not self.config.insecure else "")
+            else:
+                transport = "plaintext"
+            return f"PostgreSQL {row[0] if row else '?'} ({transport}){self.config.insecure_note()}"
 
     def _role_exists(self, connection: psycopg.Connection[Any], name: str) -> bool:
         return connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
@@ -124,6 +189,7 @@ class PostgresConnector:
         """NOLOGIN roles (with the prefix), each described by the tables it may use in this database."""
         with self._connect() as connection, _classified():
             resource = self._resource(connection)
+            privileged = _privileged_roles(connection)
             rows = connection.execute(
                 "SELECT r.rolname, coalesce(d.description, ''), "
                 "  (SELECT string_agg(DISTINCT g.privilege_type || ' ON ' || g.table_schema || '.' || g.table_name, "
@@ -134,11 +200,20 @@ class PostgresConnector:
                 "ORDER BY r.rolname",
                 (_like_prefix(self.config.role_prefix),),
             ).fetchall()
-        roles = [
-            DiscoveredRole(resource=resource, name=name, description=comment or (f"may {grants}" if grants else ""))
-            for name, comment, grants in rows
-        ]
-        return Discovery(resources={resource: "PostgreSQL database"}, roles=roles)
+        roles: list[DiscoveredRole] = []
+        warnings: list[str] = []
+        allowed = set(self.config.allow_privileged)
+        for name, comment, grants in rows:
+            description = comment or (f"may {grants}" if grants else "")
+            why = privileged.get(name)
+            if why and name not in allowed:
+                warnings.append(f"left out the privileged role {name} ({why}); allow_privileged names it to offer it")
+                continue
+            if why:
+                warnings.append(f"offering the privileged role {name} ({why}): it is in allow_privileged")
+                description = f"WARNING: privileged ({why}), allowed by allow_privileged. {description}".strip()
+            roles.append(DiscoveredRole(resource=resource, name=name, description=description))
+        return Discovery(resources={resource: "PostgreSQL database"}, roles=roles, warnings=warnings)
 
     def list_grants(self, roles: Iterable[DiscoveredRole]) -> Iterable[HeldRole]:
         """Direct members of the roles; role names are cluster-wide, so one query covers them all."""
@@ -155,9 +230,21 @@ class PostgresConnector:
         return [HeldRole(account=member, resource=by_name[role].resource, role=role) for role, member in rows]
 
     def grant(self, account: str, target: Target, expires_at: datetime | None) -> Credentials | None:
+        if len(account.encode()) > MAX_NAME:
+            raise PermanentError(
+                f"account {account!r} is longer than PostgreSQL's {MAX_NAME} bytes: it would be truncated and could "
+                "be another user's login; give the integration an account rule that makes shorter names"
+            )
         with self._connect() as connection:
             if not self._role_exists(connection, target.role):
                 raise PermanentError(f"role {target.role} does not exist in PostgreSQL ({target.path})")
+            with _classified():
+                why = _privileged_roles(connection).get(target.role)
+            if why and target.role not in self.config.allow_privileged:
+                raise PermanentError(
+                    f"role {target.role} is privileged ({why}) and not in the integration's allow_privileged: "
+                    "not granting it"
+                )
             if self.config.ephemeral:
                 return self._grant_login(connection, account, target, expires_at)
             if not self._role_exists(connection, account):
@@ -178,6 +265,8 @@ class PostgresConnector:
         password = secrets.token_urlsafe(24)
         # Hashed here like psql's \password: the clear password never appears in a statement or a server log.
         verifier = connection.pgconn.encrypt_password(password.encode(), account.encode()).decode()
+        remember_secret(password)  # neither may appear in an error this call lets out
+        remember_secret(verifier)
         options = sql.SQL("LOGIN PASSWORD {} VALID UNTIL {}").format(sql.Literal(verifier), _until(expires_at))
         exists = self._role_exists(connection, account)
         if exists and not self._is_ephemeral_login(connection, account):
@@ -255,6 +344,70 @@ class PostgresConnector:
             )
             connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(account)))
             connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(account)))
+
+
+MAX_NAME = 63
+"""PostgreSQL truncates longer identifiers (NAMEDATALEN - 1 bytes)."""
+
+PRIVILEGED_ATTRIBUTES = (
+    ("rolsuper", "SUPERUSER"),
+    ("rolcreaterole", "CREATEROLE"),
+    ("rolcreatedb", "CREATEDB"),
+    ("rolbypassrls", "BYPASSRLS"),
+    ("rolreplication", "REPLICATION"),
+)
+PRIVILEGED_BUILT_IN = frozenset({"pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"})
+"""Predefined roles that reach the server's operating system (run programs, read or write its files)."""
+
+
+def _privileged_roles(connection: psycopg.Connection[Any]) -> dict[str, str]:
+    """Every privileged role, with why: its own attributes, or the privileged role it is (transitively) a
+    member of, since a member can ``SET ROLE`` to it (memberships are followed whatever their options)."""
+    columns = ", ".join(column for column, _ in PRIVILEGED_ATTRIBUTES)
+    rows = connection.execute(f"SELECT oid, rolname, {columns} FROM pg_roles").fetchall()
+    names = {row[0]: str(row[1]) for row in rows}
+    own: dict[int, list[str]] = {}
+    for row in rows:
+        reasons = [label for (_, label), on in zip(PRIVILEGED_ATTRIBUTES, row[2:], strict=True) if on]
+        if row[1] in PRIVILEGED_BUILT_IN:
+            reasons.append("reaches the server's files or programs")
+        if reasons:
+            own[row[0]] = reasons
+    parents: dict[int, set[int]] = {}
+    for member, role in connection.execute("SELECT member, roleid FROM pg_auth_members").fetchall():
+        parents.setdefault(member, set()).add(role)
+    result: dict[str, str] = {}
+    for oid, name in names.items():
+        reasons = list(own.get(oid, []))
+        seen, pending = {oid}, list(parents.get(oid, ()))
+        while pending:
+            above = pending.pop()
+            if above in seen:
+                continue
+            seen.add(above)
+            if above in own:
+                reasons.append(f"member of {names.get(above, above)}: {', '.join(own[above])}")
+            pending.extend(parents.get(above, ()))
+        if reasons:
+            result[name] = "; ".join(reasons)
+    return result
+
+
+def _over_tcp(params: Mapping[str, Any]) -> bool:
+    """Whether libpq would connect over TCP to any of the DSN's hosts (or the environment's)."""
+    if params.get("hostaddr") or (not params.get("host") and os.environ.get("PGHOSTADDR")):
+        return True
+    hosts = str(params.get("host") or os.environ.get("PGHOST") or "")
+    return any(host and not host.startswith(("/", "@")) for host in hosts.split(","))
+
+
+def verified_tls_or_socket(dsn: str) -> bool:
+    """Whether ``dsn`` is safe without ``insecure: true``: a Unix socket, or ``sslmode=verify-full``."""
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except (psycopg.ProgrammingError, UnicodeDecodeError):
+        return False
+    return not _over_tcp(params) or (params.get("sslmode") or os.environ.get("PGSSLMODE")) == "verify-full"
 
 
 def _until(expires_at: datetime | None) -> sql.Composable:

@@ -1,19 +1,29 @@
-"""Activities of the access-request workflow: bookkeeping in the app DB and the grant ledger."""
+"""Activities of the access-request workflow: bookkeeping in the app DB and the grant ledger.
+
+No target is called inside a DB transaction: a grant or revoke claims its ledger row in one short
+transaction, calls the target with none open, and records the outcome in another (``access.ledger``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 from sqlmodel import Session, select
 from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from access import catalog, policy
 from access.db import append_audit, lock, session_scope
-from access.ledger import active_grants
+from access.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
 from access.tables import AccessRequest, Credential, Grant
 from access.types import (
     AuditEntry,
@@ -22,6 +32,8 @@ from access.types import (
     LedgerRevokeInput,
     LedgerRevokeResult,
     RecordInput,
+    RequestState,
+    RequestStatus,
     ResolveInput,
     RevokeInput,
     RevokeResult,
@@ -34,6 +46,19 @@ T = TypeVar("T")
 
 MAX_ACCOUNT = 63
 """The longest name a per-grant account may have (PostgreSQL's identifier limit)."""
+
+
+class _GrantClaim(NamedTuple):
+    target: Target
+    connector: Connector
+    account: str
+    grant_id: int
+    expires_at: datetime | None
+    now: datetime
+    call: bool
+    """The target must be called: no other grant holds the account and role (or it is an extension)."""
+    extend: bool
+    result: GrantResult
 
 
 class RequestActivities:
@@ -102,20 +127,67 @@ class RequestActivities:
     def provision_grant(self, input: GrantInput) -> GrantResult:
         """Record the grant in the ledger and grant the role in the target, idempotently.
 
-        When another active grant already covers the account and role, the target is not
-        called again: the ledger counts grants per account and role. Called again with
-        ``expires_at`` after an extension, it only moves the end the target enforces.
-        Credentials a connector makes are sealed into the app DB in the ledger's transaction.
+        Three steps, the target called with no transaction open (``access.ledger``): claim the grant
+        (``provisioning``), grant in the target, record it ``held`` with any credentials sealed. When
+        another grant already holds the account and role, the target is not called again. Called again
+        with ``expires_at`` after an extension, it only moves the end the target enforces. A grant that
+        fails for good is taken back (revoked, idempotently) before the failure is reported.
         """
+        claim = self._claim_grant(input)
+        if claim.extend:
+            if claim.call:
+                _call(lambda: claim.connector.extend(claim.account, claim.target, claim.expires_at))
+            return claim.result
+        if not claim.call:
+            return claim.result
+        cipher = self._key() if claim.connector.per_grant_accounts else None  # before the login exists
+        try:
+            credentials = claim.connector.grant(claim.account, claim.target, claim.expires_at)
+        except ConnectorError as error:
+            if _final_attempt(error):
+                self._take_back(input, f"provisioning failed: {error}")
+            raise as_activity_error(error) from error
+        with session_scope(self._db_url) as session:
+            lock(session, claim.account, input.role)
+            grant = session.get(Grant, claim.grant_id)
+            sealed = session.get(Credential, input.request_id)
+            if grant is not None and grant.active:
+                if grant.phase == PROVISIONING:
+                    grant.phase = HELD
+                    grant.phase_at = datetime.now(UTC)
+                    session.add(grant)
+                if credentials is not None:
+                    sealed = _seal(cipher or self._key(), sealed, input.request_id, credentials, claim.now)
+                    session.add(sealed)
+            return claim.result.model_copy(update={"credentials": sealed is not None})
+
+    def _claim_grant(self, input: GrantInput) -> _GrantClaim:
+        """The claim: the ledger row in one short transaction under the account and role's lock."""
         with session_scope(self._db_url) as session:
             target, connector = self._target(session, input.role)
             account = _account(connector, input.requester, input.request_id)
             lock(session, account, input.role)
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
-            others = active_grants(session, account, input.role, besides_request=input.request_id)
-            extending = grant is not None and input.expires_at is not None
             now = datetime.now(UTC)
+            if grant is not None and input.expires_at is not None:
+                return self._claim_extension(session, grant, input, target, connector, account, now)
+            if grant is not None and (not grant.active or grant.phase == REVOKING):
+                raise ApplicationError(
+                    f"the grant of request {input.request_id} was ended while it was being made",
+                    type="GrantEnded",
+                    non_retryable=True,
+                )
+            call = grant is None or grant.phase == PROVISIONING
+            if call and revoke_in_flight(session, account, input.role, besides_grant=grant.id if grant else None):
+                # Its revoke must land before this grant, or it would take this grant's access away.
+                raise ApplicationError(
+                    f"{account} is being revoked from {input.role} in the target; granting once that is done",
+                    type="RevokeInFlight",
+                )
+            held = active_grants(session, account, input.role, besides_request=input.request_id, phases=(HELD,))
             if grant is None:
+                if connector.per_grant_accounts:
+                    self._key()  # a missing key fails the grant before anything is claimed
                 # The clock starts now, at the grant, so the target can enforce the same end.
                 grant = Grant(
                     account=account,
@@ -125,32 +197,67 @@ class RequestActivities:
                     request_id=input.request_id,
                     granted_at=now,
                     expires_at=input.expires_at or (now + input.duration if input.duration is not None else None),
+                    phase=PROVISIONING,
+                    phase_at=now,
                 )
-            elif extending:
-                grant.expires_at = input.expires_at
+            if call and held:
+                grant.phase = HELD  # shared: the target already has it for another grant
+                grant.phase_at = now
             session.add(grant)
             session.flush()
-            expires_at = grant.expires_at
-            sealed = session.get(Credential, input.request_id)
-            if extending:
-                if grant.active and not others:
-                    _call(lambda: connector.extend(account, target, expires_at))
-                if sealed is not None:
-                    sealed.expires_at = expires_at
-                    session.add(sealed)
-            elif not others:
-                cipher = self._key() if connector.per_grant_accounts else None  # before the login exists
-                credentials = _call(lambda: connector.grant(account, target, expires_at))
-                if credentials is not None:
-                    sealed = _seal(cipher or self._key(), sealed, input.request_id, credentials, now)
-                    session.add(sealed)
-            return GrantResult(
+            assert grant.id is not None
+            result = GrantResult(
                 account=account,
                 granted_at=grant.granted_at,
-                expires_at=expires_at,
-                shared=bool(others),
-                credentials=sealed is not None,
+                expires_at=grant.expires_at,
+                shared=bool(held),
+                credentials=session.get(Credential, input.request_id) is not None,
             )
+            return _GrantClaim(
+                target, connector, account, grant.id, grant.expires_at, now, call and not held, False, result
+            )
+
+    def _claim_extension(
+        self,
+        session: Session,
+        grant: Grant,
+        input: GrantInput,
+        target: Target,
+        connector: Connector,
+        account: str,
+        now: datetime,
+    ) -> _GrantClaim:
+        """An extension: the new end in the ledger; the target is told only if this grant is the one it holds."""
+        grant.expires_at = input.expires_at
+        session.add(grant)
+        sealed = session.get(Credential, input.request_id)
+        if sealed is not None:
+            sealed.expires_at = input.expires_at
+            session.add(sealed)
+        others = active_grants(session, account, input.role, besides_request=input.request_id)
+        call = grant.active and grant.phase == HELD and not others
+        assert grant.id is not None
+        result = GrantResult(
+            account=account,
+            granted_at=grant.granted_at,
+            expires_at=grant.expires_at,
+            shared=bool(others),
+            credentials=sealed is not None,
+        )
+        return _GrantClaim(target, connector, account, grant.id, grant.expires_at, now, call, True, result)
+
+    def _take_back(self, input: GrantInput, reason: str) -> None:
+        """A grant failed for good after possibly reaching the target: revoke it (unless another grant
+        covers the account and role) and end its row, so nothing stays granted with no ledger row.
+        If this revoke fails too, the row stays ``revoking`` and the request's revoke or the expiry
+        backstop finishes it."""
+        with session_scope(self._db_url, write=False) as session:
+            grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
+        if grant is None or grant.id is None or not grant.active:
+            return
+        ending = Ending(actor="lapse", action="grant.taken_back", reason=reason)
+        with contextlib.suppress(ApplicationError):
+            revoke_grant_by_id(self._db_url, self._connectors, grant.id, ending)
 
     def _key(self) -> Fernet:
         """The key that seals credentials; a missing or malformed one fails the grant for good, saying why."""
@@ -165,82 +272,74 @@ class RequestActivities:
 
     @activity.defn(name=names.REVOKE_GRANT)
     def revoke_grant(self, input: RevokeInput) -> RevokeResult:
-        """End the request's grant; revoke in the target unless another active grant remains."""
+        """End the request's grant; revoke in the target unless another active grant remains.
+
+        Claim (``revoking``, or ended at once when another grant covers the account and role), revoke in
+        the target with no transaction open, record the end: see ``access.ledger``.
+        """
         with session_scope(self._db_url) as session:
             target, connector = self._target(session, input.role)
             account = _account(connector, input.requester, input.request_id)
             lock(session, account, input.role)
             now = datetime.now(UTC)
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
-            if grant is not None and grant.active:
-                grant.active = False
-                grant.ended_at = now
-                session.add(grant)
-                session.flush()
-            others = active_grants(session, account, input.role, besides_request=input.request_id)
-            if not others:
-                # Also when no ledger row exists: a grant may have reached the target just before
-                # its provisioning was interrupted. Revoking what is not there is success.
-                _call(lambda: connector.revoke(account, target))
-            sealed = session.get(Credential, input.request_id)
-            if sealed is not None:  # never shown, and of no use now
-                session.delete(sealed)
-            return RevokeResult(revoked_at=now, still_held=bool(others))
+            if grant is None or not grant.active:
+                # Ended already (an earlier attempt, an admin, the backstop), or never claimed: the target
+                # was never called for a grant with no row, since the row is claimed before the call.
+                _drop_credentials(session, input.request_id)
+                others = active_grants(session, account, input.role, besides_request=input.request_id)
+                ended_at = grant.ended_at if grant is not None and grant.ended_at is not None else now
+                return RevokeResult(revoked_at=ended_at, still_held=bool(others))
+            if not claim_revoke(session, grant, now):
+                _drop_credentials(session, input.request_id)
+                return RevokeResult(revoked_at=now, still_held=True)
+            grant_id = grant.id
+        _call(lambda: connector.revoke(account, target))
+        with session_scope(self._db_url) as session:
+            lock(session, account, input.role)
+            now = datetime.now(UTC)
+            ended = session.get(Grant, grant_id)
+            if ended is not None and ended.active:
+                end(session, ended, now)
+            _drop_credentials(session, input.request_id)  # never shown, and of no use now
+            return RevokeResult(revoked_at=now, still_held=False)
 
     @activity.defn(name=names.REVOKE_LEDGER_GRANT)
-    def revoke_ledger_grant(self, input: LedgerRevokeInput) -> LedgerRevokeResult:
-        """An admin ends a birthright or external grant; the target is revoked unless another grant remains.
+    async def revoke_ledger_grant(self, input: LedgerRevokeInput) -> LedgerRevokeResult:
+        """An admin ends a grant from the permissions table: a birthright or external one, or a JIT one whose
+        request's run is gone (a run that is still going ends its grant itself, so its history stays true).
 
         A birthright grant ended so is granted again by the next birthright sync while its policy applies.
         """
-        with session_scope(self._db_url) as session:
-            grant = session.get(Grant, input.grant_id)
-            if grant is None or grant.path == "jit":
+        request_id = await asyncio.to_thread(self._request_of, input.grant_id)
+        comment = input.comment.strip()
+        ending = Ending(actor=input.actor, action="grant.revoked", reason=comment)
+        if request_id is not None:
+            run = await request_run(activity.client(), request_id)
+            if run.running:
                 raise ApplicationError(
-                    f"grant {input.grant_id} is not a birthright or external grant",
-                    type="NotALedgerGrant",
+                    f"grant {input.grant_id} belongs to request {request_id}, whose run is going: "
+                    "revoke it through the request",
+                    type="RunAlive",
                     non_retryable=True,
                 )
-            target, connector = self._target(session, grant.role)
-            lock(session, grant.account, grant.role)
-            session.refresh(grant)
-            birthright = grant.path == "birthright"
-            if grant.active:
-                now = datetime.now(UTC)
-                grant.active = False
-                grant.ended_at = now
-                session.add(grant)
-                session.flush()
-                others = active_grants(session, grant.account, grant.role)
-                if not others:
-                    _call(lambda: connector.revoke(grant.account, target))
-                reason = input.comment
-                if birthright:
-                    reason += f" (birthright policy {grant.policy!r}: the next birthright sync grants it again)"
-                details = {
-                    "account": grant.account,
-                    "user": grant.user_email,
-                    "path": grant.path,
-                    "still_held": bool(others),
-                }
-                entry = AuditEntry(
-                    actor=input.actor,
-                    action="grant.revoked",
-                    target=grant.role,
-                    reason=reason.strip(),
-                    details=details,
-                    at=now,
-                )
-                append_audit(session, [entry])
-            else:
-                others = active_grants(session, grant.account, grant.role)
-            return LedgerRevokeResult(
-                role=grant.role,
-                account=grant.account,
-                path=grant.path,
-                still_held=bool(others),
-                returns_on_sync=birthright,
+            why = f"revoked by an admin while {run.description}"
+            ending = Ending(
+                actor=input.actor,
+                action="grant.revoked",
+                reason=f"{comment} ({why})" if comment else why,
+                request_state=RequestState.REVOKED,
+                end_reason=comment or why,
             )
+        return await asyncio.to_thread(revoke_grant_by_id, self._db_url, self._connectors, input.grant_id, ending)
+
+    def _request_of(self, grant_id: int) -> str | None:
+        """The request of a JIT grant (None for a birthright or external one); no such grant is final."""
+        with session_scope(self._db_url, write=False) as session:
+            grant = session.get(Grant, grant_id)
+        if grant is None or (grant.path == "jit" and grant.request_id is None):
+            raise ApplicationError(f"there is no grant {grant_id}", type="NotALedgerGrant", non_retryable=True)
+        return grant.request_id if grant.path == "jit" else None
 
     def _target(self, session: Session, path: str) -> tuple[Target, Connector]:
         integration, target, connector = resolve_target(session, path, self._connectors)
@@ -278,3 +377,160 @@ def _call(operation: Callable[[], T]) -> T:
         return operation()
     except ConnectorError as error:
         raise as_activity_error(error) from error
+
+
+# --- ending a grant outside its request's run ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Who ends a grant by its ledger row (an admin, the expiry backstop, a failed grant taken back), and how
+    it is recorded: an audit event, and for a JIT grant whose run is gone its request row, ended."""
+
+    actor: str
+    action: str
+    reason: str
+    request_state: RequestState | None = None
+    """The state its request's row takes (a JIT grant whose run will not record its end); None: untouched."""
+    end_reason: str | None = None
+    """The request's ``end_reason`` when ``request_state`` is set; default ``reason``."""
+
+
+def revoke_grant_by_id(
+    db_url: str,
+    connectors: Mapping[str, ConnectorFactory],
+    grant_id: int,
+    ending: Ending,
+    *,
+    on_failure: Callable[[Grant, ConnectorError], None] | None = None,
+) -> LedgerRevokeResult:
+    """End one ledger row and revoke in the target unless another active grant covers the account and role:
+    claim, call, record (``access.ledger``), each step idempotent. ``on_failure`` is told when the target
+    refuses, before the activity fails (to make a revoke that keeps failing visible)."""
+    with session_scope(db_url) as session:
+        grant = session.get(Grant, grant_id)
+        if grant is None:
+            raise ApplicationError(f"there is no grant {grant_id}", type="NotALedgerGrant", non_retryable=True)
+        integration, target, connector = resolve_target(session, grant.role, connectors)
+        # Discovery holds this exclusively while it compares the target with the ledger.
+        lock(session, "integration", integration.name, shared=True)
+        lock(session, grant.account, grant.role)
+        session.refresh(grant)
+        if not grant.active:
+            return _ledger_result(grant, still_held=active_grants(session, grant.account, grant.role) > 0)
+        now = datetime.now(UTC)
+        if not claim_revoke(session, grant, now):
+            _record_ending(session, grant, ending, still_held=True, now=now)
+            return _ledger_result(grant, still_held=True)
+    try:
+        connector.revoke(grant.account, target)
+    except ConnectorError as error:
+        if on_failure is not None:
+            on_failure(grant, error)
+        raise as_activity_error(error) from error
+    with session_scope(db_url) as session:
+        lock(session, grant.account, grant.role)
+        ended = session.get(Grant, grant_id)
+        if ended is not None and ended.active:
+            now = datetime.now(UTC)
+            end(session, ended, now)
+            _record_ending(session, ended, ending, still_held=False, now=now)
+    return _ledger_result(grant, still_held=False)
+
+
+def _ledger_result(grant: Grant, *, still_held: bool) -> LedgerRevokeResult:
+    return LedgerRevokeResult(
+        role=grant.role,
+        account=grant.account,
+        path=grant.path,
+        still_held=still_held,
+        returns_on_sync=grant.path == "birthright",
+    )
+
+
+def _record_ending(session: Session, grant: Grant, ending: Ending, *, still_held: bool, now: datetime) -> None:
+    """Audit a grant's end, and end its request's row where the run will not (inside the caller's transaction)."""
+    reason = ending.reason
+    if grant.path == "birthright":
+        reason += f" (birthright policy {grant.policy!r}: the next birthright sync grants it again)"
+    details: dict[str, Any] = {
+        "account": grant.account,
+        "user": grant.user_email,
+        "path": grant.path,
+        "grant_id": grant.id,
+        "still_held": still_held,
+    }
+    audit_target = grant.role
+    if grant.request_id is not None:
+        audit_target = names.request_workflow_id(grant.request_id)
+        details["role"] = grant.role
+        _drop_credentials(session, grant.request_id)
+        if ending.request_state is not None:
+            _end_request(session, grant.request_id, ending, now)
+    entry = AuditEntry(
+        actor=ending.actor, action=ending.action, target=audit_target, reason=reason.strip(), details=details, at=now
+    )
+    append_audit(session, [entry])
+
+
+def _end_request(session: Session, request_id: str, ending: Ending, now: datetime) -> None:
+    """Show a request as ended whose run is gone (it will never record its end itself)."""
+    row = session.get(AccessRequest, request_id)
+    if row is None or ending.request_state is None:
+        return
+    state = ending.request_state
+    try:
+        status = RequestStatus.model_validate(row.status)
+    except ValidationError:
+        status = None
+    if status is not None and status.state.ended:
+        return
+    row.state = state.value
+    row.ended_at = now
+    if status is not None:
+        status.state = state
+        status.ended_at = now
+        status.ended_by = ending.actor
+        status.end_reason = ending.end_reason or ending.reason
+        status.revoke_error = None
+        row.status = status.model_dump(mode="json")
+    session.add(row)
+
+
+def _drop_credentials(session: Session, request_id: str) -> None:
+    sealed = session.get(Credential, request_id)
+    if sealed is not None:  # never shown, and of no use now
+        session.delete(sealed)
+
+
+class RunState(NamedTuple):
+    running: bool
+    state: str | None
+    """The run's ``LapseState`` search attribute, if it has one."""
+    description: str
+    """What became of the run, for a reason: ``its run was terminated``."""
+
+
+async def request_run(client: Client, request_id: str) -> RunState:
+    """Whether a request's run (the latest of its chain) is going, and in which state it says it is."""
+    handle = client.get_workflow_handle(names.request_workflow_id(request_id))
+    try:
+        described = await handle.describe()
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        return RunState(running=False, state=None, description="its run no longer exists")
+    state = described.typed_search_attributes.get(names.STATE)
+    if described.status is WorkflowExecutionStatus.RUNNING:
+        return RunState(running=True, state=state, description=f"its run is going ({state})")
+    what = described.status.name.lower().replace("_", " ") if described.status is not None else "closed"
+    return RunState(running=False, state=state, description=f"its run was {what}")
+
+
+def _final_attempt(error: ConnectorError) -> bool:
+    """Whether the activity fails for good with this error: permanent, or the retry policy's last attempt."""
+    if not error.retryable:
+        return True
+    info = activity.info()
+    attempts = info.retry_policy.maximum_attempts if info.retry_policy is not None else 0
+    return 0 < attempts <= info.attempt

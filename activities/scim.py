@@ -1,8 +1,9 @@
 """The SCIM 2.0 connector: roles are an app's SCIM Groups; a grant makes the user a member.
 
-Users are found by ``userName`` (or, failing that, their primary email), which the account
-rule makes from the Lapse user's email. Every call is a fresh HTTP session, so a worker
-holds no connection and the constructor does no I/O (it also validates configuration).
+Users are found by ``userName`` (or ``externalId`` with ``match: externalId``), which the
+account rule makes from the Lapse user's email; never by an email attribute, which users may
+edit in the app. Every call is a fresh HTTP session, so a worker holds no connection and the
+constructor does no I/O (it also validates configuration).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import httpx
 from pydantic import Field, field_validator, model_validator
@@ -40,6 +40,7 @@ from scim2_models import (
 
 from activities.connectors import (
     AccountRule,
+    ConnectorBase,
     ConnectorConfig,
     Credentials,
     DiscoveredRole,
@@ -48,8 +49,10 @@ from activities.connectors import (
     HeldRole,
     PermanentError,
     RetryableError,
+    SecretFile,
     Target,
     secret,
+    secret_file,
 )
 
 ResourceT = TypeVar("ResourceT", bound=Resource[Any])
@@ -64,8 +67,14 @@ class ScimConfig(ConnectorConfig):
     """The SCIM service root, e.g. ``https://app.example.com/scim/v2``."""
     token_env: EnvName | None = None
     """Name of the environment variable holding the bearer token."""
-    token_file: Path | None = None
-    """A file holding the bearer token (e.g. a mounted secret)."""
+    token_file: SecretFile | None = None
+    """A file holding the bearer token (e.g. a mounted secret), inside the secrets directory."""
+    ca_file: SecretFile | None = None
+    """The CA certificate (PEM) the server's certificate must chain to, inside the secrets directory;
+    default: the system's trusted roots."""
+    match: Literal["userName", "externalId"] = "userName"
+    """The attribute the account rule's result is looked up by: ``userName``, or ``externalId`` (set by the
+    provisioning client). Never an email, which the app may let its users change."""
     resource: str = "app"
     """The resource the groups are catalogued under."""
     page_size: int = Field(default=200, ge=1, le=10_000)
@@ -73,6 +82,7 @@ class ScimConfig(ConnectorConfig):
     timeout: float = Field(default=30.0, gt=0)
     """Seconds to wait for the server on each request."""
     verify_tls: bool = True
+    """Check the server's certificate and name; turning it off needs ``insecure: true``."""
 
     @field_validator("base_url")
     @classmethod
@@ -85,10 +95,29 @@ class ScimConfig(ConnectorConfig):
     def _one_source(self) -> ScimConfig:
         if (self.token_env is None) == (self.token_file is None):
             raise ValueError("set exactly one of token_env or token_file")
+        if not self.insecure and self.base_url.startswith("http://"):
+            raise ValueError("http:// sends the bearer token in clear: use https://, or set insecure: true")
+        if not self.insecure and not self.verify_tls:
+            raise ValueError("verify_tls: false accepts any certificate: it needs insecure: true")
         return self
 
     def token(self) -> str:
-        return secret(env=self.token_env, file=self.token_file, what="the SCIM bearer token")
+        return secret(env=self.token_env, file=self.token_file, what="the SCIM bearer token", field="token")
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify``: the system's roots, the ``ca_file``'s, or (``verify_tls: false``) none."""
+        if not self.verify_tls:
+            return False
+        if self.ca_file is None:
+            return _tls_context()
+        ca = secret_file(self.ca_file, what="the SCIM server's CA certificate", field="ca_file")
+        return ssl.create_default_context(cadata=ca.decode())
+
+    @property
+    def transport(self) -> str:
+        if self.base_url.startswith("http://"):
+            return "plaintext"
+        return "TLS, certificate " + ("verified" if self.verify_tls else "NOT verified")
 
 
 class _HttpxScimClient(BaseSyncSCIMClient):
@@ -124,11 +153,11 @@ def _quoted(value: str) -> str:
     return json.dumps(value)
 
 
-class ScimConnector:
+class ScimConnector(ConnectorBase):
     discovers = True
-    accounts_by_rule = False
+    accounts_by_rule = True
+    """Accounts link to users by the account rule only: the email an app reports may be the user's own edit."""
     per_grant_accounts = False
-    """The app reports each user's email, a surer link than guessing userNames from the rule."""
 
     def __init__(self, config: Mapping[str, Any], *, transport: httpx.BaseTransport | None = None) -> None:
         self.config = ScimConfig.model_validate(dict(config))
@@ -178,7 +207,7 @@ class ScimConnector:
             base_url=self.config.base_url,
             headers=headers,
             timeout=self.config.timeout,
-            verify=_tls_context() if self.config.verify_tls else False,
+            verify=self.config.verify(),
             transport=self._transport,
         ) as http:
             yield _HttpxScimClient(http, provider=_PROVIDER)
@@ -210,7 +239,11 @@ class ScimConnector:
         with self._session() as scim, self._classified("counting users and groups"):
             users = cast(ListResponse[User[Any]], scim.query(User, query_parameters=SearchRequest(count=0)))
             groups = cast(ListResponse[Group], scim.query(Group, query_parameters=SearchRequest(count=0)))
-        return f"SCIM 2.0 at {self.config.base_url}: {users.total_results} users, {groups.total_results} groups"
+        config = self.config
+        return (
+            f"SCIM 2.0 at {config.base_url} ({config.transport}): {users.total_results} users, "
+            f"{groups.total_results} groups{config.insecure_note()}"
+        )
 
     def discover(self) -> Discovery:
         """One resource holding a role per group (by displayName); members are not read here."""
@@ -223,16 +256,20 @@ class ScimConnector:
         )
 
     def list_grants(self, roles: Iterable[DiscoveredRole]) -> Iterable[HeldRole]:
-        """Users are read once (paged) to name members; then each role's group is read for its members."""
+        """Users are read once (paged) to name members; then each role's group is read for its members.
+
+        Each member is reported by the matching attribute (``userName`` or ``externalId``), with no email:
+        discovery links accounts to users by the account rule, never by an email the user may have edited."""
         wanted = {role.name: role for role in roles}
         if not wanted:
             return []
+        key = self.config.match
         with self._session() as scim:
-            people = {
-                user.id: (user.user_name or user.id, _email_of(user))
-                for user in self._pages(scim, User, ["userName", "emails"])
-                if user.id
-            }
+            people: dict[str, tuple[str, str | None]] = {}
+            for user in self._pages(scim, User, [key]):
+                account = user.user_name if key == "userName" else user.external_id
+                if user.id:
+                    people[user.id] = (account or f"id:{user.id}", None)
             held = []
             for name, role in sorted(wanted.items()):
                 for group in self._pages(scim, Group, ["displayName", "members"], f"displayName eq {_quoted(name)}"):
@@ -254,15 +291,22 @@ class ScimConnector:
     def _user_id(self, scim: _HttpxScimClient, account: str) -> str:
         user_id = self._find_user_id(scim, account)
         if user_id is None:
-            raise PermanentError(f"user {account!r} does not exist in the SCIM app (no userName or primary email)")
+            raise PermanentError(
+                f"user {account!r} does not exist in the SCIM app (no user has that {self.config.match})"
+            )
         return user_id
 
     def _find_user_id(self, scim: _HttpxScimClient, account: str) -> str | None:
-        users = list(self._pages(scim, User, ["userName"], f"userName eq {_quoted(account)}"))
-        if not users and "@" in account:
-            candidates = self._pages(scim, User, ["userName", "emails"], f"emails.value eq {_quoted(account)}")
-            users = [user for user in candidates if (_email_of(user) or "").lower() == account.lower()]
-        if not users or users[0].id is None:
+        """The one user whose ``userName`` (or ``externalId``) is ``account``: never found by email."""
+        key = self.config.match
+        found = self._pages(scim, User, [key], f"{key} eq {_quoted(account)}")
+        # Checked again here, so a server whose filter is loose never hands us someone else.
+        # userName compares case-insensitively (RFC 7643 §4.1.1); externalId exactly.
+        if key == "userName":
+            users = [u for u in found if u.id and (u.user_name or "").lower() == account.lower()]
+        else:
+            users = [u for u in found if u.id and u.external_id == account]
+        if not users:
             return None
         if len(users) > 1:
             raise PermanentError(f"{len(users)} SCIM users match {account!r}; the account rule must name one")
@@ -305,12 +349,3 @@ class ScimConnector:
 def _tls_context() -> ssl.SSLContext:
     """Loading the CA bundle takes ~20 ms: once per process, not per call."""
     return ssl.create_default_context()
-
-
-def _email_of(user: User[Any]) -> str | None:
-    """The primary email, else the first one listed, else the userName when it is an email."""
-    emails = [email for email in user.emails or [] if email.value]
-    primary = next((email for email in emails if email.primary), emails[0] if emails else None)
-    if primary is not None:
-        return str(primary.value)
-    return user.user_name if user.user_name and "@" in user.user_name else None

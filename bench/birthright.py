@@ -35,7 +35,6 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlmodel import col
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment
 
 from access import catalog
@@ -47,6 +46,7 @@ from activities.birthright import BirthrightActivities
 from bench.lifecycle import Stack, free_port
 from starter.stack import WORKER_COMMAND, port_open, stop_all, temporal_server_command
 from starter.syncs import ensure_sync_schedules, trigger_sync
+from starter.temporal import data_converter
 from workflows import names
 
 TARGET_PLAN_S = 5.0
@@ -245,7 +245,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         stack._wait(lambda: port_open(host, int(port)), "the Temporal dev server", server)
         worker = stack._start("worker", WORKER_COMMAND)
         stack._wait(lambda: "worker polling" in stack.log("worker"), "the worker", worker)
-        client = await Client.connect(settings.temporal_address, data_converter=pydantic_data_converter)
+        # The worker seals and checks payloads with the data dir's codec key: so must this client.
+        client = await Client.connect(settings.temporal_address, data_converter=data_converter(settings))
         await ensure_sync_schedules(client, settings)
 
         results["full_sync"] = await run_sync(client, url, timeout=args.timeout)

@@ -59,7 +59,7 @@ BENCH_ACCOUNT = "bench_rt"
 DOMAIN = "example.com"
 CONNECTORS = ("ledger", "postgres", "ldap", "scim")
 DISCOVERY_TARGETS = ("postgres", "ldap", "scim")
-SECRET_ENV = {"postgres": "BENCH_PG_DSN", "ldap": "BENCH_LDAP_PASSWORD", "scim": "BENCH_SCIM_TOKEN"}
+SECRET_ENV = {"postgres": "LAPSE_BENCH_PG_DSN", "ldap": "LAPSE_BENCH_LDAP_PASSWORD", "scim": "LAPSE_BENCH_SCIM_TOKEN"}
 """The connectors read their secrets from these variables (spawned children inherit them)."""
 
 
@@ -160,20 +160,21 @@ def _version(distribution: str) -> str:
 def connector_config(kind: str, servers: Mapping[str, Any]) -> dict[str, Any]:
     """The integration configuration pointing at the benchmark's server (secrets by env var)."""
     if kind == "postgres":
-        return {"dsn_env": SECRET_ENV["postgres"], "role_prefix": ROLE_PREFIX, "resource": "bench"}
+        return {"dsn_env": SECRET_ENV["postgres"], "role_prefix": ROLE_PREFIX, "resource": "bench", "insecure": True}
     if kind == "ldap":
         ldap: LdapServer = servers["ldap"]
         return {
             "url": ldap.url,
             "bind_dn": ldap.admin_dn,
             "password_env": SECRET_ENV["ldap"],
+            "insecure": True,  # the benchmark's servers are plaintext on loopback
             "users_base": ldap.people,
             "groups_base": ldap.groups,
             "placeholder_member": f"cn=nobody,{ldap.base}",
         }
     if kind == "scim":
         scim: ScimServer = servers["scim"]
-        return {"base_url": scim.base_url, "token_env": SECRET_ENV["scim"]}
+        return {"base_url": scim.base_url, "token_env": SECRET_ENV["scim"], "insecure": True}
     return {}
 
 

@@ -55,11 +55,39 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None, params: di
             _fail(f"{problem.get('title', 'Error')} ({response.status_code}): {problem.get('detail')}")
         except ValueError:
             _fail(f"{response.status_code}: {response.text}")
-    return response.json()
+    data = response.json()
+    # --json prints JSON, whose strings escape control characters; summaries print text: escape it here.
+    return data if _state.get("json") else printable(data)
+
+
+_INVISIBLE = {0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+"""Bidirectional overrides and marks: text that reorders what a terminal shows after it."""
+
+
+def _escape(text: str) -> str:
+    def code(c: str) -> str:
+        n = ord(c)
+        if n < 0x20 or 0x7F <= n < 0xA0 or n in _INVISIBLE:
+            return {"\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(c) or (f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}")
+        return c
+
+    return "".join(code(c) for c in text)
+
+
+def printable(data: Any) -> Any:
+    """``data`` (an API answer) with every string's control characters escaped (``\\x1b``, ``\\n``), so text
+    someone else wrote (a justification, a comment, a name) can neither drive the terminal nor fake a line."""
+    if isinstance(data, str):
+        return _escape(data)
+    if isinstance(data, list):
+        return [printable(item) for item in data]
+    if isinstance(data, dict):
+        return {printable(key): printable(value) for key, value in data.items()}
+    return data
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_escape(message)}", err=True)
     raise typer.Exit(1)
 
 
@@ -200,6 +228,8 @@ app.add_typer(integration_app, name="integrations")
 def _show_integration(entry: dict[str, Any]) -> None:
     when = entry["discovered_at"] or "never"
     typer.echo(f"{entry['name']}  {entry['kind']:<9} {entry['roles']} roles  discovered {when}")
+    if entry.get("insecure"):
+        typer.echo("    INSECURE: insecure: true allows plaintext or unverified TLS to the target")
     if entry.get("discovery_error"):
         typer.echo(f"    last discovery failed: {entry['discovery_error']}")
 
@@ -275,6 +305,21 @@ def directory_status() -> None:
     _output(_call("GET", "/api/directory/sync"), lambda state: _show_sync("directory", state, details))
 
 
+@directory_app.command("groups")
+def directory_groups(
+    source: Annotated[str | None, typer.Option(help="Only this source's groups (file or an integration).")] = None,
+    name: Annotated[str | None, typer.Option(help="Only groups of this name, from every source.")] = None,
+) -> None:
+    """Groups by source, with the reference a policy uses to name each one (and namesakes to beware of)."""
+
+    def show(group: dict[str, Any]) -> None:
+        namesakes = f"  ({group['namesakes']} other group(s) of this name)" if group["namesakes"] else ""
+        typer.echo(f"{group['reference']}  {group['source']}  {group['name']}  {group['members']} members{namesakes}")
+
+    params = {key: value for key, value in (("source", source), ("name", name)) if value is not None}
+    _output(_call("GET", "/api/directory/groups", params=params), show)
+
+
 def _show_sync(name: str, state: dict[str, Any], details: Callable[[dict[str, Any]], None]) -> None:
     """A sync's last run: when it started and finished, why it failed, then its own details."""
     if state["started_at"] is None:
@@ -335,6 +380,34 @@ def birthright_status() -> None:
             )
 
     _output(_call("GET", "/api/birthright/sync"), lambda state: _show_sync("birthright", state, details))
+
+
+audit_app = typer.Typer(help="Admins: the audit log and its integrity check.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's MAC chain and that it reaches the head checkpointed outside the app DB.
+
+    Exits 1 and says what is wrong and where (the first broken sequence number) if anything is.
+    """
+    check = _call("GET", "/api/audit/verify")
+
+    def show(check: dict[str, Any]) -> None:
+        verdict = "intact" if check["intact"] else f"NOT INTACT from event {check['first_altered']}"
+        head = check.get("checkpoint")
+        reaches = f", checkpoint at {head['seq']} ({head['file']})" if head else ", no checkpoint"
+        typer.echo(f"audit log {verdict}: {check['events']} events, last {check['last_seq']}{reaches}")
+        for problem in check["problems"]:
+            where = f"event {problem['seq']}" if problem["seq"] is not None else "log"
+            typer.echo(f"    {problem['kind']} at {where}: {problem['detail']}")
+        for note in check["notes"]:
+            typer.echo(f"    note: {note}")
+
+    _output(check, show)
+    if not check["intact"]:
+        raise typer.Exit(1)
 
 
 @app.command()

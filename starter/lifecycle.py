@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -90,11 +92,25 @@ def _plan(settings: Settings, requester: User, role_path: str, duration: timedel
 async def create_request(
     client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
 ) -> RequestStatus:
-    """Validate a request against its policy and start its workflow; nothing starts if it is refused."""
+    """Validate a request against its policy and start its workflow; nothing starts if it is refused.
+
+    When more requests are being started than the workers record, a new one is turned away at once
+    (503 with ``Retry-After``) rather than held: nothing is started for it.
+    """
+    async with _admitted(settings):
+        return await _create_request(
+            client, settings, requester, role=role, duration=duration, justification=justification
+        )
+
+
+async def _create_request(
+    client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
+) -> RequestStatus:
     try:
-        plan = _plan(settings, requester, role, duration, justification)
+        # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
+        plan = await asyncio.to_thread(_plan, settings, requester, role, duration, justification)
     except Problem as problem:
-        raise refused(settings, requester.email, "request.create", role, problem) from None
+        raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, problem) from None
     request_id = new_request_id()
     input = AccessRequestInput(
         id=request_id,
@@ -114,7 +130,8 @@ async def create_request(
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         search_attributes=names.start_search_attributes(requester.email, input.role),
         static_summary=f"{requester.email} → {input.role} for {format_duration(duration)}",
-        static_details=f"rule {plan.rule!r} of {plan.policy!r}; justification: {justification or '(none)'}",
+        # No justification here: user metadata is not a workflow payload the codec seals.
+        static_details=f"rule {plan.rule!r} of {plan.policy!r}",
     )
     try:
         status: RequestStatus = await client.execute_update_with_start_workflow(
@@ -130,6 +147,33 @@ async def create_request(
     return status
 
 
+_ADMISSION: dict[tuple[int, int], asyncio.Semaphore] = {}
+
+
+@asynccontextmanager
+async def _admitted(settings: Settings) -> AsyncIterator[None]:
+    """Hold one of ``settings.max_pending_submits`` places for a request being started, or refuse at once.
+
+    Each place waits on a worker to record its request; when all are taken, the workers are behind, and
+    a caller is better told to come back than held for ``submit_timeout``.
+    """
+    key = (id(asyncio.get_running_loop()), settings.max_pending_submits)
+    places = _ADMISSION.setdefault(key, asyncio.Semaphore(settings.max_pending_submits))
+    try:
+        await asyncio.wait_for(places.acquire(), timeout=settings.admission_wait.total_seconds())
+    except TimeoutError:
+        raise Problem(
+            503,
+            f"Lapse is starting {settings.max_pending_submits} requests already and its workers are behind; "
+            "nothing was started for this one: try again shortly",
+            retry_after=2,
+        ) from None
+    try:
+        yield
+    finally:
+        places.release()
+
+
 def stored_status(settings: Settings, request_id: str) -> RequestStatus | None:
     with session_scope(settings.db_url, write=False) as session:
         row = session.get(AccessRequest, request_id)
@@ -140,7 +184,7 @@ async def _update(
     client: Client, settings: Settings, actor: str, request_id: str, update: Any, arg: Any, action: str
 ) -> RequestStatus:
     """Send an update; a refusal becomes a problem and an audit event (it leaves no history)."""
-    known = stored_status(settings, request_id)
+    known = await asyncio.to_thread(stored_status, settings, request_id)
     if known is None:
         raise Problem(404, f"there is no request {request_id!r}", field="id")
     handle = client.get_workflow_handle(names.request_workflow_id(request_id))
@@ -159,10 +203,11 @@ async def _update(
     except RPCError as error:
         if error.status is not RPCStatusCode.NOT_FOUND:
             raise
-        current = stored_status(settings, request_id) or known
-        reason = f"request {request_id} has ended ({current.state.value})"
+        latest = await asyncio.to_thread(stored_status, settings, request_id)
+        reason = f"request {request_id} has ended ({(latest or known).state.value})"
         status, field = 409, None
-    raise refused(settings, actor, action, names.request_workflow_id(request_id), Problem(status, reason, field=field))
+    problem = Problem(status, reason, field=field)
+    raise await asyncio.to_thread(refused, settings, actor, action, names.request_workflow_id(request_id), problem)
 
 
 def refused(settings: Settings, actor: str, action: str, target: str, problem: Problem) -> Problem:
@@ -178,7 +223,7 @@ async def decide(
 ) -> RequestStatus:
     update = AccessRequestWorkflow.approve if approved else AccessRequestWorkflow.deny
     action = "request.approve" if approved else "request.deny"
-    _still_eligible(settings, actor, request_id, action)
+    await asyncio.to_thread(_still_eligible, settings, actor, request_id, action)
     return await _update(
         client, settings, actor.email, request_id, update, DecisionInput(actor=actor.email, comment=comment), action
     )
@@ -216,6 +261,14 @@ async def extend(
     client: Client, settings: Settings, actor: User, request_id: str, *, duration: timedelta, justification: str
 ) -> RequestStatus:
     """Ask for more time on an active grant; the policy judges the grant's new total length."""
+    arg = await asyncio.to_thread(_judge_extension, settings, actor, request_id, duration, justification)
+    return await _update(client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend")
+
+
+def _judge_extension(
+    settings: Settings, actor: User, request_id: str, duration: timedelta, justification: str
+) -> ExtendInput:
+    """The policy's verdict on the grant's new total length, from the stored status; a refusal is audited."""
     status = stored_status(settings, request_id)
     if status is None:
         raise Problem(404, f"there is no request {request_id!r}", field="id")
@@ -229,8 +282,7 @@ async def extend(
         plan = _plan(settings, actor, status.role, total, justification or status.justification)
     except Problem as problem:
         raise refused(settings, actor.email, "grant.extend", target, problem) from None
-    arg = ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan, total=total)
-    return await _update(client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend")
+    return ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan, total=total)
 
 
 def show_credentials(settings: Settings, actor: User, request_id: str) -> CredentialsShown:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 from sqlmodel import select
 
+from access.codec import CodecKeyError, codec_keys
 from access.db import migrate, session_scope
 from access.org import DEMO_ORG, OrgFile, load_org
 from access.settings import Settings
@@ -49,13 +51,20 @@ DEMO_PG_ROLES = {
     "lapse_demo_reports_read": "SELECT ON lapse_demo_reports",
     "lapse_demo_reports_write": "SELECT, INSERT, UPDATE, DELETE ON lapse_demo_reports",
 }
+DEMO_PG_WORKFLOWS = {"lapse_demo_reports_read": "read-only", "lapse_demo_reports_write": "sensitive"}
+"""Reading is quick and automatic; writing needs the manager, then the data owner (as ``ledger/prod-db/write``)."""
+DEMO_PG_OWNER = "frances@example.com"
 
 
 def add_demo_postgres(settings: Settings) -> bool:
     """With the demo organisation, connect a local PostgreSQL that answers as the ``demo-pg`` integration.
 
-    Creates a table and two NOLOGIN roles there (if missing) and makes them requestable under the
-    read-only workflow; users' login roles are created on their first grant. True if connected.
+    Creates a table and two NOLOGIN roles there (if missing) and makes them requestable: the read role
+    under the read-only workflow, the write role under the sensitive one (manager, then the owner);
+    users' login roles are created on their first grant. True if connected.
+
+    The DSN is the demo's own: a TCP connection to it that is not ``sslmode=verify-full`` is marked
+    ``insecure: true`` (and flagged as such), as any plaintext integration must be.
     """
     if settings.org_file is not None or settings.demo_pg_dsn in ("", "off"):
         return False
@@ -72,6 +81,9 @@ def add_demo_postgres(settings: Settings) -> bool:
     except psycopg.Error:
         return False
     os.environ[DEMO_PG_ENV] = settings.demo_pg_dsn  # the worker resolves the reference from its environment
+    from activities.postgres import verified_tls_or_socket
+
+    insecure = not verified_tls_or_socket(settings.demo_pg_dsn)
     org = OrgFile.model_validate(
         {
             "integrations": [
@@ -84,13 +96,23 @@ def add_demo_postgres(settings: Settings) -> bool:
                         "role_prefix": "lapse_demo_",
                         "resource": "reports",
                         "create_accounts": True,
+                        "insecure": insecure,
                     },
                     "resources": [
-                        {"name": "reports", "roles": [{"name": name, "sensitivity": "low"} for name in DEMO_PG_ROLES]}
+                        {
+                            "name": "reports",
+                            "roles": [
+                                {"name": "lapse_demo_reports_read", "sensitivity": "low", "owners": [DEMO_PG_OWNER]},
+                                {"name": "lapse_demo_reports_write", "sensitivity": "high", "owners": [DEMO_PG_OWNER]},
+                            ],
+                        }
                     ],
                 }
             ],
-            "assignments": [{"workflow": "read-only", "scope": DEMO_PG}],
+            "assignments": [
+                {"workflow": workflow, "scope": f"{DEMO_PG}/reports/{role}"}
+                for role, workflow in DEMO_PG_WORKFLOWS.items()
+            ],
         }
     )
     with session_scope(settings.db_url) as session:
@@ -110,8 +132,37 @@ def _wait(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes]
     raise SystemExit(f"{what} did not become ready within {timeout:.0f}s")
 
 
+def loopback_ip(host: str) -> str:
+    """The loopback address the embedded server binds for ``host``; anything else is refused.
+
+    The dev server has no authentication: whoever reaches its frontend can start, signal, update and
+    terminate any run, and its Web UI shows every history. It never listens beyond this machine.
+    """
+    if host in ("", "localhost"):
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise SystemExit(
+            f"the embedded Temporal dev server only listens on loopback, but LAPSE_TEMPORAL_ADDRESS names {host!r}: "
+            "use localhost, or run your own cluster (LAPSE_EMBEDDED_TEMPORAL=false) with mTLS or API keys"
+        )
+    return str(address)
+
+
+def codec_endpoint(settings: Settings) -> str:
+    """Where the Web UI (in the browser) reaches the API's ``/codec`` routes."""
+    host = settings.api_host
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "localhost"
+    return f"http://{host}:{settings.api_port}/codec"
+
+
 def temporal_server_command(settings: Settings) -> list[str]:
     host, _, port = settings.temporal_address.rpartition(":")
+    ip = loopback_ip(host)
     command = [
         temporal_cli(),
         "server",
@@ -119,11 +170,16 @@ def temporal_server_command(settings: Settings) -> list[str]:
         "--db-filename",
         str((settings.data_dir / "temporal.db").resolve()),
         "--ip",
-        host or "127.0.0.1",
+        ip,
         "--port",
         port,
+        "--ui-ip",
+        ip,
         "--ui-port",
         str(settings.temporal_ui_port),
+        # The UI shows payloads decrypted by the API for a signed-in admin (payloads are sealed: access.codec).
+        "--ui-codec-endpoint",
+        codec_endpoint(settings),
         "--namespace",
         settings.temporal_namespace,
         "--sqlite-pragma",
@@ -170,6 +226,10 @@ def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
     print(f"app DB ready ({settings.db_url}){'; demo organisation loaded' if loaded else ''}", flush=True)
+    try:  # made now, before the processes that share it start; a malformed LAPSE_CODEC_KEY stops here
+        codec_keys(settings)
+    except CodecKeyError as error:
+        raise SystemExit(str(error)) from None
     if add_demo_postgres(settings):
         print(f"local PostgreSQL connected as the {DEMO_PG} integration: try {DEMO_PG}/reports/lapse_demo_reports_read")
     logs = settings.data_dir

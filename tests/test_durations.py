@@ -21,8 +21,9 @@ from access.durations import format_duration, parse_duration
         (" pt2h ", timedelta(hours=2)),
         (3600, timedelta(hours=1)),
         ("3600", timedelta(hours=1)),
-        (1.5, timedelta(seconds=1.5)),
-        ("1.5", timedelta(seconds=1.5)),
+        (3600.0, timedelta(hours=1)),
+        ("+60", timedelta(minutes=1)),
+        ("P3660D", timedelta(days=3660)),
         (timedelta(minutes=5), timedelta(minutes=5)),
     ],
 )
@@ -58,14 +59,63 @@ def test_format_duration_prints_iso_8601(value: timedelta, text: str):
     assert format_duration(value) == text
 
 
-@pytest.mark.parametrize("text", ["PT2H", "P1D", "P1DT1H", "PT0S", "PT1H30M", "PT5M", "PT30S", "P7DT23H59M59S"])
+@pytest.mark.parametrize("text", ["PT2H", "P1D", "P1DT1H", "PT1S", "PT1H30M", "PT5M", "PT30S", "P7DT23H59M59S"])
 def test_printed_durations_parse_back_to_the_same_text(text: str):
     assert format_duration(parse_duration(text)) == text
 
 
 @pytest.mark.parametrize(
     "value",
-    [timedelta(0), timedelta(seconds=1), timedelta(minutes=90), timedelta(days=1, hours=1), timedelta(days=30)],
+    [timedelta(seconds=1), timedelta(minutes=90), timedelta(days=1, hours=1), timedelta(days=30)],
 )
 def test_parsed_durations_round_trip_to_the_same_timedelta(value: timedelta):
     assert parse_duration(format_duration(value)) == value
+
+
+# --- finding 15: every duration is whole seconds within the limits, refused clearly otherwise ---------
+
+
+@pytest.mark.parametrize("value", [1e20, "99999999999999999999", 10**30, "P3000000D", "P3661D", "P99999999D"])
+def test_f15_huge_number_duration_is_refused_naming_the_input(value: Any):
+    with pytest.raises(ValueError, match=r"too long: a duration is at most P3660D") as caught:
+        parse_duration(value)
+    assert repr(value)[:20] in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf", "Infinity", "1e20"])
+def test_f15_nan_and_infinity_are_not_durations(value: Any):
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", ["PT1.9S", "PT0.000001S", 1.5, "1.5", ".5", "PT0,5S", timedelta(seconds=1.5)])
+def test_f15_fractional_seconds_are_refused_not_truncated(value: Any):
+    with pytest.raises(ValueError, match="fraction of a second"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", [0, "0", "PT0S", -1, "-PT1H", timedelta(0), timedelta(seconds=-5)])
+def test_f15_durations_shorter_than_the_minimum_are_refused(value: Any):
+    with pytest.raises(ValueError, match="longer than zero, at least PT1S"):
+        parse_duration(value)
+
+
+def test_f15_a_very_long_string_is_refused_without_quoting_all_of_it():
+    with pytest.raises(ValueError, match="is not a duration") as caught:
+        parse_duration("P" + "9" * 100_000 + "D")
+    assert len(str(caught.value)) < 200
+
+
+def test_f15_policy_files_and_settings_still_parse_their_durations():
+    from access.org import DEMO_ORG, OrgFile
+    from access.settings import Settings
+    from access.types import Rule
+
+    org = OrgFile.read(DEMO_ORG)
+    assert org.approval_workflows
+    assert Rule.model_validate({"name": "r", "max_duration": "PT8H"}).max_duration == timedelta(hours=8)
+    with pytest.raises(ValueError, match="fraction of a second"):
+        Rule.model_validate({"name": "r", "max_duration": "PT0.5S"})
+    settings = Settings(approval_timeout="PT2S", submit_timeout=30)  # type: ignore[arg-type]
+    assert settings.approval_timeout == timedelta(seconds=2)
+    assert settings.submit_timeout == timedelta(seconds=30)

@@ -1,6 +1,8 @@
-"""GrantRevokeWorkflow: an admin ends a birthright or external grant from the permissions table.
+"""GrantRevokeWorkflow: an admin ends a grant from the permissions table by its ledger row.
 
-A JIT grant is ended through its own request workflow instead, so that request's history stays true.
+For birthright and external grants, and for a JIT grant whose request's run is gone (terminated at
+Temporal's history limit, say): a JIT grant whose run is going is ended through that run instead, so
+its history stays true. The activity checks the run itself and refuses (``RunAlive``) if it is going.
 """
 
 from __future__ import annotations
@@ -33,6 +35,6 @@ class GrantRevokeWorkflow:
                 )
                 return result
             except ActivityError as error:
-                if isinstance(error.cause, ApplicationError) and error.cause.type == "NotALedgerGrant":
-                    raise  # not a ledger grant: nothing to retry
+                if isinstance(error.cause, ApplicationError) and error.cause.type in ("NotALedgerGrant", "RunAlive"):
+                    raise  # no such grant, or its run ends it: nothing to retry
                 await workflow.sleep(REVOKE_PERMANENT_PAUSE)

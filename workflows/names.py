@@ -39,6 +39,16 @@ FINISH_BIRTHRIGHT_SYNC = "finish_birthright_sync"
 BIRTHRIGHT_APPLY_ATTEMPTS = 5
 """Tries of an apply batch; on the last, an item whose target keeps failing is recorded as failed instead."""
 
+EXPIRY_BACKSTOP = "expiry-backstop"
+"""The expiry backstop's schedule id, and its runs' workflow id prefix."""
+FIND_OVERDUE_GRANTS = "find_overdue_grants"
+REVOKE_OVERDUE_GRANT = "revoke_overdue_grant"
+FINISH_BACKSTOP = "finish_backstop"
+
+AUDIT_CHECKPOINT = "audit-checkpoint"
+"""The audit checkpoint's schedule id, and its runs' workflow id prefix."""
+CHECKPOINT_AUDIT_HEAD = "checkpoint_audit_head"
+
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 
 

@@ -4,16 +4,89 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
+from access.db import configure_audit
+from access.limits import MAX_BODY_BYTES
 from access.settings import Settings, get_settings
 from starter.api import problems
-from starter.api.routes import approvals, audit, birthright, catalog, directory, grants, integrations, requests
+from starter.api.routes import approvals, audit, birthright, catalog, codec, directory, grants, integrations, requests
 from starter.integrations import ensure_schedules
 from starter.syncs import ensure_sync_schedules
 from starter.temporal import connect
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with a 413 problem before anything parses it.
+
+    A declared ``Content-Length`` over the limit is refused without reading; a body sent without one
+    (chunked) is read up to the limit and refused as soon as it goes past it. The route then reads the
+    buffered body, so no handler ever holds more than ``limit`` bytes of it.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, larger: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.larger = larger or {}
+        """Path prefixes allowed a larger body, with their limit."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        limit = next((n for prefix, n in self.larger.items() if path.startswith(prefix)), self.limit)
+        declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), None)
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await self._refuse(scope, send, 400, "the Content-Length header is not a number")
+                return
+            if int(declared) > limit:
+                await self._refuse(scope, send, 413, self._too_large(int(declared), limit))
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return
+            body: bytes = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                await self._refuse(scope, send, 413, self._too_large(None, limit))
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: wait for the client to go away, as the app expects
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    def _too_large(size: int | None, limit: int) -> str:
+        said = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return f"the request body is {said}; the API reads at most {limit} bytes"
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+        response = problems.problem_response(status, detail, field="body")
+        response.headers["Connection"] = "close"
+        await response(scope, _nothing, send)
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def create_app(settings: Settings | None = None, *, client: Client | None = None) -> FastAPI:
@@ -40,8 +113,19 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
+    configure_audit(app.state.settings)  # the audit key and head checkpoint of its app DB
     app.state.client = client
     problems.install(app)
+    # The Temporal Web UI's codec calls carry whole payloads (up to the codec's own bound), nothing else does.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger={"/codec/": codec.MAX_TOTAL_CHARS + MAX_BODY_BYTES})
+    openapi = app.openapi
+
+    def documented() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document_problems(openapi())
+        return app.openapi_schema
+
+    app.openapi = documented  # type: ignore[method-assign]
     for router in (
         catalog.router,
         requests.router,
@@ -51,8 +135,11 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         birthright.router,
         directory.router,
         audit.router,
+        codec.router,
     ):
-        app.include_router(router)
+        # Every operation may answer these (unreadable or oversized body, no caller, not allowed, invalid
+        # input, Temporal unreachable); each router and route documents its own others.
+        app.include_router(router, responses=problems.responses(400, 401, 403, 413, 422, 503))
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, str]:

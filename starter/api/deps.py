@@ -9,6 +9,7 @@ from temporalio.client import Client
 
 from access import catalog
 from access.db import session_scope
+from access.limits import MAX_EMAIL, control_characters
 from access.settings import Settings
 from access.tables import User
 from starter.api.problems import Problem
@@ -36,6 +37,11 @@ def _caller(
 ) -> User:
     if not x_forwarded_email:
         raise Problem(401, "not signed in: the X-Forwarded-Email header is missing", field="X-Forwarded-Email")
+    # Emails compare case-insensitively: the caller is looked up (and named) in lower case.
+    x_forwarded_email = x_forwarded_email.strip().lower()
+    bad = control_characters(x_forwarded_email) or set("\t\n") & set(x_forwarded_email)
+    if len(x_forwarded_email) > MAX_EMAIL or bad:
+        raise Problem(401, "not signed in: the X-Forwarded-Email header is not an email", field="X-Forwarded-Email")
     with session_scope(settings.db_url, write=False) as session:
         user = catalog.find_user(session, x_forwarded_email)
     if user is None or not user.active:

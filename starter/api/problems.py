@@ -8,21 +8,85 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError
 
 PROBLEM_JSON = "application/problem+json"
+MAX_LISTED_ERRORS = 20
+"""A body with many invalid parts gets the first few named, not a problem as large as the body."""
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem document: every 4xx and 5xx the API answers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    """The part of the request at fault (a body field such as ``duration``, a query or path parameter, a header)."""
+    errors: list[dict[str, Any]] | None = None
+    """Validation errors: every field at fault with its message (the first few)."""
+
+
+_DESCRIPTIONS = {
+    400: "The request could not be read.",
+    401: "Not signed in, or not an active Lapse user (`X-Forwarded-Email`).",
+    403: "Signed in, but not allowed to do this.",
+    404: "Nothing by that name or id.",
+    409: "Conflicts with the current state (already exists, already ended, missing in its target).",
+    410: "Gone: shown once already.",
+    413: "The request body is larger than the API reads.",
+    422: "Invalid input; `field` names what was wrong.",
+    429: "Too many requests now: try again after `Retry-After` seconds.",
+    502: "The target system failed.",
+    503: "The workflow service or a worker is unavailable now: nothing changed unless `detail` says so.",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses=`` entries documenting these error statuses as problem documents."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "model": ProblemDetails,
+            "content": {PROBLEM_JSON: {}},
+        }
+        for status in statuses
+    }
 
 
 class Problem(Exception):
     """An error the caller can act on; ``field`` names the part of the request at fault."""
 
-    def __init__(self, status: int, detail: str, *, field: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, *, field: str | None = None, retry_after: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.field = field
+        self.retry_after = retry_after
+        """Seconds the caller should wait before trying again (sent as ``Retry-After``)."""
         self.extra = extra
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Put the error responses' schema under ``application/problem+json`` only, the type they are sent as.
+
+    FastAPI files a ``responses=`` model under ``application/json``; ours are documented with an empty
+    ``application/problem+json`` entry (see ``responses``), which receives the schema here.
+    """
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for response in (operation.get("responses") or {}).values():
+                content = response.get("content") or {}
+                if PROBLEM_JSON in content and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+    return schema
 
 
 def problem_response(status: int, detail: str, *, field: str | None = None, **extra: Any) -> JSONResponse:
@@ -46,6 +110,11 @@ def _field(location: Any) -> str:
     return ".".join(str(p) for p in parts)
 
 
+def _message(error: Any) -> str:
+    """Pydantic's message, without the ``Value error, `` prefix our own validators' messages get."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 def _discriminator(error: Any) -> str:
     """A body whose kind field (e.g. ``action``) names no known kind: that field is at fault."""
     if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
@@ -56,14 +125,25 @@ def _discriminator(error: Any) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, error: Problem) -> JSONResponse:
-        return problem_response(error.status, error.detail, field=error.field, **error.extra)
+        response = problem_response(error.status, error.detail, field=error.field, **error.extra)
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(e["loc"]) or _discriminator(e), "message": e["msg"]} for e in error.errors()]
+        errors = [
+            {
+                "field": "body" if e.get("type") == "json_invalid" else _field(e["loc"]) or _discriminator(e),
+                "message": _message(e),
+            }
+            for e in error.errors()[:MAX_LISTED_ERRORS]
+        ]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        for item in errors:
+            item["field"] = item["field"] or "body"  # the body as a whole (not an object, say)
         return problem_response(
-            422, f"{first['field'] or 'body'}: {first['message']}", field=first["field"] or None, errors=errors
+            422, f"{first['field'] or 'body'}: {first['message']}", field=first["field"] or "body", errors=errors
         )
 
     @app.exception_handler(RPCError)
@@ -73,4 +153,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return problem_response(error.status_code, str(error.detail))
+        # Starlette's only 400 is a body it could not parse (not JSON, not UTF-8).
+        field = "body" if error.status_code == 400 else None
+        response = problem_response(error.status_code, str(error.detail), field=field)
+        response.headers.update(error.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _error: Exception) -> JSONResponse:
+        # A bug: say nothing of it (it may quote a secret); the server log has the traceback.
+        return problem_response(500, "internal error: the server log has the details")

@@ -40,6 +40,7 @@ class Setup:
             "password_env": PASSWORD_ENV,
             "users_base": self.people,
             "groups_base": self.groups,
+            "insecure": True,  # the test's slapd listens on plain ldap:// (TLS has tests of its own)
             **overrides,
         }
 
@@ -134,7 +135,10 @@ def test_unknown_group_is_a_permanent_error_naming_where_it_looked(setup: Setup)
 
 
 def test_test_connection_names_the_server_and_each_failure(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert setup.connector.test_connection() == f"OpenLDAP at {setup.server.url}, bound as {setup.server.admin_dn}"
+    assert setup.connector.test_connection() == (
+        f"OpenLDAP at {setup.server.url} (plaintext), bound as {setup.server.admin_dn}"
+        " [INSECURE: insecure: true allows plaintext or unverified TLS to this target]"
+    )
 
     monkeypatch.setenv(PASSWORD_ENV, "wrong")
     with pytest.raises(PermanentError, match=f"LDAP bind as {setup.server.admin_dn} failed: invalid credentials"):
@@ -167,7 +171,7 @@ def test_a_bind_identity_without_write_access_is_a_permanent_error(
 
 def test_configuration_is_checked_without_touching_the_server(setup: Setup) -> None:
     with pytest.raises(ValidationError, match="exactly one of password_env or password_file"):
-        LdapConnector(setup.config(password_file="/run/secrets/ldap"))
+        LdapConnector(setup.config(password_file="ldap-password"))
     with pytest.raises(ValidationError, match="ldap://host:port"):
         LdapConnector(setup.config(url="http://127.0.0.1:1"))
     with pytest.raises(ValidationError, match="extra"):
@@ -202,6 +206,7 @@ def test_directory_reads_every_user_page_by_page_with_managers_and_disabled_flag
             "password_env": PASSWORD_ENV,
             "users_base": people,
             "groups_base": groups,
+            "insecure": True,
             "page_size": 2,
             "disabled_attribute": "employeeType",
             "disabled_value": "disabled",
@@ -260,6 +265,7 @@ def test_list_grants_follows_active_directory_member_ranges(monkeypatch: pytest.
             "password_env": PASSWORD_ENV,
             "users_base": "OU=Staff,DC=corp",
             "groups_base": "OU=Groups,DC=corp",
+            "insecure": True,
         }
     )
     held = connector.list_grants([DiscoveredRole(resource="groups", name="big")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pydantic
@@ -40,7 +41,7 @@ def setup(scim_server: ScimServer, monkeypatch: pytest.MonkeyPatch) -> Setup:  #
     group = f"sales-{suffix}"
     group_id = scim_server.create_group(group)
     monkeypatch.setenv(TOKEN_ENV, scim_server.token)
-    connector = ScimConnector({"base_url": scim_server.base_url, "token_env": TOKEN_ENV})
+    connector = ScimConnector({"base_url": scim_server.base_url, "token_env": TOKEN_ENV, "insecure": True})
     return Setup(scim_server, suffix, email, user_id, group, group_id, connector)
 
 
@@ -61,18 +62,47 @@ def test_revoke_removes_only_that_user_and_revoking_twice_is_fine(setup: Setup) 
     assert setup.server.members(group_id) == {other}
 
 
-def test_a_user_whose_username_is_not_the_email_is_found_by_primary_email(setup: Setup) -> None:
-    email = f"grace.{setup.suffix}@example.com"
-    user_id = setup.server.create_user(f"ghopper{setup.suffix}", email)
-    setup.connector.grant(setup.connector.account_for(email), setup.target(), None)
-    assert user_id in setup.server.members(setup.group_id)
+def test_f15_scim_matches_users_by_username_never_by_an_editable_email(setup: Setup) -> None:
+    """Finding 15: an app user who edits their email to a Lapse user's must not receive that user's grants."""
+    victim = f"grace.{setup.suffix}@example.com"
+    impostor = setup.server.create_user(f"mallory{setup.suffix}", victim)  # userName is theirs, the email is not
+    with pytest.raises(PermanentError, match=f"user '{victim}' does not exist in the SCIM app"):
+        setup.connector.grant(setup.connector.account_for(victim), setup.target(), None)
+    assert impostor not in setup.server.members(setup.group_id)
+
+    # Once the real user exists under their userName, the grant reaches them and only them.
+    real = setup.server.create_user(victim.upper())  # userName compares case-insensitively
+    setup.connector.grant(setup.connector.account_for(victim), setup.target(), None)
+    assert setup.server.members(setup.group_id) == {real}
+    # Discovery reports accounts by userName only, so the impostor's email links them to nobody.
+    held = setup.connector.list_grants([DiscoveredRole("app", setup.group)])
+    assert {(h.account, h.email) for h in held} == {(victim.upper(), None)}
+
+
+def test_f15_scim_can_match_users_by_external_id(setup: Setup) -> None:
+    email = f"ext.{setup.suffix}@example.com"
+    response = setup.server.http.post(
+        "/Users",
+        json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": f"x{setup.suffix}",
+            "externalId": email,
+        },
+    )
+    user_id = response.json()["id"]
+    connector = ScimConnector(
+        {"base_url": setup.server.base_url, "token_env": TOKEN_ENV, "insecure": True, "match": "externalId"}
+    )
+    connector.grant(connector.account_for(email), setup.target(), None)
+    assert setup.server.members(setup.group_id) == {user_id}
+    assert {h.account for h in connector.list_grants([DiscoveredRole("app", setup.group)])} == {email}
 
 
 def test_discover_lists_every_group_across_pages(setup: Setup) -> None:
     for n in range(5):
         setup.server.create_group(f"team{n}-{setup.suffix}")
     connector = ScimConnector(
-        {"base_url": setup.server.base_url, "token_env": TOKEN_ENV, "resource": "crm", "page_size": 2}
+        {"base_url": setup.server.base_url, "token_env": TOKEN_ENV, "resource": "crm", "page_size": 2, "insecure": True}
     )
     discovery = connector.discover()
     assert list(discovery.resources) == ["crm"]
@@ -81,22 +111,24 @@ def test_discover_lists_every_group_across_pages(setup: Setup) -> None:
     assert {role.resource for role in ours} == {"crm"}
 
 
-def test_list_grants_reports_members_with_their_emails(setup: Setup) -> None:
+def test_list_grants_reports_members_by_username(setup: Setup) -> None:
     plain = setup.server.create_user(f"svc-{setup.suffix}")  # no email at all
     named = setup.server.create_user(f"carol{setup.suffix}", f"Carol.{setup.suffix}@example.com")
     setup.server.create_group(f"admins-{setup.suffix}", [setup.user_id, plain, named])
-    connector = ScimConnector({"base_url": setup.server.base_url, "token_env": TOKEN_ENV, "page_size": 3})
+    connector = ScimConnector(
+        {"base_url": setup.server.base_url, "token_env": TOKEN_ENV, "page_size": 3, "insecure": True}
+    )
     roles = [DiscoveredRole("app", f"admins-{setup.suffix}"), DiscoveredRole("app", setup.group)]
     setup.connector.grant(setup.email, setup.target(), None)
 
     held = set(connector.list_grants(roles))
 
-    admins, carol = f"admins-{setup.suffix}", f"Carol.{setup.suffix}@example.com"
+    admins = f"admins-{setup.suffix}"
     assert held == {
-        HeldRole(account=setup.email, resource="app", role=admins, email=setup.email),
-        HeldRole(account=f"svc-{setup.suffix}", resource="app", role=admins, email=None),
-        HeldRole(account=f"carol{setup.suffix}", resource="app", role=admins, email=carol),
-        HeldRole(account=setup.email, resource="app", role=setup.group, email=setup.email),
+        HeldRole(account=setup.email, resource="app", role=admins),
+        HeldRole(account=f"svc-{setup.suffix}", resource="app", role=admins),
+        HeldRole(account=f"carol{setup.suffix}", resource="app", role=admins),
+        HeldRole(account=setup.email, resource="app", role=setup.group),
     }
 
 
@@ -113,7 +145,8 @@ def test_unknown_group_or_user_is_a_permanent_error_naming_it(setup: Setup) -> N
 
 
 def test_connection_reports_the_app_or_says_what_is_wrong(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert setup.connector.test_connection().startswith(f"SCIM 2.0 at {setup.server.base_url}: ")
+    detail = setup.connector.test_connection()
+    assert detail.startswith(f"SCIM 2.0 at {setup.server.base_url} (plaintext): ") and "[INSECURE" in detail
 
     monkeypatch.setenv(TOKEN_ENV, "not-the-token")
     with pytest.raises(PermanentError, match=f"refused the bearer token from \\${TOKEN_ENV}"):
@@ -124,27 +157,29 @@ def test_connection_reports_the_app_or_says_what_is_wrong(setup: Setup, monkeypa
         setup.connector.test_connection()
 
     monkeypatch.setenv(TOKEN_ENV, setup.server.token)
-    closed = ScimConnector({"base_url": f"http://127.0.0.1:{_free_port()}/v2", "token_env": TOKEN_ENV, "timeout": 2})
+    closed = ScimConnector(
+        {"base_url": f"http://127.0.0.1:{_free_port()}/v2", "token_env": TOKEN_ENV, "timeout": 2, "insecure": True}
+    )
     with pytest.raises(RetryableError, match=r"cannot reach the SCIM server .* Connection refused"):
         closed.test_connection()
 
 
-def test_token_from_a_file(setup: Setup, tmp_path) -> None:
-    token_file = tmp_path / "token"
+def test_token_from_a_file(setup: Setup, secrets_dir: Path) -> None:
+    token_file = secrets_dir / "token"
     token_file.write_text(setup.server.token + "\n")
-    connector = ScimConnector({"base_url": setup.server.base_url, "token_file": str(token_file)})
+    connector = ScimConnector({"base_url": setup.server.base_url, "token_file": str(token_file), "insecure": True})
     connector.grant(setup.email, setup.target(), None)
     assert setup.server.members(setup.group_id) == {setup.user_id}
 
 
 def test_configuration_is_checked_without_contacting_the_server() -> None:
-    check_config("scim", {"base_url": "https://scim.invalid/v2", "token_env": "UNSET_ON_PURPOSE"})
+    check_config("scim", {"base_url": "https://scim.invalid/v2", "token_env": "LAPSE_UNSET_ON_PURPOSE"})
     with pytest.raises(pydantic.ValidationError, match="exactly one of token_env or token_file"):
         ScimConnector({"base_url": "https://scim.invalid/v2"})
     with pytest.raises(pydantic.ValidationError, match="base_url must be an http"):
-        ScimConnector({"base_url": "scim.invalid", "token_env": "X"})
+        ScimConnector({"base_url": "scim.invalid", "token_env": "LAPSE_X"})
     with pytest.raises(pydantic.ValidationError, match="token"):
-        ScimConnector({"base_url": "https://scim.invalid/v2", "token_env": "X", "token": "s3cret"})
+        ScimConnector({"base_url": "https://scim.invalid/v2", "token_env": "LAPSE_X", "token": "s3cret"})
 
 
 @pytest.mark.parametrize(
@@ -182,6 +217,8 @@ def test_a_server_that_never_answers_is_retryable(monkeypatch: pytest.MonkeyPatc
         silent.listen()
         port = silent.getsockname()[1]
         monkeypatch.setenv(TOKEN_ENV, "token")
-        connector = ScimConnector({"base_url": f"http://127.0.0.1:{port}/v2", "token_env": TOKEN_ENV, "timeout": 0.5})
+        connector = ScimConnector(
+            {"base_url": f"http://127.0.0.1:{port}/v2", "token_env": TOKEN_ENV, "timeout": 0.5, "insecure": True}
+        )
         with pytest.raises(RetryableError, match=r"did not answer within 0\.5 s"):
             connector.test_connection()

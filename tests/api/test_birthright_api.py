@@ -123,7 +123,7 @@ async def test_roles_of_an_integration_with_a_login_per_grant_are_refused(api: A
     from access.tables import Integration, Resource, Role
 
     with session_scope(settings.db_url) as session:
-        integration = Integration(name="pg-eph", kind="postgres", config={"dsn_env": "X", "ephemeral": True})
+        integration = Integration(name="pg-eph", kind="postgres", config={"dsn_env": "LAPSE_X", "ephemeral": True})
         session.add(integration)
         session.flush()
         resource = Resource(integration_id=integration.id, name="db")  # type: ignore[arg-type]

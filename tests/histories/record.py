@@ -15,14 +15,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.connectors import BUILT_IN
 from starter.api.app import create_app
 from starter.syncs import ensure_sync_schedules
-from tests.conftest import Api, FakeTarget, clear_sync_schedules, make_settings
+from tests.conftest import TEST_CONVERTER, Api, FakeTarget, clear_sync_schedules, make_settings
 from tests.servers import PostgresServer
 from worker import build_worker
 from workflows import names
@@ -32,7 +31,7 @@ HERE = Path(__file__).parent
 
 async def record(tag: str) -> None:
     async with await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=TEST_CONVERTER,  # sealed with the tests' codec key, which the replay test holds
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
         search_attributes=[names.REQUESTER, names.RESOURCE, names.ROLE, names.STATE, names.EXPIRES_AT],
     ) as env:
@@ -108,7 +107,11 @@ async def record(tag: str) -> None:
                     admin.execute("CREATE ROLE alan LOGIN")
                     admin.execute("GRANT reports_read TO alan")
                 os.environ["LAPSE_RECORD_PG_DSN"] = postgres.dsn()
-                integration = {"name": "pg", "kind": "postgres", "config": {"dsn_env": "LAPSE_RECORD_PG_DSN"}}
+                integration = {
+                    "name": "pg",
+                    "kind": "postgres",
+                    "config": {"dsn_env": "LAPSE_RECORD_PG_DSN", "insecure": True},
+                }
                 await api.ok("ada@example.com", "POST", "/api/integrations", integration)
                 await api.ok("ada@example.com", "POST", "/api/integrations/pg/discover")
                 await _save(env, names.discovery_id("pg"), f"{tag}-discovery")

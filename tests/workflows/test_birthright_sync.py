@@ -277,6 +277,7 @@ async def ldap_role(
         "url": ldap_server.url,
         "bind_dn": ldap_server.admin_dn,
         "password_env": "LAPSE_TEST_LDAP_PASSWORD",
+        "insecure": True,  # the test's slapd is plain ldap:// on loopback
         "users_base": people,
         "groups_base": groups,
     }

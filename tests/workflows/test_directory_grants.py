@@ -81,6 +81,7 @@ async def ldap_group(
         "url": ldap_server.url,
         "bind_dn": ldap_server.admin_dn,
         "password_env": "LAPSE_TEST_LDAP_PASSWORD",
+        "insecure": True,  # the test's slapd is plain ldap:// on loopback
         "users_base": people,
         "groups_base": groups,
     }
@@ -100,7 +101,7 @@ async def scim_group(
     monkeypatch.setenv("LAPSE_TEST_SCIM_TOKEN", server.token)
     name = f"scim-{uuid.uuid4().hex[:6]}"
     cleanup.append(name)
-    config = {"base_url": server.base_url, "token_env": "LAPSE_TEST_SCIM_TOKEN"}
+    config = {"base_url": server.base_url, "token_env": "LAPSE_TEST_SCIM_TOKEN", "insecure": True}
     roles = await _connect(api, settings, name, "scim", config)
     assert roles == [f"{name}/app/billing-readers"]
     yield Directory(name, roles[0], lambda: server.members(group_id), katherine)

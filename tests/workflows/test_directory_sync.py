@@ -133,6 +133,7 @@ async def directory(
         "url": ldap_server.url,
         "bind_dn": ldap_server.admin_dn,
         "password_env": "LAPSE_TEST_LDAP_PASSWORD",
+        "insecure": True,  # the test's slapd is plain ldap:// on loopback
         "users_base": found.people,
         "groups_base": found.groups,
         "disabled_attribute": "employeeType",

@@ -71,7 +71,12 @@ async def _create(api: Api, cluster: Cluster, **overrides: object) -> Any:
     body = {
         "name": cluster.name,
         "kind": "postgres",
-        "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "role_prefix": cluster.prefix, "resource": "reports"},
+        "config": {
+            "dsn_env": "LAPSE_TEST_PG_DSN",
+            "role_prefix": cluster.prefix,
+            "resource": "reports",
+            "insecure": True,
+        },
         "discovery_every": "PT10M",
         **overrides,
     }
@@ -115,7 +120,7 @@ async def test_connection_test_names_what_is_wrong(
 
 
 async def test_bad_integration_input_is_a_422_naming_the_field(api: Api, cluster: Cluster) -> None:
-    base = {"name": cluster.name, "kind": "postgres", "config": {"dsn_env": "LAPSE_TEST_PG_DSN"}}
+    base = {"name": cluster.name, "kind": "postgres", "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "insecure": True}}
     inline_secret = {**base, "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "password": "hunter2"}}
     secret_as_reference = {**base, "config": {"dsn_env": "postgresql://u:hunter2@db/x"}}
     for body, field in [

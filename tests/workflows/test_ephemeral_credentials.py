@@ -37,7 +37,7 @@ def pg_role(postgres: PostgresServer, settings: Settings, monkeypatch: pytest.Mo
                 {
                     "name": "vault",
                     "kind": "postgres",
-                    "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "ephemeral": True},
+                    "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "ephemeral": True, "insecure": True},
                     "resources": [{"name": "postgres", "roles": [{"name": "reports_read"}]}],
                 }
             ],

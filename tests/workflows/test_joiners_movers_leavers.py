@@ -125,6 +125,7 @@ async def world(
                 "url": ldap_server.url,
                 "bind_dn": ldap_server.admin_dn,
                 "password_env": "LAPSE_TEST_LDAP_PASSWORD",
+                "insecure": True,
                 "users_base": people,
                 "groups_base": groups,
                 "disabled_attribute": "employeeType",
@@ -136,6 +137,7 @@ async def world(
             "kind": "postgres",
             "config": {
                 "dsn_env": "LAPSE_TEST_PG_DSN",
+                "insecure": True,
                 "role_prefix": pg_role,
                 "resource": "warehouse",
                 "create_accounts": True,

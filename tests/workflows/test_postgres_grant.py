@@ -35,7 +35,7 @@ def pg_role(postgres: PostgresServer, settings: Settings, monkeypatch: pytest.Mo
                 {
                     "name": "pg",
                     "kind": "postgres",
-                    "config": {"dsn_env": "LAPSE_TEST_PG_DSN"},
+                    "config": {"dsn_env": "LAPSE_TEST_PG_DSN", "insecure": True},
                     "resources": [{"name": "postgres", "roles": [{"name": "reports_read"}]}],
                 }
             ],

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from access.settings import Settings
+from starter.temporal import data_converter
+from tests.conftest import TEST_CODEC_KEY
 from worker import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
@@ -23,6 +25,8 @@ def test_there_are_histories_to_replay() -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays(path: Path) -> None:
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    # The recorded histories predate the payload codec: replay them as a worker in the migration window does.
+    converter = data_converter(Settings(codec_key=TEST_CODEC_KEY), accept_plaintext=True)
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=converter)
     history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240
     await replayer.replay_workflow(history)

@@ -326,3 +326,35 @@ async def _runs(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
             break
         await asyncio.sleep(0.1)
     return runs[::-1]
+
+
+# --- finding 14: an API that cannot keep up holds its callers for 30 s ---------------------------
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"max_pending_submits": 1, "admission_wait": "PT0.2S", "submit_timeout": "PT5S"}]
+)
+async def test_f14_an_api_whose_workers_are_behind_turns_new_requests_away_at_once(
+    env: WorkflowEnvironment, settings: Settings, audit
+) -> None:
+    import httpx
+
+    from starter.api.app import create_app
+
+    # No worker polls this queue: the first request waits for one to record it, holding the only place.
+    app = create_app(settings.model_copy(update={"task_queue": "nobody-polls-this"}), client=env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as http:
+        body = {"role": READ, "duration": "PT5M", "justification": ""}
+        headers = {"X-Forwarded-Email": "katherine@example.com"}
+        first = asyncio.create_task(http.post("/api/requests", json=body, headers=headers, timeout=30))
+        await asyncio.sleep(0.5)
+        started = asyncio.get_running_loop().time()
+        second = await http.post("/api/requests", json=body, headers=headers, timeout=30)
+        waited = asyncio.get_running_loop().time() - started
+        assert second.status_code == 503
+        assert second.headers["Retry-After"] == "2"
+        assert "nothing was started" in second.json()["detail"]
+        assert waited < 5  # refused without waiting for the first one's submit timeout
+        assert (await first).status_code == 503  # the first did start, and says so
+    created = [e for e in audit() if e.action == "request.created"]
+    assert created == []  # no worker recorded anything; the refused one started nothing

@@ -9,8 +9,9 @@ from access.db import session_scope
 from access.tables import AccessRequest
 from access.types import RequestState, RequestStatus
 from starter.api.deps import CurrentUser, SettingsDep
+from starter.api.problems import responses
 
-router = APIRouter(prefix="/api/approvals", tags=["approvals"])
+router = APIRouter(prefix="/api/approvals", tags=["approvals"], responses=responses(401))
 
 
 @router.get("")
@@ -22,7 +23,6 @@ def list_approvals(user: CurrentUser, settings: SettingsDep) -> list[RequestStat
     with session_scope(settings.db_url, write=False) as session:
         for row in session.exec(query):
             status = RequestStatus.model_validate(row.status)
-            step = status.open_step()
-            if step and user.email in step.eligible and all(d.approver != user.email for d in step.decisions):
+            if status.awaits_decision_from(user.email):
                 waiting.append(status)
     return waiting

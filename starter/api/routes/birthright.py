@@ -16,18 +16,21 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from access import catalog
+from access import groups as group_refs
 from access.birthright import BirthrightPlan, PolicySpec
 from access.db import append_audit, lock, session_scope
+from access.limits import MAX_ITEMS
 from access.settings import Settings
-from access.tables import BirthrightPolicy, Grant, Group, Integration, Resource, Role, SyncState
+from access.tables import BirthrightPolicy, Grant, Integration, Resource, Role, SyncState
 from access.types import AuditEntry
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
-from starter.api.problems import Problem
+from starter.api.fields import FreeText, Name, RolePath
+from starter.api.problems import Problem, responses
 from starter.integrations import makes_login_per_grant
 from starter.syncs import SyncStateOut, trigger_now
 from workflows import names
 
-router = APIRouter(prefix="/api/birthright", tags=["birthright"])
+router = APIRouter(prefix="/api/birthright", tags=["birthright"], responses=responses(401, 403, 422))
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}$"
@@ -35,16 +38,25 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}$"
 
 class PolicyIn(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, spaces, `_`, `.`, `-`.")
-    groups: list[str] = Field(min_length=1, description="Members of any of these groups get the roles.")
-    roles: list[str] = Field(min_length=1, description="Role paths `integration/resource/role`.")
-    description: str = ""
-    position: int | None = Field(default=None, ge=0, description="Where in the order (0 = first); default last.")
+    groups: list[Name] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description="Members of any of these groups get the roles: `name` (the organisation file's group), "
+        "`source:name` or `source:#external-id` (a directory's); each must name exactly one group.",
+    )
+    roles: list[RolePath] = Field(
+        min_length=1, max_length=MAX_ITEMS, description="Role paths `integration/resource/role`."
+    )
+    description: FreeText = ""
+    position: int | None = Field(
+        default=None, ge=0, le=MAX_ITEMS, description="Where in the order (0 = first); default last."
+    )
 
 
 class PolicyUpdate(BaseModel):
-    groups: list[str] | None = Field(default=None, min_length=1)
-    roles: list[str] | None = Field(default=None, min_length=1)
-    description: str | None = None
+    groups: list[Name] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    roles: list[RolePath] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
+    description: FreeText | None = None
 
 
 class PolicyOut(BaseModel):
@@ -58,7 +70,7 @@ class PolicyOut(BaseModel):
 
 
 class Order(BaseModel):
-    names: list[str] = Field(description="Every policy's name, in the new order.")
+    names: list[Name] = Field(max_length=MAX_ITEMS, description="Every policy's name, in the new order.")
 
 
 class CreateChange(BaseModel):
@@ -68,18 +80,18 @@ class CreateChange(BaseModel):
 
 class UpdateChange(BaseModel):
     action: Literal["update"]
-    name: str
+    name: Name
     changes: PolicyUpdate
 
 
 class DeleteChange(BaseModel):
     action: Literal["delete"]
-    name: str
+    name: Name
 
 
 class ReorderChange(BaseModel):
     action: Literal["reorder"]
-    names: list[str]
+    names: list[Name] = Field(max_length=MAX_ITEMS)
 
 
 Change = Annotated[CreateChange | UpdateChange | DeleteChange | ReorderChange, Field(discriminator="action")]
@@ -124,10 +136,12 @@ def _find(session: Session, name: str) -> BirthrightPolicy:
 def _check(session: Session, groups: list[str] | None, roles: list[str] | None, *, prefix: str = "") -> None:
     """Refuse unknown groups and roles (and roles the target no longer has), naming the field."""
     if groups is not None:
-        known = set(session.exec(select(Group.name).where(col(Group.name).in_(groups))))
-        unknown = [g for g in groups if g not in known]
-        if unknown:
-            raise Problem(422, f"unknown group {unknown[0]!r}", field=f"{prefix}groups")
+        # Each must name exactly one group of one source (``access.groups``): an unknown or ambiguous
+        # reference is refused, never merged with namesakes.
+        problems = group_refs.problems(session, groups)
+        for group in groups:
+            if group in problems:
+                raise Problem(422, problems[group], field=f"{prefix}groups")
     if roles is not None:
         found = {r.path: r for r in session.exec(select(Role).where(col(Role.path).in_(roles)))}
         for path in roles:
@@ -217,7 +231,7 @@ def list_policies(user: CurrentUser, settings: SettingsDep) -> list[PolicyOut]:
         return [_out(p, grants) for p in _ordered(session)]
 
 
-@router.post("/policies", status_code=201)
+@router.post("/policies", status_code=201, responses=responses(409, 413))
 async def create_policy(body: PolicyIn, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> PolicyOut:
     """Add a policy (last, or at ``position``); the sync applies it at once."""
     require_admin(user)
@@ -241,17 +255,17 @@ async def create_policy(body: PolicyIn, user: CurrentUser, settings: SettingsDep
     return out
 
 
-NameParam = Annotated[str, Path(description="The policy's name.")]
+NameParam = Annotated[Name, Path(description="The policy's name.")]
 
 
-@router.get("/policies/{name}")
+@router.get("/policies/{name}", responses=responses(404))
 def get_policy(name: NameParam, user: CurrentUser, settings: SettingsDep) -> PolicyOut:
     require_admin(user)
     with session_scope(settings.db_url, write=False) as session:
         return _out(_find(session, name), _grant_counts(session))
 
 
-@router.put("/policies/{name}")
+@router.put("/policies/{name}", responses=responses(404, 413))
 async def update_policy(
     name: NameParam, body: PolicyUpdate, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> PolicyOut:
@@ -272,7 +286,7 @@ async def update_policy(
     return out
 
 
-@router.delete("/policies/{name}", status_code=204)
+@router.delete("/policies/{name}", status_code=204, responses=responses(404))
 async def delete_policy(name: NameParam, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> None:
     """Delete a policy; the sync removes the grants no other policy accounts for, at once."""
     require_admin(user)
@@ -287,7 +301,7 @@ async def delete_policy(name: NameParam, user: CurrentUser, settings: SettingsDe
     await _trigger(client, settings)
 
 
-@router.post("/policies/order")
+@router.post("/policies/order", responses=responses(413))
 async def reorder_policies(body: Order, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> list[PolicyOut]:
     """Put the policies in this order (every name exactly once): it decides which policy a grant is under."""
     require_admin(user)
@@ -309,7 +323,7 @@ async def reorder_policies(body: Order, user: CurrentUser, settings: SettingsDep
     return out
 
 
-@router.post("/preview")
+@router.post("/preview", responses=responses(404, 409, 413))
 def preview(
     body: Change,
     user: CurrentUser,
@@ -352,7 +366,7 @@ def _preview(plan: BirthrightPlan, limit: int) -> PreviewOut:
     )
 
 
-@router.post("/sync", status_code=202)
+@router.post("/sync", status_code=202, responses=responses(503))
 async def sync_now(user: CurrentUser, settings: SettingsDep, client: ClientDep) -> dict[str, str]:
     """Run the birthright sync now (one run at a time, at most one more waiting)."""
     require_admin(user)

@@ -11,8 +11,9 @@ from access.db import session_scope
 from access.policy import RuleOption, describe_options
 from access.tables import Role
 from starter.api.deps import CurrentUser, SettingsDep
+from starter.api.problems import responses
 
-router = APIRouter(prefix="/api/catalog", tags=["catalog"])
+router = APIRouter(prefix="/api/catalog", tags=["catalog"], responses=responses(401))
 
 
 class CatalogEntry(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from sqlmodel import col, select
 
@@ -14,8 +14,10 @@ from access.tables import Grant
 from access.types import RequestStatus
 from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
+from starter.api.fields import MAX_ID, FreeText
+from starter.api.problems import responses
 
-router = APIRouter(prefix="/api/grants", tags=["grants"])
+router = APIRouter(prefix="/api/grants", tags=["grants"], responses=responses(401, 413, 422))
 
 
 class GrantOut(BaseModel):
@@ -54,7 +56,7 @@ class GrantOut(BaseModel):
         )
 
 
-@router.get("")
+@router.get("", responses=responses(403))
 def list_grants(
     user: CurrentUser,
     settings: SettingsDep,
@@ -72,7 +74,7 @@ def list_grants(
 
 
 class RevokeBody(BaseModel):
-    comment: str = ""
+    comment: FreeText = ""
 
 
 class RevokedOut(BaseModel):
@@ -85,9 +87,13 @@ class RevokedOut(BaseModel):
     """For a JIT grant: its request, which the revoke ended."""
 
 
-@router.post("/{grant_id}/revoke")
+@router.post("/{grant_id}/revoke", responses=responses(403, 404, 409, 503))
 async def revoke_grant(
-    grant_id: int, body: RevokeBody, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    grant_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The grant's id.")],
+    body: RevokeBody,
+    user: CurrentUser,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> RevokedOut:
     """Admins: end a grant from the permissions table. A JIT grant ends through its request; a birthright
     grant comes back at the next birthright sync unless its policy changes; an external one is revoked in

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from sqlmodel import Session, col, func, select
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
@@ -18,20 +18,25 @@ from access.types import AuditEntry, ConnectionTestResult, DiscoveryResult, Sens
 from activities.connectors import check_config
 from starter import integrations
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
-from starter.api.problems import Problem
+from starter.api.fields import FreeText, Name, RolePath, check_json
+from starter.api.problems import Problem, responses
 from starter.api.routes.grants import GrantOut
 
-router = APIRouter(prefix="/api/integrations", tags=["integrations"])
+router = APIRouter(prefix="/api/integrations", tags=["integrations"], responses=responses(401, 403, 422))
+MAX_CONFIG_KEYS = 50
+"""Settings in one connector's configuration."""
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
 class IntegrationCreate(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, description="Lowercase letters, digits, `_`, `.`, `-`.")
-    kind: str = Field(description="`ledger`, `postgres`, `ldap` or `scim`.")
-    description: str = ""
-    config: dict[str, Any] = Field(
-        default={}, description="The connector's settings; secrets only as references (`*_env`, `*_file`)."
+    kind: Name = Field(description="`ledger`, `postgres`, `ldap` or `scim`.")
+    description: FreeText = ""
+    config: Annotated[dict[str, Any], AfterValidator(check_json)] = Field(
+        default={},
+        max_length=MAX_CONFIG_KEYS,
+        description="The connector's settings; secrets only as references (`*_env`, `*_file`).",
     )
     discovery_every: Duration = Field(default=timedelta(minutes=15), description="How often discovery runs.")
     enforce_jit_only: bool = Field(default=False, description="Revoke grants of JIT-only roles made outside Lapse.")
@@ -54,6 +59,8 @@ class IntegrationOut(BaseModel):
     roles: int
     directory: bool
     """Also the identity source of the directory sync."""
+    insecure: bool = False
+    """The configuration allows plaintext or unverified TLS to the target (``insecure: true``)."""
 
 
 class RoleOut(BaseModel):
@@ -72,7 +79,7 @@ class RoleOut(BaseModel):
 class RoleUpdate(BaseModel):
     jit_only: bool | None = None
     sensitivity: Sensitivity | None = None
-    description: str | None = None
+    description: FreeText | None = None
 
 
 def _find(session: Session, name: str) -> Integration:
@@ -98,6 +105,7 @@ def _out(session: Session, integration: Integration) -> IntegrationOut:
         discovery_summary=integration.discovery_summary,
         roles=int(roles),
         directory=integration.directory,
+        insecure=bool(integration.config.get("insecure")),
     )
 
 
@@ -109,7 +117,7 @@ def list_integrations(user: CurrentUser, settings: SettingsDep) -> list[Integrat
         return [_out(session, i) for i in rows]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(409, 413, 503))
 async def create_integration(
     body: IntegrationCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> IntegrationOut:
@@ -151,17 +159,17 @@ async def create_integration(
     return out
 
 
-NameParam = Annotated[str, Path(description="The integration's name.")]
+NameParam = Annotated[Name, Path(description="The integration's name.")]
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=responses(404))
 def get_integration(name: NameParam, user: CurrentUser, settings: SettingsDep) -> IntegrationOut:
     require_admin(user)
     with session_scope(settings.db_url, write=False) as session:
         return _out(session, _find(session, name))
 
 
-@router.post("/{name}/test")
+@router.post("/{name}/test", responses=responses(404, 503))
 async def run_connection_test(
     name: NameParam, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> ConnectionTestResult:
@@ -175,7 +183,7 @@ async def run_connection_test(
         raise Problem(503, str(error)) from None
 
 
-@router.post("/{name}/discover")
+@router.post("/{name}/discover", responses=responses(404, 409, 502, 503))
 async def discover(name: NameParam, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> DiscoveryResult:
     """Run discovery now (the schedule also runs it) and return what it found and changed."""
     require_admin(user)
@@ -195,7 +203,7 @@ async def discover(name: NameParam, user: CurrentUser, settings: SettingsDep, cl
         raise Problem(502, f"discovery of {name} failed: {reason}") from None
 
 
-@router.get("/{name}/roles")
+@router.get("/{name}/roles", responses=responses(404))
 def list_roles(name: NameParam, user: CurrentUser, settings: SettingsDep) -> list[RoleOut]:
     """The integration's roles as last discovered (or configured), with how many hold each."""
     require_admin(user)
@@ -230,9 +238,14 @@ def _role_out(role: Role, resource: Resource, holders: int) -> RoleOut:
     )
 
 
-@router.patch("/{name}/roles/{resource}/{role:path}")
+@router.patch("/{name}/roles/{resource}/{role:path}", responses=responses(404, 413))
 def update_role(
-    name: NameParam, resource: str, role: str, body: RoleUpdate, user: CurrentUser, settings: SettingsDep
+    name: NameParam,
+    resource: Annotated[Name, Path(description="The role's resource.")],
+    role: Annotated[RolePath, Path(description="The role's name.")],
+    body: RoleUpdate,
+    user: CurrentUser,
+    settings: SettingsDep,
 ) -> RoleOut:
     """Mark a role JIT-only (grants made outside Lapse become drift), or change its sensitivity."""
     require_admin(user)
@@ -255,13 +268,13 @@ def update_role(
         return _role_out(row, owner, int(holders))
 
 
-@router.get("/{name}/grants")
+@router.get("/{name}/grants", responses=responses(404))
 def list_integration_grants(
     name: NameParam,
     user: CurrentUser,
     settings: SettingsDep,
     unlinked: Annotated[bool, Query(description="Only accounts that match no Lapse user.")] = False,
-    path: Annotated[str | None, Query(description="Only `jit`, `birthright` or `external` grants.")] = None,
+    path: Annotated[Name | None, Query(description="Only `jit`, `birthright` or `external` grants.")] = None,
 ) -> list[GrantOut]:
     """Active grants in this integration, as the ledger and the last discovery know them."""
     require_admin(user)

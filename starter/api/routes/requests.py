@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from sqlmodel import col, select
 
 from access.db import session_scope
@@ -13,30 +13,33 @@ from access.tables import AccessRequest
 from access.types import CredentialsShown, Model, RequestState, RequestStatus
 from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep
-from starter.api.problems import Problem
+from starter.api.fields import FreeText, Name, RolePath
+from starter.api.problems import Problem, responses
 
-router = APIRouter(prefix="/api/requests", tags=["requests"])
+router = APIRouter(prefix="/api/requests", tags=["requests"], responses=responses(401, 413, 422))
+
+RequestId = Annotated[Name, Path(description="The request's id.")]
 
 
 class RequestCreate(Model):
-    role: str
+    role: RolePath
     """``integration/resource/role``, as listed by ``GET /api/catalog``."""
     duration: Duration
     """ISO 8601 (``PT2H``) or seconds; counted from when access is granted."""
-    justification: str = ""
+    justification: FreeText = ""
 
 
 class Comment(Model):
-    comment: str = ""
+    comment: FreeText = ""
 
 
 class Extension(Model):
     duration: Duration
     """How much longer, ISO 8601 or seconds."""
-    justification: str = ""
+    justification: FreeText = ""
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(403, 404, 409, 503))
 async def create_request(
     body: RequestCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
@@ -63,8 +66,8 @@ def list_requests(
         return [RequestStatus.model_validate(row.status) for row in session.exec(query)]
 
 
-@router.get("/{request_id}")
-def get_request(request_id: str, user: CurrentUser, settings: SettingsDep) -> RequestStatus:
+@router.get("/{request_id}", responses=responses(403, 404))
+def get_request(request_id: RequestId, user: CurrentUser, settings: SettingsDep) -> RequestStatus:
     """A request's status, its steps with their eligible approvers, quorum and decisions."""
     status = lifecycle.stored_status(settings, request_id)
     if status is None:
@@ -76,39 +79,39 @@ def get_request(request_id: str, user: CurrentUser, settings: SettingsDep) -> Re
     return status
 
 
-@router.post("/{request_id}/approve")
+@router.post("/{request_id}/approve", responses=responses(403, 404, 409, 503))
 async def approve(
-    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     return await lifecycle.decide(client, settings, user, request_id, approved=True, comment=body.comment)
 
 
-@router.post("/{request_id}/deny")
+@router.post("/{request_id}/deny", responses=responses(403, 404, 409, 503))
 async def deny(
-    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     return await lifecycle.decide(client, settings, user, request_id, approved=False, comment=body.comment)
 
 
-@router.post("/{request_id}/cancel")
+@router.post("/{request_id}/cancel", responses=responses(403, 404, 409, 503))
 async def cancel(
-    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """Withdraw a pending request (requester or admin)."""
     return await lifecycle.end(client, settings, user, request_id, revoke=False, comment=body.comment)
 
 
-@router.post("/{request_id}/revoke")
+@router.post("/{request_id}/revoke", responses=responses(403, 404, 409, 503))
 async def revoke(
-    request_id: str, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """End a grant now: the requester gives it back, or an admin takes it away."""
     return await lifecycle.end(client, settings, user, request_id, revoke=True, comment=body.comment)
 
 
-@router.post("/{request_id}/extend")
+@router.post("/{request_id}/extend", responses=responses(403, 404, 409, 503))
 async def extend(
-    request_id: str, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """Ask for more time. Automatic where the rule needs no approval; never beyond its maximum."""
     return await lifecycle.extend(
@@ -116,8 +119,10 @@ async def extend(
     )
 
 
-@router.post("/{request_id}/credentials")
-def show_credentials(request_id: str, user: CurrentUser, settings: SettingsDep, response: Response) -> CredentialsShown:
+@router.post("/{request_id}/credentials", responses=responses(403, 404, 409, 410))
+def show_credentials(
+    request_id: RequestId, user: CurrentUser, settings: SettingsDep, response: Response
+) -> CredentialsShown:
     """The login made for your grant (ephemeral credentials), shown once: 410 Gone after that.
 
     A POST, not a GET: reading them changes state, and no cache or browser history may keep them.

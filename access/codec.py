@@ -1,0 +1,258 @@
+"""Authenticated Temporal payloads: every payload Lapse hands to Temporal is encrypted with AES-256-GCM.
+
+Whoever can reach the Temporal frontend can read and write workflow histories; without the key they
+can neither read a justification nor craft an input (a plan with no steps, an approval "from" someone,
+an admin flag) that a Lapse worker or the API would accept.
+
+An encoded payload is the original payload (metadata and data, serialised) sealed under the first key;
+its outer metadata says which key (``lapse-kid``) and, when the SDK tells us, which namespace and
+workflow the payload belongs to. The whole outer metadata is the AEAD's associated data, so no field
+of it can be changed, added or removed, and a payload sealed for one workflow (bob's approval of
+request A) is refused in another (request B). Runs started by a schedule get the schedule's id plus a
+timestamp, which is accepted as the same workflow.
+
+Not used by workflow code: the SDK applies the codec outside the sandbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import re
+import secrets
+import struct
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Self
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import (
+    ActivitySerializationContext,
+    PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
+    WorkflowSerializationContext,
+)
+
+from access.settings import Settings
+
+ENCODING = b"binary/lapse-aesgcm-v1"
+REJECTED = b"binary/lapse-rejected"
+"""What a quarantining codec decodes a refused payload to: no payload converter reads it."""
+KID = "lapse-kid"
+NAMESPACE = "lapse-namespace"
+WORKFLOW_ID = "lapse-workflow-id"
+KEY_FILE = "codec.key"
+NONCE_BYTES = 12
+_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_AAD_PREFIX = b"lapse-codec-v1\x00"
+log = logging.getLogger("lapse.codec")
+
+
+class PayloadRejected(ValueError):
+    """A payload that no holder of the key produced for this place: plaintext, tampered, unknown key, misplaced."""
+
+
+class CodecKeyError(ValueError):
+    """The configured codec keys cannot be used (the message never contains key material)."""
+
+
+@dataclass(frozen=True)
+class CodecKey:
+    kid: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never print the key
+        return f"CodecKey(kid={self.kid!r})"
+
+
+def generate_key(kid: str | None = None) -> str:
+    """A new ``kid:base64key`` entry (256-bit key)."""
+    return f"{kid or 'k' + secrets.token_hex(4)}:{base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()}"
+
+
+def parse_keys(text: str, *, source: str = "LAPSE_CODEC_KEY") -> list[CodecKey]:
+    """``kid:base64key`` entries separated by commas or line breaks; the first one encrypts."""
+    keys: list[CodecKey] = []
+    for number, entry in enumerate((e.strip() for e in re.split(r"[,\n]", text)), start=1):
+        if not entry or entry.startswith("#"):
+            continue
+        kid, colon, encoded = entry.partition(":")
+        kid = kid.strip()
+        if not colon or not _KID.fullmatch(kid):
+            raise CodecKeyError(f"{source}: entry {number} is not `kid:base64key` (kid: letters, digits, . _ -)")
+        try:
+            key = base64.b64decode(encoded.strip().replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise CodecKeyError(f"{source}: the key of {kid!r} is not base64") from None
+        if len(key) != 32:
+            raise CodecKeyError(f"{source}: the key of {kid!r} is {len(key)} bytes, not 32 (AES-256)")
+        if any(k.kid == kid for k in keys):
+            raise CodecKeyError(f"{source}: key id {kid!r} appears twice")
+        keys.append(CodecKey(kid, key))
+    if not keys:
+        raise CodecKeyError(f"{source} holds no key")
+    return keys
+
+
+def codec_keys(settings: Settings) -> list[CodecKey]:
+    """``codec_key``, else ``codec_key_file``, else ``codec.key`` in the data dir, created (mode 0600) on first use."""
+    if settings.codec_key is not None:
+        return parse_keys(settings.codec_key.get_secret_value())
+    if settings.codec_key_file is not None:
+        try:
+            text = settings.codec_key_file.read_text()
+        except OSError as error:
+            raise CodecKeyError(f"LAPSE_CODEC_KEY_FILE {settings.codec_key_file}: {error.strerror}") from None
+        return parse_keys(text, source=str(settings.codec_key_file))
+    path = settings.data_dir / KEY_FILE
+    if not path.exists():
+        _create_key_file(path)
+    return parse_keys(path.read_text(), source=str(path))
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key beside ``path`` and link it into place: a racing process keeps the first key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".codec-")  # mkstemp makes it 0600
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(generate_key() + "\n")
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+
+
+def _aad(metadata: Mapping[str, bytes]) -> bytes:
+    """The outer metadata, canonical and length-prefixed: every entry is bound to the ciphertext."""
+    parts = [_AAD_PREFIX]
+    for name in sorted(metadata):
+        value = metadata[name]
+        parts += [struct.pack(">I", len(name)), name.encode(), struct.pack(">I", len(value)), value]
+    return b"".join(parts)
+
+
+def _same_workflow(sealed_for: str, running_as: str) -> bool:
+    """True for the same id, or a schedule's run (``<schedule action id>-<RFC 3339 time>``)."""
+    if sealed_for == running_as:
+        return True
+    if not running_as.startswith(sealed_for + "-"):
+        return False
+    try:
+        datetime.fromisoformat(running_as[len(sealed_for) + 1 :].replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+class LapseCodec(PayloadCodec, WithSerializationContext):
+    """AES-256-GCM over whole payloads, keys by id; see the module's docstring.
+
+    ``accept_plaintext`` lets unencrypted payloads through on decode (the migration window for runs
+    started before the codec); encoding always encrypts.
+
+    By default a refused payload raises :class:`PayloadRejected`. With ``quarantine`` (what workers and
+    clients use) it decodes to a :data:`REJECTED` payload instead, which no converter can read: the one
+    input that carried it fails on its own — a forged update is rejected, a forged signal dropped, a
+    forged start input fails every workflow task so the run makes no progress — rather than failing the
+    whole workflow task, which would let one forged update wedge a genuine run.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[CodecKey],
+        *,
+        accept_plaintext: bool = False,
+        quarantine: bool = False,
+        namespace: str | None = None,
+        workflow_id: str | None = None,
+    ) -> None:
+        if not keys:
+            raise CodecKeyError("the payload codec needs at least one key")
+        self._keys = list(keys)
+        self._ciphers = {k.kid: AESGCM(k.key) for k in keys}
+        self.accept_plaintext = accept_plaintext
+        self.quarantine = quarantine
+        self.namespace = namespace
+        self.workflow_id = workflow_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [k.kid for k in self._keys]
+
+    def with_context(self, context: SerializationContext) -> Self:
+        namespace = workflow_id = None
+        if isinstance(context, WorkflowSerializationContext | ActivitySerializationContext):
+            namespace, workflow_id = context.namespace or None, context.workflow_id or None
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.namespace, clone.workflow_id = namespace, workflow_id
+        return clone
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self.seal(p) for p in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if not self.quarantine:
+            return [self.open(p) for p in payloads]
+        decoded = []
+        for payload in payloads:
+            try:
+                decoded.append(self.open(payload))
+            except PayloadRejected as error:
+                log.warning("%s (workflow %s)", error, self.workflow_id or "unknown")
+                decoded.append(Payload(metadata={"encoding": REJECTED, "lapse-reason": str(error).encode()}))
+        return decoded
+
+    def seal(self, payload: Payload) -> Payload:
+        primary = self._keys[0]
+        metadata = {"encoding": ENCODING, KID: primary.kid.encode()}
+        if self.namespace:
+            metadata[NAMESPACE] = self.namespace.encode()
+        if self.workflow_id:
+            metadata[WORKFLOW_ID] = self.workflow_id.encode()
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._ciphers[primary.kid].encrypt(nonce, payload.SerializeToString(), _aad(metadata))
+        return Payload(metadata=metadata, data=nonce + sealed)
+
+    def open(self, payload: Payload) -> Payload:
+        metadata = dict(payload.metadata)
+        if metadata.get("encoding") != ENCODING:
+            if self.accept_plaintext:
+                return payload
+            encoding = metadata.get("encoding", b"").decode(errors="replace")[:60] or "none"
+            raise PayloadRejected(
+                f"refused an unencrypted payload (encoding {encoding!r}): it was not made with Lapse's codec key "
+                "(runs started before the codec need LAPSE_CODEC_ACCEPT_PLAINTEXT during the migration)"
+            )
+        kid = metadata.get(KID, b"").decode(errors="replace")
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            raise PayloadRejected(f"refused a payload sealed with key {kid[:64]!r}, which is not configured")
+        namespace = metadata.get(NAMESPACE, b"").decode(errors="replace")
+        if namespace and self.namespace and namespace != self.namespace:
+            raise PayloadRejected("refused a payload sealed for another namespace")
+        workflow_id = metadata.get(WORKFLOW_ID, b"").decode(errors="replace")
+        if workflow_id and self.workflow_id and not _same_workflow(workflow_id, self.workflow_id):
+            raise PayloadRejected(f"refused a payload sealed for another workflow than {self.workflow_id!r}")
+        nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
+        try:
+            plain = cipher.decrypt(nonce, sealed, _aad(metadata))
+            inner = Payload.FromString(plain)
+        except (InvalidTag, ValueError, DecodeError):
+            raise PayloadRejected("refused a payload that fails authentication (tampered or forged)") from None
+        return inner
+
+
+def is_sealed(payload: Payload) -> bool:
+    return payload.metadata.get("encoding") == ENCODING

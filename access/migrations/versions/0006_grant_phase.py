@@ -1,0 +1,37 @@
+"""grant phases: claim, call the target outside any transaction, record; an index for the expiry backstop
+
+Revision ID: 0006
+Revises: 0005 (or 0004 while 0005 is not in the tree)
+Create Date: 2026-12-01 22:30:00.000000
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+import access.tables
+
+revision: str = '0006'
+# 0005 is another change's, written alongside this one: follow it once it is in the tree.
+down_revision: str | None = '0005' if any(Path(__file__).parent.glob('0005_*.py')) else '0004'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('grant', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column('phase', sqlmodel.sql.sqltypes.AutoString(), nullable=False, server_default='held')
+        )
+        batch_op.add_column(sa.Column('phase_at', access.tables.UTCDateTime(timezone=True), nullable=True))
+        batch_op.create_index('ix_grant_active_expires_at', ['active', 'expires_at'], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('grant', schema=None) as batch_op:
+        batch_op.drop_index('ix_grant_active_expires_at')
+        batch_op.drop_column('phase_at')
+        batch_op.drop_column('phase')
