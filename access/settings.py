@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     """A request with no decision for this long ends as ``timed_out``."""
     submit_timeout: Duration = Field(default=timedelta(seconds=30))
     """How long the API waits for a worker to record a new request before answering 503."""
-    max_pending_submits: int = Field(default=48, ge=1)
+    max_pending_submits: int = Field(default=16, ge=1)
     """Requests one API process starts at once, each waiting on a worker to record it; beyond these, a new
     request is refused with 503 and ``Retry-After`` (nothing started) instead of queueing behind them."""
     admission_wait: timedelta = timedelta(milliseconds=500)

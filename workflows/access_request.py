@@ -356,7 +356,7 @@ class AccessRequestWorkflow:
 
     @approve.validator
     def _validate_approve(self, input: DecisionInput) -> None:
-        self._check_decision(input, strict=True)
+        self._check_decision(input, strict=True, distinct=True)
 
     @workflow.update
     async def deny(self, input: DecisionInput) -> RequestAck:
@@ -365,7 +365,7 @@ class AccessRequestWorkflow:
 
     @deny.validator
     def _validate_deny(self, input: DecisionInput) -> None:
-        self._check_decision(input, strict=True)
+        self._check_decision(input, strict=True, distinct=True)
 
     @workflow.update
     async def cancel(self, input: EndInput) -> RequestAck:
@@ -523,9 +523,9 @@ class AccessRequestWorkflow:
             return None
         return self._status.open_round()
 
-    def _check_decision(self, input: DecisionInput, *, strict: bool) -> None:
-        """Whether ``input.actor`` may decide the open step now. ``strict`` adds the rules that came later:
-        bounded comments, and one person's decision counting for one step of a round only."""
+    def _check_decision(self, input: DecisionInput, *, strict: bool, distinct: bool) -> None:
+        """Whether ``input.actor`` may decide the open step now. ``strict`` adds bounded comments, and
+        ``distinct`` one person's decision counting for one step of a round only: rules that came later."""
         steps = self._round()
         step = next((s for s in steps or [] if s.state is StepState.OPEN), None)
         if step is None:
@@ -543,7 +543,7 @@ class AccessRequestWorkflow:
             raise _refused("Conflict", f"{input.actor} has already decided step {step.name!r}")
         if step.approvals >= step.quorum:
             raise _refused("Conflict", f"step {step.name!r} already has the approvals it needs")
-        if strict and self._input.plan.distinct_approvers:
+        if distinct and self._input.plan.distinct_approvers:
             earlier = next((s for s in steps or [] if s is not step and _approved_by(s, input.actor)), None)
             if earlier is not None:
                 raise _refused(
@@ -616,8 +616,10 @@ class AccessRequestWorkflow:
 
     async def _decide(self, input: DecisionInput, *, approved: bool) -> None:
         # Again: another update may have run since validation. Histories from before the distinct-approver
-        # rule replay without it (validators do not run on replay, this check does).
-        self._check_decision(input, strict=workflow.patched("distinct-approvers"))
+        # rule replay without it (validators do not run on replay, this check does); a round of one step
+        # has nothing to check, and its history no marker.
+        multi_step = len(self._round() or []) > 1
+        self._check_decision(input, strict=False, distinct=multi_step and workflow.patched("distinct-approvers"))
         steps = self._round()
         assert steps is not None
         index, step = next((i, s) for i, s in enumerate(steps) if s.state is StepState.OPEN)
