@@ -21,7 +21,7 @@ at decision time it matches nobody (``resolve``), so a group created later can n
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import or_
@@ -94,11 +94,12 @@ def _matches(ref: GroupRef, row: GroupRow) -> bool:
     return row.name == ref.name
 
 
-def resolve_one(text: str, rows: Iterable[GroupRow]) -> Resolution:
-    """Resolve one reference against ``rows`` (pure: the candidates are read by the caller)."""
+def resolve_one(text: str, rows: Iterable[GroupRow], *, show: Callable[[str], str] = repr) -> Resolution:
+    """Resolve one reference against ``rows`` (pure: the candidates are read by the caller); ``show``
+    formats the reference in the problem."""
     ref = parse(text)
-    if not text.strip() or (ref.external_id is None and not ref.name) or ref.external_id == "" or ref.source == "":
-        return Resolution(None, f"{text!r} is not a group reference (name, source:name or source:#id)")
+    if ref.source == "" or not (ref.name or ref.external_id):
+        return Resolution(None, f"{show(text)} is not a group reference (name, source:name or source:#external-id)")
     found = [row for row in rows if _matches(ref, row)]
     if ref.source is None:
         in_file = [row for row in found if row.source == FILE]
@@ -106,12 +107,12 @@ def resolve_one(text: str, rows: Iterable[GroupRow]) -> Resolution:
     if len(found) == 1:
         return Resolution(found[0])
     if not found:
-        return Resolution(None, f"unknown group {text!r}")
+        return Resolution(None, f"unknown group {show(text)}")
     listed = ", ".join(sorted(exact(row) for row in found))
     if ref.source is None:
-        why = f"group {text!r} is ambiguous: the organisation file has no group of that name and several sources do"
+        why = f"group {show(text)} is ambiguous: the organisation file has no group of that name and several sources do"
     else:
-        why = f"group {text!r} is ambiguous: {ref.source} has {len(found)} groups of that name"
+        why = f"group {show(text)} is ambiguous: {ref.source} has {len(found)} groups of that name"
     return Resolution(None, f"{why} ({listed}); name one by source and external id")
 
 

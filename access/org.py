@@ -193,7 +193,7 @@ class OrgFile(Model):
         file_groups = {name for source, name in rows if source == group_refs.FILE}
 
         def unknown(ref: str) -> str | None:
-            return group_refs.resolve_one(ref, rows.values()).problem
+            return group_refs.resolve_one(ref, rows.values(), show=str).problem
 
         problems: list[str] = []
         for user in self.users:

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     secrets_dir: Path | None = None
     """Integrations' ``*_file`` references (and ``ca_file``) may only name files inside this directory, after
     resolving symlinks and ``..``; default ``<data_dir>/secrets``."""
+    integration_hosts: list[str] = []
+    """Host patterns (``fnmatch``, e.g. ``["db.example.com", "*.corp.example.com"]``) integrations may connect
+    to; empty: any. Set it so that no admin can point an integration, and the secret it names, elsewhere."""
     secret_key: SecretStr | None = None
     """Fernet key sealing one-time credentials until their requester fetches them; default: a key file
     ``secret.key`` in ``data_dir``, made on first use. Set it when the API and workers share no disk."""

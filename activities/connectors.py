@@ -12,6 +12,7 @@ history or search attributes.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import inspect
 import json
@@ -192,6 +193,8 @@ class SecretPolicy:
     """Upper-cased; a name equal to one, or starting with one and ``_``, is refused."""
     secrets_dir: Path
     reserved_files: frozenset[Path] = frozenset()
+    hosts: tuple[str, ...] = ()
+    """Host patterns targets may have (``fnmatch``, case-insensitive); empty: any host."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecretPolicy:
@@ -216,7 +219,15 @@ class SecretPolicy:
         if data_dir == secrets_dir or data_dir.is_relative_to(secrets_dir):
             raise ValueError(f"secrets_dir {secrets_dir} must not be (or contain) the data directory {data_dir}")
         files |= {data_dir / name for name in ("secret.key", "audit.key", "codec.key", "lapse.db")}
-        return cls(settings.secret_env_prefix, frozenset(reserved), secrets_dir, frozenset(files))
+        hosts = tuple(getattr(settings, "integration_hosts", ()))
+        return cls(settings.secret_env_prefix, frozenset(reserved), secrets_dir, frozenset(files), hosts)
+
+    def host_problem(self, host: str) -> str | None:
+        """Why an integration may not connect to ``host``, or None."""
+        name = host.strip("[]").lower()
+        if not self.hosts or any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in self.hosts):
+            return None
+        return f"{host} is not one of the hosts integrations may reach (integration_hosts: {', '.join(self.hosts)})"
 
     def env_problem(self, name: str) -> str | None:
         """Why ``name`` may not be read as an integration secret, or None."""
@@ -319,6 +330,21 @@ def secret(*, env: str | None, file: Path | None, what: str, field: str) -> str:
         raise PermanentError(f"no {what} configured ({field}_env or {field}_file)")
     remember_secret(value)
     return value
+
+
+def check_host(host: str, *, field: str) -> None:
+    """A PermanentError when the policy does not let integrations reach ``host``."""
+    problem = secret_policy().host_problem(host)
+    if problem:
+        raise PermanentError(f"{field} refused: {problem}")
+
+
+def allowed_host(host: str) -> str:
+    """For validators: a ValueError when the policy does not let integrations reach ``host``."""
+    problem = secret_policy().host_problem(host)
+    if problem:
+        raise ValueError(problem)
+    return host
 
 
 def secret_file(path: Path, *, what: str, field: str) -> bytes:

@@ -42,6 +42,8 @@ from activities.connectors import (
     RetryableError,
     SecretFile,
     Target,
+    allowed_host,
+    check_host,
     secret,
     secret_file,
 )
@@ -127,6 +129,7 @@ class LdapConfig(ConnectorConfig):
             )
         if not self.insecure and not self.verify_tls:
             raise ValueError("verify_tls: false accepts any certificate: it needs insecure: true")
+        allowed_host(self.host)
         if self.disabled_value is not None and (self.disabled_attribute or "").lower() == "useraccountcontrol":
             raise ValueError("disabled_value does not apply to userAccountControl (its disabled bit is tested)")
         return self
@@ -146,8 +149,14 @@ class LdapConfig(ConnectorConfig):
         ca = None
         if self.ca_file is not None:
             ca = secret_file(self.ca_file, what="the LDAP server's CA certificate", field="ca_file").decode()
-        host = self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0].strip("[]")
+        host = self.host
         return ldap3.Tls(validate=ssl.CERT_REQUIRED if self.verify_tls else ssl.CERT_NONE, ca_certs_data=ca, sni=host)
+
+    @property
+    def host(self) -> str:
+        address = self.url.split("://", 1)[1].rstrip("/")
+        host = address.rsplit("]", 1)[0] + "]" if address.startswith("[") else address.rsplit(":", 1)[0]
+        return host.strip("[]")
 
     @property
     def transport(self) -> str:
@@ -236,6 +245,7 @@ class _Directory:
     @contextmanager
     def connect(self) -> Iterator[Any]:
         config = self.config
+        check_host(config.host, field="url")  # before the password is read, let alone sent
         password = config.password()
         server = ldap3.Server(config.url, get_info=ldap3.NONE, connect_timeout=config.connect_timeout, tls=config.tls())
         connection = ldap3.Connection(

@@ -34,6 +34,7 @@ from activities.connectors import (
     RetryableError,
     SecretFile,
     Target,
+    check_host,
     remember_secret,
     secret,
     secret_policy,
@@ -84,6 +85,8 @@ class PostgresConfig(ConnectorConfig):
             params = conninfo.conninfo_to_dict(dsn)
         except (psycopg.ProgrammingError, UnicodeDecodeError) as error:
             raise PermanentError(f"the connection string ({self._source()}) is malformed: {error}".strip()) from None
+        for host in _tcp_hosts(params):
+            check_host(host, field=f"the host in {self._source()}")
         if self.insecure or not _over_tcp(params):
             return {"sslrootcert": self._ca_path()} if self.ca_file is not None else {}
         mode = str(params.get("sslmode") or os.environ.get("PGSSLMODE") or "")
@@ -239,7 +242,7 @@ class PostgresConnector(ConnectorBase):
             if not self._role_exists(connection, target.role):
                 raise PermanentError(f"role {target.role} does not exist in PostgreSQL ({target.path})")
             with _classified():
-                why = _privileged_roles(connection).get(target.role)
+                why = _privilege_of(connection, target.role)
             if why and target.role not in self.config.allow_privileged:
                 raise PermanentError(
                     f"role {target.role} is privileged ({why}) and not in the integration's allow_privileged: "
@@ -360,6 +363,32 @@ PRIVILEGED_BUILT_IN = frozenset({"pg_execute_server_program", "pg_read_server_fi
 """Predefined roles that reach the server's operating system (run programs, read or write its files)."""
 
 
+def _own_privileges(name: str, flags: Iterable[Any]) -> list[str]:
+    reasons = [label for (_, label), on in zip(PRIVILEGED_ATTRIBUTES, flags, strict=True) if on]
+    if name in PRIVILEGED_BUILT_IN:
+        reasons.append("reaches the server's files or programs")
+    return reasons
+
+
+def _privilege_of(connection: psycopg.Connection[Any], role: str) -> str | None:
+    """Why ``role`` is privileged (as ``_privileged_roles`` says), reading only the roles above it."""
+    columns = ", ".join(f"r.{column}" for column, _ in PRIVILEGED_ATTRIBUTES)
+    rows = connection.execute(
+        "WITH RECURSIVE up(oid) AS (SELECT oid FROM pg_roles WHERE rolname = %s "
+        "  UNION SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.oid) "
+        f"SELECT r.rolname, {columns} FROM up JOIN pg_roles r ON r.oid = up.oid",
+        (role,),
+    ).fetchall()
+    reasons: list[str] = []
+    for name, *flags in sorted(rows, key=lambda row: row[0] != role):
+        own = _own_privileges(str(name), flags)
+        if own and name == role:
+            reasons += own
+        elif own:
+            reasons.append(f"member of {name}: {', '.join(own)}")
+    return "; ".join(reasons) or None
+
+
 def _privileged_roles(connection: psycopg.Connection[Any]) -> dict[str, str]:
     """Every privileged role, with why: its own attributes, or the privileged role it is (transitively) a
     member of, since a member can ``SET ROLE`` to it (memberships are followed whatever their options)."""
@@ -368,9 +397,7 @@ def _privileged_roles(connection: psycopg.Connection[Any]) -> dict[str, str]:
     names = {row[0]: str(row[1]) for row in rows}
     own: dict[int, list[str]] = {}
     for row in rows:
-        reasons = [label for (_, label), on in zip(PRIVILEGED_ATTRIBUTES, row[2:], strict=True) if on]
-        if row[1] in PRIVILEGED_BUILT_IN:
-            reasons.append("reaches the server's files or programs")
+        reasons = _own_privileges(str(row[1]), row[2:])
         if reasons:
             own[row[0]] = reasons
     parents: dict[int, set[int]] = {}
@@ -391,6 +418,14 @@ def _privileged_roles(connection: psycopg.Connection[Any]) -> dict[str, str]:
         if reasons:
             result[name] = "; ".join(reasons)
     return result
+
+
+def _tcp_hosts(params: Mapping[str, Any]) -> list[str]:
+    """The network hosts (names or addresses) libpq would connect to for the DSN (or the environment)."""
+    found = [h for h in str(params.get("host") or os.environ.get("PGHOST") or "").split(",") if h]
+    found = [h for h in found if not h.startswith(("/", "@"))]
+    found += [a for a in str(params.get("hostaddr") or os.environ.get("PGHOSTADDR") or "").split(",") if a]
+    return found
 
 
 def _over_tcp(params: Mapping[str, Any]) -> bool:

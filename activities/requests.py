@@ -7,9 +7,8 @@ transaction, calls the target with none open, and records the outcome in another
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -145,7 +144,7 @@ class RequestActivities:
             credentials = claim.connector.grant(claim.account, claim.target, claim.expires_at)
         except ConnectorError as error:
             if _final_attempt(error):
-                self._take_back(input, f"provisioning failed: {error}")
+                self._take_back(input, f"provisioning failed: {error}", refused=not error.retryable)
             raise as_activity_error(error) from error
         with session_scope(self._db_url) as session:
             lock(session, claim.account, input.role)
@@ -246,18 +245,32 @@ class RequestActivities:
         )
         return _GrantClaim(target, connector, account, grant.id, grant.expires_at, now, call, True, result)
 
-    def _take_back(self, input: GrantInput, reason: str) -> None:
+    def _take_back(self, input: GrantInput, reason: str, *, refused: bool) -> None:
         """A grant failed for good after possibly reaching the target: revoke it (unless another grant
         covers the account and role) and end its row, so nothing stays granted with no ledger row.
+
         If this revoke fails too, the row stays ``revoking`` and the request's revoke or the expiry
-        backstop finishes it."""
+        backstop finishes it — unless the target ``refused`` the grant outright and refuses the revoke for
+        good as well (a role gone from it): then nothing of the grant is there, and the row just ends.
+        """
         with session_scope(self._db_url, write=False) as session:
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
         if grant is None or grant.id is None or not grant.active:
             return
         ending = Ending(actor="lapse", action="grant.taken_back", reason=reason)
-        with contextlib.suppress(ApplicationError):
+        try:
             revoke_grant_by_id(self._db_url, self._connectors, grant.id, ending)
+        except ApplicationError as error:
+            if not (refused and error.non_retryable):
+                return
+            with session_scope(self._db_url) as session:
+                lock(session, grant.account, grant.role)
+                ended = session.get(Grant, grant.id)
+                if ended is not None and ended.active:
+                    now = datetime.now(UTC)
+                    end(session, ended, now)
+                    why = f"{reason}; the target refused the revoke too ({error.message}): nothing of it is there"
+                    _record_ending(session, ended, replace(ending, reason=why), still_held=False, now=now)
 
     def _key(self) -> Fernet:
         """The key that seals credentials; a missing or malformed one fails the grant for good, saying why."""

@@ -51,6 +51,8 @@ from activities.connectors import (
     RetryableError,
     SecretFile,
     Target,
+    allowed_host,
+    check_host,
     secret,
     secret_file,
 )
@@ -99,7 +101,12 @@ class ScimConfig(ConnectorConfig):
             raise ValueError("http:// sends the bearer token in clear: use https://, or set insecure: true")
         if not self.insecure and not self.verify_tls:
             raise ValueError("verify_tls: false accepts any certificate: it needs insecure: true")
+        allowed_host(self.host)
         return self
+
+    @property
+    def host(self) -> str:
+        return httpx.URL(self.base_url).host
 
     def token(self) -> str:
         return secret(env=self.token_env, file=self.token_file, what="the SCIM bearer token", field="token")
@@ -177,6 +184,8 @@ class ScimConnector(ConnectorBase):
             if isinstance(error.__cause__, httpx.TimeoutException):
                 timeout = self.config.timeout
                 raise RetryableError(f"the {where} did not answer within {timeout} s while {doing}") from error
+            if "certificate" in str(error).lower():  # the TLS handshake refused it: configuration, not the network
+                raise PermanentError(f"the TLS certificate of the {where} is not valid: {error}") from error
             raise RetryableError(f"cannot reach the {where} while {doing}: {error}") from error
         except (SCIMException, SCIMClientException) as error:
             status = _status_of(error)
@@ -201,6 +210,7 @@ class ScimConnector(ConnectorBase):
 
     @contextmanager
     def _session(self) -> Iterator[_HttpxScimClient]:
+        check_host(self.config.host, field="base_url")  # before the token is read, let alone sent
         token = self.config.token()
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(

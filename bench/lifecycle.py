@@ -828,6 +828,8 @@ def _json_default(value: Any) -> Any:
 
 
 async def benchmark(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    # Bare Temporal runs without Lapse's payload codec (it is the baseline); Lapse's runs are only counted
+    # through this client (raw histories), never decoded, so it needs no key.
     client = await Client.connect(stack.settings.temporal_address, data_converter=pydantic_data_converter)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:

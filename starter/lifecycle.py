@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import InvalidToken
+from sqlmodel import col, select
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -253,8 +254,37 @@ async def end(
 ) -> RequestStatus:
     update = AccessRequestWorkflow.revoke if revoke else AccessRequestWorkflow.cancel
     action = "grant.revoke" if revoke else "request.cancel"
+    if revoke:
+        orphan = await _grant_without_run(client, settings, request_id)
+        if orphan is not None:
+            # The run is gone (terminated at Temporal's history limit, say): revoke by the ledger row.
+            known = await asyncio.to_thread(stored_status, settings, request_id)
+            if known is not None and actor.email != known.requester and not actor.is_admin:
+                problem = Problem(403, "only the requester or an admin can revoke a grant")
+                raise await asyncio.to_thread(
+                    refused, settings, actor.email, action, names.request_workflow_id(request_id), problem
+                )
+            _, _, status = await revoke_grant(client, settings, actor, orphan, comment=comment)
+            assert status is not None
+            return status
     arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment)
     return await _update(client, settings, actor.email, request_id, update, arg, action)
+
+
+async def _grant_without_run(client: Client, settings: Settings, request_id: str) -> int | None:
+    """The id of the request's active grant when its run is no longer going, else None."""
+
+    def active_grant() -> int | None:
+        with session_scope(settings.db_url, write=False) as session:
+            grant = session.exec(
+                select(Grant).where(Grant.request_id == request_id, col(Grant.active).is_(True))
+            ).first()
+            return grant.id if grant is not None else None
+
+    grant_id = await asyncio.to_thread(active_grant)
+    if grant_id is None or (await request_run(client, request_id)).running:
+        return None
+    return grant_id
 
 
 async def extend(

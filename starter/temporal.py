@@ -18,7 +18,11 @@ from access.settings import Settings
 
 
 def data_converter(settings: Settings, *, accept_plaintext: bool | None = None) -> DataConverter:
-    """Lapse's one data converter; ``accept_plaintext`` overrides ``codec_accept_plaintext`` (replay tests)."""
+    """Lapse's one data converter; ``accept_plaintext`` overrides ``codec_accept_plaintext`` (replay tests).
+
+    The codec quarantines what it refuses (see :class:`~access.codec.LapseCodec`): a forged update is
+    rejected on its own instead of failing, and so wedging, the genuine run it was sent to.
+    """
     codec = LapseCodec(
         codec_keys(settings),
         accept_plaintext=settings.codec_accept_plaintext if accept_plaintext is None else accept_plaintext,

@@ -260,6 +260,15 @@ async def test_codec_endpoint_decodes_for_admins_only(tmp_path: Path) -> None:
         sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
         forged = await http.post("/codec/decode", json=_payloads_json(sealed), headers=admin)
         assert forged.status_code == 422 and forged.headers["content-type"].startswith("application/problem+json")
+        assert forged.json()["field"] == "payloads.0"
+
+        # Bad input is a 4xx naming the field, never a 500.
+        not_base64 = {"payloads": [{"metadata": {"encoding": "%%%"}, "data": ""}]}
+        response = await http.post("/codec/decode", json=not_base64, headers=admin)
+        assert response.status_code == 422 and response.json()["field"] == "payloads.0"
+        too_many = {"payloads": [{"data": ""}] * 1001}
+        response = await http.post("/codec/encode", json=too_many, headers=admin)
+        assert response.status_code == 422 and response.json()["field"].startswith("payloads")
 
 
 async def test_codec_endpoint_cors_allows_only_the_web_ui(tmp_path: Path) -> None:

@@ -70,14 +70,24 @@ MAX_ID = 2**31 - 1
 """The largest numeric id (a grant's): the app DB's integer columns hold no more."""
 
 
+def _unicode(value: str) -> None:
+    """A lone surrogate (``"\\ud800"`` in JSON) is no character: no database would store it."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (a lone surrogate)") from None
+
+
 def check_json(value: Any, *, depth: int = 0) -> Any:
     """Refuse control characters anywhere in a JSON value (keys and strings) and nesting past ``MAX_CONFIG_DEPTH``."""
     if depth > MAX_CONFIG_DEPTH:
         raise ValueError(f"nests deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, str):
+        _unicode(value)
         plain_text(value)
     elif isinstance(value, dict):
         for key, item in value.items():
+            _unicode(str(key))
             plain_text(str(key))
             check_json(item, depth=depth + 1)
     elif isinstance(value, list):

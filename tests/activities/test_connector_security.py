@@ -4,6 +4,7 @@ the catalog (8), accounts that never collide and SCIM users never matched by ema
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.server
 import ipaddress
@@ -33,6 +34,8 @@ from activities.connectors import (
     Target,
     check_config,
     secret,
+    secret_policy,
+    use_secret_policy,
 )
 from activities.integrations import as_activity_error
 from activities.ldap import LdapConnector
@@ -139,6 +142,34 @@ def test_f5_the_documented_references_still_work(monkeypatch: pytest.MonkeyPatch
         check_config("postgres", {"dsn_env": name})
         monkeypatch.setenv(name, "postgresql://lapse@db/orders")
         assert secret(env=name, file=None, what="the DSN", field="dsn") == "postgresql://lapse@db/orders"
+
+
+def test_f5_integration_hosts_keep_targets_and_their_secrets_on_known_hosts(
+    secrets_dir: Path, outside_host: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAPSE_PG_PROD_DSN", postgres.dsn(password="the-prod-password"))
+    # Stored while any host was allowed: a SCIM "app" on an outside host, handed the PostgreSQL DSN as token.
+    scim = ScimConnector({"base_url": outside_host, "token_env": "LAPSE_PG_PROD_DSN", "insecure": True})
+    pg = PostgresConnector({"dsn_env": "LAPSE_PG_PROD_DSN", "insecure": True})
+    policy = secret_policy()
+    use_secret_policy(dataclasses.replace(policy, hosts=("db.corp.example.com", "*.scim.example.com")))
+    try:
+        with pytest.raises(PermanentError, match=r"base_url refused: 127\.0\.0\.1 is not one of the hosts"):
+            scim.test_connection()
+        assert _Catcher.seen == []
+        with pytest.raises(PermanentError, match=r"the host in .LAPSE_PG_PROD_DSN refused: 127\.0\.0\.1"):
+            pg.test_connection()
+        with pytest.raises(ValidationError, match="not one of the hosts integrations may reach"):
+            check_config("scim", {"base_url": outside_host, "token_env": "LAPSE_T", "insecure": True})
+        with pytest.raises(ValidationError, match="not one of the hosts integrations may reach"):
+            check_config(
+                "ldap",
+                {"url": "ldaps://evil.example.net", "bind_dn": "cn=x", "password_env": "LAPSE_T", "users_base": "o=x"}
+                | {"groups_base": "o=x"},
+            )
+        check_config("scim", {"base_url": "https://crm.scim.example.com/v2", "token_env": "LAPSE_T"})
+    finally:
+        use_secret_policy(policy)
 
 
 # --- 6. Verified TLS by default; plaintext only with insecure: true, and flagged -------------------------
@@ -305,6 +336,39 @@ def test_f6_ldaps_and_starttls_validate_the_certificate(
     # Only an explicit insecure: true turns checking off, and the test says so.
     detail = LdapConnector({**base, "url": tls_ldap.ldaps_url, "verify_tls": False, "insecure": True}).test_connection()
     assert "certificate NOT verified" in detail and "[INSECURE" in detail
+
+
+@pytest.fixture
+def tls_outside_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The catching server over TLS, with a certificate for 127.0.0.1 from a CA of its own: (url, CA file)."""
+    import ssl
+
+    ca, cert, key = _certificates(tmp_path, names=["127.0.0.1"])
+    _Catcher.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Catcher)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/scim/v2", ca
+    server.shutdown()
+    server.server_close()
+
+
+def test_f6_scim_https_validates_the_certificate(
+    tls_outside_host: tuple[str, Path], secrets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = tls_outside_host
+    monkeypatch.setenv("LAPSE_TEST_SCIM_TOKEN", "scim-token")
+    with pytest.raises(PermanentError, match=r"TLS certificate of the SCIM server .* is not valid"):
+        ScimConnector({"base_url": url, "token_env": "LAPSE_TEST_SCIM_TOKEN"}).test_connection()
+    assert _Catcher.seen == []  # the token never left over an unverified connection
+    (secrets_dir / "scim-ca.pem").write_bytes(ca.read_bytes())
+    trusted = ScimConnector({"base_url": url, "token_env": "LAPSE_TEST_SCIM_TOKEN", "ca_file": "scim-ca.pem"})
+    with pytest.raises(PermanentError, match="refused the bearer token"):  # past TLS: the server answered 401
+        trusted.test_connection()
+    assert _Catcher.seen == ["Bearer scim-token"]
 
 
 # --- 7. No secret leaves a connector in an error --------------------------------------------------------

@@ -17,7 +17,7 @@ from temporalio.testing import ActivityEnvironment
 from access.db import session_scope
 from access.ledger import HELD, PROVISIONING
 from access.settings import Settings
-from access.tables import AccessRequest, BirthrightPolicy, Grant
+from access.tables import AccessRequest, AuditEvent, BirthrightPolicy, Grant
 from access.types import BirthrightBatchInput, GrantInput, RecordInput, RequestStatus, RevokeInput, SyncInput
 from activities.birthright import BirthrightActivities
 from activities.connectors import BUILT_IN, Target
@@ -221,3 +221,16 @@ def _record_other_request(settings: Settings) -> None:
     )
     activities = RequestActivities(settings.db_url)
     ActivityEnvironment().run(activities.record_request, RecordInput(status=status, events=[]))
+
+
+def test_a_grant_that_fails_for_good_is_taken_back_before_the_failure(settings: Settings) -> None:
+    target = SlowTarget(permanent_grant_error="the role is read-only in the target")
+    activities = _activities(settings, target)
+    with pytest.raises(ApplicationError) as failed:
+        ActivityEnvironment().run(activities.provision_grant, _grant_input("a"))
+    assert failed.value.non_retryable
+    assert _grants(settings) == {"a": "ended"}  # no row left claiming access nobody will revoke
+    assert [c[0] for c in target.calls] == ["revoke"]  # idempotent: whatever reached the target is gone
+    with session_scope(settings.db_url, write=False) as session:
+        actions = [e.action for e in session.exec(select(AuditEvent).where(AuditEvent.target == "access-request-a"))]
+    assert actions == ["grant.taken_back"]

@@ -161,6 +161,14 @@ async def test_caller_header_is_bounded(api: Api) -> None:
     _problem(await api.call("a" * 400 + "@example.com", "GET", "/api/requests"), 401, "X-Forwarded-Email")
 
 
+async def test_lone_surrogate_in_a_connector_setting_is_422(api: Api) -> None:
+    raw = b'{"name": "surrogate", "kind": "ledger", "config": {"note": "\\ud800"}}'
+    response = await api.http.post(
+        "/api/integrations", content=raw, headers={"X-Forwarded-Email": ADA, "Content-Type": "application/json"}
+    )
+    assert "Unicode" in _problem(response, 422, "config")
+
+
 async def test_f15_invalid_json_names_the_body(api: Api) -> None:
     response = await api.http.post(
         "/api/requests", content=b"{not json", headers={"X-Forwarded-Email": ALAN, "Content-Type": "application/json"}

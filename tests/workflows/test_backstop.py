@@ -148,6 +148,22 @@ async def test_admin_revoke_works_when_run_is_gone(
     assert again.status_code == 409
 
 
+async def test_f1_requester_gives_back_a_grant_whose_run_is_gone(
+    api: Api, env: WorkflowEnvironment, settings: Settings, target: FakeTarget
+) -> None:
+    created = await api.request(KATHERINE, READ, "PT30M", "")
+    await api.wait_for(created["id"], "active")
+    await _terminate(env, created["id"])
+
+    stranger = await api.call("ken@example.com", "POST", f"/api/requests/{created['id']}/revoke", {})
+    assert stranger.status_code == 403
+    revoked = await api.ok(KATHERINE, "POST", f"/api/requests/{created['id']}/revoke", {"comment": "done"})
+
+    assert revoked["state"] == "revoked"
+    assert (KATHERINE, READ) not in target.held
+    assert not _grant(settings, created["id"]).active
+
+
 async def test_backstop_is_scheduled_beside_the_syncs_and_records_its_runs(
     api: Api, env: WorkflowEnvironment, settings: Settings
 ) -> None:

@@ -28,7 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from access.db import session_scope
-from access.org import DEMO_ORG
+from access.org import DEMO_ORG, OrgFile, load_org
 from access.settings import Settings
 from access.tables import Group, Membership, User
 from access.types import DirectorySyncInput, DirectorySyncResult, LeaverWork, RequestToEnd, SyncInput, TriggerInput
@@ -157,6 +157,17 @@ def groups_of(settings: Settings, email: str) -> list[str]:
         )
 
 
+def use_rotation(settings: Settings, rotation: str) -> None:
+    """Point the demo's sensitive workflow at another on-call group (policies name groups by reference)."""
+    org = OrgFile.read(DEMO_ORG)
+    (sensitive,) = [w for w in org.approval_workflows if w.name == "sensitive"]
+    body = sensitive.model_dump(mode="json")
+    body["rules"][0]["when"]["on_call"] = [rotation]
+    body["rules"][0]["steps"][0]["approvers"] = [{"kind": "group", "name": rotation}]
+    with session_scope(settings.db_url) as session:
+        load_org(session, OrgFile.model_validate({"approval_workflows": [body]}))
+
+
 def user(settings: Settings, email: str) -> User:
     with session_scope(settings.db_url, write=False) as session:
         found = session.exec(select(User).where(User.email == email)).one()
@@ -180,8 +191,9 @@ async def test_joiners_and_movers_come_from_the_directory(
     assert first["sources"] == [directory.name]
     assert (first["users"], first["groups"]) == (3, 2)
     # The demo's linus and ada are now the directory's: present already, so not joiners.
+    # The directory's groups are its own, shown with their source (``access.groups``).
     assert first["joiners"] == [
-        {"email": "newbie@example.com", "name": "Newbie", "manager": LINUS, "groups": ["developers"]}
+        {"email": "newbie@example.com", "name": "Newbie", "manager": LINUS, "groups": [f"{directory.name}:developers"]}
     ]
     newbie = user(settings, "newbie@example.com")
     assert (newbie.manager_email, newbie.active, newbie.source) == (LINUS, True, directory.name)
@@ -197,7 +209,9 @@ async def test_joiners_and_movers_come_from_the_directory(
     directory.modify(directory.dn("newbie"), {"manager": [(ldap3.MODIFY_REPLACE, [directory.dn("ada")])]})
     second = await run_sync(api)
     assert second["joined"] == 0
-    assert second["movers"] == [{"email": "newbie@example.com", "added": ["reviewers"], "removed": []}]
+    assert second["movers"] == [
+        {"email": "newbie@example.com", "added": [f"{directory.name}:reviewers"], "removed": []}
+    ]
     assert user(settings, "newbie@example.com").manager_email == ADMIN
     assert groups_of(settings, "newbie@example.com") == ["developers", "reviewers"]
 
@@ -254,6 +268,7 @@ async def test_approvals_waiting_on_a_leaver_move_to_the_others_or_fail(
     directory.add_user("alan", manager="linus")
     directory.add_group("oncall-platform", ["alan", "barbara", "linus"])
     await run_sync(api)
+    use_rotation(settings, f"{directory.name}:oncall-platform")  # the directory's, named by its source
 
     only_linus = await api.request(ALAN, DEPLOY, "PT1H", "hotfix")  # alan's manager
     assert only_linus["steps"][0]["eligible"] == [LINUS]

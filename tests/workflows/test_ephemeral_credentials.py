@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.testing import WorkflowEnvironment
 
 from access.credentials import KEY_FILE
@@ -69,15 +71,19 @@ def _valid_until(postgres: PostgresServer, login: str) -> datetime | None:
 
 
 async def _history_text(env: WorkflowEnvironment, request_id: str) -> str:
-    """The run's history as JSON plus every payload in it decoded (payloads are base64 in the JSON)."""
+    """The run's history as JSON plus every payload in it decoded (payloads are base64 in the JSON) and
+    decrypted: the codec hides payloads from the server, not from key holders, so a secret must not be there."""
     history = await env.client.get_workflow_handle(names.request_workflow_id(request_id)).fetch_history()
     raw = history.to_json()
     decoded: list[str] = []
+    payloads: list[Payload] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if isinstance(node.get("data"), str):
                 decoded.append(base64.b64decode(node["data"]).decode(errors="replace"))
+                if isinstance(node.get("metadata"), dict):
+                    payloads.append(json_format.ParseDict(node, Payload(), ignore_unknown_fields=True))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -85,6 +91,9 @@ async def _history_text(env: WorkflowEnvironment, request_id: str) -> str:
                 walk(value)
 
     walk(json.loads(raw))
+    codec = env.client.data_converter.payload_codec
+    assert codec is not None
+    decoded += [p.data.decode(errors="replace") for p in await codec.decode(payloads)]
     return raw + "\n".join(decoded)
 
 

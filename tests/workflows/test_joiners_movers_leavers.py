@@ -62,7 +62,7 @@ class World:
             row = admin.execute(
                 "SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "
                 "JOIN pg_roles m ON m.oid = a.member WHERE g.rolname = %s AND m.rolname = %s",
-                (self.pg_role, self.uid.replace("-", "_")),
+                (self.pg_role, self.uid),  # the login is the email's local part as it is
             ).fetchone()
         return row is not None
 

@@ -1,12 +1,11 @@
 """grant phases: claim, call the target outside any transaction, record; an index for the expiry backstop
 
 Revision ID: 0006
-Revises: 0005 (or 0004 while 0005 is not in the tree)
+Revises: 0005
 Create Date: 2026-12-01 22:30:00.000000
 """
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,8 +14,7 @@ from alembic import op
 import access.tables
 
 revision: str = '0006'
-# 0005 is another change's, written alongside this one: follow it once it is in the tree.
-down_revision: str | None = '0005' if any(Path(__file__).parent.glob('0005_*.py')) else '0004'
+down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

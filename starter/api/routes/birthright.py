@@ -352,7 +352,7 @@ def preview(
         else:
             by_name = {s.name: s for s in specs}
             specs = [by_name[p.name] for p in _check_order(session, body.names, field="names")]
-        inputs = catalog.birthright_inputs(session)
+        inputs = catalog.birthright_inputs(session, also={group for spec in specs for group in spec.groups})
     return _preview(inputs.plan(specs), limit)
 
 

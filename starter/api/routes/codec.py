@@ -37,10 +37,14 @@ class PayloadJSON(BaseModel):
 
 
 class PayloadsJSON(BaseModel):
+    payloads: list[PayloadJSON] = []
+
+
+class PayloadsIn(PayloadsJSON):
     payloads: list[PayloadJSON] = Field(default=[], max_length=MAX_PAYLOADS)
 
     @model_validator(mode="after")
-    def _bounded(self) -> PayloadsJSON:
+    def _bounded(self) -> PayloadsIn:
         size = sum(len(p.data) + sum(len(k) + len(v) for k, v in p.metadata.items()) for p in self.payloads)
         if size > MAX_TOTAL_CHARS:
             raise ValueError(f"the payloads exceed {MAX_TOTAL_CHARS} characters")
@@ -74,7 +78,7 @@ def _codec(settings: Settings, namespace: str | None) -> LapseCodec:
     return codec
 
 
-def _to_protos(body: PayloadsJSON) -> list[Payload]:
+def _to_protos(body: PayloadsIn) -> list[Payload]:
     payloads = []
     for index, item in enumerate(body.payloads):
         try:
@@ -119,7 +123,7 @@ def preflight(operation: str, request: Request, settings: SettingsDep) -> Respon
 
 @router.post("/decode")
 async def decode(
-    body: PayloadsJSON,
+    body: PayloadsIn,
     user: CurrentUser,
     settings: SettingsDep,
     request: Request,
@@ -141,7 +145,7 @@ async def decode(
 
 @router.post("/encode")
 async def encode(
-    body: PayloadsJSON,
+    body: PayloadsIn,
     user: CurrentUser,
     settings: SettingsDep,
     request: Request,
