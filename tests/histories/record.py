@@ -18,9 +18,10 @@ import psycopg
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from access import limits
 from activities.connectors import BUILT_IN
 from starter.api.app import create_app
-from starter.syncs import ensure_sync_schedules
+from starter.syncs import ensure_sync_schedules, trigger_sync
 from tests.conftest import TEST_CONVERTER, Api, FakeTarget, clear_sync_schedules, make_settings
 from tests.servers import PostgresServer
 from worker import build_worker
@@ -87,9 +88,41 @@ async def record(tag: str) -> None:
             await api.wait_for(failing["id"], "expired", timeout=60)
             scenarios["revoke-failing-then-ok"] = failing["id"]
 
+            # Since v4: a provisioning that failed is taken back; a revoke answers while the target fails.
+            target.permanent_grant_error = "no such role (recorded)"
+            failed = await api.request("katherine@example.com", "ledger/prod-db/read", "PT10M", "")
+            await api.wait_for(failed["id"], "failed", timeout=60)
+            target.permanent_grant_error = None
+            scenarios["failed-provision-taken-back"] = failed["id"]
+
+            answered = await api.request("katherine@example.com", "ledger/prod-db/read", "PT10M", "")
+            await api.wait_for(answered["id"], "active")
+            target.revoke_failures = 4
+            await api.ok("katherine@example.com", "POST", f"/api/requests/{answered['id']}/revoke", {})
+            scenarios["revoked-while-failing"] = answered["id"]
+
+            # A run that continues as new while it holds the grant, with an extension open across the seam.
+            limits.HISTORY_EVENTS_BEFORE_CONTINUE = 40
+            held = await api.request("alan@example.com", "ledger/payments-api/deploy", "PT10M", "hotfix")
+            await api.ok("linus@example.com", "POST", f"/api/requests/{held['id']}/approve", {})
+            await api.wait_for(held["id"], "active")
+            for _ in range(4):
+                extension = {"duration": "PT1M", "justification": "still fixing"}
+                await api.ok("alan@example.com", "POST", f"/api/requests/{held['id']}/extend", extension)
+                await api.ok("linus@example.com", "POST", f"/api/requests/{held['id']}/approve", {})
+            limits.HISTORY_EVENTS_BEFORE_CONTINUE = 2000
+            await api.ok("alan@example.com", "POST", f"/api/requests/{held['id']}/revoke", {})
+            scenarios["continued-as-new"] = held["id"]
+
             for name, request_id in scenarios.items():
-                await api.wait_for(request_id, "expired", "revoked", "denied", "timed_out", "cancelled", timeout=60)
+                await api.wait_for(
+                    request_id, "expired", "revoked", "denied", "timed_out", "cancelled", "failed", timeout=60
+                )
                 await _save(env, names.request_workflow_id(request_id), f"{tag}-{name}")
+            first_run = [
+                e.run_id async for e in env.client.list_workflows(f'WorkflowId = "access-request-{held["id"]}"')
+            ]
+            await _save(env, names.request_workflow_id(held["id"]), f"{tag}-continued-as-new-first-run", first_run[-1])
 
             # The scheduled syncs and discovery: a policy starts the birthright sync, the directory sync reads
             # the organisation file, and discovery reads a real PostgreSQL.
@@ -99,6 +132,10 @@ async def record(tag: str) -> None:
             await _save(env, await _finished_run(env, "BirthrightSyncWorkflow"), f"{tag}-birthright-sync")
             await api.ok("ada@example.com", "POST", "/api/directory/sync")
             await _save(env, await _finished_run(env, "DirectorySyncWorkflow"), f"{tag}-directory-sync")
+            await trigger_sync(env.client, names.EXPIRY_BACKSTOP)
+            await _save(env, await _finished_run(env, "ExpiryBackstopWorkflow"), f"{tag}-expiry-backstop")
+            await trigger_sync(env.client, names.AUDIT_CHECKPOINT)
+            await _save(env, await _finished_run(env, "AuditCheckpointWorkflow"), f"{tag}-audit-checkpoint")
 
             postgres = PostgresServer().start()
             try:
@@ -132,8 +169,8 @@ async def _finished_run(env: WorkflowEnvironment, workflow_type: str) -> str:
     raise RuntimeError(f"no {workflow_type} run finished")
 
 
-async def _save(env: WorkflowEnvironment, workflow_id: str, name: str) -> None:
-    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+async def _save(env: WorkflowEnvironment, workflow_id: str, name: str, run_id: str | None = None) -> None:
+    history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     (HERE / f"{name}.json").write_text(history.to_json())
     print(f"recorded {name} ({len(history.events)} events)")
 
