@@ -232,7 +232,7 @@ class SecretPolicy:
     def env_problem(self, name: str) -> str | None:
         """Why ``name`` may not be read as an integration secret, or None."""
         if not _ENV_NAME.match(name):
-            return f"{name!r} is not an environment variable name (give a reference, not a value)"
+            return "that is not an environment variable name (give a reference, not a value)"  # nor quote it
         upper = name.upper()
         if not upper.startswith(self.env_prefix.upper()):
             return f"{name} does not start with {self.env_prefix} (the allowed prefix for integration secrets)"

@@ -131,3 +131,63 @@ def test_migration_0007_keys_the_file_groups_and_the_next_sync_adopts_the_direct
         _sync(session, [_directory(group)], "test", datetime.now(UTC))
         (dbas,) = session.exec(select(Group).where(Group.source == "corp")).all()
         assert (dbas.name, dbas.external_id, dbas.description) == ("dbas", "uuid-d", "DBAs")
+
+
+def test_a_second_entry_with_a_users_email_does_not_take_them_over(db_url: str) -> None:
+    def entry(uid: str, name: str) -> DirectoryUser:
+        return DirectoryUser(
+            dn=f"uid={uid},ou=p",
+            email="mallory@example.com",
+            name=name,
+            manager_email=None,
+            disabled=False,
+            external_id=uid,
+        )
+
+    first = Source("corp", DirectorySnapshot(users=(entry("real", "Mallory"),), groups=()), complete=True)
+    with session_scope(db_url) as session:
+        _sync(session, [first], "test", datetime.now(UTC))
+    # An entry created later with the same email, listed first: the user stays bound to the real entry.
+    both = (entry("copy", "Impostor"), entry("real", "Mallory"))
+    with session_scope(db_url) as session:
+        _sync(
+            session, [Source("corp", DirectorySnapshot(users=both, groups=()), complete=True)], "t", datetime.now(UTC)
+        )
+        user = catalog.find_user(session, "mallory@example.com")
+        assert user is not None and (user.name, user.external_id) == ("Mallory", "real")
+
+
+def test_lapse_directory_groups_shows_each_groups_exact_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from starter import cli
+
+    seen: list[tuple[str, str, dict[str, str] | None]] = []
+    listed = [
+        {
+            "source": "file",
+            "name": "security",
+            "external_id": "security",
+            "reference": "security",
+            "members": 2,
+            "namesakes": 1,
+        },
+        {
+            "source": "corp",
+            "name": "security",
+            "external_id": "u-1",
+            "reference": "corp:#u-1",
+            "members": 5,
+            "namesakes": 1,
+        },
+    ]
+
+    def call(method: str, path: str, body: object = None, params: dict[str, str] | None = None) -> object:
+        seen.append((method, path, params))
+        return listed
+
+    monkeypatch.setattr(cli, "_call", call)
+    result = CliRunner().invoke(cli.app, ["--as", "ada@example.com", "directory", "groups", "--name", "security"])
+    assert result.exit_code == 0, result.output
+    assert seen == [("GET", "/api/directory/groups", {"name": "security"})]
+    assert "corp:#u-1  corp  security  5 members  (1 other group(s) of this name)" in result.output
