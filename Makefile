@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps fuzz bench bench-connectors bench-birthright histories clean
+.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ test: lint system-deps
 FUZZ_EXAMPLES ?= 100
 fuzz: $(VENV)/.dev system-deps
 	LAPSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/api/test_fuzz.py -p no:cacheprovider -s
+
+# The chaos suite, full size: lifecycles against a real PostgreSQL while the worker, the Temporal dev server,
+# the API and the target are broken under them (`make test` runs it small: tests/test_chaos.py).
+CHAOS_LIFECYCLES ?= 1000
+chaos: $(VENV)/.dev system-deps
+	$(BIN)/python -m bench.chaos --lifecycles $(CHAOS_LIFECYCLES) --json bench/results-chaos-$$(date -u +%F).json
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.lifecycle

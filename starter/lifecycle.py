@@ -190,9 +190,11 @@ async def _update(
         raise Problem(404, f"there is no request {request_id!r}", field="id")
     handle = client.get_workflow_handle(names.request_workflow_id(request_id))
     try:
-        # The update answers small (its answer stays in history); the whole status comes from a query.
+        # The update answers small (its answer stays in history) once the app DB holds what it did; the
+        # whole status is read there, which costs Temporal nothing.
         await handle.execute_update(update, arg, result_type=RequestAck)
-        current: RequestStatus = await handle.query(AccessRequestWorkflow.status)
+        current = await asyncio.to_thread(stored_status, settings, request_id)
+        assert current is not None
         return current
     except WorkflowUpdateFailedError as error:
         cause = error.cause

@@ -66,6 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "every_app_db: run the test on SQLite and on PostgreSQL")
+    config.addinivalue_line("markers", "chaos: the chaos suite (tests/test_chaos.py); deselect with -m 'not chaos'")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

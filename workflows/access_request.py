@@ -103,6 +103,8 @@ class AccessRequestWorkflow:
             )
         )
         self._recorded = resume is not None
+        self._recorded_state: RequestState | None = resume.status.state if resume else None
+        """The state the app DB last received from this run: updates answer once it holds theirs."""
         self._approval: RequestState | None = RequestState.ACTIVE if resume else None
         """Outcome of the first approval round: approved (ACTIVE), DENIED or FAILED."""
         self._failure = resume.failure if resume else ""
@@ -430,7 +432,10 @@ class AccessRequestWorkflow:
         Histories from before this answered only at the end."""
         if workflow.patched("answer-while-revoking"):
             await workflow.wait_condition(
-                lambda: self._status.state.ended or self._status.state is RequestState.REVOKING
+                lambda: (
+                    (self._status.state.ended or self._status.state is RequestState.REVOKING)
+                    and self._recorded_state is self._status.state
+                )
             )
         else:
             await workflow.wait_condition(lambda: self._status.state.ended)
@@ -680,8 +685,16 @@ class AccessRequestWorkflow:
                 events.append(self._audit("lapse", "request.approved", reason="all steps approved"))
             self._carry.extend(events)
             self._approval = outcome
-            # Answer with the state the decision led to (provisioning, denied, failed).
-            await workflow.wait_condition(lambda: self._status.state is not RequestState.PENDING)
+            # Answer once the app DB holds the state the decision led to (provisioning, denied, failed), so
+            # the API can read it there; histories from before answered once the state changed.
+            if workflow.patched("answer-after-record"):
+                await workflow.wait_condition(
+                    lambda: (
+                        self._status.state is not RequestState.PENDING and self._recorded_state is self._status.state
+                    )
+                )
+            else:
+                await workflow.wait_condition(lambda: self._status.state is not RequestState.PENDING)
             return
         await self._record(events)
 
@@ -726,11 +739,13 @@ class AccessRequestWorkflow:
 
     async def _record(self, events: list[AuditEntry]) -> None:
         events, self._carry = self._carry + events, []
+        snapshot = self._status.model_copy(deep=True)
         await workflow.execute_local_activity(
             names.RECORD_REQUEST,
-            RecordInput(status=self._status.model_copy(deep=True), events=events),
+            RecordInput(status=snapshot, events=events),
             start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
         )
+        self._recorded_state = snapshot.state
 
     async def _transition(self, state: RequestState, events: list[AuditEntry] | None = None) -> None:
         """Enter ``state``: mirror it in search attributes, then record status and audit."""
