@@ -12,7 +12,6 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from functools import partial
 
 from temporalio.client import Client
@@ -83,9 +82,8 @@ def build_worker(
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
         max_concurrent_local_activities=32,
-        # A worker that died leaves its sticky queue unpolled; hand its tasks to the others after
-        # a second (the least the server takes), not the default ten, so expiries stay on time.
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        # A worker that died leaves its sticky queue unpolled: its tasks go to the others after this.
+        sticky_queue_schedule_to_start_timeout=settings.sticky_timeout,
     )
 
 

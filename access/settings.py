@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     """Requests one API process starts at once, each waiting on a worker to record it; beyond these, a new
     request is refused with 503 and ``Retry-After`` (nothing started) instead of queueing behind them."""
     admission_wait: timedelta = timedelta(milliseconds=500)
+    sticky_timeout: Duration = Field(default=timedelta(seconds=3))
+    """How long a worker's cached workflow tasks wait for it before another worker replays them. Short
+    hands a dead worker's grants on quickly; too short, and a busy worker's tasks time out and run twice,
+    which under load is what collapses throughput (measured in bench/RESULTS.md)."""
     """How long a new request may wait for one of those places before it is refused."""
     directory_sync_every: Duration = Field(default=timedelta(minutes=15))
     """How often the directory sync pulls users, groups and memberships from the identity source."""

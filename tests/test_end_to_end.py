@@ -187,7 +187,8 @@ def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
     ended = stack.wait_for(created["id"], "expired", timeout=60)
     assert stack.call("katherine@example.com", "GET", "/api/grants") == []
     print(f"revoke lag after a worker kill: {_lag(ended):.3f}s")
-    # A killed worker's sticky queue is abandoned after 1 s; the default (10 s) would show here.
+    # A killed worker's sticky queue is abandoned after LAPSE_STICKY_TIMEOUT (3 s); the SDK's default (10 s)
+    # would show here.
     assert 0 <= _lag(ended) < 5
 
 
