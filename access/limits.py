@@ -28,7 +28,8 @@ MAX_BODY_BYTES = 64 * 1024
 """The largest request body the API reads; anything larger is a 413."""
 HISTORY_EVENTS_BEFORE_CONTINUE = 2000
 """A request's run continues as new once its history holds this many events (far below Temporal's
-51,200-event and 50 MB limits), carrying its status over: a grant held or revoked for months stays small."""
+51,200-event and 50 MB limits), carrying its status over: a grant held or revoked for months stays small.
+Running workflows replay against it: change it only behind ``workflow.patched``."""
 
 
 def control_characters(text: str) -> list[str]:

@@ -28,7 +28,7 @@ from sqlmodel import col, select
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from access.audit import HEAD_FILE, KEY_FILE, AuditCheckpoint, AuditKeyError, generate_key
+from access.audit import HEAD_FILE, KEY_FILE, AuditCheckpoint, AuditKeyError, audit_config, generate_key
 from access.db import (
     MIGRATIONS,
     append_audit,
@@ -192,6 +192,7 @@ def test_f10_the_key_lives_outside_the_db_in_a_private_file(settings: Settings, 
         events = session.exec(select(AuditEvent)).all()
     assert {e.key_id for e in events} == {kid}
     assert key not in json.dumps([e.model_dump() for e in events], default=str)
+    audit_config(settings).head.flush()  # heads reach the file within half a second; now, for the test
     head = json.loads((tmp_path / HEAD_FILE).read_text())["heads"]
     assert [(h["seq"], h["key_id"]) for h in head.values()] == [(2, kid)]
 
@@ -369,6 +370,7 @@ async def test_f10_the_temporal_checkpoint_detects_truncation_even_with_the_head
         assert (first.seq, first.kept) == (5, "")
 
         _sql(settings, "delete from auditevent where id > 3")  # the newest events...
+        audit_config(settings).head.flush()
         (tmp_path / HEAD_FILE).unlink()  # ...and the head file with them
         second = await _checkpoint(env, settings)
         assert second.seq == 5 and "the log ends at 3" in second.kept  # the checkpoint did not move back

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -122,7 +124,13 @@ async def record(tag: str) -> None:
             first_run = [
                 e.run_id async for e in env.client.list_workflows(f'WorkflowId = "access-request-{held["id"]}"')
             ]
-            await _save(env, names.request_workflow_id(held["id"]), f"{tag}-continued-as-new-first-run", first_run[-1])
+            await _save(
+                env,
+                names.request_workflow_id(held["id"]),
+                f"{tag}-continued-as-new-first-run",
+                first_run[-1],
+                historyEventsBeforeContinue=40,
+            )
 
             # The scheduled syncs and discovery: a policy starts the birthright sync, the directory sync reads
             # the organisation file, and discovery reads a real PostgreSQL.
@@ -169,9 +177,14 @@ async def _finished_run(env: WorkflowEnvironment, workflow_type: str) -> str:
     raise RuntimeError(f"no {workflow_type} run finished")
 
 
-async def _save(env: WorkflowEnvironment, workflow_id: str, name: str, run_id: str | None = None) -> None:
+async def _save(
+    env: WorkflowEnvironment, workflow_id: str, name: str, run_id: str | None = None, **recorded_with: Any
+) -> None:
     history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-    (HERE / f"{name}.json").write_text(history.to_json())
+    # The workflow id is kept beside the events: since v4 every payload is sealed for its workflow.
+    # ``recorded_with``: settings of the workflow code the run had, which its replay must have too.
+    saved = {"workflowId": workflow_id, **recorded_with, **json.loads(history.to_json())}
+    (HERE / f"{name}.json").write_text(json.dumps(saved))
     print(f"recorded {name} ({len(history.events)} events)")
 
 

@@ -3,6 +3,7 @@ deployments, so a change that breaks determinism would strand every request in f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,13 @@ def test_there_are_histories_to_replay() -> None:
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-async def test_recorded_history_replays(path: Path) -> None:
+async def test_recorded_history_replays(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The recorded histories predate the payload codec: replay them as a worker in the migration window does.
     converter = data_converter(Settings(codec_key=TEST_CODEC_KEY), accept_plaintext=True)
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=converter)
-    history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=converter, namespace="default")
+    recorded = json.loads(path.read_text())  # noqa: ASYNC240
+    if "historyEventsBeforeContinue" in recorded:  # a run recorded to continue as new early
+        monkeypatch.setattr("access.limits.HISTORY_EVENTS_BEFORE_CONTINUE", recorded.pop("historyEventsBeforeContinue"))
+    # Since v4 the file names the workflow: its payloads are sealed for it. Older ones hold plain payloads.
+    history = WorkflowHistory.from_json(recorded.pop("workflowId", path.stem), recorded)
     await replayer.replay_workflow(history)
