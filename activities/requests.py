@@ -37,7 +37,15 @@ from access.types import (
     RevokeInput,
     RevokeResult,
 )
-from activities.connectors import BUILT_IN, Connector, ConnectorError, ConnectorFactory, Credentials, Target
+from activities.connectors import (
+    BUILT_IN,
+    Connector,
+    ConnectorError,
+    ConnectorFactory,
+    Credentials,
+    LedgerConnector,
+    Target,
+)
 from activities.integrations import as_activity_error, resolve_target
 from workflows import names
 
@@ -199,9 +207,12 @@ class RequestActivities:
                     phase=PROVISIONING,
                     phase_at=now,
                 )
-            if call and held:
-                grant.phase = HELD  # shared: the target already has it for another grant
+            if call and (held or isinstance(connector, LedgerConnector)):
+                # Shared (the target already has it for another grant), or the ledger row is the grant
+                # itself: nothing to call, held at once.
+                grant.phase = HELD
                 grant.phase_at = now
+                call = False
             session.add(grant)
             session.flush()
             assert grant.id is not None
@@ -306,6 +317,10 @@ class RequestActivities:
             if not claim_revoke(session, grant, now):
                 _drop_credentials(session, input.request_id)
                 return RevokeResult(revoked_at=now, still_held=True)
+            if isinstance(connector, LedgerConnector):  # the row is the grant: nothing to call outside
+                end(session, grant, now)
+                _drop_credentials(session, input.request_id)
+                return RevokeResult(revoked_at=now, still_held=False)
             grant_id = grant.id
         _call(lambda: connector.revoke(account, target))
         with session_scope(self._db_url) as session:

@@ -234,3 +234,21 @@ def test_a_grant_that_fails_for_good_is_taken_back_before_the_failure(settings: 
     with session_scope(settings.db_url, write=False) as session:
         actions = [e.action for e in session.exec(select(AuditEvent).where(AuditEvent.target == "access-request-a"))]
     assert actions == ["grant.taken_back"]
+
+
+def test_the_built_in_ledger_grants_and_revokes_in_one_step_counting_overlaps(settings: Settings) -> None:
+    # The ledger row is the grant itself: no target to call, so no row waits in a provisioning or revoking
+    # phase; overlapping grants of one account and role still end one at a time.
+    activities = RequestActivities(settings.db_url)
+    env = ActivityEnvironment()
+    first = env.run(activities.provision_grant, _grant_input("ledger-one"))
+    second = env.run(activities.provision_grant, _grant_input("ledger-two"))
+    assert (first.shared, second.shared) == (False, True)
+    assert _grants(settings) == {"ledger-one": HELD, "ledger-two": HELD}
+
+    one = env.run(activities.revoke_grant, RevokeInput(request_id="ledger-one", requester=KATHERINE, role=READ))
+    assert one.still_held is True
+    assert _grants(settings) == {"ledger-one": "ended", "ledger-two": HELD}
+    two = env.run(activities.revoke_grant, RevokeInput(request_id="ledger-two", requester=KATHERINE, role=READ))
+    assert two.still_held is False
+    assert _grants(settings) == {"ledger-one": "ended", "ledger-two": "ended"}
