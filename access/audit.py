@@ -14,7 +14,6 @@ hammering the API cannot fill the log (see :class:`RefusalCoalescer`).
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import fcntl
 import hashlib
@@ -22,8 +21,6 @@ import hmac
 import json
 import logging
 import os
-import re
-import secrets
 import tempfile
 import threading
 import time
@@ -35,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from access.keys import new_ring_entry, parse_ring, read_or_create_key_file
 from access.settings import Settings
 from access.types import AuditEntry
 
@@ -42,8 +40,6 @@ KEY_FILE = "audit.key"
 HEAD_FILE = "audit.head"
 LEGACY_KEY_ID = ""
 """The key id of events written before migration 0005, chained by an unkeyed SHA-256."""
-
-_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class AuditKeyError(ValueError):
@@ -70,34 +66,22 @@ class AuditKeyring:
 
 def generate_key(kid: str | None = None) -> str:
     """A new ``kid:base64key`` entry (256-bit key)."""
-    return f"{kid or 'a' + secrets.token_hex(4)}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+    entry = new_ring_entry("a")
+    return f"{kid}:{entry.partition(':')[2]}" if kid else entry
 
 
 def parse_keys(text: str, *, source: str) -> AuditKeyring:
     """``kid:base64key`` entries separated by commas or line breaks; the first one MACs new events."""
-    keys: dict[str, bytes] = {}
-    current = ""
-    entries = [e.strip() for e in re.split(r"[,\n]", text) if e.strip() and not e.strip().startswith("#")]
-    for number, entry in enumerate(entries, start=1):
-        kid, colon, encoded = entry.partition(":")
-        kid = kid.strip()
-        if not colon or not _KID.fullmatch(kid):
-            raise AuditKeyError(f"{source}: entry {number} is not `kid:base64key` (kid: letters, digits, . _ -)")
-        try:
-            key = base64.b64decode(encoded.strip().replace("-", "+").replace("_", "/"), validate=True)
-        except ValueError:
-            raise AuditKeyError(f"{source}: the key of {kid!r} is not base64") from None
-        if len(key) < 32:
-            raise AuditKeyError(f"{source}: the key of {kid!r} is {len(key)} bytes; an audit key has at least 32")
-        if kid in keys:
-            raise AuditKeyError(f"{source}: key id {kid!r} appears twice")
-        keys[kid] = key
-        current = current or kid
-    if not keys:
+
+    def check(kid: str, key: bytes) -> str | None:
+        return f"the key of {kid!r} is {len(key)} bytes; an audit key has at least 32" if len(key) < 32 else None
+
+    ring = parse_ring(text, source=source, error=AuditKeyError, check=check)
+    if not ring:
         raise AuditKeyError(
             f"{source} holds no key; make one with `python -c 'import access.audit as a; print(a.generate_key())'`"
         )
-    return AuditKeyring(current, keys)
+    return AuditKeyring(ring[0][0], dict(ring))
 
 
 def load_keyring(settings: Settings) -> AuditKeyring:
@@ -105,22 +89,7 @@ def load_keyring(settings: Settings) -> AuditKeyring:
     if settings.audit_key is not None:
         return parse_keys(settings.audit_key.get_secret_value(), source="LAPSE_AUDIT_KEY")
     path = settings.data_dir / KEY_FILE
-    if not path.exists():
-        _create_key_file(path)
-    return parse_keys(path.read_text(), source=str(path))
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new key beside ``path`` and link it into place: a racing process keeps the first key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".audit-")  # mkstemp makes it 0600
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(generate_key() + "\n")
-        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
+    return parse_keys(read_or_create_key_file(path, generate_key), source=str(path))
 
 
 # --- the head checkpoint ---------------------------------------------------------------------

@@ -16,19 +16,12 @@ Not used by workflow code: the SDK applies the codec outside the sandbox.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import logging
 import os
-import re
-import secrets
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Self
 
 from cryptography.exceptions import InvalidTag
@@ -43,6 +36,7 @@ from temporalio.converter import (
     WorkflowSerializationContext,
 )
 
+from access.keys import new_ring_entry, parse_ring, read_or_create_key_file
 from access.settings import Settings
 
 ENCODING = b"binary/lapse-aesgcm-v1"
@@ -53,7 +47,6 @@ NAMESPACE = "lapse-namespace"
 WORKFLOW_ID = "lapse-workflow-id"
 KEY_FILE = "codec.key"
 NONCE_BYTES = 12
-_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _AAD_PREFIX = b"lapse-codec-v1\x00"
 log = logging.getLogger("lapse.codec")
 
@@ -77,28 +70,17 @@ class CodecKey:
 
 def generate_key(kid: str | None = None) -> str:
     """A new ``kid:base64key`` entry (256-bit key)."""
-    return f"{kid or 'k' + secrets.token_hex(4)}:{base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()}"
+    entry = new_ring_entry("k")
+    return f"{kid}:{entry.partition(':')[2]}" if kid else entry
 
 
 def parse_keys(text: str, *, source: str = "LAPSE_CODEC_KEY") -> list[CodecKey]:
     """``kid:base64key`` entries separated by commas or line breaks; the first one encrypts."""
-    keys: list[CodecKey] = []
-    for number, entry in enumerate((e.strip() for e in re.split(r"[,\n]", text)), start=1):
-        if not entry or entry.startswith("#"):
-            continue
-        kid, colon, encoded = entry.partition(":")
-        kid = kid.strip()
-        if not colon or not _KID.fullmatch(kid):
-            raise CodecKeyError(f"{source}: entry {number} is not `kid:base64key` (kid: letters, digits, . _ -)")
-        try:
-            key = base64.b64decode(encoded.strip().replace("-", "+").replace("_", "/"), validate=True)
-        except (binascii.Error, ValueError):
-            raise CodecKeyError(f"{source}: the key of {kid!r} is not base64") from None
-        if len(key) != 32:
-            raise CodecKeyError(f"{source}: the key of {kid!r} is {len(key)} bytes, not 32 (AES-256)")
-        if any(k.kid == kid for k in keys):
-            raise CodecKeyError(f"{source}: key id {kid!r} appears twice")
-        keys.append(CodecKey(kid, key))
+
+    def check(kid: str, key: bytes) -> str | None:
+        return f"the key of {kid!r} is {len(key)} bytes, not 32 (AES-256)" if len(key) != 32 else None
+
+    keys = [CodecKey(kid, key) for kid, key in parse_ring(text, source=source, error=CodecKeyError, check=check)]
     if not keys:
         raise CodecKeyError(f"{source} holds no key")
     return keys
@@ -115,22 +97,7 @@ def codec_keys(settings: Settings) -> list[CodecKey]:
             raise CodecKeyError(f"LAPSE_CODEC_KEY_FILE {settings.codec_key_file}: {error.strerror}") from None
         return parse_keys(text, source=str(settings.codec_key_file))
     path = settings.data_dir / KEY_FILE
-    if not path.exists():
-        _create_key_file(path)
-    return parse_keys(path.read_text(), source=str(path))
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new key beside ``path`` and link it into place: a racing process keeps the first key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".codec-")  # mkstemp makes it 0600
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(generate_key() + "\n")
-        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
+    return parse_keys(read_or_create_key_file(path, generate_key), source=str(path))
 
 
 def _aad(metadata: Mapping[str, bytes]) -> bytes:

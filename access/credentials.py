@@ -6,13 +6,9 @@ until its requester fetches it once; workflow history never sees it.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
-
 from cryptography.fernet import Fernet
 
+from access.keys import read_or_create_key_file
 from access.settings import Settings
 
 KEY_FILE = "secret.key"
@@ -29,19 +25,4 @@ def credential_cipher(settings: Settings) -> Fernet:
                 '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`)'
             ) from error
     path = settings.data_dir / KEY_FILE
-    if not path.exists():
-        _create_key_file(path)
-    return Fernet(path.read_bytes().strip())
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new key beside ``path`` and link it into place: a racing process keeps the first key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mkstemp makes it 0600
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(Fernet.generate_key())
-        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
+    return Fernet(read_or_create_key_file(path, lambda: Fernet.generate_key().decode()).strip().encode())
