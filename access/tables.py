@@ -160,6 +160,9 @@ class AccessRequest(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_column=_utc())
     status: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     """The whole ``RequestStatus`` as the workflow last recorded it."""
+    recorded_seq: int = 0
+    """The last bookkeeping step of the workflow written here: a step replayed after a worker died
+    between its commit and the workflow task's completion is not written (nor audited) twice."""
 
 
 class Grant(SQLModel, table=True):

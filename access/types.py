@@ -304,6 +304,8 @@ class Resume(Model):
     """The grant's time is up or it is being ended: go straight to the revoke."""
     failure: str = ""
     """Why provisioning failed, when the revoke being carried on takes back a failed grant."""
+    record_seq: int = 0
+    """Bookkeeping steps written so far (``RecordInput.seq``)."""
 
 
 class AccessRequestInput(Model):
@@ -363,6 +365,9 @@ class AuditEntry(Model):
 class RecordInput(Model):
     status: RequestStatus
     events: list[AuditEntry] = []
+    seq: int | None = None
+    """The workflow's count of bookkeeping steps, carried across continue-as-new: a step already written
+    is skipped (None: runs from before this count, written every time)."""
 
 
 class ResolveInput(Model):

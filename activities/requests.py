@@ -47,6 +47,7 @@ from activities.connectors import (
     Target,
 )
 from activities.integrations import as_activity_error, resolve_target
+from activities.liveness import heartbeating
 from workflows import names
 
 T = TypeVar("T")
@@ -100,7 +101,10 @@ class RequestActivities:
         """Write the request's latest status and its new audit events, in one transaction."""
         status = input.status
         with session_scope(self._db_url) as session:
-            row = session.get(AccessRequest, status.id) or AccessRequest(
+            known = session.get(AccessRequest, status.id)
+            if known is not None and input.seq is not None and known.recorded_seq >= input.seq:
+                return  # written before the worker died, and replayed: audit nothing twice
+            row = known or AccessRequest(
                 id=status.id,
                 requester=status.requester,
                 role=status.role,
@@ -111,6 +115,8 @@ class RequestActivities:
             row.expires_at = status.expires_at
             row.ended_at = status.ended_at
             row.status = status.model_dump(mode="json")
+            if input.seq is not None:
+                row.recorded_seq = input.seq
             session.add(row)
             if status.expires_at is not None:
                 grant = session.exec(select(Grant).where(Grant.request_id == status.id)).first()
@@ -132,6 +138,10 @@ class RequestActivities:
 
     @activity.defn(name=names.PROVISION_GRANT)
     def provision_grant(self, input: GrantInput) -> GrantResult:
+        with heartbeating():
+            return self._provision(input)
+
+    def _provision(self, input: GrantInput) -> GrantResult:
         """Record the grant in the ledger and grant the role in the target, idempotently.
 
         Three steps, the target called with no transaction open (``access.ledger``): claim the grant
@@ -158,15 +168,27 @@ class RequestActivities:
             lock(session, claim.account, input.role)
             grant = session.get(Grant, claim.grant_id)
             sealed = session.get(Credential, input.request_id)
+            result = claim.result
             if grant is not None and grant.active:
                 if grant.phase == PROVISIONING:
+                    now = datetime.now(UTC)
                     grant.phase = HELD
-                    grant.phase_at = datetime.now(UTC)
+                    grant.phase_at = now
+                    if (
+                        input.duration is not None
+                        and input.expires_at is None
+                        and not claim.connector.per_grant_accounts
+                    ):
+                        # The clock starts when the target granted it: after an outage, a grant claimed long
+                        # before gets its whole duration. (A per-grant login keeps the end it was made with,
+                        # which the target enforces.)
+                        grant.granted_at, grant.expires_at = now, now + input.duration
+                        result = result.model_copy(update={"granted_at": now, "expires_at": grant.expires_at})
                     session.add(grant)
                 if credentials is not None:
                     sealed = _seal(cipher or self._key(), sealed, input.request_id, credentials, claim.now)
                     session.add(sealed)
-            return claim.result.model_copy(update={"credentials": sealed is not None})
+            return result.model_copy(update={"credentials": sealed is not None})
 
     def _claim_grant(self, input: GrantInput) -> _GrantClaim:
         """The claim: the ledger row in one short transaction under the account and role's lock."""
@@ -296,6 +318,10 @@ class RequestActivities:
 
     @activity.defn(name=names.REVOKE_GRANT)
     def revoke_grant(self, input: RevokeInput) -> RevokeResult:
+        with heartbeating():
+            return self._revoke(input)
+
+    def _revoke(self, input: RevokeInput) -> RevokeResult:
         """End the request's grant; revoke in the target unless another active grant remains.
 
         Claim (``revoking``, or ended at once when another grant covers the account and role), revoke in

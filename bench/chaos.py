@@ -5,9 +5,14 @@ file, ``python -m worker``, the API under uvicorn — restarted when one dies, l
 own throwaway PostgreSQL cluster connected as the ``chaos-pg`` integration (``postgres`` connector, login
 roles made on first grant). Then, while requests arrive over HTTP, a driver
 
-- SIGKILLs the worker at random moments (restarting it at once, as ``lapse run`` would),
-- restarts the Temporal dev server twice (once with SIGTERM, once with SIGKILL), the API once (SIGKILL),
-- stops PostgreSQL (``pg_ctl -m immediate``) for ``--pg-outage`` seconds.
+- SIGKILLs the worker at random moments (restarting it at once, as ``lapse run`` would), and ``--rekills``
+  times kills it again ``--rekill-after`` seconds after its restart, while it works off the backlog;
+- restarts the Temporal dev server twice: once with SIGTERM, once with SIGKILL after it hung (SIGSTOP) for
+  ``--temporal-hang`` seconds, the worker being SIGKILLed during the hang;
+- restarts the API once (SIGKILL);
+- breaks PostgreSQL for ``--pg-outage`` seconds: it hangs (SIGSTOP: connections wait, as behind a dead
+  network) for ``--pg-hang`` seconds, the worker being SIGKILLed during the hang, then is stopped
+  (``pg_ctl -m fast``) for the rest.
 
 Requests mix roles granted automatically (``read-only`` workflow), roles a second person approves over the
 API (``manager-approval``; a few are denied), on PostgreSQL and in the built-in ledger; some grants are
@@ -22,14 +27,14 @@ read again at the end), the app DB and Temporal:
 - **lost**: every request the API accepted (201, or 503 naming the request) reaches an end state, and so
   does every request the app DB or Temporal knows of; no run is left open;
 - **granted twice**: exactly one ``grant.provisioned`` audit event per request that was granted, none for
-  one that was not;
+  one that was not (and, more widely, no once-in-a-lifetime event audited twice: ``ONCE``);
 - **audit chain**: ``GET /api/audit/verify`` says intact;
 - also (invariant 3) no membership missing while a grant held by Lapse covers it.
 
 Run from the project root::
 
-    .venv/bin/python -m bench.chaos --lifecycles 60 --rate 1.5 --pg-outage 6 --worker-kills 2   # small
-    .venv/bin/python -m bench.chaos --lifecycles 1000 --json bench/results-chaos.json            # full
+    .venv/bin/python -m bench.chaos --lifecycles 60 --rate 1.5 --pg-outage 8 --pg-hang 4 --rekills 3   # small
+    .venv/bin/python -m bench.chaos --lifecycles 1000 --json bench/results-chaos.json                   # full
 """
 
 from __future__ import annotations
@@ -91,6 +96,17 @@ MANAGERS = {
 """The demo organisation's managers (by local part); ada has none, so she only asks for automatic roles."""
 DOMAIN = "@example.com"
 ENDED = {"expired", "revoked", "denied", "cancelled", "timed_out", "failed"}
+ONCE = (
+    "request.created",
+    "grant.provisioned",
+    "grant.expired",
+    "grant.revoked",
+    "request.denied",
+    "request.cancelled",
+    "request.failed",
+    "request.timed_out",
+)
+"""Audit actions that happen at most once in a request's life."""
 GRANTED_STATES = {"active", "revoking", "expired", "revoked"}
 
 
@@ -142,8 +158,9 @@ class ChaosPostgres(PostgresServer):
                 os.kill(pid, signal.SIGCONT)
 
     def halt(self) -> None:
-        """As if the host died: no shutdown checkpoint, every session cut."""
-        self._pg_ctl("-m", "immediate", "stop")
+        """Stopped: every session cut, no new connection accepted. (``-m fast``: after ``immediate`` a busy
+        machine's restart sat in crash recovery, "the database system is starting up", for a minute.)"""
+        self._pg_ctl("-m", "fast", "stop")
 
     def resume(self) -> None:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -526,7 +543,7 @@ def _text(response: httpx.Response | None) -> str:
 @dataclass
 class Disruption:
     kind: str
-    """``worker-kill``, ``temporal-restart``, ``temporal-kill``, ``api-kill`` or ``pg-outage``."""
+    """``worker-kill``, ``worker-rekill``, ``temporal-restart``, ``temporal-kill``, ``api-kill`` or ``pg-outage``."""
     start: float
     end: float | None = None
     """When everything it broke answered again (the restarted process ready, PostgreSQL accepting)."""
@@ -542,6 +559,7 @@ def chaos_plan(args: argparse.Namespace, window: float, rng: random.Random) -> l
         (window * 0.58 + rng.uniform(-jitter, jitter), "api-kill"),
         (window * 0.8 + rng.uniform(-jitter, jitter), "temporal-kill"),
     ]
+    events += [(rng.uniform(window * 0.5, window * 0.97), "worker-rekill") for _ in range(args.rekills)]
     events += [(rng.uniform(window * 0.03, window * 0.97), "worker-kill") for _ in range(args.worker_kills)]
     return sorted(events)
 
@@ -578,6 +596,27 @@ async def run_chaos(
         done.append(disruption)
         say(f"  chaos at {time.monotonic() - begin:5.1f}s: {kind}")
         try:
+            if kind == "worker-rekill":  # killed, and killed again as its successor works off the backlog
+                await restart(disruption, "worker", True)
+                await asyncio.sleep(args.rekill_after)
+                again = Disruption(kind="worker-kill", start=_now(), detail="as it worked off the backlog")
+                done.append(again)
+                say(f"  chaos at {time.monotonic() - begin:5.1f}s: worker-kill again, {args.rekill_after:g}s after")
+                await restart(again, "worker", True)
+                continue
+            if kind == "temporal-kill":  # it hangs first (as behind a dead network); the worker dies meanwhile
+                server = stack.process("temporal")
+                server.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(args.temporal_hang * 0.7)
+                kill = Disruption(kind="worker-kill", start=_now(), detail="while Temporal hangs")
+                done.append(kill)
+                say(f"  chaos at {time.monotonic() - begin:5.1f}s: worker-kill while Temporal hangs")
+                killing = asyncio.create_task(restart(kill, "worker", True))
+                await asyncio.sleep(args.temporal_hang * 0.3)
+                await restart(disruption, "temporal", True)
+                disruption.detail = f"hung {args.temporal_hang:g}s, then killed; {disruption.detail}"
+                await killing
+                continue
             if kind != "pg-outage":
                 await restart(disruption, *restarts[kind])
                 continue
@@ -637,7 +676,15 @@ def end_of_right(record: Lifecycle) -> float:
     """When the request stopped justifying access: its expiry or the early revoke it was sent (granted), or
     its end (never granted: a grant made meanwhile must be taken back). Infinite while it has not ended."""
     if record.granted:
-        ends = [t for t in (record.expires_at, record.revoke_sent_at if record.revoke_status == 200 else None) if t]
+        ends = [
+            t
+            for t in (
+                record.expires_at,
+                record.revoke_sent_at if record.revoke_status == 200 else None,
+                record.ended_at,
+            )
+            if t
+        ]
         if ends:
             return min(ends)
     return record.ended_at if record.ended_at is not None else float("inf")
@@ -672,20 +719,23 @@ def check_target(
                 continue
             latest = max(candidates, key=lambda r: deadline[id(r)])
             late = at - deadline[id(latest)] + grace
+            # Those whose run had not ended yet hold it (their revoke had not happened); else the latest.
+            holders = [r for r in candidates if r.ended_at is None or r.ended_at >= at - 0.5] or [latest]
             entry = overdue.setdefault(
                 pair,
                 {"account": pair[0], "role": pair[1], "first_seen": _iso(at), "request_ids": [], "max_late_s": 0.0},
             )
             entry["max_late_s"] = max(entry["max_late_s"], late)
             entry["last_seen"] = _iso(at)
-            if latest.request_id not in entry["request_ids"]:
-                entry["request_ids"].append(latest.request_id)
+            for holder in holders:
+                if holder.request_id not in entry["request_ids"]:
+                    entry["request_ids"].append(holder.request_id)
     missing: list[dict[str, Any]] = []
     for record in records:
         if not record.pg_role or not record.granted or record.request_id not in provisioned_at:
             continue
         start = provisioned_at[record.request_id] + 1.0
-        stop = end_of_right(record) - 1.0
+        stop = min(end_of_right(record), record.revoke_sent_at or float("inf")) - 1.0  # a revoke cut off may land
         pair = (record.account, record.pg_role)
         gaps = [at for at, held in samples if held is not None and start <= at <= stop and pair not in held]
         if gaps:
@@ -724,10 +774,11 @@ def read_app_db(stack: ChaosStack, records: Sequence[Lifecycle]) -> dict[str, An
     with session_scope(stack.settings.db_url, write=False) as session:
         rows = session.exec(select(AccessRequest)).all()
         active = session.exec(select(Grant).where(col(Grant.active).is_(True), Grant.path == "jit")).all()
-        provisioned = session.exec(select(AuditEvent).where(AuditEvent.action == "grant.provisioned")).all()
+        lifecycle = session.exec(select(AuditEvent).where(col(AuditEvent.action).in_(ONCE))).all()
         known = {row.id: (row.state, dict(row.status)) for row in rows}
         active_grants = [(g.request_id, g.account, g.role, g.phase) for g in active]
-        events = [(e.target, _ts(e.at)) for e in provisioned]
+        events = [(e.target, _ts(e.at)) for e in lifecycle if e.action == "grant.provisioned"]
+        once = Counter((e.target.removeprefix("access-request-"), e.action) for e in lifecycle)
     orphans: list[Lifecycle] = []
     for request_id, (state, status) in known.items():
         record = ours.get(request_id)
@@ -749,7 +800,17 @@ def read_app_db(stack: ChaosStack, records: Sequence[Lifecycle]) -> dict[str, An
         count[request_id] += 1
         if at is not None:
             first[request_id] = min(first.get(request_id, at), at)
-    return {"orphans": orphans, "active_grants": active_grants, "provisioned_count": count, "provisioned_at": first}
+    twice: dict[str, list[str]] = defaultdict(list)
+    for (request_id, action), times in once.items():
+        if times > 1:
+            twice[request_id].append(f"{action} x{times}")
+    return {
+        "orphans": orphans,
+        "active_grants": active_grants,
+        "provisioned_count": count,
+        "provisioned_at": first,
+        "audited_twice": dict(twice),
+    }
 
 
 async def open_runs(stack: ChaosStack) -> list[str]:
@@ -873,6 +934,7 @@ async def chaos(
         ),
         "lost": len(lost) + len([r for r in runs if r.removeprefix("access-request-") not in lost]),
         "granted_twice": len(twice),
+        "audited_twice": len(read["audited_twice"]),
         "audit_intact": bool(verify.get("intact")),
         "missing_under_grant": len(target["missing_under_grant"]),
         "granted_unexplained": len(target["unexplained"]),
@@ -881,6 +943,7 @@ async def chaos(
         invariants["held_past_expiry"] == 0
         and invariants["lost"] == 0
         and invariants["granted_twice"] == 0
+        and invariants["audited_twice"] == 0
         and not unaudited
         and not ungranted_audited
         and invariants["audit_intact"]
@@ -906,6 +969,7 @@ async def chaos(
             "ambiguous_creates": sum(r.ambiguous_creates for r in records),
             "orphans": {r.request_id: r.state for r in orphans},
             "orphans_cancelled": cancelled,
+            "orphans_after_error_answer": max(0, len(orphans) - sum(r.ambiguous_creates for r in records)),
             "by_kind": dict(Counter(r.kind for r in records)),
             "final_states": dict(Counter(r.state or "unknown" for r in accepted)),
             "granted": sum(1 for r in accepted if r.granted),
@@ -916,6 +980,7 @@ async def chaos(
             "lost": lost,
             "open_runs": runs,
             "granted_twice": twice,
+            "audited_twice": read["audited_twice"],
             "granted_without_event": unaudited,
             "event_without_grant": ungranted_audited,
             "ledger_grants_active_at_end": leftover_grants,
@@ -948,6 +1013,16 @@ async def chaos(
     }
 
 
+def named(figures: dict[str, Any]) -> set[str]:
+    """The requests some finding names (the JSON keeps only theirs unless ``--all-records``)."""
+    checks = figures["checks"]
+    ids = {i for entry in checks["target"]["held_past_right"] for i in entry["request_ids"]}
+    ids |= {item["request_id"] for item in checks["target"]["missing_under_grant"]}
+    ids |= {*checks["lost"], *checks["granted_twice"], *checks["audited_twice"], *figures["requests"]["errors"]}
+    ids |= {*checks["granted_without_event"], *checks["event_without_grant"], *figures["requests"]["orphans"]}
+    return {str(i) for i in ids}
+
+
 def report(figures: dict[str, Any]) -> str:
     config, inv, req, timing = figures["config"], figures["invariants"], figures["requests"], figures["timing"]
     checks, lat = figures["checks"], figures["latency"]
@@ -975,13 +1050,17 @@ def report(figures: dict[str, Any]) -> str:
         f"  processes that died on their own and were restarted: {len(figures['chaos']['unexpected_exits'])}",
         f"  requests: {req['accepted']}/{req['planned']} accepted ({req['accepted_503']} as 503), "
         f"{req['granted']} granted, {req['revoked_early']} given back early; final states {req['final_states']}",
-        f"  create retries {req['create_retries']}, cut off {req['ambiguous_creates']}, orphans {len(req['orphans'])}",
+        f"  create retries {req['create_retries']}; attempts cut off with no answer {req['ambiguous_creates']}; "
+        f"requests made by an attempt its driver never learnt of (orphans) {len(req['orphans'])}, "
+        f"of which at least {req['orphans_after_error_answer']} after an error answer (not a cut-off)",
         "",
         f"  access held past expiry + {config['grace']:g} s after recovery: {inv['held_past_expiry']}  "
         f"{verdict(inv['held_past_expiry'] > 0)}",
         f"  requests lost (accepted, not ended; open runs):      {inv['lost']}  {verdict(inv['lost'] > 0)}",
         f"  grants made twice (grant.provisioned > 1):           {inv['granted_twice']}  "
         f"{verdict(inv['granted_twice'] > 0)}",
+        f"  lifecycle events audited twice (requests):           {inv['audited_twice']}  "
+        f"{verdict(inv['audited_twice'] > 0)}",
         f"  audit chain intact:                                  {inv['audit_intact']}  "
         f"{verdict(not inv['audit_intact'])}",
         f"  membership missing under an active grant:            {inv['missing_under_grant']}  "
@@ -1000,7 +1079,7 @@ def report(figures: dict[str, Any]) -> str:
         )
     if target["held_at_end"]:
         lines.append(f"    held at the end: {target['held_at_end']}")
-    for name in ("lost", "open_runs", "granted_twice", "granted_without_event", "event_without_grant"):
+    for name in ("lost", "open_runs", "granted_twice", "audited_twice", "granted_without_event", "event_without_grant"):
         if checks[name]:
             lines.append(f"    {name}: {checks[name]}")
     if not inv["audit_intact"]:
@@ -1028,6 +1107,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pg-hang", type=float, default=5.0, help="seconds of the outage PostgreSQL hangs (SIGSTOP) first"
     )
+    parser.add_argument(
+        "--temporal-hang", type=float, default=2.0, help="seconds the dev server hangs (SIGSTOP) before its SIGKILL"
+    )
+    parser.add_argument(
+        "--rekills", type=int, default=1, help="times the worker is killed, then killed again just after its restart"
+    )
+    parser.add_argument(
+        "--rekill-after", type=float, default=1.0, help="seconds after its restart the worker is killed again"
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds after expiry (or recovery) access may stay")
     parser.add_argument("--revoke-share", type=float, default=0.2, help="share of grants given back early")
     parser.add_argument("--deny-share", type=float, default=0.05, help="share of approvals that are denials")
@@ -1036,6 +1124,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=300.0, help="seconds to wait for every request to end")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON here")
+    parser.add_argument(
+        "--all-records", action="store_true", help="keep every request's record in the JSON, not only those named"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (kept anyway on failure)")
     args = parser.parse_args(argv)
     if args.lifecycles < 1 or args.rate <= 0:
@@ -1085,6 +1176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lifecycles": args.lifecycles,
             "rate": args.rate,
             "worker_kills": args.worker_kills,
+            "rekills": args.rekills,
+            "temporal_hang_s": args.temporal_hang,
             "pg_outage_s": args.pg_outage,
             "pg_hang_s": min(args.pg_hang, args.pg_outage / 2),
             "grace": args.grace,
@@ -1101,6 +1194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(report(figures), flush=True)
         if args.json:
+            if not args.all_records:
+                figures["records"] = [r for r in figures["records"] if r["request_id"] in named(figures)]
             args.json.write_text(json.dumps(figures, indent=1, default=str) + "\n")
             say(f"figures written to {args.json}")
         code = 0 if figures["ok"] else 2

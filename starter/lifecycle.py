@@ -145,7 +145,35 @@ async def _create_request(
             f"{format_duration(settings.submit_timeout)}; it proceeds once a worker runs",
             id=request_id,
         ) from None
+    except RPCError as error:
+        # Temporal failed mid-call: the request may have started all the same. Say which, so that a caller
+        # who retries does not make a second request.
+        raise await _start_failed(client, request_id, error) from None
     return status
+
+
+async def _start_failed(client: Client, request_id: str, error: RPCError) -> Problem:
+    """What to tell a caller whose request start failed with ``error``: started after all, or not."""
+    try:
+        await client.get_workflow_handle(names.request_workflow_id(request_id)).describe()
+    except RPCError as describe_error:
+        if describe_error.status is RPCStatusCode.NOT_FOUND:
+            return Problem(
+                503, f"the workflow service failed ({error.message}): nothing was started, try again", retry_after=2
+            )
+        return Problem(
+            503,
+            f"the workflow service failed ({error.message}) and request {request_id} may have started: "
+            f"GET /api/requests/{request_id} shows it once it is recorded; check there before asking again",
+            id=request_id,
+            retry_after=5,
+        )
+    return Problem(
+        503,
+        f"request {request_id} was started but the workflow service failed before it was recorded "
+        f"({error.message}); it proceeds: GET /api/requests/{request_id}",
+        id=request_id,
+    )
 
 
 _ADMISSION: dict[tuple[int, int], asyncio.Semaphore] = {}

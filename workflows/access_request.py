@@ -45,6 +45,9 @@ REVOKE_FIRST_TRY = RetryPolicy(
 REVOKE_FOREVER = RetryPolicy(
     initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5), maximum_attempts=0
 )
+TARGET_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+"""The grant and revoke activities heartbeat every second while they wait on a target: an attempt lost
+with its worker is retried after this, not after the two-minute start-to-close timeout."""
 REVOKE_PERMANENT_PAUSE = timedelta(minutes=5)
 """After a non-retryable revoke failure, wait this long and try again: a revoke never gives up."""
 
@@ -104,6 +107,8 @@ class AccessRequestWorkflow:
         )
         self._recorded = resume is not None
         self._recorded_state: RequestState | None = resume.status.state if resume else None
+        self._record_seq = resume.record_seq if resume else 0
+        """Bookkeeping steps so far: the activity writes each one once, even when it is replayed."""
         """The state the app DB last received from this run: updates answer once it holds theirs."""
         self._approval: RequestState | None = RequestState.ACTIVE if resume else None
         """Outcome of the first approval round: approved (ACTIVE), DENIED or FAILED."""
@@ -158,6 +163,7 @@ class AccessRequestWorkflow:
                 GrantInput(request_id=input.id, requester=input.requester, role=input.role, duration=input.duration),
                 result_type=GrantResult,
                 start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=TARGET_HEARTBEAT_TIMEOUT,
                 retry_policy=PROVISION_RETRY,
             )
         except ActivityError as error:
@@ -215,6 +221,7 @@ class AccessRequestWorkflow:
             ending=self._ending,
             revoking=revoking,
             failure=self._failure if revoking else "",
+            record_seq=self._record_seq,
         )
         workflow.continue_as_new(
             self._input.model_copy(update={"resume": resume}),
@@ -283,6 +290,7 @@ class AccessRequestWorkflow:
                 ),
                 result_type=GrantResult,
                 start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=TARGET_HEARTBEAT_TIMEOUT,
                 retry_policy=PROVISION_RETRY,
             )
         except ActivityError as error:
@@ -297,7 +305,11 @@ class AccessRequestWorkflow:
         while True:
             try:
                 await workflow.execute_activity(
-                    names.REVOKE_GRANT, request, start_to_close_timeout=timedelta(minutes=2), retry_policy=retry
+                    names.REVOKE_GRANT,
+                    request,
+                    start_to_close_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=TARGET_HEARTBEAT_TIMEOUT,
+                    retry_policy=retry,
                 )
                 return
             except ActivityError as error:
@@ -740,9 +752,10 @@ class AccessRequestWorkflow:
     async def _record(self, events: list[AuditEntry]) -> None:
         events, self._carry = self._carry + events, []
         snapshot = self._status.model_copy(deep=True)
+        self._record_seq += 1
         await workflow.execute_local_activity(
             names.RECORD_REQUEST,
-            RecordInput(status=snapshot, events=events),
+            RecordInput(status=snapshot, events=events, seq=self._record_seq),
             start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
         )
         self._recorded_state = snapshot.state

@@ -18,7 +18,15 @@ from access.db import session_scope
 from access.ledger import HELD, PROVISIONING
 from access.settings import Settings
 from access.tables import AccessRequest, AuditEvent, BirthrightPolicy, Grant
-from access.types import BirthrightBatchInput, GrantInput, RecordInput, RequestStatus, RevokeInput, SyncInput
+from access.types import (
+    AuditEntry,
+    BirthrightBatchInput,
+    GrantInput,
+    RecordInput,
+    RequestStatus,
+    RevokeInput,
+    SyncInput,
+)
 from activities.birthright import BirthrightActivities
 from activities.connectors import BUILT_IN, Target
 from activities.requests import RequestActivities
@@ -252,3 +260,61 @@ def test_the_built_in_ledger_grants_and_revokes_in_one_step_counting_overlaps(se
     two = env.run(activities.revoke_grant, RevokeInput(request_id="ledger-two", requester=KATHERINE, role=READ))
     assert two.still_held is False
     assert _grants(settings) == {"ledger-one": "ended", "ledger-two": "ended"}
+
+
+def test_a_grant_waiting_on_its_target_heartbeats_so_a_dead_worker_is_noticed(settings: Settings) -> None:
+    # The workflow gives these activities a short heartbeat timeout: a worker killed mid-grant is retried
+    # after a few seconds, not after the two-minute start-to-close timeout.
+    target = FakeTarget()
+    target.grant_gate.clear()
+    threading.Timer(2.5, target.grant_gate.set).start()
+    env = ActivityEnvironment()
+    beats: list[object] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    env.run(_activities(settings, target).provision_grant, _grant_input("slow-one"))
+
+    assert len(beats) >= 2
+    assert (KATHERINE, READ) in target.held
+
+
+def test_a_bookkeeping_step_replayed_after_a_worker_died_is_audited_once(settings: Settings) -> None:
+    # The worker committed the step, then died before the workflow task completed: the replay runs the
+    # local activity again with the same step number.
+    status = RequestStatus(
+        id="replayed",
+        requester=KATHERINE,
+        role=READ,
+        duration=timedelta(minutes=5),
+        justification="",
+        policy="read-only",
+        rule="quick look",
+        created_at=datetime.now(UTC),
+    )
+    events = [AuditEntry(actor=KATHERINE, action="request.created", target="access-request-replayed")]
+    activities = _activities(settings, FakeTarget())
+    env = ActivityEnvironment()
+    for _ in range(2):
+        env.run(activities.record_request, RecordInput(status=status, events=events, seq=1))
+    env.run(activities.record_request, RecordInput(status=status, events=events, seq=2))
+
+    with session_scope(settings.db_url, write=False) as session:
+        audited = session.exec(select(AuditEvent).where(AuditEvent.target == "access-request-replayed")).all()
+        assert session.get(AccessRequest, "replayed").recorded_seq == 2  # type: ignore[union-attr]
+    assert len(audited) == 2  # steps 1 and 2, not step 1 twice
+
+
+def test_the_clock_starts_when_the_target_granted_not_when_the_grant_was_claimed(settings: Settings) -> None:
+    # A target that takes its time (an outage, a retry): the grant still gets its whole duration.
+    target = FakeTarget()
+    target.grant_gate.clear()
+    threading.Timer(1.5, target.grant_gate.set).start()
+    asked = datetime.now(UTC)
+
+    result = ActivityEnvironment().run(_activities(settings, target).provision_grant, _grant_input("late-one"))
+
+    assert result.granted_at >= asked + timedelta(seconds=1.4)
+    assert result.expires_at == result.granted_at + timedelta(minutes=30)
+    with session_scope(settings.db_url, write=False) as session:
+        grant = session.exec(select(Grant).where(Grant.request_id == "late-one")).one()
+    assert (grant.granted_at, grant.expires_at) == (result.granted_at, result.expires_at)

@@ -358,3 +358,32 @@ async def test_f14_an_api_whose_workers_are_behind_turns_new_requests_away_at_on
         assert (await first).status_code == 503  # the first did start, and says so
     created = [e for e in audit() if e.action == "request.created"]
     assert created == []  # no worker recorded anything; the refused one started nothing
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["started", "not-started"])
+async def test_a_start_that_failed_mid_call_says_whether_the_request_exists(
+    api: Api, env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch, started: bool
+) -> None:
+    from temporalio.client import Client
+    from temporalio.service import RPCError, RPCStatusCode
+
+    original = Client.execute_update_with_start_workflow
+
+    async def flaky(self: Client, *args: Any, **kwargs: Any) -> Any:
+        if started:
+            await original(self, *args, **kwargs)
+        raise RPCError("context deadline exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+
+    monkeypatch.setattr(Client, "execute_update_with_start_workflow", flaky)
+    response = await api.call(
+        "katherine@example.com", "POST", "/api/requests", {"role": READ, "duration": "PT5M", "justification": ""}
+    )
+
+    assert response.status_code == 503
+    problem = response.json()
+    if started:
+        assert "was started" in problem["detail"] and "proceeds" in problem["detail"]
+        assert (await api.wait_for(problem["id"], "active"))["requester"] == "katherine@example.com"
+    else:
+        assert "nothing was started" in problem["detail"]
+        assert response.headers["Retry-After"] == "2"
