@@ -78,12 +78,6 @@ def test_chaos_every_accepted_request_reaches_an_end_state(chaos: dict[str, Any]
     assert chaos["invariants"]["lost"] == 0, _why(chaos, "lost", "open_runs")
 
 
-@pytest.mark.xfail(
-    strict=False,  # it needs a SIGKILL in a window of a few hundred ms: most small runs hit it, not all
-    reason="a worker killed after a workflow task's bookkeeping local activity wrote its audit events but "
-    "before the task completed: the task times out (10 s) and its replay runs the local activity again, so "
-    "grant.provisioned (and request.created, grant.expired, ...) is audited twice; see bench/RESULTS.md, Chaos",
-)
 def test_chaos_no_grant_is_made_twice(chaos: dict[str, Any]) -> None:
     """Exactly one ``grant.provisioned`` audit event per request that was granted, none for the others."""
     assert chaos["requests"]["granted"] > 0, chaos["report"]
@@ -98,13 +92,6 @@ def test_chaos_audit_chain_stays_intact(chaos: dict[str, Any]) -> None:
     assert chaos["invariants"]["audit_intact"], _why(chaos, "audit_verify")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker SIGKILLed while a provision_grant or revoke_grant activity waits on a hung target leaves "
-    "that activity to its 2-minute start_to_close_timeout (no heartbeat timeout): the revoke is retried ~120 s "
-    "later, so the PostgreSQL membership outlives its expiry by ~2 minutes (and the expiry backstop, grace 2 min "
-    "every 1 min, does not step in sooner); see bench/RESULTS.md, Chaos",
-)
 def test_chaos_no_access_is_held_past_expiry(chaos: dict[str, Any]) -> None:
     """In PostgreSQL itself (``pg_auth_members``, sampled all along and read at the end): no membership
     outlives the end of every request that justifies it by more than 5 s after the stack recovered."""
