@@ -110,16 +110,22 @@ def _aad(metadata: Mapping[str, bytes]) -> bytes:
 
 
 def _same_workflow(sealed_for: str, running_as: str) -> bool:
-    """True for the same id, or a schedule's run (``<schedule action id>-<RFC 3339 time>``)."""
-    if sealed_for == running_as:
-        return True
-    if not running_as.startswith(sealed_for + "-"):
-        return False
-    try:
-        datetime.fromisoformat(running_as[len(sealed_for) + 1 :].replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True
+    """True for the same id, or runs of one schedule (``<schedule action id>-<RFC 3339 time>``): a schedule
+    seals its runs' input for its action id, and hands each run the last one's result."""
+    return _schedule_base(sealed_for) == _schedule_base(running_as)
+
+
+def _schedule_base(workflow_id: str) -> str:
+    """``backstop-2026-12-01T23:24:00Z`` → ``backstop``; any other id as it is."""
+    for cut in range(len(workflow_id) - 1, 0, -1):  # the stamp is a suffix; ids may hold dashes themselves
+        if workflow_id[cut] != "-":
+            continue
+        try:
+            datetime.fromisoformat(workflow_id[cut + 1 :].replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        return workflow_id[:cut]
+    return workflow_id
 
 
 class LapseCodec(PayloadCodec, WithSerializationContext):

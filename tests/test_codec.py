@@ -133,6 +133,11 @@ async def test_a_payload_sealed_for_one_workflow_is_refused_in_another() -> None
     assert await codec.with_context(activity).decode([sealed]) == [_payload()]
     [scheduled] = await _in(codec, "birthright-sync").encode([_payload()])
     assert await _in(codec, "birthright-sync-2026-12-01T22:00:00Z").decode([scheduled]) == [_payload()]
+    # A schedule hands each run the last one's result, sealed for that run: the same schedule, so it reads.
+    [last] = await _in(codec, "expiry-backstop-2026-12-01T23:23:00Z").encode([_payload()])
+    assert await _in(codec, "expiry-backstop-2026-12-01T23:24:00Z").decode([last]) == [_payload()]
+    with pytest.raises(PayloadRejected, match="another workflow"):
+        await _in(codec, "birthright-sync-2026-12-01T23:24:00Z").decode([last])
 
 
 async def test_wrong_key_is_rejected() -> None:
