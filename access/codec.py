@@ -5,11 +5,13 @@ can neither read a justification nor craft an input (a plan with no steps, an ap
 an admin flag) that a Lapse worker or the API would accept.
 
 An encoded payload is the original payload (metadata and data, serialised) sealed under the first key;
-its outer metadata says which key (``lapse-kid``) and, when the SDK tells us, which namespace and
-workflow the payload belongs to. The whole outer metadata is the AEAD's associated data, so no field
-of it can be changed, added or removed, and a payload sealed for one workflow (bob's approval of
-request A) is refused in another (request B). Runs started by a schedule get the schedule's id plus a
-timestamp, which is accepted as the same workflow.
+its outer metadata says which key (``lapse-kid``). The whole outer metadata is the AEAD's associated
+data, so no field of it can be changed, added or removed.
+
+The codec does not bind a payload to its workflow (the SDK's serialization context): that path made
+every workflow task about five times slower (bench/RESULTS.md). The binding that matters is in the
+messages instead: every decision, cancel, revoke and extension names its request, and the workflow
+refuses one naming another, so bob's sealed approval of request A cannot be replayed into request B.
 
 Not used by workflow code: the SDK applies the codec outside the sandbox.
 """
@@ -21,19 +23,13 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
-    ActivitySerializationContext,
     PayloadCodec,
-    SerializationContext,
-    WithSerializationContext,
-    WorkflowSerializationContext,
 )
 
 from access.keys import new_ring_entry, parse_ring, read_or_create_key_file
@@ -43,8 +39,6 @@ ENCODING = b"binary/lapse-aesgcm-v1"
 REJECTED = b"binary/lapse-rejected"
 """What a quarantining codec decodes a refused payload to: no payload converter reads it."""
 KID = "lapse-kid"
-NAMESPACE = "lapse-namespace"
-WORKFLOW_ID = "lapse-workflow-id"
 KEY_FILE = "codec.key"
 NONCE_BYTES = 12
 _AAD_PREFIX = b"lapse-codec-v1\x00"
@@ -109,26 +103,7 @@ def _aad(metadata: Mapping[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _same_workflow(sealed_for: str, running_as: str) -> bool:
-    """True for the same id, or runs of one schedule (``<schedule action id>-<RFC 3339 time>``): a schedule
-    seals its runs' input for its action id, and hands each run the last one's result."""
-    return _schedule_base(sealed_for) == _schedule_base(running_as)
-
-
-def _schedule_base(workflow_id: str) -> str:
-    """``backstop-2026-12-01T23:24:00Z`` → ``backstop``; any other id as it is."""
-    for cut in range(len(workflow_id) - 1, 0, -1):  # the stamp is a suffix; ids may hold dashes themselves
-        if workflow_id[cut] != "-":
-            continue
-        try:
-            datetime.fromisoformat(workflow_id[cut + 1 :].replace("Z", "+00:00"))
-        except ValueError:
-            continue
-        return workflow_id[:cut]
-    return workflow_id
-
-
-class LapseCodec(PayloadCodec, WithSerializationContext):
+class LapseCodec(PayloadCodec):
     """AES-256-GCM over whole payloads, keys by id; see the module's docstring.
 
     ``accept_plaintext`` lets unencrypted payloads through on decode (the migration window for runs
@@ -147,8 +122,6 @@ class LapseCodec(PayloadCodec, WithSerializationContext):
         *,
         accept_plaintext: bool = False,
         quarantine: bool = False,
-        namespace: str | None = None,
-        workflow_id: str | None = None,
     ) -> None:
         if not keys:
             raise CodecKeyError("the payload codec needs at least one key")
@@ -156,21 +129,10 @@ class LapseCodec(PayloadCodec, WithSerializationContext):
         self._ciphers = {k.kid: AESGCM(k.key) for k in keys}
         self.accept_plaintext = accept_plaintext
         self.quarantine = quarantine
-        self.namespace = namespace
-        self.workflow_id = workflow_id
 
     @property
     def key_ids(self) -> list[str]:
         return [k.kid for k in self._keys]
-
-    def with_context(self, context: SerializationContext) -> Self:
-        namespace = workflow_id = None
-        if isinstance(context, WorkflowSerializationContext | ActivitySerializationContext):
-            namespace, workflow_id = context.namespace or None, context.workflow_id or None
-        clone = type(self).__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.namespace, clone.workflow_id = namespace, workflow_id
-        return clone
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self.seal(p) for p in payloads]
@@ -183,17 +145,13 @@ class LapseCodec(PayloadCodec, WithSerializationContext):
             try:
                 decoded.append(self.open(payload))
             except PayloadRejected as error:
-                log.warning("%s (workflow %s)", error, self.workflow_id or "unknown")
+                log.warning("%s", error)
                 decoded.append(Payload(metadata={"encoding": REJECTED, "lapse-reason": str(error).encode()}))
         return decoded
 
     def seal(self, payload: Payload) -> Payload:
         primary = self._keys[0]
         metadata = {"encoding": ENCODING, KID: primary.kid.encode()}
-        if self.namespace:
-            metadata[NAMESPACE] = self.namespace.encode()
-        if self.workflow_id:
-            metadata[WORKFLOW_ID] = self.workflow_id.encode()
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._ciphers[primary.kid].encrypt(nonce, payload.SerializeToString(), _aad(metadata))
         return Payload(metadata=metadata, data=nonce + sealed)
@@ -212,12 +170,6 @@ class LapseCodec(PayloadCodec, WithSerializationContext):
         cipher = self._ciphers.get(kid)
         if cipher is None:
             raise PayloadRejected(f"refused a payload sealed with key {kid[:64]!r}, which is not configured")
-        namespace = metadata.get(NAMESPACE, b"").decode(errors="replace")
-        if namespace and self.namespace and namespace != self.namespace:
-            raise PayloadRejected("refused a payload sealed for another namespace")
-        workflow_id = metadata.get(WORKFLOW_ID, b"").decode(errors="replace")
-        if workflow_id and self.workflow_id and not _same_workflow(workflow_id, self.workflow_id):
-            raise PayloadRejected(f"refused a payload sealed for another workflow than {self.workflow_id!r}")
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         try:
             plain = cipher.decrypt(nonce, sealed, _aad(metadata))

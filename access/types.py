@@ -332,6 +332,9 @@ class RequestAck(Model):
 class DecisionInput(Model):
     actor: str
     comment: str = ""
+    request_id: str | None = None
+    """The request this decision is for: the workflow refuses one made for another (a sealed payload
+    replayed from one request into another). None only in histories from before this field."""
 
 
 class EndInput(Model):
@@ -340,9 +343,13 @@ class EndInput(Model):
     actor: str
     is_admin: bool = False
     comment: str = ""
+    request_id: str | None = None
+    """The request this is for (see ``DecisionInput.request_id``)."""
 
 
 class ExtendInput(Model):
+    request_id: str | None = None
+    """The request this is for (see ``DecisionInput.request_id``)."""
     actor: str
     duration: Duration
     justification: str = ""

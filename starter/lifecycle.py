@@ -255,9 +255,8 @@ async def decide(
     update = AccessRequestWorkflow.approve if approved else AccessRequestWorkflow.deny
     action = "request.approve" if approved else "request.deny"
     await asyncio.to_thread(_still_eligible, settings, actor, request_id, action)
-    return await _update(
-        client, settings, actor.email, request_id, update, DecisionInput(actor=actor.email, comment=comment), action
-    )
+    decision = DecisionInput(actor=actor.email, comment=comment, request_id=request_id)
+    return await _update(client, settings, actor.email, request_id, update, decision, action)
 
 
 def _still_eligible(settings: Settings, actor: User, request_id: str, action: str) -> None:
@@ -297,7 +296,7 @@ async def end(
             _, _, status = await revoke_grant(client, settings, actor, orphan, comment=comment)
             assert status is not None
             return status
-    arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment)
+    arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment, request_id=request_id)
     return await _update(client, settings, actor.email, request_id, update, arg, action)
 
 
@@ -342,7 +341,14 @@ def _judge_extension(
         plan = _plan(settings, actor, status.role, total, justification or status.justification)
     except Problem as problem:
         raise refused(settings, actor.email, "grant.extend", target, problem) from None
-    return ExtendInput(actor=actor.email, duration=duration, justification=justification, plan=plan, total=total)
+    return ExtendInput(
+        request_id=request_id,
+        actor=actor.email,
+        duration=duration,
+        justification=justification,
+        plan=plan,
+        total=total,
+    )
 
 
 def show_credentials(settings: Settings, actor: User, request_id: str) -> CredentialsShown:

@@ -370,6 +370,7 @@ class AccessRequestWorkflow:
 
     @approve.validator
     def _validate_approve(self, input: DecisionInput) -> None:
+        self._check_addressed(input.request_id)
         self._check_decision(input, strict=True, distinct=True)
 
     @workflow.update
@@ -379,6 +380,7 @@ class AccessRequestWorkflow:
 
     @deny.validator
     def _validate_deny(self, input: DecisionInput) -> None:
+        self._check_addressed(input.request_id)
         self._check_decision(input, strict=True, distinct=True)
 
     @workflow.update
@@ -390,6 +392,7 @@ class AccessRequestWorkflow:
 
     @cancel.validator
     def _validate_cancel(self, input: EndInput) -> None:
+        self._check_addressed(input.request_id)
         self._check_cancel(input, strict=True)
 
     @workflow.update
@@ -401,6 +404,7 @@ class AccessRequestWorkflow:
 
     @revoke.validator
     def _validate_revoke(self, input: EndInput) -> None:
+        self._check_addressed(input.request_id)
         self._check_revoke(input, strict=True)
 
     @workflow.update
@@ -433,6 +437,7 @@ class AccessRequestWorkflow:
 
     @extend.validator
     def _validate_extend(self, input: ExtendInput) -> None:
+        self._check_addressed(input.request_id)
         self._check_extend(input, strict=True)
 
     def _ack(self) -> RequestAck:
@@ -568,6 +573,13 @@ class AccessRequestWorkflow:
                     f"{input.actor} already approved step {earlier.name!r} of this request; "
                     f"step {step.name!r} needs someone else",
                 )
+
+    def _check_addressed(self, request_id: str | None) -> None:
+        """Refuse a message made for another request: payloads are sealed, but a sealed one could be
+        replayed into another run by someone with access to Temporal. Validators only: they do not run on
+        replay, where messages from before this check carry no request id."""
+        if request_id != self._input.id:
+            raise _refused("Forbidden", f"this was sent for request {request_id or '(none)'}, not {self._input.id}")
 
     def _check_cancel(self, input: EndInput, *, strict: bool = False) -> None:
         if strict:

@@ -281,7 +281,8 @@ async def test_f15_overlong_comment_is_refused_by_the_workflow_itself(env: Workf
     handle = env.client.get_workflow_handle(names.request_workflow_id(created["id"]))
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await handle.execute_update(
-            AccessRequestWorkflow.approve, DecisionInput(actor="linus@example.com", comment="x" * 5000)
+            AccessRequestWorkflow.approve,
+            DecisionInput(actor="linus@example.com", comment="x" * 5000, request_id=created["id"]),
         )
     assert "at most 2000 are allowed" in str(refused.value.cause)
     status: Any = await api.status(created["id"])
@@ -387,3 +388,21 @@ async def test_a_start_that_failed_mid_call_says_whether_the_request_exists(
     else:
         assert "nothing was started" in problem["detail"]
         assert response.headers["Retry-After"] == "2"
+
+
+async def test_f4_a_decision_made_for_one_request_is_refused_by_another(env: WorkflowEnvironment, api: Api) -> None:
+    # Payloads are sealed, but someone who can reach Temporal could replay Linus's sealed approval of one
+    # request into another he may approve: the decision names its request, and the other one refuses it.
+    from access.types import DecisionInput
+    from workflows.access_request import AccessRequestWorkflow
+
+    first = await api.request("alan@example.com", DEPLOY)
+    second = await api.request("alan@example.com", DEPLOY)
+    replayed = DecisionInput(actor="linus@example.com", comment="ok", request_id=first["id"])
+    handle = env.client.get_workflow_handle(names.request_workflow_id(second["id"]))
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(AccessRequestWorkflow.approve, replayed)
+
+    assert f"sent for request {first['id']}" in str(refused.value.cause)
+    assert (await api.status(second["id"]))["steps"][0]["decisions"] == []

@@ -15,7 +15,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, Field, model_validator
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import WorkflowSerializationContext
 
 from access.codec import CodecKeyError, LapseCodec, PayloadRejected, codec_keys
 from access.settings import Settings
@@ -67,15 +66,12 @@ def _allow_origin(request: Request, response: Response, settings: Settings) -> b
     return True
 
 
-def _codec(settings: Settings, namespace: str | None) -> LapseCodec:
+def _codec(settings: Settings) -> LapseCodec:
     try:
         # Plain payloads (runs from before the codec) are shown as they are stored; forged seals are refused.
-        codec = LapseCodec(codec_keys(settings), accept_plaintext=True)
+        return LapseCodec(codec_keys(settings), accept_plaintext=True)
     except CodecKeyError as error:
         raise Problem(503, f"the payload codec is not configured: {error}") from None
-    if namespace:
-        codec = codec.with_context(WorkflowSerializationContext(namespace=namespace, workflow_id=""))
-    return codec
 
 
 def _to_protos(body: PayloadsIn) -> list[Payload]:
@@ -106,7 +102,11 @@ def _to_json(payloads: list[Payload]) -> PayloadsJSON:
 
 
 NamespaceHeader = Annotated[
-    str | None, Header(alias="X-Namespace", description="The Temporal namespace the payloads come from.")
+    str | None,
+    Header(
+        alias="X-Namespace",
+        description="Sent by the Temporal Web UI; not needed: payloads are not bound to a namespace.",
+    ),
 ]
 
 
@@ -133,7 +133,7 @@ async def decode(
     """Decrypt payloads for display (admins): what the Temporal Web UI calls."""
     require_admin(user)
     _allow_origin(request, response, settings)
-    codec = _codec(settings, namespace)
+    codec = _codec(settings)
     decoded = []
     for index, payload in enumerate(_to_protos(body)):
         try:
@@ -155,4 +155,4 @@ async def encode(
     """Seal payloads an operator enters in the Web UI (admins)."""
     require_admin(user)
     _allow_origin(request, response, settings)
-    return _to_json(await _codec(settings, namespace).encode(_to_protos(body)))
+    return _to_json(await _codec(settings).encode(_to_protos(body)))
