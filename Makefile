@@ -52,7 +52,11 @@ fuzz: $(VENV)/.dev system-deps
 # The chaos suite, full size: lifecycles against a real PostgreSQL while the worker, the Temporal dev server,
 # the API and the target are broken under them (`make test` runs it small: tests/test_chaos.py).
 CHAOS_LIFECYCLES ?= 1000
+# With it, the abuse tests at full size: 1,000 extension attempts on one grant, 30 days of a failing revoke.
 chaos: $(VENV)/.dev system-deps
+	LAPSE_ABUSE_ATTEMPTS=1000 LAPSE_FAILING_REVOKE_DAYS=30 $(BIN)/pytest -p no:cacheprovider \
+	  "tests/workflows/test_request_abuse.py::test_f1_endless_extensions_leave_the_history_small" \
+	  "tests/workflows/test_long_expiry.py::test_f2_days_of_failing_revokes_keep_every_run_small"
 	$(BIN)/python -m bench.chaos --lifecycles $(CHAOS_LIFECYCLES) --json bench/results-chaos-$$(date -u +%F).json
 
 bench: $(VENV)/.dev
