@@ -129,6 +129,7 @@ async def _create_request(
         id=names.request_workflow_id(request_id),
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        task_timeout=names.REQUEST_TASK_TIMEOUT,
         search_attributes=names.start_search_attributes(requester.email, input.role),
         static_summary=f"{requester.email} → {input.role} for {format_duration(duration)}",
         # No justification here: user metadata is not a workflow payload the codec seals.

@@ -51,6 +51,11 @@ CHECKPOINT_AUDIT_HEAD = "checkpoint_audit_head"
 
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 
+REQUEST_TASK_TIMEOUT = timedelta(seconds=4)
+"""A request run's workflow-task timeout: a task a killed worker had started goes to another worker after
+this, not after the default 10 s (its grant's revoke waits that long). Local activities longer than it
+heartbeat the task, so bookkeeping under load does not time out."""
+
 
 def request_workflow_id(request_id: str) -> str:
     return f"access-request-{request_id}"
