@@ -328,11 +328,19 @@ class RequestActivities:
         the target with no transaction open, record the end: see ``access.ledger``.
         """
         with session_scope(self._db_url) as session:
+            grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
+            if grant is None or not grant.active:
+                # Nothing of this request's is held (never claimed, or ended already): done, without resolving
+                # the target, which may be gone (a role deleted after a grant that failed).
+                _drop_credentials(session, input.request_id)
+                ended_at = grant.ended_at if grant is not None and grant.ended_at is not None else datetime.now(UTC)
+                others = active_grants(session, grant.account, grant.role) if grant is not None else 0
+                return RevokeResult(revoked_at=ended_at, still_held=bool(others))
             target, connector = self._target(session, input.role)
             account = _account(connector, input.requester, input.request_id)
             lock(session, account, input.role)
             now = datetime.now(UTC)
-            grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
+            session.refresh(grant)
             if grant is None or not grant.active:
                 # Ended already (an earlier attempt, an admin, the backstop), or never claimed: the target
                 # was never called for a grant with no row, since the row is claimed before the call.
