@@ -165,6 +165,14 @@ class AccessRequest(SQLModel, table=True):
     between its commit and the workflow task's completion is not written (nor audited) twice."""
 
 
+class RequestStep(SQLModel, table=True):
+    """A bookkeeping step of a request's workflow that is written: a step replayed after a worker died
+    between its commit and its workflow task's completion finds itself here and writes nothing twice."""
+
+    request_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+
+
 class Grant(SQLModel, table=True):
     """The grants ledger: one row per grant of a role to an account, by whatever path."""
 

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from access import catalog, policy
 from access.db import append_audit, lock, session_scope
 from access.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
-from access.tables import AccessRequest, Credential, Grant
+from access.tables import AccessRequest, Credential, Grant, RequestStep
 from access.types import (
     AuditEntry,
     GrantInput,
@@ -101,24 +101,27 @@ class RequestActivities:
         """Write the request's latest status and its new audit events, in one transaction."""
         status = input.status
         with session_scope(self._db_url) as session:
-            known = session.get(AccessRequest, status.id)
-            if known is not None and input.seq is not None and known.recorded_seq >= input.seq:
-                return  # written before the worker died, and replayed: audit nothing twice
-            row = known or AccessRequest(
+            if input.seq is not None:
+                if session.get(RequestStep, (status.id, input.seq)) is not None:
+                    return  # written before the worker died, and replayed: audit nothing twice
+                session.add(RequestStep(request_id=status.id, seq=input.seq))
+            row = session.get(AccessRequest, status.id) or AccessRequest(
                 id=status.id,
                 requester=status.requester,
                 role=status.role,
                 state=status.state,
                 created_at=status.created_at,
             )
-            row.state = status.state.value
-            row.expires_at = status.expires_at
-            row.ended_at = status.ended_at
-            row.status = status.model_dump(mode="json")
-            if input.seq is not None:
-                row.recorded_seq = input.seq
-            session.add(row)
-            if status.expires_at is not None:
+            # Two steps of one workflow task may be written in either order: a status older than the one
+            # written keeps out of the way; its audit events are written all the same.
+            if input.seq is None or input.seq > row.recorded_seq:
+                row.state = status.state.value
+                row.expires_at = status.expires_at
+                row.ended_at = status.ended_at
+                row.status = status.model_dump(mode="json")
+                row.recorded_seq = input.seq or row.recorded_seq
+                session.add(row)
+            if status.expires_at is not None and (input.seq is None or input.seq >= row.recorded_seq):
                 grant = session.exec(select(Grant).where(Grant.request_id == status.id)).first()
                 if grant is not None and grant.active:
                     grant.expires_at = status.expires_at
@@ -194,9 +197,12 @@ class RequestActivities:
         """The claim: the ledger row in one short transaction under the account and role's lock."""
         with session_scope(self._db_url) as session:
             target, connector = self._target(session, input.role)
-            account = _account(connector, input.requester, input.request_id)
-            lock(session, account, input.role)
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
+            # A grant already made keeps the account it was made for, whatever the account rule says now.
+            account = grant.account if grant is not None else _account(connector, input.requester, input.request_id)
+            lock(session, account, input.role)
+            if grant is not None:
+                session.refresh(grant)
             now = datetime.now(UTC)
             if grant is not None and input.expires_at is not None:
                 return self._claim_extension(session, grant, input, target, connector, account, now)
@@ -337,7 +343,7 @@ class RequestActivities:
                 others = active_grants(session, grant.account, grant.role) if grant is not None else 0
                 return RevokeResult(revoked_at=ended_at, still_held=bool(others))
             target, connector = self._target(session, input.role)
-            account = _account(connector, input.requester, input.request_id)
+            account = grant.account  # the account it was made for, whatever the account rule says now
             lock(session, account, input.role)
             now = datetime.now(UTC)
             session.refresh(grant)

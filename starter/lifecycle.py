@@ -289,7 +289,7 @@ async def end(
         if orphan is not None:
             # The run is gone (terminated at Temporal's history limit, say): revoke by the ledger row.
             known = await asyncio.to_thread(stored_status, settings, request_id)
-            if known is not None and actor.email != known.requester and not actor.is_admin:
+            if not actor.is_admin and (known is None or actor.email != known.requester):
                 problem = Problem(403, "only the requester or an admin can revoke a grant")
                 raise await asyncio.to_thread(
                     refused, settings, actor.email, action, names.request_workflow_id(request_id), problem

@@ -118,6 +118,8 @@ class AccessRequestWorkflow:
         self._failure = resume.failure if resume else ""
         self._ending: EndInput | None = resume.ending if resume else None
         self._expiring = bool(resume and resume.revoking)
+        self._never_continue = False
+        """A run from before continue-as-new existed, replaying: it never continues as new."""
         """The grant's time is up: it is being revoked, and can no longer be extended."""
         self._wake = False
         self._carry: list[AuditEntry] = []
@@ -210,20 +212,38 @@ class AccessRequestWorkflow:
         return await self._hold_then_revoke()
 
     def _history_is_long(self) -> bool:
+        """Time to continue as new. Runs from before this (no marker where their history grew long) never
+        do: once the patch says so, they are left to run as they always did."""
+        if self._never_continue:
+            return False
         info = workflow.info()
         return info.get_current_history_length() >= HISTORY_EVENTS_BEFORE_CONTINUE or (
             info.is_continue_as_new_suggested()
         )
 
     async def _continue_as_new(self, *, revoking: bool) -> None:
-        """Hand the request to a fresh run, so no grant's history grows toward Temporal's limits."""
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        """Hand the request to a fresh run, so no grant's history grows toward Temporal's limits.
+
+        Returns (without continuing) for a run from before this change, and while holding when a revoke or
+        a leaver's end arrives meanwhile: the hold then ends and the revoke goes on in this run.
+        """
+        if not workflow.patched("continue-as-new"):
+            self._never_continue = True
+            return
+        if revoking:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        else:
+            # A revoke handler waits for this run to revoke: waiting for it to finish first would deadlock.
+            await workflow.wait_condition(lambda: workflow.all_handlers_finished() or self._ending is not None)
+            if self._ending is not None:
+                return
         resume = Resume(
             status=self._status,
             enforced_end=self._enforced_end,
             ending=self._ending,
             revoking=revoking,
-            failure=self._failure if revoking else "",
+            # Only a revoke taking back a failed provisioning ends as failed (granted_at is set once granted).
+            failure=self._failure if revoking and self._status.granted_at is None else "",
             record_seq=self._record_seq,
         )
         workflow.continue_as_new(
@@ -270,6 +290,7 @@ class AccessRequestWorkflow:
                 continue  # the grant may have been extended again or revoked meanwhile
             if self._history_is_long():
                 await self._continue_as_new(revoking=False)
+                continue  # an ending arrived, or this run never continues as new
             self._wake = False
             try:
                 await workflow.wait_condition(

@@ -193,7 +193,9 @@ async def test_temporal_outage_is_a_503_problem_not_a_crash(settings: Settings) 
             json={"role": DEPLOY, "duration": "PT1H", "justification": "x"},
             headers={"X-Forwarded-Email": "alan@example.com"},
         )
-    assert _problem(response, 503).startswith("the workflow service is unavailable")
+    detail = _problem(response, 503)
+    assert detail.startswith("the workflow service failed") and "nothing was started" in detail
+    assert response.headers["Retry-After"] == "2"
 
 
 @pytest.mark.parametrize("settings_overrides", [{"submit_timeout": "PT2S"}])

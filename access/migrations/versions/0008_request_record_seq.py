@@ -19,8 +19,15 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("accessrequest", schema=None) as batch_op:
         batch_op.add_column(sa.Column("recorded_seq", sa.Integer(), nullable=False, server_default="0"))
+    op.create_table(
+        "requeststep",
+        sa.Column("request_id", sa.String(), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("request_id", "seq"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("requeststep")
     with op.batch_alter_table("accessrequest", schema=None) as batch_op:
         batch_op.drop_column("recorded_seq")

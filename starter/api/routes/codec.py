@@ -1,9 +1,9 @@
 """The Temporal remote codec endpoint, so the Temporal Web UI shows decoded payloads to admins.
 
 The Web UI (``temporal server start-dev --ui-codec-endpoint``, or the UI's "Codec Server" setting)
-posts ``{"payloads": [{"metadata": {k: base64}, "data": base64}]}`` to ``/codec/decode`` (and
-``/codec/encode`` when an operator sends input from the UI) and gets the same shape back. Holding this
-endpoint is holding the key: admins only, and browsers may call it from the Web UI's origin only.
+posts ``{"payloads": [{"metadata": {k: base64}, "data": base64}]}`` to ``/codec/decode`` and gets the
+same shape back: admins only, and browsers from the Web UI's origin only. There is no ``/codec/encode``:
+only the API seals input, so an admin cannot seal a decision "from" someone else.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ NamespaceHeader = Annotated[
 def preflight(operation: str, request: Request, settings: SettingsDep) -> Response:
     """CORS preflight: answered for the Web UI's origin only."""
     response = Response(status_code=204)
-    if operation in ("encode", "decode") and _allow_origin(request, response, settings):
+    if operation == "decode" and _allow_origin(request, response, settings):
         response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-Namespace, Authorization"
         response.headers["Access-Control-Max-Age"] = "600"
@@ -141,18 +141,3 @@ async def decode(
         except PayloadRejected as error:
             raise Problem(422, str(error), field=f"payloads.{index}") from None
     return _to_json(decoded)
-
-
-@router.post("/encode")
-async def encode(
-    body: PayloadsIn,
-    user: CurrentUser,
-    settings: SettingsDep,
-    request: Request,
-    response: Response,
-    namespace: NamespaceHeader = None,
-) -> PayloadsJSON:
-    """Seal payloads an operator enters in the Web UI (admins)."""
-    require_admin(user)
-    _allow_origin(request, response, settings)
-    return _to_json(await _codec(settings).encode(_to_protos(body)))
