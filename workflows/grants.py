@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE
     from access.types import LedgerRevokeInput, LedgerRevokeResult
     from workflows import names
     from workflows.access_request import REVOKE_FOREVER, REVOKE_PERMANENT_PAUSE
@@ -38,3 +39,8 @@ class GrantRevokeWorkflow:
                 if isinstance(error.cause, ApplicationError) and error.cause.type in ("NotALedgerGrant", "RunAlive"):
                     raise  # no such grant, or its run ends it: nothing to retry
                 await workflow.sleep(REVOKE_PERMANENT_PAUSE)
+                info = workflow.info()
+                long = info.get_current_history_length() >= HISTORY_EVENTS_BEFORE_CONTINUE
+                # A revoke failing for weeks hands on to a fresh run; runs from before this never do.
+                if (long or info.is_continue_as_new_suggested()) and workflow.patched("continue-as-new"):
+                    workflow.continue_as_new(input)

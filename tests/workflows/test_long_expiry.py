@@ -8,16 +8,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from access.db import session_scope
 from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE
+from access.tables import Grant
 from access.types import (
     AccessRequestInput,
     Approver,
     ApproverKind,
+    LedgerRevokeInput,
     RequestPlan,
     RequestState,
     RequestStatus,
@@ -28,6 +32,7 @@ from tests.conftest import FakeTarget, make_settings
 from worker import build_worker
 from workflows import names
 from workflows.access_request import REVOKE_PERMANENT_PAUSE, AccessRequestWorkflow
+from workflows.grants import GrantRevokeWorkflow
 
 TEST_SERVER = str(Path(sys.executable).parent / "temporal-test-server")
 
@@ -158,3 +163,39 @@ async def _run_lengths(env: WorkflowEnvironment, workflow_id: str, run_id: str |
             else None
         )
     return lengths
+
+
+async def test_f2_an_admins_revoke_failing_for_days_continues_as_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The admin's revoke of an external grant (from the permissions table) retries for ever, like a
+    # request's: its run hands on to a fresh one long before Temporal's limits (threshold lowered here).
+    monkeypatch.setattr("access.limits.HISTORY_EVENTS_BEFORE_CONTINUE", 30)
+    target = _RevokeRefused(20)
+    async with await _time_skipping() as env:
+        settings = make_settings(tmp_path, "unused:0")
+        with session_scope(settings.db_url) as session:
+            grant = Grant(
+                account="katherine@example.com",
+                role="ledger/prod-db/read",
+                path="external",
+                granted_at=datetime.now(UTC),
+            )
+            session.add(grant)
+            session.flush()
+            grant_id = grant.id
+        assert grant_id is not None
+        target.held.add(("katherine@example.com", "ledger/prod-db/read"))
+        async with build_worker(
+            env.client, settings, task_queue=settings.task_queue, connectors={"ledger": target.connector}
+        ):
+            handle = await env.client.start_workflow(
+                GrantRevokeWorkflow.run,
+                LedgerRevokeInput(grant_id=grant_id, actor="ada@example.com", comment="left the project"),
+                id=names.grant_revoke_id(grant_id),
+                task_queue=settings.task_queue,
+            )
+            result = await handle.result()
+            lengths = await _run_lengths(env, handle.id, handle.result_run_id)
+    assert result.path == "external" and target.refusals == 0 and target.held == set()
+    assert len(lengths) > 1 and max(lengths) < 60
