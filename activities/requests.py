@@ -223,7 +223,7 @@ class RequestActivities:
             if grant is None:
                 if connector.per_grant_accounts:
                     self._key()  # a missing key fails the grant before anything is claimed
-                # The clock starts now, at the grant, so the target can enforce the same end.
+                # The end as the target is told it; the record step restarts the clock once it has granted.
                 grant = Grant(
                     account=account,
                     role=input.role,
@@ -251,9 +251,7 @@ class RequestActivities:
                 shared=bool(held),
                 credentials=session.get(Credential, input.request_id) is not None,
             )
-            return _GrantClaim(
-                target, connector, account, grant.id, grant.expires_at, now, call and not held, False, result
-            )
+            return _GrantClaim(target, connector, account, grant.id, grant.expires_at, now, call, False, result)
 
     def _claim_extension(
         self,

@@ -69,6 +69,7 @@ from access.db import session_scope
 from access.org import OrgFile, load_org
 from access.tables import AccessRequest, AuditEvent, Grant
 from bench.lifecycle import ADMIN, Stack, distribution, project_root
+from bench.lifecycle import Api as CountingApi
 from starter.stack import port_open, prepare_database, temporal_server_command
 from tests.servers import PostgresServer, postgres_bin
 
@@ -383,30 +384,11 @@ def plan(count: int, rate: float, rng: random.Random, revoke_share: float, deny_
     return lifecycles
 
 
-class Api:
-    """The API as a given user, retrying what the chaos breaks; counts every answer."""
+class Api(CountingApi):
+    """The API as a given user (counting every answer, as the lifecycle benchmark does), retrying what the
+    chaos breaks."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
-        self.calls: Counter[str] = Counter()
-        self.answers: Counter[str] = Counter()
-        self.examples: dict[str, str] = {}
-
-    async def once(self, user: str, method: str, path: str, body: Any, route: str) -> httpx.Response:
-        key = f"{method} {route}"
-        self.calls[key] += 1
-        try:
-            response = await self.http.request(method, path, json=body, headers={"X-Forwarded-Email": user})
-        except httpx.HTTPError as error:
-            self.answers[f"{key} {type(error).__name__}"] += 1
-            raise
-        if response.status_code >= 300:
-            label = f"{key} {response.status_code}"
-            self.answers[label] += 1
-            self.examples.setdefault(label, response.text[:300])
-        return response
-
-    async def call(
+    async def retrying(
         self,
         user: str,
         method: str,
@@ -426,7 +408,7 @@ class Api:
             attempts += 1
             delay = 0.5
             try:
-                response = await self.once(user, method, path, body, route)
+                response = await self.call(user, method, path, body, route)
             except httpx.ConnectError:
                 response = None
             except httpx.HTTPError:
@@ -443,11 +425,8 @@ class Api:
             await asyncio.sleep(delay)
 
     async def state(self, request_id: str) -> str | None:
-        with contextlib.suppress(httpx.HTTPError):
-            response = await self.once(ADMIN, "GET", f"/api/requests/{request_id}", None, "/api/requests/{id}")
-            if response.status_code == 200:
-                return str(response.json()["state"])
-        return None
+        status = await self.status(request_id)
+        return str(status["state"]) if status else None
 
 
 async def drive(api: Api, record: Lifecycle, begin: float, rng: random.Random, give_up_s: float) -> None:
@@ -455,7 +434,7 @@ async def drive(api: Api, record: Lifecycle, begin: float, rng: random.Random, g
     deadline = time.monotonic() + give_up_s
     body = {"role": record.role, "duration": record.duration, "justification": "chaos suite"}
     while record.request_id is None and time.monotonic() < deadline:
-        response, attempts, ambiguous = await api.call(
+        response, attempts, ambiguous = await api.retrying(
             record.requester,
             "POST",
             "/api/requests",
@@ -486,7 +465,7 @@ async def drive(api: Api, record: Lifecycle, begin: float, rng: random.Random, g
         record.decision_sent_at = _now()
         while True:
             # 404 until a worker records a request the API answered 503 for.
-            response, _, _ = await api.call(
+            response, _, _ = await api.retrying(
                 record.approver,
                 "POST",
                 f"/api/requests/{request_id}/{verb}",
@@ -512,7 +491,7 @@ async def drive(api: Api, record: Lifecycle, begin: float, rng: random.Random, g
             await asyncio.sleep(0.5)
         await asyncio.sleep(rng.uniform(0.3, max(0.4, record.duration * 0.6)))
         record.revoke_sent_at = _now()
-        response, _, _ = await api.call(
+        response, _, _ = await api.retrying(
             record.requester,
             "POST",
             f"/api/requests/{request_id}/revoke",
@@ -826,7 +805,7 @@ async def open_runs(stack: ChaosStack) -> list[str]:
 
 async def audit_verify(api: Api) -> dict[str, Any]:
     """The audit log's public verification (``GET /api/audit/verify``), as an admin."""
-    response = await api.once(ADMIN, "GET", "/api/audit/verify", None, "/api/audit/verify")
+    response = await api.call(ADMIN, "GET", "/api/audit/verify", None, "/api/audit/verify")
     if response.status_code != 200:
         return {"intact": False, "problems": [f"verify answered {response.status_code}: {response.text[:300]}"]}
     body: dict[str, Any] = response.json()
@@ -858,7 +837,7 @@ async def settle(
             if request_id not in ours and known.get(request_id) == "pending" and request_id not in cancelled:
                 cancelled.append(request_id)
                 with contextlib.suppress(httpx.HTTPError):
-                    await api.once(
+                    await api.call(
                         ADMIN,
                         "POST",
                         f"/api/requests/{request_id}/cancel",
@@ -1008,7 +987,7 @@ async def chaos(
             ],
             "unexpected_exits": [{**e, "at_s": round(e["at"] - started_at, 2)} for e in stack.unexpected_exits],
         },
-        "http": {"calls": dict(api.calls), "answers": dict(api.answers), "examples": api.examples},
+        "http": {"calls": dict(api.calls), "answers": dict(api.errors), "examples": api.examples},
         "records": [asdict(r) for r in [*records, *orphans]],
     }
 

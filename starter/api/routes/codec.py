@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, model_validator
 from temporalio.api.common.v1 import Payload
 
@@ -101,21 +100,13 @@ def _to_json(payloads: list[Payload]) -> PayloadsJSON:
     )
 
 
-NamespaceHeader = Annotated[
-    str | None,
-    Header(
-        alias="X-Namespace",
-        description="Sent by the Temporal Web UI; not needed: payloads are not bound to a namespace.",
-    ),
-]
-
-
 @router.options("/{operation}", include_in_schema=False)
 def preflight(operation: str, request: Request, settings: SettingsDep) -> Response:
     """CORS preflight: answered for the Web UI's origin only."""
     response = Response(status_code=204)
     if operation == "decode" and _allow_origin(request, response, settings):
         response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        # The Web UI sends X-Namespace; payloads are not bound to one, so it is allowed and not read.
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-Namespace, Authorization"
         response.headers["Access-Control-Max-Age"] = "600"
     return response
@@ -128,7 +119,6 @@ async def decode(
     settings: SettingsDep,
     request: Request,
     response: Response,
-    namespace: NamespaceHeader = None,
 ) -> PayloadsJSON:
     """Decrypt payloads for display (admins): what the Temporal Web UI calls."""
     require_admin(user)
