@@ -68,7 +68,7 @@ from access.codec import codec_keys
 from access.db import session_scope
 from access.org import OrgFile, load_org
 from access.tables import AccessRequest, AuditEvent, Grant
-from bench.lifecycle import ADMIN, Stack, distribution, project_root
+from bench.lifecycle import ADMIN, Stack, api_clients, distribution, project_root
 from bench.lifecycle import Api as CountingApi
 from starter.stack import port_open, prepare_database, temporal_server_command
 from tests.servers import PostgresServer, postgres_bin
@@ -860,9 +860,8 @@ async def chaos(
     events = chaos_plan(args, window, rng)
     samples: list[tuple[float, set[tuple[str, str]] | None]] = []
     disruptions: list[Disruption] = []
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:
-        api = Api(http)
+    async with api_clients(stack.api_url, connections=128) as clients:
+        api = Api(clients)
         sampler = asyncio.create_task(sample_target(pg, samples, args.sample_every))
         begin = time.monotonic() + 0.5
         started_at = _now() + 0.5
