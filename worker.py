@@ -22,9 +22,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from access.credentials import credential_cipher
-from access.db import configure_audit
-from access.settings import Settings, get_settings
+from access import names
 from activities.audit import AuditActivities
 from activities.backstop import BackstopActivities
 from activities.birthright import BirthrightActivities
@@ -32,8 +30,10 @@ from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.directory import DirectoryActivities
 from activities.integrations import IntegrationActivities
 from activities.requests import RequestActivities
-from starter.temporal import connect
-from workflows import names
+from store.credentials import credential_cipher
+from store.db import configure_audit
+from store.settings import Settings, get_settings
+from store.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
 from workflows.audit import AuditCheckpointWorkflow
 from workflows.backstop import ExpiryBackstopWorkflow

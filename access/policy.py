@@ -11,15 +11,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 from access.durations import format_duration
-from access.types import (
-    ApprovalPolicy,
-    Approver,
-    ApproverKind,
-    PolicyContext,
-    RequestPlan,
-    Rule,
-    StepPlan,
-)
+from access.types import ApprovalPolicy, Approver, ApproverKind, PolicyContext, RequestPlan, Rule, StepPlan
 
 
 class PolicyError(Exception):

@@ -15,10 +15,10 @@ from sqlmodel import col, select
 from temporalio import activity
 from temporalio.client import Client
 
-from access.audit import AuditCheckpoint
-from access.db import chain_id, session_scope
-from access.tables import AuditEvent
-from workflows import names
+from access import names
+from access.checkpoint import AuditCheckpoint
+from store.db import chain_id, session_scope
+from store.tables import AuditEvent
 
 WORKFLOW_TYPE = "AuditCheckpointWorkflow"
 

@@ -4,7 +4,7 @@ revoke, and revoke them by their ledger row (Invariant 7: no grant's end depends
 A run that is going revokes its own grant, so the backstop leaves it alone unless it still says
 ``active`` a grace after the grant's end (stuck: a workflow task that keeps failing, say). A run that
 is gone (terminated at Temporal's history limit, failed, deleted) never will: the backstop revokes in
-the target through the connector, counting overlapping grants like every revoke (``access.ledger``).
+the target through the connector, counting overlapping grants like every revoke (``store.ledger``).
 """
 
 from __future__ import annotations
@@ -19,23 +19,17 @@ from pydantic import ValidationError
 from sqlmodel import col, or_, select
 from temporalio import activity
 
-from access.db import append_audit, session_scope
+from access import names
+from access.connectors import ConnectorError
 from access.durations import format_duration
-from access.ledger import HELD, IN_FLIGHT
-from access.tables import AccessRequest, AuditEvent, Grant, SyncState
-from access.types import (
-    AuditEntry,
-    BackstopResult,
-    FindOverdueInput,
-    LedgerRevokeResult,
-    OverdueFound,
-    OverdueGrant,
-    RequestState,
-    RequestStatus,
-)
-from activities.connectors import BUILT_IN, ConnectorError, ConnectorFactory
+from access.grants import BackstopResult, FindOverdueInput, LedgerRevokeResult, OverdueFound, OverdueGrant
+from access.requests import RequestState, RequestStatus
+from access.types import AuditEntry
+from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.requests import Ending, request_run, revoke_grant_by_id
-from workflows import names
+from store.db import append_audit, session_scope
+from store.ledger import HELD, IN_FLIGHT
+from store.tables import AccessRequest, AuditEvent, Grant, SyncState
 
 ACTOR = "lapse"
 FAILING = "grant.backstop_revoke_failing"

@@ -1,7 +1,7 @@
 """Activities of the birthright sync: store the plan in the app DB, apply it in batches, record the outcome.
 
 The plan's items live in ``BirthrightItem`` rows, never in workflow history, so a run of any size
-resumes where it was. Each item is applied in three steps (``access.ledger``): a short transaction
+resumes where it was. Each item is applied in three steps (``store.ledger``): a short transaction
 that re-reads the ledger under the account and role's lock and claims the grant or revoke, the
 target's call with no transaction open, and a short transaction that records it and marks the item
 done: a retried or resumed batch never grants twice, and overlapping JIT or external grants keep
@@ -23,20 +23,9 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from access import catalog
-from access import groups as group_refs
-from access.db import append_audit, lock, session_scope
-from access.ledger import HELD, PROVISIONING, active_grants, claim_revoke, end, revoke_in_flight
-from access.tables import (
-    BirthrightItem,
-    BirthrightPolicy,
-    Grant,
-    Membership,
-    SyncState,
-    User,
-)
-from access.types import (
-    AuditEntry,
+from access import names
+from access.connectors import Connector, ConnectorError, RetryableError, Target
+from access.syncs import (
     BirthrightBatchInput,
     BirthrightBatchResult,
     BirthrightFinishInput,
@@ -44,17 +33,22 @@ from access.types import (
     BirthrightSyncResult,
     SyncInput,
 )
-from activities.connectors import (
-    BUILT_IN,
-    Connector,
-    ConnectorError,
-    ConnectorFactory,
-    LedgerConnector,
-    RetryableError,
-    Target,
-)
+from access.types import AuditEntry
+from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.connectors.ledger import LedgerConnector
 from activities.integrations import as_activity_error, resolve_target
-from workflows import names
+from store import catalog
+from store import groups as group_refs
+from store.db import append_audit, lock, session_scope
+from store.ledger import HELD, PROVISIONING, active_grants, claim_revoke, end, revoke_in_flight
+from store.tables import (
+    BirthrightItem,
+    BirthrightPolicy,
+    Grant,
+    Membership,
+    SyncState,
+    User,
+)
 
 INSERT_CHUNK = 5000
 LEDGER_CHUNK = 100

@@ -27,28 +27,27 @@ from temporalio.client import ScheduleOverlapPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from access import groups
-from access.db import append_audit, session_scope
-from access.org import DEMO_ORG, OrgError, OrgFile
-from access.tables import AccessRequest, Group, Integration, Membership, SyncState, User
-from access.types import (
+from access import names
+from access.connectors import ConnectorError
+from access.requests import RequestState, RequestStatus
+from access.syncs import (
     ApprovalToReresolve,
-    AuditEntry,
     DirectorySyncResult,
     Joiner,
     Leaver,
     LeaverWork,
     Mover,
-    RequestState,
-    RequestStatus,
     RequestToEnd,
     SyncInput,
     TriggerInput,
 )
-from activities.connectors import ConnectorError
+from access.types import AuditEntry
+from activities.connectors.ldap import DirectoryGroup, DirectorySnapshot, DirectoryUser, LdapDirectory
 from activities.integrations import as_activity_error
-from activities.ldap import DirectoryGroup, DirectorySnapshot, DirectoryUser, LdapDirectory
-from workflows import names
+from store import groups
+from store.db import append_audit, session_scope
+from store.org import DEMO_ORG, OrgError, OrgFile
+from store.tables import AccessRequest, Group, Integration, Membership, SyncState, User
 
 log = logging.getLogger(__name__)
 

@@ -19,21 +19,15 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from access import catalog
-from access.db import append_audit, lock, session_scope
-from access.ledger import IN_FLIGHT, claim_revoke, end
-from access.tables import Grant, Integration, Resource, Role, User
-from access.types import AuditEntry, ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
-from activities.connectors import (
-    BUILT_IN,
-    Connector,
-    ConnectorError,
-    ConnectorFactory,
-    Discovery,
-    HeldRole,
-    Target,
-)
-from workflows import names
+from access import names
+from access.connectors import Connector, ConnectorError, Discovery, HeldRole, Target
+from access.integrations import ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
+from access.types import AuditEntry
+from activities.connectors import BUILT_IN, ConnectorFactory
+from store import catalog
+from store.db import append_audit, lock, session_scope
+from store.ledger import IN_FLIGHT, claim_revoke, end
+from store.tables import Grant, Integration, Resource, Role, User
 
 DRIFT_PER_RUN = 1000
 """At most this many drift revokes per discovery run (they travel in history); the next run does the rest."""
@@ -157,7 +151,7 @@ class IntegrationActivities:
         """Revoke external grants of JIT-only roles; returns how many were ended.
 
         Each is claimed (``revoking``, or ended at once when a Lapse grant covers the account), revoked in
-        the target with no transaction open, and recorded (``access.ledger``): a retry after a crash between
+        the target with no transaction open, and recorded (``store.ledger``): a retry after a crash between
         the steps revokes again, which is success.
         """
         ended = 0
@@ -321,7 +315,7 @@ def _reconcile(
     result.external_found = len(new_rows)
     result.unlinked_accounts = len(unlinked)
 
-    # A grant or revoke whose target call is under way (no lock is held across it, see access.ledger) may
+    # A grant or revoke whose target call is under way (no lock is held across it, see store.ledger) may
     # not show in the listing yet: judge those pairs at the next discovery.
     in_flight = set(
         session.execute(

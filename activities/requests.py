@@ -1,7 +1,7 @@
 """Activities of the access-request workflow: bookkeeping in the app DB and the grant ledger.
 
 No target is called inside a DB transaction: a grant or revoke claims its ledger row in one short
-transaction, calls the target with none open, and records the outcome in another (``access.ledger``).
+transaction, calls the target with none open, and records the outcome in another (``store.ledger``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from access import catalog, policy
-from access.db import append_audit, lock, session_scope
-from access.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
-from access.tables import AccessRequest, Credential, Grant, RequestStep
-from access.types import (
-    AuditEntry,
+from access import names, policy
+from access.connectors import Connector, ConnectorError, Credentials, Target
+from access.grants import LedgerRevokeInput, LedgerRevokeResult
+from access.requests import (
     GrantInput,
     GrantResult,
-    LedgerRevokeInput,
-    LedgerRevokeResult,
     RecordInput,
     RequestState,
     RequestStatus,
@@ -37,18 +33,15 @@ from access.types import (
     RevokeInput,
     RevokeResult,
 )
-from activities.connectors import (
-    BUILT_IN,
-    Connector,
-    ConnectorError,
-    ConnectorFactory,
-    Credentials,
-    LedgerConnector,
-    Target,
-)
+from access.types import AuditEntry
+from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.connectors.ledger import LedgerConnector
 from activities.integrations import as_activity_error, resolve_target
 from activities.liveness import heartbeating
-from workflows import names
+from store import catalog
+from store.db import append_audit, lock, session_scope
+from store.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
+from store.tables import AccessRequest, Credential, Grant, RequestStep
 
 T = TypeVar("T")
 
@@ -72,7 +65,7 @@ class _GrantClaim(NamedTuple):
 class RequestActivities:
     """Activities bound to one app DB and one set of connector kinds.
 
-    ``cipher`` gives the key that seals one-time credentials (``access.credentials``); it is
+    ``cipher`` gives the key that seals one-time credentials (``store.credentials``); it is
     asked for only when a connector makes some.
     """
 
@@ -147,7 +140,7 @@ class RequestActivities:
     def _provision(self, input: GrantInput) -> GrantResult:
         """Record the grant in the ledger and grant the role in the target, idempotently.
 
-        Three steps, the target called with no transaction open (``access.ledger``): claim the grant
+        Three steps, the target called with no transaction open (``store.ledger``): claim the grant
         (``provisioning``), grant in the target, record it ``held`` with any credentials sealed. When
         another grant already holds the account and role, the target is not called again. Called again
         with ``expires_at`` after an extension, it only moves the end the target enforces. A grant that
@@ -329,7 +322,7 @@ class RequestActivities:
         """End the request's grant; revoke in the target unless another active grant remains.
 
         Claim (``revoking``, or ended at once when another grant covers the account and role), revoke in
-        the target with no transaction open, record the end: see ``access.ledger``.
+        the target with no transaction open, record the end: see ``store.ledger``.
         """
         with session_scope(self._db_url) as session:
             grant = session.exec(select(Grant).where(Grant.request_id == input.request_id)).first()
@@ -471,7 +464,7 @@ def revoke_grant_by_id(
     on_failure: Callable[[Grant, ConnectorError], None] | None = None,
 ) -> LedgerRevokeResult:
     """End one ledger row and revoke in the target unless another active grant covers the account and role:
-    claim, call, record (``access.ledger``), each step idempotent. ``on_failure`` is told when the target
+    claim, call, record (``store.ledger``), each step idempotent. ``on_failure`` is told when the target
     refuses, before the activity fails (to make a revoke that keeps failing visible)."""
     with session_scope(db_url) as session:
         grant = session.get(Grant, grant_id)

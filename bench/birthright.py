@@ -37,17 +37,17 @@ from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from access import catalog
-from access.db import migrate, session_scope
-from access.settings import Settings
-from access.tables import BirthrightItem, BirthrightPolicy, Group, Integration, Membership, Resource, Role, User
-from access.types import SyncInput
+from access import names
+from access.syncs import SyncInput
 from activities.birthright import BirthrightActivities
 from bench.lifecycle import Stack, free_port
 from starter.stack import WORKER_COMMAND, port_open, stop_all, temporal_server_command
 from starter.syncs import ensure_sync_schedules, trigger_sync
-from starter.temporal import data_converter
-from workflows import names
+from store import catalog
+from store.db import migrate, session_scope
+from store.settings import Settings
+from store.tables import BirthrightItem, BirthrightPolicy, Group, Integration, Membership, Resource, Role, User
+from store.temporal import data_converter
 
 TARGET_PLAN_S = 5.0
 TARGET_INCREMENTAL_S = 10.0
@@ -147,7 +147,7 @@ def measure_plan_activity(url: str) -> dict[str, Any]:
 
 
 async def wait_finished(client: Client, url: str, since: datetime, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
-    from access.tables import SyncState
+    from store.tables import SyncState
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

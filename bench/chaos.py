@@ -64,13 +64,13 @@ import psycopg
 from psycopg import sql
 from sqlmodel import col, select
 
-from access.codec import codec_keys
-from access.db import session_scope
-from access.org import OrgFile, load_org
-from access.tables import AccessRequest, AuditEvent, Grant
 from bench.lifecycle import ADMIN, Stack, api_clients, distribution, project_root
 from bench.lifecycle import Api as CountingApi
 from starter.stack import port_open, prepare_database, temporal_server_command
+from store.codec import codec_keys
+from store.db import session_scope
+from store.org import OrgFile, load_org
+from store.tables import AccessRequest, AuditEvent, Grant
 from tests.servers import PostgresServer, postgres_bin
 
 PG_ENV = "LAPSE_CHAOS_PG_DSN"
@@ -793,7 +793,7 @@ def read_app_db(stack: ChaosStack, records: Sequence[Lifecycle]) -> dict[str, An
 
 
 async def open_runs(stack: ChaosStack) -> list[str]:
-    from starter.temporal import connect
+    from store.temporal import connect
 
     client = await connect(stack.settings)
     found = []

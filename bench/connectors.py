@@ -43,9 +43,11 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import insert
 
-from access.db import migrate, session_scope
-from access.tables import Integration, User
-from activities.connectors import BUILT_IN, LedgerConnector, Target
+from access.connectors import Target
+from activities.connectors import BUILT_IN
+from activities.connectors.ledger import LedgerConnector
+from store.db import migrate, session_scope
+from store.tables import Integration, User
 
 if TYPE_CHECKING:
     # The servers (and pytest with them) load only in the parent: spawned children stay lean.
@@ -294,7 +296,7 @@ def discover_activity(db_url: str, integration: str) -> dict[str, Any]:
     """The discovery activity end to end, in an activity environment (it heartbeats)."""
     from temporalio.testing import ActivityEnvironment
 
-    from access.types import IntegrationInput
+    from access.integrations import IntegrationInput
     from activities.integrations import IntegrationActivities
 
     activities = IntegrationActivities(db_url)

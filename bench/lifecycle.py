@@ -52,7 +52,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Worker
 
-    from access.settings import Settings
     from starter.stack import (
         WORKER_COMMAND,
         api_command,
@@ -61,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         stop_all,
         temporal_server_command,
     )
+    from store.settings import Settings
 
 LAPSE_QUEUE = "lapse"
 BARE_QUEUE = "bench-bare"

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from access.settings import get_settings
+from store.settings import get_settings
 
 app = typer.Typer(
     help="Lapse: just-in-time access that lapses on its own.\n\n"
@@ -423,8 +423,8 @@ def load_org_file(path: str) -> None:
     """Load (or update) users, groups, integrations, approval workflows and birthright policies from a YAML file."""
     from pathlib import Path
 
-    from access.db import migrate, session_scope
-    from access.org import OrgError, OrgFile, load_org
+    from store.db import migrate, session_scope
+    from store.org import OrgError, OrgFile, load_org
 
     settings = get_settings()
     migrate(settings.db_url)
@@ -440,10 +440,10 @@ def load_org_file(path: str) -> None:
 
 async def _apply_schedules(settings: Any, *, sync_birthright: bool) -> str:
     """New integrations get their discovery schedules, and new policies a birthright sync, now."""
+    from access import names
     from starter.integrations import ensure_schedules
     from starter.syncs import ensure_sync_schedules, trigger_sync
-    from starter.temporal import connect
-    from workflows import names
+    from store.temporal import connect
 
     try:
         client = await asyncio.wait_for(connect(settings), timeout=5)

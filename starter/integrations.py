@@ -25,14 +25,14 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import TimeoutError as TimeoutErrorFailure
 
-from access.db import session_scope
+from access import names
 from access.durations import format_duration
-from access.settings import Settings
-from access.tables import Integration
-from access.types import ConnectionTestResult, DiscoveryResult, IntegrationInput
+from access.integrations import ConnectionTestResult, DiscoveryResult, IntegrationInput
 from activities.connectors import built
 from starter.syncs import upsert_schedule
-from workflows import names
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Integration
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
 
 log = logging.getLogger(__name__)

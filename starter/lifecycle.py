@@ -26,10 +26,9 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from access import catalog
-from access.credentials import credential_cipher
-from access.db import append_audit, audit_refusal, session_scope
+from access import names
 from access.durations import format_duration
+from access.grants import LedgerRevokeInput, LedgerRevokeResult
 from access.policy import (
     InvalidRequest,
     NoEligibleApprovers,
@@ -38,25 +37,24 @@ from access.policy import (
     evaluate_policy,
     resolve_approvers,
 )
-from access.settings import Settings
-from access.tables import AccessRequest, Credential, Grant, User
-from access.types import (
+from access.requests import (
     AccessRequestInput,
-    AuditEntry,
     CredentialsShown,
     DecisionInput,
     EndInput,
     ExtendInput,
-    LedgerRevokeInput,
-    LedgerRevokeResult,
     RequestAck,
-    RequestPlan,
     RequestState,
     RequestStatus,
 )
+from access.types import AuditEntry, RequestPlan
 from activities.requests import request_run
 from starter.api.problems import Problem
-from workflows import names
+from store import catalog
+from store.credentials import credential_cipher
+from store.db import append_audit, audit_refusal, session_scope
+from store.settings import Settings
+from store.tables import AccessRequest, Credential, Grant, User
 from workflows.access_request import AccessRequestWorkflow
 from workflows.grants import GrantRevokeWorkflow
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 from sqlmodel import select
 
-from access.codec import CodecKeyError, codec_keys
-from access.db import migrate, session_scope
-from access.org import DEMO_ORG, OrgFile, load_org
-from access.settings import Settings
-from access.tables import Integration, User
-from workflows.names import SEARCH_ATTRIBUTES
+from access.names import SEARCH_ATTRIBUTES
+from store.codec import CodecKeyError, codec_keys
+from store.db import migrate, session_scope
+from store.org import DEMO_ORG, OrgFile, load_org
+from store.settings import Settings
+from store.tables import Integration, User
 
 
 def temporal_cli() -> str:
@@ -81,7 +81,7 @@ def add_demo_postgres(settings: Settings) -> bool:
     except psycopg.Error:
         return False
     os.environ[DEMO_PG_ENV] = settings.demo_pg_dsn  # the worker resolves the reference from its environment
-    from activities.postgres import verified_tls_or_socket
+    from activities.connectors.postgres import verified_tls_or_socket
 
     insecure = not verified_tls_or_socket(settings.demo_pg_dsn)
     org = OrgFile.model_validate(
@@ -177,7 +177,7 @@ def temporal_server_command(settings: Settings) -> list[str]:
         ip,
         "--ui-port",
         str(settings.temporal_ui_port),
-        # The UI shows payloads decrypted by the API for a signed-in admin (payloads are sealed: access.codec).
+        # The UI shows payloads decrypted by the API for a signed-in admin (payloads are sealed: store.codec).
         "--ui-codec-endpoint",
         codec_endpoint(settings),
         "--namespace",

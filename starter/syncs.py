@@ -24,10 +24,11 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from access.settings import Settings
-from access.tables import SyncState
-from access.types import BackstopInput, SyncInput
-from workflows import names
+from access import names
+from access.grants import BackstopInput
+from access.syncs import SyncInput
+from store.settings import Settings
+from store.tables import SyncState
 
 SYNCS: dict[str, str] = {
     names.DIRECTORY_SYNC: "DirectorySyncWorkflow",

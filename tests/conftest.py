@@ -27,24 +27,17 @@ from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import engine_for, migrate, session_scope
-from access.org import DEMO_ORG, OrgFile, load_org
-from access.settings import Settings
-from activities.connectors import (
-    BUILT_IN,
-    DiscoveredRole,
-    Discovery,
-    HeldRole,
-    PermanentError,
-    RetryableError,
-    Target,
-)
+from access import names
+from access.connectors import DiscoveredRole, Discovery, HeldRole, PermanentError, RetryableError, Target
+from activities.connectors import BUILT_IN
 from starter.api.app import create_app
 from starter.syncs import SYNCS
-from starter.temporal import data_converter
+from store.db import engine_for, migrate, session_scope
+from store.org import DEMO_ORG, OrgFile, load_org
+from store.settings import Settings
+from store.temporal import data_converter
 from tests.servers import PostgresServer
 from worker import build_worker
-from workflows import names
 
 BIN = Path(sys.executable).parent
 APP_DBS = ("sqlite", "postgresql")
@@ -301,7 +294,7 @@ def audit(settings: Settings) -> Iterator[Any]:
     """Read the audit log's actions for a target: ``audit("access-request-x")``."""
     from sqlmodel import col, select
 
-    from access.tables import AuditEvent
+    from store.tables import AuditEvent
 
     def read(target: str | None = None) -> list[AuditEvent]:
         with session_scope(settings.db_url, write=False) as session:

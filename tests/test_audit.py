@@ -28,8 +28,13 @@ from sqlmodel import col, select
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from access.audit import HEAD_FILE, KEY_FILE, AuditCheckpoint, AuditKeyError, audit_config, generate_key
-from access.db import (
+from access.checkpoint import AuditCheckpoint
+from access.types import AuditEntry
+from starter.api.app import create_app
+from starter.api.problems import Problem
+from starter.lifecycle import refused
+from store.audit import HEAD_FILE, KEY_FILE, AuditKeyError, audit_config, generate_key
+from store.db import (
     MIGRATIONS,
     append_audit,
     audit_report,
@@ -39,13 +44,9 @@ from access.db import (
     session_scope,
     verify_audit,
 )
-from access.org import DEMO_ORG, OrgFile, load_org
-from access.settings import Settings
-from access.tables import AuditEvent
-from access.types import AuditEntry
-from starter.api.app import create_app
-from starter.api.problems import Problem
-from starter.lifecycle import refused
+from store.org import DEMO_ORG, OrgFile, load_org
+from store.settings import Settings
+from store.tables import AuditEvent
 from tests.conftest import make_settings
 from worker import build_worker
 from workflows.audit import AuditCheckpointWorkflow

@@ -19,7 +19,10 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from access.codec import (
+from access import names
+from access.requests import AccessRequestInput
+from starter.api.app import create_app
+from store.codec import (
     ENCODING,
     KID,
     REJECTED,
@@ -30,12 +33,9 @@ from access.codec import (
     generate_key,
     parse_keys,
 )
-from access.settings import Settings
-from access.types import AccessRequestInput
-from starter.api.app import create_app
-from starter.temporal import data_converter
+from store.settings import Settings
+from store.temporal import data_converter
 from tests.conftest import TEST_CODEC_KEY, Api, FakeTarget
-from workflows import names
 
 JUSTIFICATION = "fixing INC-4711 in the payments ledger, see runbook"
 

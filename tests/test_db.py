@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlmodel import col, select
 
-from access.db import append_audit, engine_for, migrate, session_scope, verify_audit
-from access.tables import AuditEvent
 from access.types import AuditEntry
+from store.db import append_audit, engine_for, migrate, session_scope, verify_audit
+from store.tables import AuditEvent
 
 pytestmark = pytest.mark.every_app_db
 

@@ -107,9 +107,9 @@ def test_f15_a_very_long_string_is_refused_without_quoting_all_of_it():
 
 
 def test_f15_policy_files_and_settings_still_parse_their_durations():
-    from access.org import DEMO_ORG, OrgFile
-    from access.settings import Settings
     from access.types import Rule
+    from store.org import DEMO_ORG, OrgFile
+    from store.settings import Settings
 
     org = OrgFile.read(DEMO_ORG)
     assert org.approval_workflows

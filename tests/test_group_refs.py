@@ -11,13 +11,13 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlmodel import select
 
-from access import catalog
-from access.db import MIGRATIONS, migrate, session_scope
-from access.groups import GroupRow, parse, resolve_one
-from access.org import DEMO_ORG, OrgFile, load_org
-from access.tables import Group
+from activities.connectors.ldap import DirectoryGroup, DirectorySnapshot, DirectoryUser
 from activities.directory import Source, _sync
-from activities.ldap import DirectoryGroup, DirectorySnapshot, DirectoryUser
+from store import catalog
+from store.db import MIGRATIONS, migrate, session_scope
+from store.groups import GroupRow, parse, resolve_one
+from store.org import DEMO_ORG, OrgFile, load_org
+from store.tables import Group
 
 pytestmark = pytest.mark.every_app_db
 

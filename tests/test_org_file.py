@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from access import catalog
-from access.db import migrate, session_scope
-from access.org import DEMO_ORG, OrgError, OrgFile, load_org
-from access.tables import Integration, User
+from store import catalog
+from store.db import migrate, session_scope
+from store.org import DEMO_ORG, OrgError, OrgFile, load_org
+from store.tables import Integration, User
 
 pytestmark = pytest.mark.every_app_db
 
@@ -109,7 +109,7 @@ def test_birthright_policies_load_in_order_idempotently_and_unknown_references_a
 ) -> None:
     from sqlmodel import col
 
-    from access.tables import BirthrightPolicy
+    from store.tables import BirthrightPolicy
 
     path = tmp_path / "birthright.yaml"
     path.write_text(

@@ -1,6 +1,6 @@
 """Approval policy evaluation on plain data: which rule applies, who approves, what is refused.
 
-The people, roles and workflows mirror ``access/demo_org.yaml``; no database, no Temporal.
+The people, roles and workflows mirror ``store/demo_org.yaml``; no database, no Temporal.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from access import names
     from access.durations import format_duration
     from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE, MAX_EXTENSIONS, check_text
-    from access.types import (
+    from access.requests import (
         AccessRequestInput,
-        AuditEntry,
         Decision,
         DecisionInput,
         EndInput,
@@ -27,14 +27,14 @@ with workflow.unsafe.imports_passed_through():
         RequestAck,
         RequestState,
         RequestStatus,
-        ReresolveInput,
         ResolveInput,
         Resume,
         RevokeInput,
         StepState,
         StepStatus,
     )
-    from workflows import names
+    from access.syncs import ReresolveInput
+    from access.types import AuditEntry
 
 PROVISION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8

@@ -12,8 +12,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from access.audit import AuditCheckpoint
-    from workflows import names
+    from access import names
+    from access.checkpoint import AuditCheckpoint
 
 
 @workflow.defn

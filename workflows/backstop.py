@@ -15,7 +15,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from access.types import (
+    from access import names
+    from access.grants import (
         BackstopInput,
         BackstopResult,
         FindOverdueInput,
@@ -23,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
         OverdueFound,
         OverdueGrant,
     )
-    from workflows import names
 
 BATCH = 50
 """Grants looked at per round (each needs a describe of its run)."""

@@ -9,7 +9,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from access.types import (
+    from access import names
+    from access.syncs import (
         BirthrightBatchInput,
         BirthrightBatchResult,
         BirthrightFinishInput,
@@ -18,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
         BirthrightSyncResult,
         SyncInput,
     )
-    from workflows import names
 
 BATCH_SIZE = 500
 """Items per apply activity."""

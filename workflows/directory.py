@@ -15,18 +15,18 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from access.types import (
+    from access import names
+    from access.requests import EndInput
+    from access.syncs import (
         ApprovalToReresolve,
         DirectorySyncInput,
         DirectorySyncResult,
-        EndInput,
         LeaverWork,
         RequestToEnd,
         ReresolveInput,
         SyncInput,
         TriggerInput,
     )
-    from workflows import names
 
 from workflows.access_request import AccessRequestWorkflow
 

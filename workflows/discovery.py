@@ -8,14 +8,9 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from access.types import (
-        ConnectionTestResult,
-        DiscoveryResult,
-        IntegrationInput,
-        RemediateInput,
-        TriggerInput,
-    )
-    from workflows import names
+    from access import names
+    from access.integrations import ConnectionTestResult, DiscoveryResult, IntegrationInput, RemediateInput
+    from access.syncs import TriggerInput
 
 DISCOVERY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30), maximum_attempts=3

@@ -13,9 +13,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from access import names
+    from access.grants import LedgerRevokeInput, LedgerRevokeResult
     from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE
-    from access.types import LedgerRevokeInput, LedgerRevokeResult
-    from workflows import names
     from workflows.access_request import REVOKE_FOREVER, REVOKE_PERMANENT_PAUSE
 
 

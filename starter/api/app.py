@@ -10,14 +10,14 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
-from access.db import configure_audit
 from access.limits import MAX_BODY_BYTES
-from access.settings import Settings, get_settings
 from starter.api import problems
 from starter.api.routes import approvals, audit, birthright, catalog, codec, directory, grants, integrations, requests
 from starter.integrations import ensure_schedules
 from starter.syncs import ensure_sync_schedules
-from starter.temporal import connect
+from store.db import configure_audit
+from store.settings import Settings, get_settings
+from store.temporal import connect
 
 
 class BodyLimit:

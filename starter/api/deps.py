@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from temporalio.client import Client
 
-from access import catalog
-from access.db import session_scope
 from access.limits import MAX_EMAIL, control_characters
-from access.settings import Settings
-from access.tables import User
 from starter.api.problems import Problem
+from store import catalog
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import User
 
 
 def _settings(request: Request) -> Settings:

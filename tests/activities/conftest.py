@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from access.settings import Settings
-from activities.connectors import SecretPolicy, use_secret_policy
+from activities.connectors.secrets import SecretPolicy, use_secret_policy
+from store.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -25,22 +25,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
-from access.org import OrgError, OrgFile
-from activities.connectors import (
-    ConnectorBase,
-    ConnectorError,
-    PermanentError,
-    RetryableError,
-    Target,
-    check_config,
-    secret,
-    secret_policy,
-    use_secret_policy,
-)
+from access.connectors import ConnectorError, PermanentError, RetryableError, Target
+from activities.connectors import check_config
+from activities.connectors.base import ConnectorBase
+from activities.connectors.ldap import LdapConnector
+from activities.connectors.postgres import PostgresConnector
+from activities.connectors.scim import ScimConnector
+from activities.connectors.secrets import secret, secret_policy, use_secret_policy
 from activities.integrations import as_activity_error
-from activities.ldap import LdapConnector
-from activities.postgres import PostgresConnector
-from activities.scim import ScimConnector
+from store.org import OrgError, OrgFile
 from tests.ldap_server import SLAPD, LdapServer, ldap_server  # noqa: F401
 from tests.servers import PostgresServer, _free_port
 

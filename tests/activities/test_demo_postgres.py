@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from access import catalog
-from access.db import session_scope
-from access.settings import Settings
-from access.tables import Integration
 from starter.stack import DEMO_PG, add_demo_postgres, prepare_database
+from store import catalog
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Integration
 from tests.servers import PostgresServer
 
 

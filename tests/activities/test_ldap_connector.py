@@ -12,8 +12,8 @@ import ldap3  # type: ignore[import-untyped]
 import pytest
 from pydantic import ValidationError
 
-from activities.connectors import DiscoveredRole, HeldRole, PermanentError, RetryableError, Target
-from activities.ldap import LdapConnector, LdapDirectory
+from access.connectors import DiscoveredRole, HeldRole, PermanentError, RetryableError, Target
+from activities.connectors.ldap import LdapConnector, LdapDirectory
 from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
 
 PASSWORD_ENV = "LAPSE_TEST_LDAP_PASSWORD"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from activities.connectors import PermanentError, RetryableError, Target
-from activities.postgres import PostgresConnector
+from access.connectors import PermanentError, RetryableError, Target
+from activities.connectors.postgres import PostgresConnector
 from tests.servers import PostgresServer
 
 

@@ -14,22 +14,17 @@ from sqlmodel import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from access.db import session_scope
-from access.ledger import HELD, PROVISIONING
-from access.settings import Settings
-from access.tables import AccessRequest, AuditEvent, BirthrightPolicy, Grant
-from access.types import (
-    AuditEntry,
-    BirthrightBatchInput,
-    GrantInput,
-    RecordInput,
-    RequestStatus,
-    RevokeInput,
-    SyncInput,
-)
+from access.connectors import Target
+from access.requests import GrantInput, RecordInput, RequestStatus, RevokeInput
+from access.syncs import BirthrightBatchInput, SyncInput
+from access.types import AuditEntry
 from activities.birthright import BirthrightActivities
-from activities.connectors import BUILT_IN, Target
+from activities.connectors import BUILT_IN
 from activities.requests import RequestActivities
+from store.db import session_scope
+from store.ledger import HELD, PROVISIONING
+from store.settings import Settings
+from store.tables import AccessRequest, AuditEvent, BirthrightPolicy, Grant
 from tests.conftest import FakeTarget
 
 READ = "ledger/prod-db/read"

@@ -11,8 +11,9 @@ import httpx
 import pydantic
 import pytest
 
-from activities.connectors import DiscoveredRole, HeldRole, PermanentError, RetryableError, Target, check_config
-from activities.scim import ScimConnector
+from access.connectors import DiscoveredRole, HeldRole, PermanentError, RetryableError, Target
+from activities.connectors import check_config
+from activities.connectors.scim import ScimConnector
 from tests.scim_server import ScimServer, scim_server  # noqa: F401
 from tests.servers import _free_port
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from access.settings import Settings
+from store.settings import Settings
 from tests.conftest import Api
 
 ADMIN = "ada@example.com"
@@ -119,8 +119,8 @@ async def test_preview_of_bad_changes_names_the_field_and_saves_nothing(api: Api
 
 async def test_roles_of_an_integration_with_a_login_per_grant_are_refused(api: Api, settings: Settings) -> None:
     """Ephemeral credentials end with their grant; birthright access has no end, so it cannot use them."""
-    from access.db import session_scope
-    from access.tables import Integration, Resource, Role
+    from store.db import session_scope
+    from store.tables import Integration, Resource, Role
 
     with session_scope(settings.db_url) as session:
         integration = Integration(name="pg-eph", kind="postgres", config={"dsn_env": "LAPSE_X", "ephemeral": True})

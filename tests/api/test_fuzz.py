@@ -41,11 +41,11 @@ from sqlmodel import select
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import session_scope
-from access.settings import Settings
-from access.tables import Integration
+from access import names
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Integration
 from tests.conftest import Api
-from workflows import names
 
 EXAMPLES = int(os.environ.get("LAPSE_FUZZ_EXAMPLES", "3"))
 SEED = int(os.environ.get("LAPSE_FUZZ_SEED", "0")) or (None if "LAPSE_FUZZ_EXAMPLES" in os.environ else 20261201)

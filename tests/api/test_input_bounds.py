@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from access.limits import MAX_BODY_BYTES, MAX_ROLE_PATH, MAX_TEXT
-from access.settings import Settings
 from starter import cli
+from store.settings import Settings
 from tests.conftest import Api, load_into
 
 ADA = "ada@example.com"
@@ -206,7 +206,7 @@ async def test_f15_named_approver_written_with_capitals_can_approve(api: Api, se
 
 
 def test_f15_org_file_emails_are_kept_in_lower_case() -> None:
-    from access.org import RoleEntry, UserEntry
+    from store.org import RoleEntry, UserEntry
 
     user = UserEntry(email=" Ada@Example.com", manager="Grace@EXAMPLE.com")
     assert (user.email, user.manager) == ("ada@example.com", "grace@example.com")

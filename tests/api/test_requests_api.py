@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from access.db import session_scope
-from access.settings import Settings
-from access.tables import Grant
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Grant
 from tests.conftest import Api
 
 DEPLOY = "ledger/payments-api/deploy"

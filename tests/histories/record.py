@@ -20,14 +20,13 @@ import psycopg
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from access import limits
+from access import limits, names
 from activities.connectors import BUILT_IN
 from starter.api.app import create_app
 from starter.syncs import ensure_sync_schedules, trigger_sync
 from tests.conftest import TEST_CONVERTER, Api, FakeTarget, clear_sync_schedules, make_settings
 from tests.servers import PostgresServer
 from worker import build_worker
-from workflows import names
 
 HERE = Path(__file__).parent
 

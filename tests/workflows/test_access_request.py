@@ -12,8 +12,8 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
+from access import names
 from tests.conftest import Api, FakeTarget
-from workflows import names
 from workflows.access_request import AccessRequestWorkflow
 
 DEPLOY = "ledger/payments-api/deploy"  # manager-approval: alan's manager is linus

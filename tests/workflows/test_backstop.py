@@ -12,13 +12,13 @@ from sqlmodel import select
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import session_scope
-from access.settings import Settings
-from access.tables import Grant, SyncState
-from access.types import BackstopInput, BackstopResult
+from access import names
+from access.grants import BackstopInput, BackstopResult
 from starter.syncs import ensure_sync_schedules, trigger_sync
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Grant, SyncState
 from tests.conftest import Api, FakeTarget, clear_sync_schedules
-from workflows import names
 from workflows.backstop import ExpiryBackstopWorkflow
 
 READ = "ledger/prod-db/read"  # read-only: up to 1h automatic

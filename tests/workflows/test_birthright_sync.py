@@ -17,16 +17,17 @@ from temporalio.client import ScheduleIntervalSpec
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from access.db import session_scope
-from access.settings import Settings
-from access.tables import BirthrightItem, Grant, Group, Membership, User
-from access.types import BirthrightBatchInput, SyncInput
+from access import names
+from access.connectors import PermanentError, Target
+from access.syncs import BirthrightBatchInput, SyncInput
 from activities.birthright import BirthrightActivities
-from activities.connectors import BUILT_IN, PermanentError, Target
+from activities.connectors import BUILT_IN
 from starter.syncs import ensure_sync_schedules
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import BirthrightItem, Grant, Group, Membership, User
 from tests.conftest import Api, FakeTarget, clear_sync_schedules
 from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
-from workflows import names
 
 ADMIN = "ada@example.com"
 KATHERINE = "katherine@example.com"
@@ -209,7 +210,7 @@ class CrashingTarget(FakeTarget):
 
 def _plan_and_items(settings: Settings, activities: BirthrightActivities) -> str:
     with session_scope(settings.db_url) as session:
-        from access.tables import BirthrightPolicy
+        from store.tables import BirthrightPolicy
 
         session.add(BirthrightPolicy(name="eng", position=0, groups=["engineering"], roles=[READ]))
     return ActivityEnvironment().run(activities.plan_birthright_sync, SyncInput()).run
@@ -345,7 +346,7 @@ def test_a_policy_deleted_while_its_sync_runs_grants_nothing_more(settings: Sett
     activities = BirthrightActivities(settings.db_url, connectors={**BUILT_IN, "ledger": target.connector})
     run = _plan_and_items(settings, activities)
     with session_scope(settings.db_url) as session:
-        from access.tables import BirthrightPolicy
+        from store.tables import BirthrightPolicy
 
         session.delete(session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == "eng")).one())
     ActivityEnvironment().run(activities.apply_birthright_batch, BirthrightBatchInput(run=run, after_seq=0, limit=500))
@@ -355,7 +356,7 @@ def test_a_policy_deleted_while_its_sync_runs_grants_nothing_more(settings: Sett
 
 def test_birthright_grants_in_the_target_even_when_another_grant_covers_the_account(settings: Settings) -> None:
     """The other grant's access may have been removed by hand: granting again is idempotent and restores it."""
-    from access.tables import Grant
+    from store.tables import Grant
 
     target = CrashingTarget()
     activities = BirthrightActivities(settings.db_url, connectors={**BUILT_IN, "ledger": target.connector})
@@ -380,7 +381,7 @@ def test_birthright_grants_in_the_target_even_when_another_grant_covers_the_acco
 
 
 def _grant_id(settings: Settings, user: str, role: str, path: str) -> int:
-    from access.tables import Grant
+    from store.tables import Grant
 
     with session_scope(settings.db_url, write=False) as session:
         grant = session.exec(

@@ -18,12 +18,12 @@ from sqlmodel import select
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import session_scope
-from access.settings import Settings
+from access import names
+from store.db import session_scope
+from store.settings import Settings
 from tests.conftest import Api, load_into
 from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
 from tests.scim_server import ScimServer
-from workflows import names
 
 ADMIN = "ada@example.com"
 KATHERINE = "katherine@example.com"
@@ -140,7 +140,7 @@ async def test_overlapping_grants_keep_the_membership_until_the_last_ends(api: A
 async def test_a_group_removed_from_the_target_fails_the_request_clearly(
     api: Api, directory: Directory, settings: Settings
 ) -> None:
-    from access.tables import Role
+    from store.tables import Role
 
     with session_scope(settings.db_url) as session:
         role = session.exec(select(Role).where(Role.path == directory.role)).one()

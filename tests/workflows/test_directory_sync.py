@@ -27,16 +27,16 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from access.db import session_scope
-from access.org import DEMO_ORG, OrgFile, load_org
-from access.settings import Settings
-from access.tables import Group, Membership, User
-from access.types import DirectorySyncInput, DirectorySyncResult, LeaverWork, RequestToEnd, SyncInput, TriggerInput
+from access import names
+from access.syncs import DirectorySyncInput, DirectorySyncResult, LeaverWork, RequestToEnd, SyncInput, TriggerInput
 from starter.syncs import ensure_sync_schedules
+from store.db import session_scope
+from store.org import DEMO_ORG, OrgFile, load_org
+from store.settings import Settings
+from store.tables import Group, Membership, User
 from tests.conftest import Api, FakeTarget, clear_sync_schedules
 from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
 from workflows import directory as directory_workflow
-from workflows import names
 
 ADMIN = "ada@example.com"
 ALAN, LINUS, BARBARA = "alan@example.com", "linus@example.com", "barbara@example.com"
@@ -191,7 +191,7 @@ async def test_joiners_and_movers_come_from_the_directory(
     assert first["sources"] == [directory.name]
     assert (first["users"], first["groups"]) == (3, 2)
     # The demo's linus and ada are now the directory's: present already, so not joiners.
-    # The directory's groups are its own, shown with their source (``access.groups``).
+    # The directory's groups are its own, shown with their source (``store.groups``).
     assert first["joiners"] == [
         {"email": "newbie@example.com", "name": "Newbie", "manager": LINUS, "groups": [f"{directory.name}:developers"]}
     ]

@@ -17,9 +17,9 @@ from temporalio.client import ScheduleIntervalSpec
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from access import names
 from tests.conftest import Api, load_into
 from tests.servers import PostgresServer
-from workflows import names
 
 ADMIN = "ada@example.com"
 

@@ -14,11 +14,11 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 from temporalio.testing import WorkflowEnvironment
 
-from access.credentials import KEY_FILE
-from access.settings import Settings
+from access import names
+from store.credentials import KEY_FILE
+from store.settings import Settings
 from tests.conftest import Api, load_into
 from tests.servers import PostgresServer
-from workflows import names
 
 REQUESTER = "katherine@example.com"
 

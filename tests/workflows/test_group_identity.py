@@ -9,10 +9,10 @@ Against the real slapd the suite starts and the real Temporal dev server, throug
 
 from __future__ import annotations
 
-from access import catalog
-from access.db import session_scope
-from access.org import OrgFile, load_org
-from access.settings import Settings
+from store import catalog
+from store.db import session_scope
+from store.org import OrgFile, load_org
+from store.settings import Settings
 from tests.conftest import Api
 from tests.ldap_server import ldap_server  # noqa: F401
 from tests.workflows.test_birthright_sync import birthright_grants, create_policy, sync_now
@@ -152,8 +152,8 @@ async def test_an_approval_workflow_reaches_a_directory_group_only_by_naming_its
 
 def test_the_organisation_file_refuses_unknown_and_ambiguous_group_references(settings: Settings) -> None:
     """No LDAP needed: two directories' groups of one name, written straight into the app DB."""
-    from access.org import OrgError
-    from access.tables import Group
+    from store.org import OrgError
+    from store.tables import Group
 
     with session_scope(settings.db_url) as session:
         session.add(Group(name="auditors", source="corp-a", external_id="uuid-a"))

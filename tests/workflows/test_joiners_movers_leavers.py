@@ -22,12 +22,12 @@ import pytest_asyncio
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from access.settings import Settings
+from access import names
 from starter.syncs import ensure_sync_schedules
+from store.settings import Settings
 from tests.conftest import Api, clear_sync_schedules
 from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
 from tests.servers import PostgresServer
-from workflows import names
 
 ADMIN = "ada@example.com"
 READ = "ledger/prod-db/read"  # read-only: granted at once for a short while

@@ -14,23 +14,16 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import session_scope
+from access import names
+from access.connectors import PermanentError, Target
+from access.grants import LedgerRevokeInput
 from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE
-from access.tables import Grant
-from access.types import (
-    AccessRequestInput,
-    Approver,
-    ApproverKind,
-    LedgerRevokeInput,
-    RequestPlan,
-    RequestState,
-    RequestStatus,
-    StepPlan,
-)
-from activities.connectors import PermanentError, Target
+from access.requests import AccessRequestInput, RequestState, RequestStatus
+from access.types import Approver, ApproverKind, RequestPlan, StepPlan
+from store.db import session_scope
+from store.tables import Grant
 from tests.conftest import FakeTarget, make_settings
 from worker import build_worker
-from workflows import names
 from workflows.access_request import REVOKE_PERMANENT_PAUSE, AccessRequestWorkflow
 from workflows.grants import GrantRevokeWorkflow
 

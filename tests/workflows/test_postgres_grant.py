@@ -6,9 +6,9 @@ import psycopg
 import pytest
 from sqlmodel import select
 
-from access.db import session_scope
-from access.settings import Settings
-from access.tables import Role
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Role
 from tests.conftest import Api, load_into
 from tests.servers import PostgresServer
 

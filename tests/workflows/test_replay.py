@@ -10,8 +10,8 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from access.settings import Settings
-from starter.temporal import data_converter
+from store.settings import Settings
+from store.temporal import data_converter
 from tests.conftest import TEST_CODEC_KEY
 from worker import WORKFLOWS
 

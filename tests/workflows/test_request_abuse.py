@@ -14,13 +14,13 @@ from sqlmodel import col, delete, select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from access.db import session_scope
+from access import names
+from access.connectors import PermanentError, Target
 from access.limits import MAX_EXTENSIONS
-from access.settings import Settings
-from access.tables import Grant, Group, Membership, User
-from activities.connectors import PermanentError, Target
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import Grant, Group, Membership, User
 from tests.conftest import Api, FakeTarget, load_into
-from workflows import names
 
 READ = "ledger/prod-db/read"  # read-only: up to 1h automatic
 WRITE = "ledger/prod-db/write"  # sensitive: on call -> one other on-call engineer
@@ -274,7 +274,7 @@ async def test_f15_refusal_does_not_list_who_may_approve(api: Api) -> None:
 
 async def test_f15_overlong_comment_is_refused_by_the_workflow_itself(env: WorkflowEnvironment, api: Api) -> None:
     # The API refuses it first; the workflow does not rely on that (a caller may reach Temporal directly).
-    from access.types import DecisionInput
+    from access.requests import DecisionInput
     from workflows.access_request import AccessRequestWorkflow
 
     created = await api.request("alan@example.com", DEPLOY)
@@ -391,7 +391,7 @@ async def test_a_start_that_failed_mid_call_says_whether_the_request_exists(
 async def test_f4_a_decision_made_for_one_request_is_refused_by_another(env: WorkflowEnvironment, api: Api) -> None:
     # Payloads are sealed, but someone who can reach Temporal could replay Linus's sealed approval of one
     # request into another he may approve: the decision names its request, and the other one refuses it.
-    from access.types import DecisionInput
+    from access.requests import DecisionInput
     from workflows.access_request import AccessRequestWorkflow
 
     first = await api.request("alan@example.com", DEPLOY)

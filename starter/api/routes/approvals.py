@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlmodel import col, select
 
-from access.db import session_scope
-from access.tables import AccessRequest
-from access.types import RequestState, RequestStatus
+from access.requests import RequestState, RequestStatus
 from starter.api.deps import CurrentUser, SettingsDep
 from starter.api.problems import responses
+from store.db import session_scope
+from store.tables import AccessRequest
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"], responses=responses(401))
 

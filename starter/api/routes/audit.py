@@ -10,14 +10,14 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from access.audit import Head
-from access.db import AuditReport, audit_report, chain_id, session_scope
-from access.tables import AuditEvent
+from access import names
+from access.checkpoint import Head
 from activities.audit import latest_checkpoint
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.fields import Email, Name, RolePath
 from starter.api.problems import responses
-from workflows import names
+from store.db import AuditReport, audit_report, chain_id, session_scope
+from store.tables import AuditEvent
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], responses=responses(401, 403))
 

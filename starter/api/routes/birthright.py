@@ -15,20 +15,20 @@ from sqlmodel import Session, col, func, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from access import catalog
-from access import groups as group_refs
+from access import names
 from access.birthright import BirthrightPlan, PolicySpec
-from access.db import append_audit, lock, session_scope
 from access.limits import MAX_ITEMS
-from access.settings import Settings
-from access.tables import BirthrightPolicy, Grant, Integration, Resource, Role, SyncState
 from access.types import AuditEntry
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.fields import FreeText, Name, RolePath
 from starter.api.problems import Problem, responses
 from starter.integrations import makes_login_per_grant
 from starter.syncs import SyncStateOut, trigger_now
-from workflows import names
+from store import catalog
+from store import groups as group_refs
+from store.db import append_audit, lock, session_scope
+from store.settings import Settings
+from store.tables import BirthrightPolicy, Grant, Integration, Resource, Role, SyncState
 
 router = APIRouter(prefix="/api/birthright", tags=["birthright"], responses=responses(401, 403, 422))
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def _find(session: Session, name: str) -> BirthrightPolicy:
 def _check(session: Session, groups: list[str] | None, roles: list[str] | None, *, prefix: str = "") -> None:
     """Refuse unknown groups and roles (and roles the target no longer has), naming the field."""
     if groups is not None:
-        # Each must name exactly one group of one source (``access.groups``): an unknown or ambiguous
+        # Each must name exactly one group of one source (``store.groups``): an unknown or ambiguous
         # reference is refused, never merged with namesakes.
         problems = group_refs.problems(session, groups)
         for group in groups:

@@ -6,12 +6,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from access import catalog
-from access.db import session_scope
 from access.policy import RuleOption, describe_options
-from access.tables import Role
 from starter.api.deps import CurrentUser, SettingsDep
 from starter.api.problems import responses
+from store import catalog
+from store.db import session_scope
+from store.tables import Role
 
 router = APIRouter(prefix="/api/catalog", tags=["catalog"], responses=responses(401))
 

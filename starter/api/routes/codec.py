@@ -15,10 +15,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, model_validator
 from temporalio.api.common.v1 import Payload
 
-from access.codec import CodecKeyError, LapseCodec, PayloadRejected, codec_keys
-from access.settings import Settings
 from starter.api.deps import CurrentUser, SettingsDep, require_admin
 from starter.api.problems import Problem
+from store.codec import CodecKeyError, LapseCodec, PayloadRejected, codec_keys
+from store.settings import Settings
 
 router = APIRouter(prefix="/codec", tags=["codec"])
 

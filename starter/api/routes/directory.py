@@ -11,14 +11,14 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
-from access import groups as group_refs
-from access.db import session_scope
-from access.tables import Group, Membership, SyncState
+from access import names
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.fields import Name
 from starter.api.problems import responses
 from starter.syncs import SyncStateOut, trigger_now
-from workflows import names
+from store import groups as group_refs
+from store.db import session_scope
+from store.tables import Group, Membership, SyncState
 
 router = APIRouter(prefix="/api/directory", tags=["directory"], responses=responses(401, 403))
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from access.db import session_scope
-from access.tables import Grant
-from access.types import RequestStatus
+from access.requests import RequestStatus
 from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.fields import MAX_ID, FreeText
 from starter.api.problems import responses
+from store.db import session_scope
+from store.tables import Grant
 
 router = APIRouter(prefix="/api/grants", tags=["grants"], responses=responses(401, 413, 422))
 

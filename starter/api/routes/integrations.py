@@ -11,16 +11,17 @@ from sqlmodel import Session, col, func, select
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from access.db import append_audit, session_scope
 from access.durations import Duration
-from access.tables import Grant, Integration, Resource, Role
-from access.types import AuditEntry, ConnectionTestResult, DiscoveryResult, Sensitivity
+from access.integrations import ConnectionTestResult, DiscoveryResult
+from access.types import AuditEntry, Sensitivity
 from activities.connectors import check_config
 from starter import integrations
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
 from starter.api.fields import FreeText, Name, RolePath, check_json
 from starter.api.problems import Problem, responses
 from starter.api.routes.grants import GrantOut
+from store.db import append_audit, session_scope
+from store.tables import Grant, Integration, Resource, Role
 
 router = APIRouter(prefix="/api/integrations", tags=["integrations"], responses=responses(401, 403, 422))
 MAX_CONFIG_KEYS = 50

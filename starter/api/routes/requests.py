@@ -7,14 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from sqlmodel import col, select
 
-from access.db import session_scope
 from access.durations import Duration
-from access.tables import AccessRequest
-from access.types import CredentialsShown, Model, RequestState, RequestStatus
+from access.requests import CredentialsShown, RequestState, RequestStatus
+from access.types import Model
 from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep
 from starter.api.fields import FreeText, Name, RolePath
 from starter.api.problems import Problem, responses
+from store.db import session_scope
+from store.tables import AccessRequest
 
 router = APIRouter(prefix="/api/requests", tags=["requests"], responses=responses(401, 413, 422))
 

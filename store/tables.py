@@ -54,7 +54,7 @@ class User(SQLModel, table=True):
 class Group(SQLModel, table=True):
     """A group of one source: the organisation file's (``file``, keyed by name) or a directory's (the
     integration's name, keyed by the entry's entryUUID / objectGUID, else its DN). Two sources' groups of
-    the same name are different groups; policies name them by reference (``access.groups``)."""
+    the same name are different groups; policies name them by reference (``store.groups``)."""
 
     __table_args__ = (
         UniqueConstraint("source", "external_id", name="uq_group_source_external_id"),
@@ -195,7 +195,7 @@ class Grant(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_column=_utc())
     phase: str = Field(default="held", sa_column_kwargs={"server_default": "held"})
     """While active: ``provisioning`` (the target is being granted), ``held`` or ``revoking`` (the target is
-    being revoked). No target is called inside a transaction: see ``access.ledger``."""
+    being revoked). No target is called inside a transaction: see ``store.ledger``."""
     phase_at: datetime | None = Field(default=None, sa_column=_utc())
     """When the grant entered its phase; the expiry backstop looks at grants stuck in one."""
 
@@ -206,7 +206,7 @@ class Credential(SQLModel, table=True):
     request_id: str = Field(primary_key=True)
     username: str
     ciphertext: str | None = None
-    """The password, sealed with the app's key (``access.credentials``); cleared once shown."""
+    """The password, sealed with the app's key (``store.credentials``); cleared once shown."""
     dsn_hint: str | None = None
     expires_at: datetime | None = Field(default=None, sa_column=_utc())
     created_at: datetime = Field(sa_column=_utc(nullable=False))

@@ -28,7 +28,7 @@ from sqlalchemy import or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
-from access.tables import Group
+from store.tables import Group
 
 log = logging.getLogger(__name__)
 

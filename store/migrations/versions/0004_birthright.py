@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import access.tables
+import store.tables
 
 
 revision: str = '0004'
@@ -52,8 +52,8 @@ def upgrade() -> None:
 
     op.create_table('syncstate',
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('started_at', access.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', access.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', store.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', store.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('summary', sa.JSON(), nullable=False),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.PrimaryKeyConstraint('name')

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import access.tables
+import store.tables
 
 
 revision: str = '0002'
@@ -25,7 +25,7 @@ def upgrade() -> None:
     with op.batch_alter_table('integration', schema=None) as batch_op:
         batch_op.add_column(sa.Column('discovery_interval_s', sa.Integer(), nullable=False, server_default='900'))
         batch_op.add_column(sa.Column('enforce_jit_only', sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.add_column(sa.Column('discovered_at', access.tables.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('discovered_at', store.tables.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('discovery_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch_op.add_column(sa.Column('discovery_summary', sa.JSON(), nullable=False, server_default='{}'))
 

@@ -22,23 +22,18 @@ import psycopg
 from psycopg import conninfo, errors, sql
 from pydantic import model_validator
 
-from activities.connectors import (
-    ConnectorBase,
+from access.connectors import (
     ConnectorConfig,
     Credentials,
     DiscoveredRole,
     Discovery,
-    EnvName,
     HeldRole,
     PermanentError,
     RetryableError,
-    SecretFile,
     Target,
-    check_host,
-    remember_secret,
-    secret,
-    secret_policy,
 )
+from activities.connectors.base import ConnectorBase
+from activities.connectors.secrets import EnvName, SecretFile, check_host, remember_secret, secret, secret_policy
 
 
 class PostgresConfig(ConnectorConfig):

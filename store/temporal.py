@@ -1,7 +1,7 @@
 """Connecting to Temporal the way the settings say: dev server, cluster or Temporal Cloud.
 
 Every client Lapse makes (API, workers, CLI, benchmarks) gets its data converter from here: pydantic
-payloads sealed by :class:`access.codec.LapseCodec`, and failures whose message and stack trace travel
+payloads sealed by :class:`store.codec.LapseCodec`, and failures whose message and stack trace travel
 encrypted too (``DefaultFailureConverterWithEncodedAttributes``).
 """
 
@@ -13,14 +13,14 @@ from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
-from access.codec import LapseCodec, codec_keys
-from access.settings import Settings
+from store.codec import LapseCodec, codec_keys
+from store.settings import Settings
 
 
 def data_converter(settings: Settings, *, accept_plaintext: bool | None = None) -> DataConverter:
     """Lapse's one data converter; ``accept_plaintext`` overrides ``codec_accept_plaintext`` (replay tests).
 
-    The codec quarantines what it refuses (see :class:`~access.codec.LapseCodec`): a forged update is
+    The codec quarantines what it refuses (see :class:`~store.codec.LapseCodec`): a forged update is
     rejected on its own instead of failing, and so wedging, the genuine run it was sent to.
     """
     codec = LapseCodec(

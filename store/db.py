@@ -22,18 +22,18 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
-from access.audit import (
+from access.checkpoint import Head
+from access.types import AuditEntry
+from store.audit import (
     LEGACY_KEY_ID,
     AuditConfig,
     AuditHeadError,
     AuditKeyring,
-    Head,
     RefusalCoalescer,
     audit_config,
 )
-from access.settings import Settings, get_settings
-from access.tables import AuditEvent
-from access.types import AuditEntry
+from store.settings import Settings, get_settings
+from store.tables import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def migrate(url: str) -> None:
 # --- audit ----------------------------------------------------------------------------------
 #
 # Each event's ``hash`` is an HMAC over its content and the previous event's ``hash``, with a key the
-# DB does not hold (access.audit); after each commit that appends events, the head (sequence number
+# DB does not hold (store.audit); after each commit that appends events, the head (sequence number
 # and MAC) is checkpointed to a file in the data dir (and, by the audit-checkpoint workflow, in
 # Temporal). ``audit_report`` checks the chain against them.
 
@@ -145,7 +145,7 @@ def chain_id(bind: Engine | Connection | str) -> str:
 
 def configure_audit(settings: Settings) -> AuditConfig:
     """Use these settings' audit key and data dir for their app DB's chain (the API and the worker do it at
-    start, ``audit_refusal`` on each call). Raises :class:`access.audit.AuditKeyError` on a malformed key."""
+    start, ``audit_refusal`` on each call). Raises :class:`store.audit.AuditKeyError` on a malformed key."""
     config = audit_config(settings)
     _chains[chain_id(settings.db_url)] = config
     return config

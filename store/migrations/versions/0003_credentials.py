@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import access.tables
+import store.tables
 
 
 revision: str = '0003'
@@ -26,9 +26,9 @@ def upgrade() -> None:
     sa.Column('username', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('ciphertext', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('dsn_hint', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('expires_at', access.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', access.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('shown_at', access.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('expires_at', store.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', store.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('shown_at', store.tables.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('request_id')
     )
 

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from access import groups
 from access.birthright import HeldGrant, PlanInputs, PolicySpec
-from access.tables import (
+from access.types import ApprovalPolicy, ApproverKind, PolicyContext, Requester, RoleFacts
+from store import groups
+from store.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
     BirthrightPolicy,
@@ -21,7 +22,6 @@ from access.tables import (
     RoleOwner,
     User,
 )
-from access.types import ApprovalPolicy, ApproverKind, PolicyContext, Requester, RoleFacts
 
 
 def find_user(session: Session, email: str) -> User | None:

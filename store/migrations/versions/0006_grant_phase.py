@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import access.tables
+import store.tables
 
 revision: str = '0006'
 down_revision: str | None = '0005'
@@ -24,7 +24,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column('phase', sqlmodel.sql.sqltypes.AutoString(), nullable=False, server_default='held')
         )
-        batch_op.add_column(sa.Column('phase_at', access.tables.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('phase_at', store.tables.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index('ix_grant_active_expires_at', ['active', 'expires_at'], unique=False)
 
 

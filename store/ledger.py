@@ -29,7 +29,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, func, or_, select
 
-from access.tables import Grant
+from store.tables import Grant
 
 PROVISIONING = "provisioning"
 """Claimed for a grant: the target is being (or may have been) called; the grant counts as covering."""

@@ -38,24 +38,19 @@ from scim2_models import (
     User,
 )
 
-from activities.connectors import (
+from access.connectors import (
     AccountRule,
-    ConnectorBase,
     ConnectorConfig,
     Credentials,
     DiscoveredRole,
     Discovery,
-    EnvName,
     HeldRole,
     PermanentError,
     RetryableError,
-    SecretFile,
     Target,
-    allowed_host,
-    check_host,
-    secret,
-    secret_file,
 )
+from activities.connectors.base import ConnectorBase
+from activities.connectors.secrets import EnvName, SecretFile, allowed_host, check_host, secret, secret_file
 
 ResourceT = TypeVar("ResourceT", bound=Resource[Any])
 

@@ -32,8 +32,8 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from access.keys import new_ring_entry, parse_ring, read_or_create_key_file
-from access.settings import Settings
+from store.keys import new_ring_entry, parse_ring, read_or_create_key_file
+from store.settings import Settings
 
 ENCODING = b"binary/lapse-aesgcm-v1"
 REJECTED = b"binary/lapse-rejected"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet
 
-from access.keys import read_or_create_key_file
-from access.settings import Settings
+from store.keys import read_or_create_key_file
+from store.settings import Settings
 
 KEY_FILE = "secret.key"
 

@@ -1,10 +1,10 @@
-"""Alembic environment for the app DB; run through ``access.db.migrate``."""
+"""Alembic environment for the app DB; run through ``store.db.migrate``."""
 
 from alembic import context
 from sqlmodel import SQLModel
 
-import access.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
-from access.db import engine_for
+import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store.db import engine_for
 
 url = context.config.get_main_option("sqlalchemy.url")
 assert url, "sqlalchemy.url must be set"

@@ -30,23 +30,18 @@ from ldap3.utils.conv import escape_filter_chars  # type: ignore[import-untyped]
 from ldap3.utils.dn import parse_dn  # type: ignore[import-untyped]
 from pydantic import Field, field_validator, model_validator
 
-from activities.connectors import (
-    ConnectorBase,
+from access.connectors import (
     ConnectorConfig,
     Credentials,
     DiscoveredRole,
     Discovery,
-    EnvName,
     HeldRole,
     PermanentError,
     RetryableError,
-    SecretFile,
     Target,
-    allowed_host,
-    check_host,
-    secret,
-    secret_file,
 )
+from activities.connectors.base import ConnectorBase
+from activities.connectors.secrets import EnvName, SecretFile, allowed_host, check_host, secret, secret_file
 
 _BUSY, _UNAVAILABLE, _TIME_LIMIT_EXCEEDED = 51, 52, 3
 _RETRYABLE_RESULTS = {_BUSY, _UNAVAILABLE, _TIME_LIMIT_EXCEEDED}

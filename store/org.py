@@ -16,9 +16,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from sqlmodel import Session, col, delete, select
 
-from access import groups as group_refs
 from access.durations import Duration
-from access.tables import (
+from access.types import ApprovalPolicy, Model, Sensitivity
+from activities.connectors import built, check_config
+from store import groups as group_refs
+from store.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
     BirthrightPolicy,
@@ -30,8 +32,6 @@ from access.tables import (
     RoleOwner,
     User,
 )
-from access.types import ApprovalPolicy, Model, Sensitivity
-from activities.connectors import built, check_config
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import access.tables
+import store.tables
 
 
 revision: str = '0001'
@@ -27,9 +27,9 @@ def upgrade() -> None:
     sa.Column('requester', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('role', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', access.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', access.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('ended_at', access.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', store.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', store.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('ended_at', store.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('status', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
@@ -51,7 +51,7 @@ def upgrade() -> None:
 
     op.create_table('auditevent',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('at', access.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', store.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('action', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('target', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -75,9 +75,9 @@ def upgrade() -> None:
     sa.Column('path', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('active', sa.Boolean(), nullable=False),
-    sa.Column('granted_at', access.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', access.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('ended_at', access.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('granted_at', store.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', store.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('ended_at', store.tables.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('request_id')
     )

@@ -30,11 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from access.keys import new_ring_entry, parse_ring, read_or_create_key_file
-from access.settings import Settings
+from access.checkpoint import Head
 from access.types import AuditEntry
+from store.keys import new_ring_entry, parse_ring, read_or_create_key_file
+from store.settings import Settings
 
 KEY_FILE = "audit.key"
 HEAD_FILE = "audit.head"
@@ -79,7 +78,7 @@ def parse_keys(text: str, *, source: str) -> AuditKeyring:
     ring = parse_ring(text, source=source, error=AuditKeyError, check=check)
     if not ring:
         raise AuditKeyError(
-            f"{source} holds no key; make one with `python -c 'import access.audit as a; print(a.generate_key())'`"
+            f"{source} holds no key; make one with `python -c 'import store.audit as a; print(a.generate_key())'`"
         )
     return AuditKeyring(ring[0][0], dict(ring))
 
@@ -93,16 +92,6 @@ def load_keyring(settings: Settings) -> AuditKeyring:
 
 
 # --- the head checkpoint ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Head:
-    """The newest event a process saw committed: its sequence number, MAC and key id."""
-
-    seq: int
-    mac: str
-    key_id: str
-    at: str = ""
 
 
 class HeadFile:
@@ -326,25 +315,3 @@ class RefusalCoalescer:
                 },
             }
         )
-
-
-# --- the checkpoint kept in Temporal -------------------------------------------------------------
-
-
-class AuditCheckpoint(BaseModel):
-    """The audit log's head as the scheduled ``audit-checkpoint`` workflow recorded it (its result).
-
-    Temporal keeps it out of reach of whoever can write the app DB; it never moves back: a run that
-    finds the log no longer reaching the previous checkpoint keeps that one and says why in ``kept``.
-    """
-
-    chain: str
-    """The app DB, by its URL without the password."""
-    seq: int = 0
-    mac: str = ""
-    key_id: str = ""
-    at: str = ""
-    kept: str = ""
-
-    def head(self) -> Head | None:
-        return Head(seq=self.seq, mac=self.mac, key_id=self.key_id, at=self.at) if self.seq else None
