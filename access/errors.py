@@ -1,0 +1,41 @@
+"""Why Lapse refuses something: one set of refusal kinds for the workflows, the services and the API.
+
+A workflow refuses an update with a Temporal ``ApplicationError`` whose ``type`` is a :class:`RefusalKind`
+value and whose first detail, when given, names the field at fault; a service raises :class:`Refusal`.
+The API maps both to RFC 9457 problems in one place (``starter/api/problems.py``), by kind alone.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RefusalKind(StrEnum):
+    """What kind of no it is; each maps to one HTTP status."""
+
+    NOT_FOUND = "NotFound"
+    """There is no such thing (404)."""
+    FORBIDDEN = "Forbidden"
+    """The caller may not do this (403)."""
+    CONFLICT = "Conflict"
+    """Not in the thing's present state (409)."""
+    INVALID = "Invalid"
+    """The input is wrong; ``field`` says which part (422)."""
+    GONE = "Gone"
+    """It was there once and is no more (410)."""
+    UNAVAILABLE = "Unavailable"
+    """Lapse cannot take it now; try again later (503)."""
+
+
+class Refusal(Exception):
+    """A service's refusal: a kind, a message meant for the caller, and the input field at fault."""
+
+    def __init__(
+        self, kind: RefusalKind, message: str, *, field: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+        """Seconds to wait before trying again (``UNAVAILABLE`` only)."""
