@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from access import names
 from access.connectors import Connector, ConnectorError, Discovery, HeldRole, Target
-from access.integrations import ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
+from access.discovery import ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
 from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
 from store import catalog

@@ -296,7 +296,7 @@ def discover_activity(db_url: str, integration: str) -> dict[str, Any]:
     """The discovery activity end to end, in an activity environment (it heartbeats)."""
     from temporalio.testing import ActivityEnvironment
 
-    from access.integrations import IntegrationInput
+    from access.discovery import IntegrationInput
     from activities.integrations import IntegrationActivities
 
     activities = IntegrationActivities(db_url)

@@ -26,8 +26,8 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import TimeoutError as TimeoutErrorFailure
 
 from access import names
+from access.discovery import ConnectionTestResult, DiscoveryResult, IntegrationInput
 from access.durations import format_duration
-from access.integrations import ConnectionTestResult, DiscoveryResult, IntegrationInput
 from activities.connectors import built
 from starter.syncs import upsert_schedule
 from store.db import session_scope

@@ -9,7 +9,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from access import names
-    from access.integrations import ConnectionTestResult, DiscoveryResult, IntegrationInput, RemediateInput
+    from access.discovery import ConnectionTestResult, DiscoveryResult, IntegrationInput, RemediateInput
     from access.syncs import TriggerInput
 
 DISCOVERY_RETRY = RetryPolicy(

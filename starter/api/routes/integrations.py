@@ -11,8 +11,8 @@ from sqlmodel import Session, col, func, select
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from access.discovery import ConnectionTestResult, DiscoveryResult
 from access.durations import Duration
-from access.integrations import ConnectionTestResult, DiscoveryResult
 from access.types import AuditEntry, Sensitivity
 from activities.connectors import check_config
 from starter import integrations
