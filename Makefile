@@ -26,6 +26,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 # Real servers the tests start themselves, from Debian's packages: PostgreSQL and OpenLDAP's
 # slapd (scim2-server comes from PyPI with the dev extras).

@@ -53,6 +53,10 @@ WORKFLOWS: Sequence[type] = [
     AuditCheckpointWorkflow,
 ]
 
+SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
+"""The pure domain and pydantic are deterministic to import: the sandbox shares them instead of importing
+them afresh for every workflow run. Nothing else passes through (``tests/test_layers.py``)."""
+
 
 def compile_workflow_modules() -> None:
     """Write the bytecode of the workflow modules where Python looks for it.
@@ -94,11 +98,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        # Our domain models and pydantic are deterministic to import: share them with the
-        # sandbox instead of re-importing them for every workflow run.
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
-        ),
+        workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX_RESTRICTIONS),
         activities=activities,
         activity_executor=executor or ThreadPoolExecutor(max_workers=32),
         max_concurrent_activities=32,
