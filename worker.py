@@ -28,8 +28,11 @@ from activities.backstop import BackstopActivities
 from activities.birthright import BirthrightActivities
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.directory import DirectoryActivities
-from activities.integrations import IntegrationActivities
+from activities.discovery import DiscoveryActivities
+from activities.drift import DriftActivities
+from activities.grants import GrantActivities
 from activities.requests import RequestActivities
+from activities.schedules import ScheduleActivities
 from store.credentials import credential_cipher
 from store.db import configure_audit
 from store.settings import Settings, get_settings
@@ -86,13 +89,16 @@ def build_worker(
     compile_workflow_modules()
     activities = [
         *RequestActivities(settings.db_url, connectors=connectors, cipher=partial(credential_cipher, settings)).all(),
-        *IntegrationActivities(settings.db_url, connectors=connectors).all(),
+        *GrantActivities(settings.db_url, connectors=connectors).all(),
+        *DiscoveryActivities(settings.db_url, connectors=connectors).all(),
+        *DriftActivities(settings.db_url, connectors=connectors).all(),
         *BirthrightActivities(settings.db_url, connectors=connectors).all(),
         *BackstopActivities(settings.db_url, connectors=connectors).all(),
         *AuditActivities(settings.db_url).all(),
         *DirectoryActivities(
             settings.db_url, org_file=settings.org_file, max_leavers=settings.directory_max_leavers
         ).all(),
+        *ScheduleActivities().all(),
     ]
     return Worker(
         client,

@@ -8,10 +8,16 @@ The API maps both to RFC 9457 problems in one place (``starter/api/problems.py``
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
+
+from temporalio.exceptions import ApplicationError
 
 
 class RefusalKind(StrEnum):
-    """What kind of no it is; each maps to one HTTP status."""
+    """What kind of no it is; each maps to one HTTP status.
+
+    The values are recorded in workflow histories (an update's failure type): never change one.
+    """
 
     NOT_FOUND = "NotFound"
     """There is no such thing (404)."""
@@ -25,13 +31,21 @@ class RefusalKind(StrEnum):
     """It was there once and is no more (410)."""
     UNAVAILABLE = "Unavailable"
     """Lapse cannot take it now; try again later (503)."""
+    TARGET_FAILED = "TargetFailed"
+    """The target system Lapse called failed (502)."""
 
 
 class Refusal(Exception):
     """A service's refusal: a kind, a message meant for the caller, and the input field at fault."""
 
     def __init__(
-        self, kind: RefusalKind, message: str, *, field: str | None = None, retry_after: int | None = None
+        self,
+        kind: RefusalKind,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -39,3 +53,13 @@ class Refusal(Exception):
         self.field = field
         self.retry_after = retry_after
         """Seconds to wait before trying again (``UNAVAILABLE`` only)."""
+        self.extra = extra or {}
+        """More for the caller to act on, such as the ``id`` of a request that may have started."""
+
+    @classmethod
+    def of_workflow(cls, error: ApplicationError) -> Refusal:
+        """The refusal a workflow sent as ``error``; a type that names no kind is a conflict with the
+        workflow's state, which is what every such refusal has been so far."""
+        kinds = {kind.value: kind for kind in RefusalKind}
+        field = str(error.details[0]) if error.details else None
+        return cls(kinds.get(error.type or "", RefusalKind.CONFLICT), error.message, field=field)

@@ -1,11 +1,39 @@
-"""Grants outside a request's run: an admin's revoke of a birthright or external grant, and the
-expiry backstop."""
+"""Grants: the paths access comes by, the rule birthright access keeps, and grants outside a request's
+run (an admin's revoke of a birthright or external grant, and the expiry backstop)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 
+from access.connectors import Connector
 from access.types import Model
+
+
+class GrantPath(StrEnum):
+    """How a grant came to be; the ledger's ``path`` column holds these values."""
+
+    JIT = "jit"
+    """An approved request, for a while."""
+    BIRTHRIGHT = "birthright"
+    """A birthright policy, for as long as it applies."""
+    EXTERNAL = "external"
+    """Found in the target by discovery, made outside Lapse."""
+
+
+def birthright_barred(integration: str, connector: Connector | None) -> str | None:
+    """Why birthright access cannot go through ``integration``, or None when it can.
+
+    Birthright access has no end, and a connector that makes a login per grant (ephemeral credentials)
+    ties each login to its grant's end. The reason reads after "role x is in ".
+    """
+    if connector is not None and connector.per_grant_accounts:
+        return (
+            f"{integration}, which makes a login per grant (ephemeral credentials): "
+            "birthright access, which has no end, cannot go through it"
+        )
+    return None
+
 
 # --- an admin's revoke of a birthright or external grant ----------------------------------
 
@@ -19,7 +47,7 @@ class LedgerRevokeInput(Model):
 class LedgerRevokeResult(Model):
     role: str
     account: str
-    path: str
+    path: GrantPath
     still_held: bool
     """Another active grant still covers the account and role, so access stays."""
     returns_on_sync: bool

@@ -1,30 +1,37 @@
 """Approval policy evaluation: which rule applies to a request and who must approve it.
 
-Pure functions on plain data, called by the API before a workflow starts and by
-activities when a later step opens.
+Pure functions on plain data. The request service evaluates a request (and every step's eligible
+people) before its workflow starts, and checks a decider is still eligible; the request activities
+resolve a later step's people when it opens. All of them go through ``resolve_approvers``, and a
+refusal is an ``access.errors.Refusal`` of the kind the caller gets.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import ClassVar
 
 from pydantic import BaseModel
 
 from access.durations import format_duration
+from access.errors import Refusal, RefusalKind
 from access.types import ApprovalPolicy, Approver, ApproverKind, PolicyContext, RequestPlan, Rule, StepPlan
 
 
-class PolicyError(Exception):
+class PolicyError(Refusal):
     """A request the policy refuses; ``field`` names the part of the request at fault."""
 
+    refusal: ClassVar[RefusalKind] = RefusalKind.INVALID
+
     def __init__(self, field: str, detail: str) -> None:
-        super().__init__(detail)
-        self.field = field
+        super().__init__(self.refusal, detail, field=field)
         self.detail = detail
 
 
 class NotRequestable(PolicyError):
     """This requester may not ask for this role at all."""
+
+    refusal = RefusalKind.FORBIDDEN
 
 
 class InvalidRequest(PolicyError):

@@ -112,30 +112,19 @@ class RequestStatus(Model):
     """The login made for this grant alone (ephemeral credentials); its requester fetches the password
     once from ``POST /api/requests/{id}/credentials``."""
 
-    def open_round(self) -> list[StepStatus] | None:
-        """The steps being decided now: the request's own while pending, a pending extension's while active."""
-        if self.state is RequestState.PENDING:
-            return self.steps
-        if self.state is RequestState.ACTIVE and self.extensions:
-            extension = self.extensions[-1]
-            if extension.state is ExtensionState.PENDING:
-                return extension.steps
-        return None
-
     def open_step(self) -> StepStatus | None:
-        """The step awaiting decisions now, if any."""
-        return next((s for s in self.open_round() or [] if s.state is StepState.OPEN), None)
+        """The step awaiting decisions now, if any (the round's rules are in ``access.approval``)."""
+        from access.approval import ApprovalRound  # which builds on the models here
+
+        round = ApprovalRound.of(self)
+        return round.open_step if round else None
 
     def awaits_decision_from(self, person: str) -> bool:
         """Whether ``person`` can decide the open step now, as the workflow judges it from this status."""
-        round = self.open_round() or []
-        step = next((s for s in round if s.state is StepState.OPEN), None)
-        if step is None or person not in step.eligible or any(d.approver == person for d in step.decisions):
-            return False
-        approved_another = any(
-            s is not step and any(d.approver == person and d.approved for d in s.decisions) for s in round
-        )
-        return not (self.distinct_approvers and approved_another)
+        from access.approval import ApprovalRound
+
+        round = ApprovalRound.of(self)
+        return round is not None and round.refusal(person, distinct=self.distinct_approvers) is None
 
 
 # --- workflow and activity inputs ---------------------------------------------------------

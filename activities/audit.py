@@ -1,5 +1,6 @@
-"""The audit checkpoint kept in Temporal: read the log's head for the scheduled ``audit-checkpoint`` run,
-and find the last such run's result for ``verify``.
+"""The audit log's checkpoint kept in Temporal: the head for each ``audit-checkpoint`` run, and the last one.
+
+Each scheduled run reads the log's head; ``verify`` finds the last such run's result.
 
 The head file in the data dir is one checkpoint outside the app DB; this is a second one, which survives
 the loss of a host's disk and sits in a system the app DB's writers cannot edit.

@@ -1,5 +1,7 @@
-"""Activities of the expiry backstop: find JIT grants past their end that their request's run will not
-revoke, and revoke them by their ledger row (Invariant 7: no grant's end depends on one workflow run).
+"""Activities of the expiry backstop: revoke the JIT grants past their end that their run will not.
+
+It finds them, and revokes them by their ledger row (Invariant 7: no grant's end depends on one
+workflow run).
 
 A run that is going revokes its own grant, so the backstop leaves it alone unless it still says
 ``active`` a grace after the grant's end (stuck: a workflow task that keeps failing, say). A run that
@@ -22,11 +24,12 @@ from temporalio import activity
 from access import names
 from access.connectors import ConnectorError
 from access.durations import format_duration
-from access.grants import BackstopResult, FindOverdueInput, LedgerRevokeResult, OverdueFound, OverdueGrant
+from access.grants import BackstopResult, FindOverdueInput, GrantPath, LedgerRevokeResult, OverdueFound, OverdueGrant
 from access.requests import RequestState, RequestStatus
 from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
-from activities.requests import Ending, request_run, revoke_grant_by_id
+from activities.grants import Ending, revoke_grant_by_id
+from activities.runs import request_run
 from store.db import append_audit, session_scope
 from store.ledger import HELD, IN_FLIGHT
 from store.tables import AccessRequest, AuditEvent, Grant, SyncState
@@ -79,7 +82,7 @@ class BackstopActivities:
                 select(Grant)
                 .where(
                     col(Grant.active).is_(True),
-                    Grant.path == "jit",
+                    Grant.path == GrantPath.JIT,
                     col(Grant.request_id).is_not(None),
                     col(Grant.id) > input.after_id,
                     or_(

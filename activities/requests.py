@@ -1,43 +1,31 @@
-"""Activities of the access-request workflow: bookkeeping in the app DB and the grant ledger.
+"""Activities of the access-request workflow: its record, its approvers, and its grant made and revoked.
 
 No target is called inside a DB transaction: a grant or revoke claims its ledger row in one short
 transaction, calls the target with none open, and records the outcome in another (``store.ledger``).
+A grant ended outside its request's run goes through ``activities.grants``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 from cryptography.fernet import Fernet
-from pydantic import ValidationError
 from sqlmodel import Session, select
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from access import names, policy
 from access.connectors import Connector, ConnectorError, Credentials, Target
-from access.grants import LedgerRevokeInput, LedgerRevokeResult
-from access.requests import (
-    GrantInput,
-    GrantResult,
-    RecordInput,
-    RequestState,
-    RequestStatus,
-    ResolveInput,
-    RevokeInput,
-    RevokeResult,
-)
-from access.types import AuditEntry
+from access.grants import GrantPath
+from access.requests import GrantInput, GrantResult, RecordInput, ResolveInput, RevokeInput, RevokeResult
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.connectors.ledger import LedgerConnector
-from activities.integrations import as_activity_error, resolve_target
+from activities.grants import Ending, drop_credentials, record_ending, revoke_grant_by_id
 from activities.liveness import heartbeating
+from activities.targets import as_activity_error, hold_integration, resolve_target
 from store import catalog
 from store.db import append_audit, lock, session_scope
 from store.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
@@ -86,7 +74,6 @@ class RequestActivities:
             self.resolve_approvers,
             self.provision_grant,
             self.revoke_grant,
-            self.revoke_ledger_grant,
         ]
 
     @activity.defn(name=names.RECORD_REQUEST)
@@ -221,7 +208,7 @@ class RequestActivities:
                     account=account,
                     role=input.role,
                     user_email=input.requester,
-                    path="jit",
+                    path=GrantPath.JIT,
                     request_id=input.request_id,
                     granted_at=now,
                     expires_at=input.expires_at or (now + input.duration if input.duration is not None else None),
@@ -300,7 +287,7 @@ class RequestActivities:
                     now = datetime.now(UTC)
                     end(session, ended, now)
                     why = f"{reason}; the target refused the revoke too ({error.message}): nothing of it is there"
-                    _record_ending(session, ended, replace(ending, reason=why), still_held=False, now=now)
+                    record_ending(session, ended, replace(ending, reason=why), still_held=False, now=now)
 
     def _key(self) -> Fernet:
         """The key that seals credentials; a missing or malformed one fails the grant for good, saying why."""
@@ -329,7 +316,7 @@ class RequestActivities:
             if grant is None or not grant.active:
                 # Nothing of this request's is held (never claimed, or ended already): done, without resolving
                 # the target, which may be gone (a role deleted after a grant that failed).
-                _drop_credentials(session, input.request_id)
+                drop_credentials(session, input.request_id)
                 ended_at = grant.ended_at if grant is not None and grant.ended_at is not None else datetime.now(UTC)
                 others = active_grants(session, grant.account, grant.role) if grant is not None else 0
                 return RevokeResult(revoked_at=ended_at, still_held=bool(others))
@@ -341,16 +328,16 @@ class RequestActivities:
             if grant is None or not grant.active:
                 # Ended already (an earlier attempt, an admin, the backstop), or never claimed: the target
                 # was never called for a grant with no row, since the row is claimed before the call.
-                _drop_credentials(session, input.request_id)
+                drop_credentials(session, input.request_id)
                 others = active_grants(session, account, input.role, besides_request=input.request_id)
                 ended_at = grant.ended_at if grant is not None and grant.ended_at is not None else now
                 return RevokeResult(revoked_at=ended_at, still_held=bool(others))
             if not claim_revoke(session, grant, now):
-                _drop_credentials(session, input.request_id)
+                drop_credentials(session, input.request_id)
                 return RevokeResult(revoked_at=now, still_held=True)
             if isinstance(connector, LedgerConnector):  # the row is the grant: nothing to call outside
                 end(session, grant, now)
-                _drop_credentials(session, input.request_id)
+                drop_credentials(session, input.request_id)
                 return RevokeResult(revoked_at=now, still_held=False)
             grant_id = grant.id
         _call(lambda: connector.revoke(account, target))
@@ -360,50 +347,12 @@ class RequestActivities:
             ended = session.get(Grant, grant_id)
             if ended is not None and ended.active:
                 end(session, ended, now)
-            _drop_credentials(session, input.request_id)  # never shown, and of no use now
+            drop_credentials(session, input.request_id)  # never shown, and of no use now
             return RevokeResult(revoked_at=now, still_held=False)
-
-    @activity.defn(name=names.REVOKE_LEDGER_GRANT)
-    async def revoke_ledger_grant(self, input: LedgerRevokeInput) -> LedgerRevokeResult:
-        """An admin ends a grant from the permissions table: a birthright or external one, or a JIT one whose
-        request's run is gone (a run that is still going ends its grant itself, so its history stays true).
-
-        A birthright grant ended so is granted again by the next birthright sync while its policy applies.
-        """
-        request_id = await asyncio.to_thread(self._request_of, input.grant_id)
-        comment = input.comment.strip()
-        ending = Ending(actor=input.actor, action="grant.revoked", reason=comment)
-        if request_id is not None:
-            run = await request_run(activity.client(), request_id)
-            if run.running:
-                raise ApplicationError(
-                    f"grant {input.grant_id} belongs to request {request_id}, whose run is going: "
-                    "revoke it through the request",
-                    type="RunAlive",
-                    non_retryable=True,
-                )
-            why = f"revoked by an admin while {run.description}"
-            ending = Ending(
-                actor=input.actor,
-                action="grant.revoked",
-                reason=f"{comment} ({why})" if comment else why,
-                request_state=RequestState.REVOKED,
-                end_reason=comment or why,
-            )
-        return await asyncio.to_thread(revoke_grant_by_id, self._db_url, self._connectors, input.grant_id, ending)
-
-    def _request_of(self, grant_id: int) -> str | None:
-        """The request of a JIT grant (None for a birthright or external one); no such grant is final."""
-        with session_scope(self._db_url, write=False) as session:
-            grant = session.get(Grant, grant_id)
-        if grant is None or (grant.path == "jit" and grant.request_id is None):
-            raise ApplicationError(f"there is no grant {grant_id}", type="NotALedgerGrant", non_retryable=True)
-        return grant.request_id if grant.path == "jit" else None
 
     def _target(self, session: Session, path: str) -> tuple[Target, Connector]:
         integration, target, connector = resolve_target(session, path, self._connectors)
-        # Discovery holds this exclusively while it compares the target with the ledger.
-        lock(session, "integration", integration.name, shared=True)
+        hold_integration(session, integration.name)
         return target, connector
 
 
@@ -436,154 +385,6 @@ def _call(operation: Callable[[], T]) -> T:
         return operation()
     except ConnectorError as error:
         raise as_activity_error(error) from error
-
-
-# --- ending a grant outside its request's run ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ending:
-    """Who ends a grant by its ledger row (an admin, the expiry backstop, a failed grant taken back), and how
-    it is recorded: an audit event, and for a JIT grant whose run is gone its request row, ended."""
-
-    actor: str
-    action: str
-    reason: str
-    request_state: RequestState | None = None
-    """The state its request's row takes (a JIT grant whose run will not record its end); None: untouched."""
-    end_reason: str | None = None
-    """The request's ``end_reason`` when ``request_state`` is set; default ``reason``."""
-
-
-def revoke_grant_by_id(
-    db_url: str,
-    connectors: Mapping[str, ConnectorFactory],
-    grant_id: int,
-    ending: Ending,
-    *,
-    on_failure: Callable[[Grant, ConnectorError], None] | None = None,
-) -> LedgerRevokeResult:
-    """End one ledger row and revoke in the target unless another active grant covers the account and role:
-    claim, call, record (``store.ledger``), each step idempotent. ``on_failure`` is told when the target
-    refuses, before the activity fails (to make a revoke that keeps failing visible)."""
-    with session_scope(db_url) as session:
-        grant = session.get(Grant, grant_id)
-        if grant is None:
-            raise ApplicationError(f"there is no grant {grant_id}", type="NotALedgerGrant", non_retryable=True)
-        integration, target, connector = resolve_target(session, grant.role, connectors)
-        # Discovery holds this exclusively while it compares the target with the ledger.
-        lock(session, "integration", integration.name, shared=True)
-        lock(session, grant.account, grant.role)
-        session.refresh(grant)
-        if not grant.active:
-            return _ledger_result(grant, still_held=active_grants(session, grant.account, grant.role) > 0)
-        now = datetime.now(UTC)
-        if not claim_revoke(session, grant, now):
-            _record_ending(session, grant, ending, still_held=True, now=now)
-            return _ledger_result(grant, still_held=True)
-    try:
-        connector.revoke(grant.account, target)
-    except ConnectorError as error:
-        if on_failure is not None:
-            on_failure(grant, error)
-        raise as_activity_error(error) from error
-    with session_scope(db_url) as session:
-        lock(session, grant.account, grant.role)
-        ended = session.get(Grant, grant_id)
-        if ended is not None and ended.active:
-            now = datetime.now(UTC)
-            end(session, ended, now)
-            _record_ending(session, ended, ending, still_held=False, now=now)
-    return _ledger_result(grant, still_held=False)
-
-
-def _ledger_result(grant: Grant, *, still_held: bool) -> LedgerRevokeResult:
-    return LedgerRevokeResult(
-        role=grant.role,
-        account=grant.account,
-        path=grant.path,
-        still_held=still_held,
-        returns_on_sync=grant.path == "birthright",
-    )
-
-
-def _record_ending(session: Session, grant: Grant, ending: Ending, *, still_held: bool, now: datetime) -> None:
-    """Audit a grant's end, and end its request's row where the run will not (inside the caller's transaction)."""
-    reason = ending.reason
-    if grant.path == "birthright":
-        reason += f" (birthright policy {grant.policy!r}: the next birthright sync grants it again)"
-    details: dict[str, Any] = {
-        "account": grant.account,
-        "user": grant.user_email,
-        "path": grant.path,
-        "grant_id": grant.id,
-        "still_held": still_held,
-    }
-    audit_target = grant.role
-    if grant.request_id is not None:
-        audit_target = names.request_workflow_id(grant.request_id)
-        details["role"] = grant.role
-        _drop_credentials(session, grant.request_id)
-        if ending.request_state is not None:
-            _end_request(session, grant.request_id, ending, now)
-    entry = AuditEntry(
-        actor=ending.actor, action=ending.action, target=audit_target, reason=reason.strip(), details=details, at=now
-    )
-    append_audit(session, [entry])
-
-
-def _end_request(session: Session, request_id: str, ending: Ending, now: datetime) -> None:
-    """Show a request as ended whose run is gone (it will never record its end itself)."""
-    row = session.get(AccessRequest, request_id)
-    if row is None or ending.request_state is None:
-        return
-    state = ending.request_state
-    try:
-        status = RequestStatus.model_validate(row.status)
-    except ValidationError:
-        status = None
-    if status is not None and status.state.ended:
-        return
-    row.state = state.value
-    row.ended_at = now
-    if status is not None:
-        status.state = state
-        status.ended_at = now
-        status.ended_by = ending.actor
-        status.end_reason = ending.end_reason or ending.reason
-        status.revoke_error = None
-        row.status = status.model_dump(mode="json")
-    session.add(row)
-
-
-def _drop_credentials(session: Session, request_id: str) -> None:
-    sealed = session.get(Credential, request_id)
-    if sealed is not None:  # never shown, and of no use now
-        session.delete(sealed)
-
-
-class RunState(NamedTuple):
-    running: bool
-    state: str | None
-    """The run's ``LapseState`` search attribute, if it has one."""
-    description: str
-    """What became of the run, for a reason: ``its run was terminated``."""
-
-
-async def request_run(client: Client, request_id: str) -> RunState:
-    """Whether a request's run (the latest of its chain) is going, and in which state it says it is."""
-    handle = client.get_workflow_handle(names.request_workflow_id(request_id))
-    try:
-        described = await handle.describe()
-    except RPCError as error:
-        if error.status is not RPCStatusCode.NOT_FOUND:
-            raise
-        return RunState(running=False, state=None, description="its run no longer exists")
-    state = described.typed_search_attributes.get(names.STATE)
-    if described.status is WorkflowExecutionStatus.RUNNING:
-        return RunState(running=True, state=state, description=f"its run is going ({state})")
-    what = described.status.name.lower().replace("_", " ") if described.status is not None else "closed"
-    return RunState(running=False, state=state, description=f"its run was {what}")
 
 
 def _final_attempt(error: ConnectorError) -> bool:

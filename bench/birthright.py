@@ -41,8 +41,8 @@ from access import names
 from access.syncs import SyncInput
 from activities.birthright import BirthrightActivities
 from bench.lifecycle import Stack, free_port
+from starter.services.syncs import ensure_sync_schedules, trigger_sync
 from starter.stack import WORKER_COMMAND, port_open, stop_all, temporal_server_command
-from starter.syncs import ensure_sync_schedules, trigger_sync
 from store import catalog
 from store.db import migrate, session_scope
 from store.settings import Settings

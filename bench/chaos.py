@@ -66,12 +66,13 @@ from sqlmodel import col, select
 
 from bench.lifecycle import ADMIN, Stack, api_clients, distribution, project_root
 from bench.lifecycle import Api as CountingApi
+from harness.postgres import PostgresServer, postgres_bin
+from starter.services.org import checked_connector
 from starter.stack import port_open, prepare_database, temporal_server_command
 from store.codec import codec_keys
 from store.db import session_scope
 from store.org import OrgFile, load_org
 from store.tables import AccessRequest, AuditEvent, Grant
-from tests.servers import PostgresServer, postgres_bin
 
 PG_ENV = "LAPSE_CHAOS_PG_DSN"
 INTEGRATION = "chaos-pg"
@@ -240,7 +241,7 @@ class ChaosStack(Stack):
         codec_keys(self.settings)  # made once, before the processes that share it start (as lapse run does)
         prepare_database(self.settings)
         with session_scope(self.settings.db_url) as session:
-            load_org(session, OrgFile.model_validate(chaos_org()))
+            load_org(session, OrgFile.model_validate(chaos_org()), connectors=checked_connector)
         super().start()
         self._supervising = True
         self._supervisor = threading.Thread(target=self._supervise, name="chaos-supervisor", daemon=True)

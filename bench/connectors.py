@@ -50,10 +50,10 @@ from store.db import migrate, session_scope
 from store.tables import Integration, User
 
 if TYPE_CHECKING:
-    # The servers (and pytest with them) load only in the parent: spawned children stay lean.
-    from tests.ldap_server import LdapServer
-    from tests.scim_server import ScimServer
-    from tests.servers import PostgresServer
+    # The servers load only in the parent: spawned children stay lean.
+    from harness.ldap import LdapServer
+    from harness.postgres import PostgresServer
+    from harness.scim import ScimServer
 
 ROLE_PREFIX = "app_"
 BENCH_ACCOUNT = "bench_rt"
@@ -297,9 +297,9 @@ def discover_activity(db_url: str, integration: str) -> dict[str, Any]:
     from temporalio.testing import ActivityEnvironment
 
     from access.discovery import IntegrationInput
-    from activities.integrations import IntegrationActivities
+    from activities.discovery import DiscoveryActivities
 
-    activities = IntegrationActivities(db_url)
+    activities = DiscoveryActivities(db_url)
     before = _reset_peak_rss()
     t0 = time.perf_counter()
     result = ActivityEnvironment().run(activities.discover_integration, IntegrationInput(integration=integration))
@@ -438,9 +438,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def start_servers(kinds: set[str], stack: ExitStack) -> dict[str, Any]:
-    from tests.ldap_server import LdapServer
-    from tests.scim_server import ScimServer
-    from tests.servers import PostgresServer
+    from harness.ldap import LdapServer
+    from harness.postgres import PostgresServer
+    from harness.scim import ScimServer
 
     servers: dict[str, Any] = {}
     if "postgres" in kinds:

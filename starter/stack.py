@@ -18,6 +18,7 @@ import httpx
 from sqlmodel import select
 
 from access.names import SEARCH_ATTRIBUTES
+from starter.services.org import checked_connector
 from store.codec import CodecKeyError, codec_keys
 from store.db import migrate, session_scope
 from store.org import DEMO_ORG, OrgFile, load_org
@@ -41,7 +42,7 @@ def prepare_database(settings: Settings) -> bool:
     with session_scope(settings.db_url) as session:
         if session.exec(select(User).limit(1)).first() is not None:
             return False
-        load_org(session, OrgFile.read(settings.org_file or DEMO_ORG))
+        load_org(session, OrgFile.read(settings.org_file or DEMO_ORG), connectors=checked_connector)
         return True
 
 
@@ -56,12 +57,19 @@ DEMO_PG_WORKFLOWS = {"lapse_demo_reports_read": "read-only", "lapse_demo_reports
 DEMO_PG_OWNER = "frances@example.com"
 
 
+class DemoPostgresUnavailable(Exception):
+    """The demo's PostgreSQL did not answer, or refused: why, and how to point the demo at one (never the DSN's
+    password)."""
+
+
 def add_demo_postgres(settings: Settings) -> bool:
     """With the demo organisation, connect a local PostgreSQL that answers as the ``demo-pg`` integration.
 
     Creates a table and two NOLOGIN roles there (if missing) and makes them requestable: the read role
     under the read-only workflow, the write role under the sensitive one (manager, then the owner);
-    users' login roles are created on their first grant. True if connected.
+    users' login roles are created on their first grant. True if connected; False when the demo's PostgreSQL
+    does not apply (another organisation file, ``LAPSE_DEMO_PG_DSN=off``); ``DemoPostgresUnavailable``
+    saying why when it could not be used.
 
     The DSN is the demo's own: a TCP connection to it that is not ``sslmode=verify-full`` is marked
     ``insecure: true`` (and flagged as such), as any plaintext integration must be.
@@ -78,10 +86,10 @@ def add_demo_postgres(settings: Settings) -> bool:
                 if connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
                     connection.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
                 connection.execute(f"GRANT {rights} TO {role}")
-    except psycopg.Error:
-        return False
+    except psycopg.Error as error:
+        raise DemoPostgresUnavailable(_demo_pg_problem(settings.demo_pg_dsn, error)) from None
     os.environ[DEMO_PG_ENV] = settings.demo_pg_dsn  # the worker resolves the reference from its environment
-    from activities.connectors.postgres import verified_tls_or_socket
+    from activities.connectors.postgres_config import verified_tls_or_socket
 
     insecure = not verified_tls_or_socket(settings.demo_pg_dsn)
     org = OrgFile.model_validate(
@@ -117,8 +125,34 @@ def add_demo_postgres(settings: Settings) -> bool:
     )
     with session_scope(settings.db_url) as session:
         if session.exec(select(Integration).where(Integration.name == DEMO_PG)).first() is None:
-            load_org(session, org)
+            load_org(session, org, connectors=checked_connector)
     return True
+
+
+def _demo_pg_problem(dsn: str, error: Exception) -> str:
+    """Why the demo's PostgreSQL was not connected, and what to set; never the DSN's password."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:  # its message may quote the DSN, password and all
+        return "LAPSE_DEMO_PG_DSN is not a connection string PostgreSQL reads; correct it, or set it to off"
+    user = parts.get("user") or "the default user"
+    server = f"{parts.get('host') or 'the local socket'}" + (f":{parts['port']}" if parts.get("port") else "")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0].removeprefix("connection failed: ") if lines else type(error).__name__
+    if parts.get("password"):
+        message = message.replace(str(parts["password"]), "***")
+    fix = "point LAPSE_DEMO_PG_DSN at a PostgreSQL you may create roles in"
+    if "password" in message:
+        why = f"the server at {server} asks {user} for a password ({message})"
+        fix = "put one in LAPSE_DEMO_PG_DSN (postgresql://postgres:PASSWORD@127.0.0.1:5432/postgres)"
+    elif "Connection refused" in message:
+        why = f"nothing answers at {server}"
+    else:
+        why = f"{server} refused {user}: {message}"
+    return f"{why}; {fix}, or set it to off to stop trying"
 
 
 def _wait(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
@@ -222,6 +256,11 @@ def stop_all(processes: Iterable[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def _api_option(settings: Settings) -> str:
+    """How the other commands reach this API when it is not where they look by default."""
+    return "" if settings.api_url == Settings.model_construct().api_url else f" --api {settings.api_url}"
+
+
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
@@ -230,8 +269,11 @@ def run_stack(settings: Settings) -> None:
         codec_keys(settings)
     except CodecKeyError as error:
         raise SystemExit(str(error)) from None
-    if add_demo_postgres(settings):
-        print(f"local PostgreSQL connected as the {DEMO_PG} integration: try {DEMO_PG}/reports/lapse_demo_reports_read")
+    try:
+        if add_demo_postgres(settings):
+            print(f"local PostgreSQL connected as {DEMO_PG}: try {DEMO_PG}/reports/lapse_demo_reports_read")
+    except DemoPostgresUnavailable as why:
+        print(f"local PostgreSQL not connected (the demo goes on without {DEMO_PG}): {why}", flush=True)
     logs = settings.data_dir
     env = {**os.environ, "LAPSE_DATA_DIR": str(settings.data_dir.resolve())}
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -275,7 +317,7 @@ def run_stack(settings: Settings) -> None:
             f"  Temporal Web UI  http://localhost:{settings.temporal_ui_port}"
             f"{'' if settings.embedded_temporal else ' (your own server)'}\n"
             f"  logs             {logs.resolve()}/*.log\n"
-            f"Try: lapse --as alan@example.com catalog\n"
+            f"Try: lapse{_api_option(settings)} --as alan@example.com catalog\n"
             f"Press Ctrl-C to stop; state is kept in {settings.data_dir.resolve()}.\n",
             flush=True,
         )

@@ -112,6 +112,7 @@ class HeadFile:
         self.path = path
         self._pending: dict[str, Head] = {}
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -128,11 +129,13 @@ class HeadFile:
         self._wake.set()
 
     def flush(self) -> None:
-        """Write the heads noted so far (forwards only)."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, {}
-        for chain, head in pending.items():
-            self._write(chain, head)
+        """Write the heads noted so far (forwards only). Held while writing, so that a reader flushing
+        first never finds the file between the background thread taking a head and writing it."""
+        with self._flush_lock:
+            with self._pending_lock:
+                pending, self._pending = self._pending, {}
+            for chain, head in pending.items():
+                self._write(chain, head)
 
     def _flush_forever(self) -> None:
         while True:

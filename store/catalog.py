@@ -8,6 +8,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from access.birthright import HeldGrant, PlanInputs, PolicySpec
+from access.grants import GrantPath
 from access.types import ApprovalPolicy, ApproverKind, PolicyContext, Requester, RoleFacts
 from store import groups
 from store.tables import (
@@ -153,7 +154,7 @@ def birthright_inputs(session: Session, also: Iterable[str] = ()) -> PlanInputs:
         HeldGrant(user=user, role=role, policy=policy)
         for user, role, policy in session.execute(
             sa_select(col(Grant.user_email), col(Grant.role), col(Grant.policy)).where(
-                col(Grant.path) == "birthright", col(Grant.active).is_(True), col(Grant.user_email).is_not(None)
+                col(Grant.path) == GrantPath.BIRTHRIGHT, col(Grant.active).is_(True), col(Grant.user_email).is_not(None)
             )
         )
     ]

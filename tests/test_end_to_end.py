@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ import psycopg
 import pytest
 from temporalio.client import Client
 
-from tests.servers import PostgresServer
+from harness.ports import free_port
+from harness.postgres import PostgresServer
+from tests.support import eventually
 
 LAPSE = str(Path(sys.executable).parent / "lapse")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -67,14 +62,22 @@ class Stack:
         assert response.status_code < 400, response.text
         return response.json()
 
-    def wait_for(self, request_id: str, state: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.call("ada@example.com", "GET", f"/api/requests/{request_id}")
-            if status["state"] == state:
-                return status
-            assert time.monotonic() < deadline, f"still {status['state']}, wanted {state}"
-            time.sleep(0.1)
+    async def wait_for(self, request_id: str, state: str) -> Any:
+        return await eventually(
+            lambda: self.call("ada@example.com", "GET", f"/api/requests/{request_id}"),
+            until=lambda status: status["state"] == state,
+            what=f"request {request_id} to be {state}",
+            within=60,
+        )
+
+    async def cli_shows(self, text: str, *args: str, within: float = 30) -> None:
+        """Run ``lapse *args`` until its output shows ``text`` (what a user re-running it would see)."""
+        await eventually(
+            lambda: self.cli(*args),
+            until=lambda out: text in out,
+            what=f"`lapse {' '.join(args)}` to show {text!r}",
+            within=within,
+        )
 
     def cli(self, *args: str) -> str:
         result = subprocess.run([LAPSE, *args], env=self.env, capture_output=True, text=True, timeout=60)
@@ -84,12 +87,12 @@ class Stack:
 
 def start_stack(tmp_path: Path, **extra_env: str) -> Stack:
     """``lapse run`` on free ports with its data in ``tmp_path``; no local PostgreSQL joins the demo unless given."""
-    api_port = _free_port()
+    api_port = free_port()
     env = {
         **os.environ,
         "LAPSE_DATA_DIR": str(tmp_path),
-        "LAPSE_TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "LAPSE_TEMPORAL_UI_PORT": str(_free_port()),
+        "LAPSE_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "LAPSE_TEMPORAL_UI_PORT": str(free_port()),
         "LAPSE_API_PORT": str(api_port),
         "LAPSE_API_URL": f"http://127.0.0.1:{api_port}",
         "LAPSE_DEMO_PG_DSN": "off",
@@ -111,19 +114,20 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 async def _schedules(address: str) -> set[str]:
     """The schedules' ids, once the sync schedules show (listing goes through visibility, which may lag)."""
     client = await Client.connect(address)
-    for _ in range(50):
-        ids = {schedule.id async for schedule in await client.list_schedules()}
-        if {"birthright-sync", "directory-sync"} <= ids:
-            break
-        await asyncio.sleep(0.2)
-    return ids
+
+    async def ids() -> set[str]:
+        return {schedule.id async for schedule in await client.list_schedules()}
+
+    return await eventually(
+        ids, until=lambda ids: {"birthright-sync", "directory-sync"} <= ids, what="the sync schedules", within=10
+    )
 
 
 def _lag(status: Any) -> float:
     return (datetime.fromisoformat(status["ended_at"]) - datetime.fromisoformat(status["expires_at"])).total_seconds()
 
 
-def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
+async def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     out = stack.cli("--as", "alan@example.com", "catalog")
     assert "ledger/payments-api/deploy" in out and "people/hr-system/admin" not in out
 
@@ -136,55 +140,47 @@ def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     assert "waiting on 'manager'" in stack.cli("--as", "alan@example.com", "status", created["id"])
     assert created["id"] in stack.cli("--as", "linus@example.com", "approvals")
     stack.cli("--as", "linus@example.com", "approve", created["id"], "--comment", "go")
-    stack.wait_for(created["id"], "active")
+    await stack.wait_for(created["id"], "active")
     assert "ledger/payments-api/deploy" in stack.cli("--as", "alan@example.com", "grants")
 
-    ended = stack.wait_for(created["id"], "expired")
+    ended = await stack.wait_for(created["id"], "expired")
     assert _lag(ended) >= 0
     assert stack.cli("--as", "alan@example.com", "grants").strip() == "(none)"
 
     # The stack created the sync schedules (visible in the Web UI), idempotently across restarts.
-    assert {"birthright-sync", "directory-sync"} <= asyncio.run(_schedules(stack.env["LAPSE_TEMPORAL_ADDRESS"]))
+    assert {"birthright-sync", "directory-sync"} <= await _schedules(stack.env["LAPSE_TEMPORAL_ADDRESS"])
 
     # An organisation file with a birthright policy: loading it starts the birthright sync at once.
     policies = stack.data_dir / "policies.yaml"
     policies.write_text(
         "birthright_policies:\n  - {name: platform-read, groups: [platform], roles: [ledger/payments-api/read]}\n"
     )
-    assert "birthright sync started" in stack.cli("load-org", str(policies))
-    deadline = time.monotonic() + 30
-    while "ledger/payments-api/read  birthright" not in stack.cli("--as", "alan@example.com", "grants"):
-        assert time.monotonic() < deadline, "the birthright sync did not grant the policy's role"
-        time.sleep(0.3)
+    assert "birthright sync started" in stack.cli("--as", "ada@example.com", "load-org", str(policies))
+    await stack.cli_shows("ledger/payments-api/read  birthright", "--as", "alan@example.com", "grants")
     assert "platform-read  3 grants" in stack.cli("--as", "ada@example.com", "birthright", "policies")
-    while "3 granted, 0 revoked" not in stack.cli("--as", "ada@example.com", "birthright", "status"):
-        assert time.monotonic() < deadline, "the birthright sync did not report its run"
-        time.sleep(0.3)
+    await stack.cli_shows("3 granted, 0 revoked", "--as", "ada@example.com", "birthright", "status")
     preview = stack.cli("--as", "ada@example.com", "birthright", "preview-delete", "platform-read")
     assert "loses ledger/payments-api/read: alan@example.com" in preview
 
     # The directory sync reads the demo organisation file: nobody joins or leaves.
     assert "directory sync started" in stack.cli("--as", "ada@example.com", "directory", "sync")
-    while "0 joined, 0 moved, 0 left" not in stack.cli("--as", "ada@example.com", "directory", "status"):
-        assert time.monotonic() < deadline + 30, "the directory sync did not report its run"
-        time.sleep(0.3)
+    await stack.cli_shows("0 joined, 0 moved, 0 left", "--as", "ada@example.com", "directory", "status")
 
 
-def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
+async def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
     created = stack.call(
         "katherine@example.com", "POST", "/api/requests", {"role": "ledger/prod-db/read", "duration": "PT8S"}
     )
-    stack.wait_for(created["id"], "active")
+    await stack.wait_for(created["id"], "active")
     pid_file = stack.data_dir / "worker.pid"
     killed = int(pid_file.read_text())
     os.kill(killed, signal.SIGKILL)
 
-    deadline = time.monotonic() + 30
-    while int(pid_file.read_text()) == killed:  # lapse run restarts it
-        assert time.monotonic() < deadline, "the worker was not restarted"
-        time.sleep(0.1)
+    await eventually(  # lapse run restarts it
+        lambda: int(pid_file.read_text()), until=lambda pid: pid != killed, what="lapse run to restart the worker"
+    )
 
-    ended = stack.wait_for(created["id"], "expired", timeout=60)
+    ended = await stack.wait_for(created["id"], "expired")
     assert stack.call("katherine@example.com", "GET", "/api/grants") == []
     print(f"revoke lag after a worker kill: {_lag(ended):.3f}s")
     # A killed worker's sticky queue is abandoned after LAPSE_STICKY_TIMEOUT (3 s); the SDK's default (10 s)
@@ -192,23 +188,23 @@ def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
     assert 0 <= _lag(ended) < 5
 
 
-def test_expiry_that_passed_while_lapse_was_down_is_revoked_at_start(stack: Stack) -> None:
+async def test_expiry_that_passed_while_lapse_was_down_is_revoked_at_start(stack: Stack) -> None:
     created = stack.call(
         "katherine@example.com", "POST", "/api/requests", {"role": "ledger/prod-db/read", "duration": "PT3S"}
     )
-    active = stack.wait_for(created["id"], "active")
+    active = await stack.wait_for(created["id"], "active")
     assert stack.stop() == 0
-    time.sleep(
+    await asyncio.sleep(
         max(0.0, (datetime.fromisoformat(active["expires_at"]) - datetime.now().astimezone()).total_seconds()) + 2
     )
 
     stack.start()
-    ended = stack.wait_for(created["id"], "expired", timeout=60)
+    ended = await stack.wait_for(created["id"], "expired")
     assert _lag(ended) >= 2  # it lapsed while nothing ran, and was revoked as soon as Lapse was back
     assert stack.call("katherine@example.com", "GET", "/api/grants") == []
 
 
-def test_demo_connects_a_reachable_local_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
+async def test_demo_connects_a_reachable_local_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
     stack = start_stack(tmp_path, LAPSE_DEMO_PG_DSN=postgres.dsn())
     try:
         role = "demo-pg/reports/lapse_demo_reports_read"
@@ -216,7 +212,7 @@ def test_demo_connects_a_reachable_local_postgresql(postgres: PostgresServer, tm
         created = stack.call(
             "katherine@example.com", "POST", "/api/requests", {"role": role, "duration": "PT30S", "justification": ""}
         )
-        stack.wait_for(created["id"], "active")
+        await stack.wait_for(created["id"], "active")
         with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
             held = admin.execute(
                 "SELECT 1 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid "

@@ -11,8 +11,10 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlmodel import select
 
-from activities.connectors.ldap import DirectoryGroup, DirectorySnapshot, DirectoryUser
-from activities.directory import Source, _sync
+from activities.connectors.ldap_directory import DirectoryGroup, DirectorySnapshot, DirectoryUser
+from activities.directory import _sync
+from activities.directory_sources import Source
+from starter.services.org import checked_connector
 from store import catalog
 from store.db import MIGRATIONS, migrate, session_scope
 from store.groups import GroupRow, parse, resolve_one
@@ -95,7 +97,7 @@ def _directory(*groups: DirectoryGroup, users: tuple[str, ...] = ("mallory@examp
 
 def test_the_sync_keeps_each_sources_groups_apart_and_follows_renames(db_url: str) -> None:
     with session_scope(db_url) as session:
-        load_org(session, OrgFile.read(DEMO_ORG))
+        load_org(session, OrgFile.read(DEMO_ORG), connectors=checked_connector)
     fake = DirectoryGroup("cn=security,ou=g", "security", "", ("mallory@example.com",), external_id="uuid-s")
     with session_scope(db_url) as session:
         result = _sync(session, [_directory(fake)], "test", datetime.now(UTC))

@@ -1,4 +1,4 @@
-"""Connector drivers by integration kind, built from an integration's configuration.
+"""Connector drivers by integration kind, and the one way to build an integration's connector.
 
 A connector is built from an integration's configuration and talks to one target system:
 it tests the connection, discovers resources and roles, lists who holds which role, and
@@ -13,13 +13,17 @@ history or search attributes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from access.connectors import Connector
+from pydantic import ValidationError
+
+from access.connectors import Connector, PermanentError
 from activities.connectors.ledger import LedgerConnector
 
 ConnectorFactory = Callable[[Mapping[str, Any]], Connector]
 """Builds a connector from an integration's configuration."""
+
+T = TypeVar("T")
 
 
 def _postgres(config: Mapping[str, Any]) -> Connector:
@@ -44,22 +48,61 @@ BUILT_IN: dict[str, ConnectorFactory] = {"ledger": LedgerConnector, "postgres": 
 """Connector factories by integration kind."""
 
 
-def built(
-    kind: str, config: Mapping[str, Any], connectors: Mapping[str, ConnectorFactory] = BUILT_IN
-) -> Connector | None:
-    """The connector for ``kind`` (no I/O), or None when the kind is unknown or the configuration is invalid."""
-    factory = connectors.get(kind)
-    if factory is None:
-        return None
+class IntegrationSettings(Protocol):
+    """What building a connector needs of an integration (the app DB's ``Integration`` row has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+
+class InvalidIntegration(PermanentError):
+    """An integration's connector cannot be built: this worker has no connector of its kind, or its
+    configuration is invalid. Retrying cannot help until someone fixes the integration."""
+
+
+def connector_for(integration: IntegrationSettings, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> Connector:
+    """A stored integration's connector (no I/O); an unknown kind or an invalid configuration raises
+    InvalidIntegration, naming the integration and what is wrong. Activities get every connector here."""
+    return from_config(integration, lambda config: check_config(integration.kind, config, connectors))
+
+
+def from_config(integration: IntegrationSettings, factory: Callable[[Mapping[str, Any]], T]) -> T:
+    """``factory`` built from the integration's configuration (a connector, or a directory reader); an unknown
+    kind or an invalid configuration raises InvalidIntegration naming the integration and each field at fault."""
     try:
-        return factory(config)
-    except ValueError:
-        return None
+        return factory(integration.config)
+    except ValidationError as error:
+        # Fields and messages only: the configuration's values may be secrets pasted where a reference belongs.
+        problems = "; ".join(f"config.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise InvalidIntegration(f"integration {integration.name} is misconfigured: {problems}") from None
+    except ValueError as error:
+        raise InvalidIntegration(f"integration {integration.name} is misconfigured: {error}") from None
 
 
-def check_config(kind: str, config: Mapping[str, Any], connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
-    """Build the connector once to validate its configuration; raises ValueError naming the problem."""
+def check_config(
+    kind: str, config: Mapping[str, Any], connectors: Mapping[str, ConnectorFactory] = BUILT_IN
+) -> Connector:
+    """Build a connector from a kind and a configuration not stored yet (no I/O), to check them: raises
+    ValueError for an unknown kind and pydantic's ValidationError (a ValueError) for the configuration,
+    whose fields a form or an organisation file's check lists one by one. The one place a connector is made."""
     factory = connectors.get(kind)
     if factory is None:
         raise ValueError(f"unknown integration kind {kind!r} (known: {', '.join(sorted(connectors))})")
-    factory(config)
+    return factory(config)
+
+
+def built(
+    kind: str, config: Mapping[str, Any], connectors: Mapping[str, ConnectorFactory] = BUILT_IN
+) -> Connector | None:
+    """``check_config``'s connector, or None where it refuses: for callers that only ask what a connector does
+    (discovers, makes a login per grant) and take one that cannot be built to do nothing."""
+    try:
+        return check_config(kind, config, connectors)
+    except ValueError:
+        return None

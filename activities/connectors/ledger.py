@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
 from access.connectors import ConnectorConfig, Credentials, DiscoveredRole, Discovery, HeldRole, Target
 from activities.connectors.base import ConnectorBase
 

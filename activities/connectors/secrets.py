@@ -1,5 +1,7 @@
-"""Secret references in connector configurations, resolved on use (an allow-listed environment
-variable or a file in the secrets directory), allowed target hosts, and scrubbing secrets out of errors.
+"""Secrets in connector configurations: references resolved on use, allowed hosts, errors scrubbed.
+
+A reference is an allow-listed environment variable or a file in the secrets directory; target hosts
+must be allowed ones; every secret a connector resolved is scrubbed out of its errors.
 
 Secrets are never in the app DB, workflow history or search attributes.
 """

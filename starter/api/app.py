@@ -12,9 +12,20 @@ from temporalio.client import Client
 
 from access.limits import MAX_BODY_BYTES
 from starter.api import problems
-from starter.api.routes import approvals, audit, birthright, catalog, codec, directory, grants, integrations, requests
-from starter.integrations import ensure_schedules
-from starter.syncs import ensure_sync_schedules
+from starter.api.routes import (
+    approvals,
+    audit,
+    birthright,
+    catalog,
+    codec,
+    directory,
+    grants,
+    integrations,
+    org,
+    requests,
+)
+from starter.services.discovery import ensure_schedules
+from starter.services.syncs import ensure_sync_schedules
 from store.db import configure_audit
 from store.settings import Settings, get_settings
 from store.temporal import connect
@@ -116,8 +127,13 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     configure_audit(app.state.settings)  # the audit key and head checkpoint of its app DB
     app.state.client = client
     problems.install(app)
-    # The Temporal Web UI's codec calls carry whole payloads (up to the codec's own bound), nothing else does.
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger={"/codec/": codec.MAX_TOTAL_CHARS + MAX_BODY_BYTES})
+    # The Temporal Web UI's codec calls carry whole payloads (up to the codec's own bound), and an organisation
+    # file may list a whole company: nothing else needs more.
+    app.add_middleware(
+        BodyLimit,
+        limit=MAX_BODY_BYTES,
+        larger={"/codec/": codec.MAX_TOTAL_CHARS + MAX_BODY_BYTES, "/api/org": org.MAX_FILE_BYTES},
+    )
     openapi = app.openapi
 
     def documented() -> dict[str, Any]:
@@ -136,6 +152,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         directory.router,
         audit.router,
         codec.router,
+        org.router,
     ):
         # Every operation may answer these (unreadable or oversized body, no caller, not allowed, invalid
         # input, Temporal unreachable); each router and route documents its own others.

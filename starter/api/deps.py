@@ -1,4 +1,7 @@
-"""Request-scoped dependencies: settings, the Temporal client, and the caller."""
+"""Request-scoped dependencies: settings, the Temporal client, and the caller (any user, or an admin).
+
+Routes take these as ``Annotated`` parameters, so that who may call a route reads in its signature.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from temporalio.client import Client
 
 from access.limits import MAX_EMAIL, control_characters
 from starter.api.problems import Problem
+from starter.services.authorization import require_admin
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
@@ -50,8 +54,12 @@ def _caller(
 
 
 CurrentUser = Annotated[User, Depends(_caller)]
+"""The signed-in, active Lapse user calling (401 otherwise)."""
 
 
-def require_admin(user: User) -> None:
-    if not user.is_admin:
-        raise Problem(403, "only admins can do this")
+def _admin(user: CurrentUser) -> User:
+    return require_admin(user)
+
+
+AdminUser = Annotated[User, Depends(_admin)]
+"""The caller, who must be an admin (403 otherwise)."""

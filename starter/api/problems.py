@@ -1,4 +1,8 @@
-"""RFC 9457 problem details for every error the API returns."""
+"""RFC 9457 problem details for every error the API returns.
+
+The one place a refusal becomes an HTTP status: a service's ``Refusal`` and a workflow's refused update
+(an ``ApplicationError`` whose type is a ``RefusalKind`` value) are both answered by their kind.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+
+from access.errors import Refusal, RefusalKind
 
 PROBLEM_JSON = "application/problem+json"
 MAX_LISTED_ERRORS = 20
@@ -59,8 +67,20 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+STATUS: dict[RefusalKind, int] = {
+    RefusalKind.NOT_FOUND: 404,
+    RefusalKind.FORBIDDEN: 403,
+    RefusalKind.CONFLICT: 409,
+    RefusalKind.INVALID: 422,
+    RefusalKind.GONE: 410,
+    RefusalKind.UNAVAILABLE: 503,
+    RefusalKind.TARGET_FAILED: 502,
+}
+"""The HTTP status of each kind of refusal."""
+
+
 class Problem(Exception):
-    """An error the caller can act on; ``field`` names the part of the request at fault."""
+    """An error only HTTP has (not signed in, a browser origin): the services refuse with ``Refusal``."""
 
     def __init__(
         self, status: int, detail: str, *, field: str | None = None, retry_after: int | None = None, **extra: Any
@@ -122,6 +142,15 @@ def _discriminator(error: Any) -> str:
     return ""
 
 
+def refusal_response(refusal: Refusal) -> JSONResponse:
+    """The problem document answering ``refusal``: its kind's status, its message and field, and when to
+    try again (``Retry-After``) if it says."""
+    response = problem_response(STATUS[refusal.kind], refusal.message, field=refusal.field, **refusal.extra)
+    if refusal.retry_after is not None:
+        response.headers["Retry-After"] = str(refusal.retry_after)
+    return response
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, error: Problem) -> JSONResponse:
@@ -129,6 +158,18 @@ def install(app: FastAPI) -> None:
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         return response
+
+    @app.exception_handler(Refusal)
+    async def _refusal(_request: Request, error: Refusal) -> JSONResponse:
+        return refusal_response(error)
+
+    @app.exception_handler(WorkflowUpdateFailedError)
+    async def _workflow_refusal(_request: Request, error: WorkflowUpdateFailedError) -> JSONResponse:
+        # The services audit and translate the refusals they expect; one they let through is answered alike.
+        cause = error.cause
+        if isinstance(cause, ApplicationError):
+            return refusal_response(Refusal.of_workflow(cause))
+        return refusal_response(Refusal(RefusalKind.CONFLICT, str(cause)))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:

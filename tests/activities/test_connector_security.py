@@ -32,10 +32,12 @@ from activities.connectors.ldap import LdapConnector
 from activities.connectors.postgres import PostgresConnector
 from activities.connectors.scim import ScimConnector
 from activities.connectors.secrets import secret, secret_policy, use_secret_policy
-from activities.integrations import as_activity_error
+from activities.targets import as_activity_error
+from harness.ldap import SLAPD, LdapServer
+from harness.ports import free_port
+from harness.postgres import PostgresServer
+from starter.services.org import checked_connector
 from store.org import OrgError, OrgFile
-from tests.ldap_server import SLAPD, LdapServer, ldap_server  # noqa: F401
-from tests.servers import PostgresServer, _free_port
 
 # --- 5. Secret references only from the allow-listed env prefix and the secrets directory -----------------
 
@@ -74,7 +76,9 @@ def test_f5_secret_file_outside_the_secrets_dir_is_refused_up_front_and_at_use(
         with pytest.raises(ValidationError, match=r"(?s)token_file.*not inside the secrets directory"):
             check_config("scim", config)
         with pytest.raises(OrgError, match=r"integration evil: config.token_file: .*secrets directory"):
-            OrgFile.model_validate({"integrations": [{"name": "evil", "kind": "scim", "config": config}]}).check()
+            OrgFile.model_validate({"integrations": [{"name": "evil", "kind": "scim", "config": config}]}).check(
+                connectors=checked_connector
+            )
 
     # A reference that was fine when stored, then made a symlink out of the directory: refused at use.
     connector = ScimConnector({"base_url": outside_host, "token_file": "scim-token", "insecure": True})
@@ -256,7 +260,7 @@ class TlsLdapServer(LdapServer):
     def __init__(self) -> None:
         super().__init__()
         self.ca, self.cert, self.key = _certificates(self.dir, names=["127.0.0.1"])
-        self.ldaps_url = f"ldaps://127.0.0.1:{_free_port()}"
+        self.ldaps_url = f"ldaps://127.0.0.1:{free_port()}"
 
     def _config(self) -> str:
         tls = f"TLSCACertificateFile {self.ca}\nTLSCertificateFile {self.cert}\nTLSCertificateKeyFile {self.key}\n"
@@ -502,7 +506,7 @@ def test_f8_an_allowed_privileged_role_is_offered_with_a_warning(cluster: Cluste
 
 
 def test_f8_ldap_admin_groups_are_never_discovered_or_granted(
-    ldap_server: LdapServer,  # noqa: F811
+    ldap_server: LdapServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     suffix = uuid.uuid4().hex[:6]

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from harness.postgres import PostgresServer
 from starter.stack import DEMO_PG, add_demo_postgres, prepare_database
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Integration
-from tests.servers import PostgresServer
 
 
 def test_f8_demo_puts_its_write_role_under_a_stricter_workflow_and_flags_plaintext(

@@ -7,19 +7,13 @@ from typing import Any
 import pytest
 
 from store.settings import Settings
+from tests.api.answers import problem
 from tests.conftest import Api
 
 ADMIN = "ada@example.com"
 READ = "ledger/payments-api/read"
 VIEWER = "ledger/billing-reports/viewer"
 POLICIES = "/api/birthright/policies"
-
-
-def _problem(response: Any, status: int, field: str | None) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body.get("field") == field, body
-    return str(body["detail"])
 
 
 async def _create(api: Api, name: str, groups: list[str], roles: list[str], **extra: Any) -> Any:
@@ -43,7 +37,7 @@ async def _create(api: Api, name: str, groups: list[str], roles: list[str], **ex
 async def test_bad_policies_are_refused_naming_the_field(
     api: Api, body: dict[str, Any], status: int, field: str, says: str | None
 ) -> None:
-    detail = _problem(await api.call(ADMIN, "POST", POLICIES, body), status, field)
+    detail = problem(await api.call(ADMIN, "POST", POLICIES, body), status, field)
     if says:
         assert says in detail
     assert await api.ok(ADMIN, "GET", POLICIES) == []
@@ -54,7 +48,7 @@ async def test_policies_are_ordered_edited_reordered_and_deleted_with_an_audit_t
     await _create(api, "engineering", ["engineering"], [READ], description="baseline")
     await _create(api, "security", ["security"], [READ, VIEWER], position=0)
     assert [p["name"] for p in await api.ok(ADMIN, "GET", POLICIES)] == ["security", "finance", "engineering"]
-    _problem(
+    problem(
         await api.call(ADMIN, "POST", POLICIES, {"name": "finance", "groups": ["finance"], "roles": [READ]}),
         409,
         "name",
@@ -62,12 +56,12 @@ async def test_policies_are_ordered_edited_reordered_and_deleted_with_an_audit_t
 
     edited = await api.ok(ADMIN, "PUT", f"{POLICIES}/engineering", {"groups": ["engineering", "data"]})
     assert edited["groups"] == ["engineering", "data"] and edited["roles"] == [READ]
-    _problem(await api.call(ADMIN, "PUT", f"{POLICIES}/engineering", {"roles": ["x/y/z"]}), 422, "roles")
-    _problem(await api.call(ADMIN, "PUT", f"{POLICIES}/nope", {"roles": [READ]}), 404, "name")
+    problem(await api.call(ADMIN, "PUT", f"{POLICIES}/engineering", {"roles": ["x/y/z"]}), 422, "roles")
+    problem(await api.call(ADMIN, "PUT", f"{POLICIES}/nope", {"roles": [READ]}), 404, "name")
 
-    _problem(await api.call(ADMIN, "POST", f"{POLICIES}/order", {"names": ["finance", "security"]}), 422, "names")
+    problem(await api.call(ADMIN, "POST", f"{POLICIES}/order", {"names": ["finance", "security"]}), 422, "names")
     order = ["engineering", "finance", "finance"]
-    _problem(await api.call(ADMIN, "POST", f"{POLICIES}/order", {"names": order}), 422, "names")
+    problem(await api.call(ADMIN, "POST", f"{POLICIES}/order", {"names": order}), 422, "names")
     reordered = await api.ok(ADMIN, "POST", f"{POLICIES}/order", {"names": ["engineering", "finance", "security"]})
     assert [(p["name"], p["position"]) for p in reordered] == [("engineering", 0), ("finance", 1), ("security", 2)]
 
@@ -99,9 +93,9 @@ async def test_only_admins_manage_policies(api: Api) -> None:
 
 async def test_preview_of_bad_changes_names_the_field_and_saves_nothing(api: Api, audit: Any) -> None:
     bad = {"action": "create", "policy": {"name": "x", "groups": ["nope"], "roles": [READ]}}
-    _problem(await api.call(ADMIN, "POST", "/api/birthright/preview", bad), 422, "policy.groups")
-    _problem(await api.call(ADMIN, "POST", "/api/birthright/preview", {"action": "delete", "name": "x"}), 404, "name")
-    _problem(await api.call(ADMIN, "POST", "/api/birthright/preview", {"action": "rename"}), 422, "action")
+    problem(await api.call(ADMIN, "POST", "/api/birthright/preview", bad), 422, "policy.groups")
+    problem(await api.call(ADMIN, "POST", "/api/birthright/preview", {"action": "delete", "name": "x"}), 404, "name")
+    problem(await api.call(ADMIN, "POST", "/api/birthright/preview", {"action": "rename"}), 422, "action")
 
     good = {"action": "create", "policy": {"name": "finance", "groups": ["finance", "security"], "roles": [VIEWER]}}
     preview = await api.ok(ADMIN, "POST", "/api/birthright/preview", good)

@@ -11,22 +11,13 @@ import pytest
 from access.limits import MAX_BODY_BYTES, MAX_ROLE_PATH, MAX_TEXT
 from starter import cli
 from store.settings import Settings
+from tests.api.answers import problem
 from tests.conftest import Api, load_into
 
 ADA = "ada@example.com"
 ALAN = "alan@example.com"
 DEPLOY = "ledger/payments-api/deploy"
 READ = "ledger/prod-db/read"
-
-
-def _problem(response: Any, status: int, field: str | None = None) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"], body
-    if field is not None:
-        assert body.get("field") == field, body
-    return str(body["detail"])
 
 
 def _create(duration: Any = "PT1H", justification: str = "INC-1", role: str = DEPLOY) -> dict[str, Any]:
@@ -38,7 +29,7 @@ def _create(duration: Any = "PT1H", justification: str = "INC-1", role: str = DE
 
 @pytest.mark.parametrize("duration", [1e20, "99999999999999999999", "P3000000D"])
 async def test_f15_huge_number_duration_is_422(api: Api, duration: Any) -> None:
-    detail = _problem(await api.call(ALAN, "POST", "/api/requests", _create(duration)), 422, "duration")
+    detail = problem(await api.call(ALAN, "POST", "/api/requests", _create(duration)), 422, "duration")
     assert "too long" in detail and "P3660D" in detail
     assert await api.ok(ALAN, "GET", "/api/requests") == []
 
@@ -47,14 +38,14 @@ async def test_f15_extension_by_3000000_days_is_422(api: Api) -> None:
     created = await api.request(ALAN, READ, "PT1H", "look")
     await api.wait_for(created["id"], "active")
     body = {"duration": "P3000000D", "justification": "longer"}
-    detail = _problem(await api.call(ALAN, "POST", f"/api/requests/{created['id']}/extend", body), 422, "duration")
+    detail = problem(await api.call(ALAN, "POST", f"/api/requests/{created['id']}/extend", body), 422, "duration")
     assert "'P3000000D'" in detail
     assert (await api.status(created["id"]))["state"] == "active"
 
 
 @pytest.mark.parametrize(("duration", "says"), [("PT0.000001S", "fraction"), ("PT1.9S", "fraction"), (1.5, "fraction")])
 async def test_f15_fractional_seconds_are_refused_not_truncated(api: Api, duration: Any, says: str) -> None:
-    detail = _problem(await api.call(ALAN, "POST", "/api/requests", _create(duration)), 422, "duration")
+    detail = problem(await api.call(ALAN, "POST", "/api/requests", _create(duration)), 422, "duration")
     assert says in detail and str(duration) in detail
 
 
@@ -63,7 +54,7 @@ async def test_f15_fractional_seconds_are_refused_not_truncated(api: Api, durati
 
 async def test_f15_3mb_justification_is_413_before_it_is_parsed(api: Api) -> None:
     response = await api.call(ALAN, "POST", "/api/requests", _create(justification="x" * 3_000_000))
-    detail = _problem(response, 413, "body")
+    detail = problem(response, 413, "body")
     assert str(MAX_BODY_BYTES) in detail
     assert await api.ok(ALAN, "GET", "/api/requests") == []
 
@@ -81,7 +72,7 @@ async def test_f15_chunked_body_without_length_is_413_too(api: Api) -> None:
         headers={"X-Forwarded-Email": ALAN, "Content-Type": "application/json"},
     )
     assert "content-length" not in {k.lower() for k in response.request.headers}
-    _problem(response, 413, "body")
+    problem(response, 413, "body")
 
 
 async def test_a_body_under_the_limit_is_read_whole(api: Api) -> None:
@@ -94,7 +85,7 @@ async def test_a_body_under_the_limit_is_read_whole(api: Api) -> None:
     response = await api.http.post(
         "/api/requests", content=chunks(), headers={"X-Forwarded-Email": ALAN, "Content-Type": "application/json"}
     )
-    assert "longer than the P1D" in _problem(response, 422, "duration")  # parsed: the policy judged it
+    assert "longer than the P1D" in problem(response, 422, "duration")  # parsed: the policy judged it
 
 
 # --- text fields --------------------------------------------------------------------------------
@@ -102,7 +93,7 @@ async def test_a_body_under_the_limit_is_read_whole(api: Api) -> None:
 
 async def test_f15_justification_over_max_text_is_422(api: Api) -> None:
     response = await api.call(ALAN, "POST", "/api/requests", _create(justification="x" * (MAX_TEXT + 1)))
-    assert str(MAX_TEXT) in _problem(response, 422, "justification")
+    assert str(MAX_TEXT) in problem(response, 422, "justification")
 
 
 @pytest.mark.parametrize(
@@ -128,7 +119,7 @@ async def test_f15_justification_over_max_text_is_422(api: Api) -> None:
 async def test_f15_oversized_or_unprintable_text_is_422_naming_the_field(
     api: Api, method: str, path: str, body: Any, field: str
 ) -> None:
-    detail = _problem(await api.call(ADA, method, path, body), 422, field)
+    detail = problem(await api.call(ADA, method, path, body), 422, field)
     assert detail.startswith(f"{field}: ")
 
 
@@ -149,16 +140,16 @@ async def test_tabs_and_newlines_are_allowed_in_free_text(api: Api) -> None:
     ],
 )
 async def test_f15_path_and_query_parameters_are_bounded(api: Api, path: str, params: Any, field: str) -> None:
-    _problem(await api.call(ADA, "GET", path, **params), 422, field)
+    problem(await api.call(ADA, "GET", path, **params), 422, field)
 
 
 @pytest.mark.parametrize("grant_id", [0, 2**31, 10**30])
 async def test_f15_grant_ids_out_of_range_are_422(api: Api, grant_id: int) -> None:
-    _problem(await api.call(ADA, "POST", f"/api/grants/{grant_id}/revoke", {}), 422, "grant_id")
+    problem(await api.call(ADA, "POST", f"/api/grants/{grant_id}/revoke", {}), 422, "grant_id")
 
 
 async def test_caller_header_is_bounded(api: Api) -> None:
-    _problem(await api.call("a" * 400 + "@example.com", "GET", "/api/requests"), 401, "X-Forwarded-Email")
+    problem(await api.call("a" * 400 + "@example.com", "GET", "/api/requests"), 401, "X-Forwarded-Email")
 
 
 async def test_lone_surrogate_in_a_connector_setting_is_422(api: Api) -> None:
@@ -166,14 +157,14 @@ async def test_lone_surrogate_in_a_connector_setting_is_422(api: Api) -> None:
     response = await api.http.post(
         "/api/integrations", content=raw, headers={"X-Forwarded-Email": ADA, "Content-Type": "application/json"}
     )
-    assert "Unicode" in _problem(response, 422, "config")
+    assert "Unicode" in problem(response, 422, "config")
 
 
 async def test_f15_invalid_json_names_the_body(api: Api) -> None:
     response = await api.http.post(
         "/api/requests", content=b"{not json", headers={"X-Forwarded-Email": ALAN, "Content-Type": "application/json"}
     )
-    _problem(response, 422, "body")
+    problem(response, 422, "body")
 
 
 # --- emails compare case-insensitively -----------------------------------------------------------

@@ -22,10 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from access import limits, names
 from activities.connectors import BUILT_IN
+from harness.postgres import PostgresServer
 from starter.api.app import create_app
-from starter.syncs import ensure_sync_schedules, trigger_sync
+from starter.services.syncs import ensure_sync_schedules, trigger_sync
 from tests.conftest import TEST_CONVERTER, Api, FakeTarget, clear_sync_schedules, make_settings
-from tests.servers import PostgresServer
+from tests.support import eventually
 from worker import build_worker
 
 HERE = Path(__file__).parent
@@ -168,12 +169,16 @@ async def record(tag: str) -> None:
 
 async def _finished_run(env: WorkflowEnvironment, workflow_type: str) -> str:
     """The id of the newest finished run of a workflow type (the schedules name their runs)."""
-    for _ in range(300):
+
+    async def newest() -> str | None:
         query = f'WorkflowType="{workflow_type}" AND ExecutionStatus="Completed"'
         async for execution in env.client.list_workflows(query):
             return execution.id
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"no {workflow_type} run finished")
+        return None
+
+    found = await eventually(newest, what=f"a {workflow_type} run to finish")
+    assert found is not None
+    return found
 
 
 async def _save(

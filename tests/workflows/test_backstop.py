@@ -14,11 +14,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from access import names
 from access.grants import BackstopInput, BackstopResult
-from starter.syncs import ensure_sync_schedules, trigger_sync
+from starter.services.syncs import ensure_sync_schedules, trigger_sync
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Grant, SyncState
 from tests.conftest import Api, FakeTarget, clear_sync_schedules
+from tests.support import eventually
 from workflows.backstop import ExpiryBackstopWorkflow
 
 READ = "ledger/prod-db/read"  # read-only: up to 1h automatic
@@ -177,12 +178,16 @@ async def test_backstop_is_scheduled_beside_the_syncs_and_records_its_runs(
         assert schedule.policy.overlap is ScheduleOverlapPolicy.BUFFER_ONE
 
         await trigger_sync(env.client, names.EXPIRY_BACKSTOP)
-        for _ in range(100):
+
+        def backstop_state() -> SyncState | None:
             with session_scope(settings.db_url, write=False) as session:
-                state = session.get(SyncState, names.EXPIRY_BACKSTOP)
-            if state is not None and state.finished_at is not None:
-                break
-            await asyncio.sleep(0.1)
+                return session.get(SyncState, names.EXPIRY_BACKSTOP)
+
+        state = await eventually(
+            backstop_state,
+            until=lambda state: state is not None and state.finished_at is not None,
+            what="the scheduled backstop run to finish",
+        )
         assert state is not None and state.error is None
         assert (state.summary["revoked"], state.summary["failing"]) == (0, [])
     finally:

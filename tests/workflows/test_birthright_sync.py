@@ -3,7 +3,6 @@ ledger integration backed by the test's target double (which counts every grant 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -22,12 +21,12 @@ from access.connectors import PermanentError, Target
 from access.syncs import BirthrightBatchInput, SyncInput
 from activities.birthright import BirthrightActivities
 from activities.connectors import BUILT_IN
-from starter.syncs import ensure_sync_schedules
+from harness.ldap import LdapServer
+from starter.services.syncs import ensure_sync_schedules
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import BirthrightItem, Grant, Group, Membership, User
 from tests.conftest import Api, FakeTarget, clear_sync_schedules
-from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
 
 ADMIN = "ada@example.com"
 KATHERINE = "katherine@example.com"
@@ -52,18 +51,11 @@ async def schedules(env: WorkflowEnvironment, settings: Settings, api: Api) -> A
     yield
 
 
-async def wait_for_sync(api: Api, since: datetime, timeout: float = 30) -> dict[str, Any]:  # noqa: ASYNC109
-    """Poll ``GET /api/birthright/sync`` until a run that started after ``since`` has finished."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state: dict[str, Any] = await api.ok(ADMIN, "GET", "/api/birthright/sync")
-        started = datetime.fromisoformat(state["started_at"]) if state["started_at"] else None
-        if started and started >= since and state["finished_at"]:
-            assert state["error"] is None, state
-            return state
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no birthright sync finished after {since}: {state}")
-        await asyncio.sleep(0.1)
+async def wait_for_sync(api: Api, since: datetime) -> dict[str, Any]:
+    """The birthright sync's state once a run that started after ``since`` finished without an error."""
+    state = await api.sync_run("birthright", since)
+    assert state["error"] is None, state
+    return state
 
 
 async def sync_now(api: Api) -> dict[str, Any]:
@@ -263,7 +255,7 @@ async def ldap_role(
     api: Api,
     settings: Settings,
     env: WorkflowEnvironment,
-    ldap_server: LdapServer,  # noqa: F811
+    ldap_server: LdapServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[str, str, Any]]:
     """An LDAP integration made through the API and discovered; returns (name, role path, members reader)."""
@@ -300,7 +292,7 @@ async def test_ldap_group_follows_the_policy_the_directory_and_hand_revokes(
     schedules: None,
     settings: Settings,
     ldap_role: tuple[str, str, Any],
-    ldap_server: LdapServer,  # noqa: F811
+    ldap_server: LdapServer,
     audit: Any,
 ) -> None:
     import ldap3  # type: ignore[import-untyped]

@@ -7,7 +7,6 @@ The sync runs through its schedule, triggered by the API, as an operator would.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -29,13 +28,15 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from access import names
 from access.syncs import DirectorySyncInput, DirectorySyncResult, LeaverWork, RequestToEnd, SyncInput, TriggerInput
-from starter.syncs import ensure_sync_schedules
+from harness.ldap import LdapServer
+from starter.services.org import checked_connector
+from starter.services.syncs import ensure_sync_schedules
 from store.db import session_scope
 from store.org import DEMO_ORG, OrgFile, load_org
 from store.settings import Settings
 from store.tables import Group, Membership, User
 from tests.conftest import Api, FakeTarget, clear_sync_schedules
-from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
+from tests.support import eventually
 from workflows import directory as directory_workflow
 
 ADMIN = "ada@example.com"
@@ -67,17 +68,10 @@ async def run_sync(api: Api, timeout: float = 30) -> dict[str, Any]:  # noqa: AS
     triggered_at = datetime.now(UTC)
     response = await api.call(ADMIN, "POST", "/api/directory/sync")
     assert response.status_code == 202, response.text
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state = await api.ok(ADMIN, "GET", "/api/directory/sync")
-        started = datetime.fromisoformat(state["started_at"]) if state["started_at"] else None
-        if started is not None and started >= triggered_at and state["finished_at"]:
-            assert state["error"] is None, state["error"]
-            summary: dict[str, Any] = state["summary"]
-            return summary
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the directory sync did not finish: {state}")
-        await asyncio.sleep(0.2)
+    state = await api.sync_run("directory", triggered_at, within=timeout)
+    assert state["error"] is None, state["error"]
+    summary: dict[str, Any] = state["summary"]
+    return summary
 
 
 @dataclass
@@ -120,7 +114,7 @@ class Directory:
 async def directory(
     api: Api,
     env: WorkflowEnvironment,
-    ldap_server: LdapServer,  # noqa: F811
+    ldap_server: LdapServer,
     monkeypatch: pytest.MonkeyPatch,
     syncs: None,
 ) -> AsyncIterator[Directory]:
@@ -165,7 +159,7 @@ def use_rotation(settings: Settings, rotation: str) -> None:
     body["rules"][0]["when"]["on_call"] = [rotation]
     body["rules"][0]["steps"][0]["approvers"] = [{"kind": "group", "name": rotation}]
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.model_validate({"approval_workflows": [body]}))
+        load_org(session, OrgFile.model_validate({"approval_workflows": [body]}), connectors=checked_connector)
 
 
 def user(settings: Settings, email: str) -> User:
@@ -285,11 +279,11 @@ async def test_approvals_waiting_on_a_leaver_move_to_the_others_or_fail(
         failed["end_reason"]
         == "step 'manager' needs 1 approval but no eligible approver remains: linus@example.com left"
     )
-    for _ in range(100):
-        moved = await api.status(peers["id"])
-        if moved["steps"][0]["eligible"] != [BARBARA, LINUS]:
-            break
-        await asyncio.sleep(0.1)
+    moved = await eventually(
+        lambda: api.status(peers["id"]),
+        until=lambda status: status["steps"][0]["eligible"] != [BARBARA, LINUS],
+        what="the peers' step to be resolved again without linus",
+    )
     assert (moved["state"], moved["steps"][0]["eligible"]) == ("pending", [BARBARA])
     await api.ok(BARBARA, "POST", f"/api/requests/{peers['id']}/approve", {"comment": "go"})
     await api.wait_for(peers["id"], "active")
@@ -378,13 +372,6 @@ async def test_a_directory_that_would_empty_the_organisation_is_refused(
         directory.delete(uid)
     triggered_at = datetime.now(UTC)
     assert (await api.call(ADMIN, "POST", "/api/directory/sync")).status_code == 202
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        state = await api.ok(ADMIN, "GET", "/api/directory/sync")
-        finished = datetime.fromisoformat(state["finished_at"]) if state["finished_at"] else None
-        if finished is not None and finished >= triggered_at and state["error"]:
-            break
-        assert asyncio.get_running_loop().time() < deadline, state
-        await asyncio.sleep(0.2)
+    state = await api.sync_run("directory", triggered_at)
     assert "would make 3 of its 10 active users leavers" in state["error"]
     assert all(user(settings, f"{uid}@example.com").active for uid in staff)

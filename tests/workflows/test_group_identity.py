@@ -9,12 +9,12 @@ Against the real slapd the suite starts and the real Temporal dev server, throug
 
 from __future__ import annotations
 
+from starter.services.org import checked_connector
 from store import catalog
 from store.db import session_scope
 from store.org import OrgFile, load_org
 from store.settings import Settings
 from tests.conftest import Api
-from tests.ldap_server import ldap_server  # noqa: F401
 from tests.workflows.test_birthright_sync import birthright_grants, create_policy, sync_now
 from tests.workflows.test_directory_sync import (  # noqa: F401  (fixtures)
     Directory,
@@ -143,7 +143,7 @@ async def test_an_approval_workflow_reaches_a_directory_group_only_by_naming_its
         ],
     }
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.model_validate({"approval_workflows": [sensitive]}))
+        load_org(session, OrgFile.model_validate({"approval_workflows": [sensitive]}), connectors=checked_connector)
     ken = await api.request(KEN, WRITE, "PT1H", "incident")
     assert (ken["rule"], ken["steps"][0]["eligible"]) == ("on-call", [DENNIS])
     alan = await api.request(ALAN, WRITE, "PT1H", "incident")  # in the file's rotation, not the directory's
@@ -168,7 +168,7 @@ def test_the_organisation_file_refuses_unknown_and_ambiguous_group_references(se
         org = OrgFile.model_validate({"approval_workflows": [{"name": "w", "rules": [rule]}]})
         try:
             with session_scope(settings.db_url) as session:
-                load_org(session, org)
+                load_org(session, org, connectors=checked_connector)
         except OrgError as error:
             assert expected in str(error), str(error)
         else:
@@ -176,10 +176,18 @@ def test_the_organisation_file_refuses_unknown_and_ambiguous_group_references(se
     for refs in (["corp-a:auditors"], ["corp-b:#uuid-b"], ["security"]):
         rule["when"] = {"groups": refs}
         with session_scope(settings.db_url) as session:
-            load_org(session, OrgFile.model_validate({"approval_workflows": [{"name": "w", "rules": [rule]}]}))
+            load_org(
+                session,
+                OrgFile.model_validate({"approval_workflows": [{"name": "w", "rules": [rule]}]}),
+                connectors=checked_connector,
+            )
     # The file's own group of that name wins over both, without ambiguity: the file is the admins'.
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.model_validate({"groups": [{"name": "auditors"}]}))
+        load_org(session, OrgFile.model_validate({"groups": [{"name": "auditors"}]}), connectors=checked_connector)
     rule["when"] = {"groups": ["auditors"]}
     with session_scope(settings.db_url) as session:
-        load_org(session, OrgFile.model_validate({"approval_workflows": [{"name": "w", "rules": [rule]}]}))
+        load_org(
+            session,
+            OrgFile.model_validate({"approval_workflows": [{"name": "w", "rules": [rule]}]}),
+            connectors=checked_connector,
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from store.db import session_scope
 from store.settings import Settings
 from store.tables import Grant, Group, Membership, User
 from tests.conftest import Api, FakeTarget, load_into
+from tests.support import eventually
 
 READ = "ledger/prod-db/read"  # read-only: up to 1h automatic
 WRITE = "ledger/prod-db/write"  # sensitive: on call -> one other on-call engineer
@@ -38,6 +40,8 @@ class HostileTarget(FakeTarget):
         """Grant in the target, then fail as if the answer was lost."""
         self.revoke_gate = threading.Event()
         self.revoke_gate.set()
+        self.revoke_started = threading.Event()
+        """A revoke reached the target (and may be held at the gate)."""
 
     def grant(self, account: str, target: Target, expires_at: datetime | None) -> None:
         super().grant(account, target, expires_at)
@@ -45,6 +49,7 @@ class HostileTarget(FakeTarget):
             raise PermanentError(self.fail_after_grant)
 
     def revoke(self, account: str, target: Target) -> None:
+        self.revoke_started.set()
         self.revoke_gate.wait(timeout=30)
         super().revoke(account, target)
 
@@ -232,7 +237,7 @@ async def test_f15_extension_once_the_time_is_up_is_refused(api: Api, target: Ho
     target.revoke_gate.clear()  # the revoke at expiry hangs in the target
     created = await api.request("katherine@example.com", READ, "PT2S", "")
     await api.wait_for(created["id"], "active")
-    await asyncio.sleep(3)
+    await eventually(target.revoke_started.is_set, what="the revoke at expiry to reach the target")
 
     late = await api.call(
         "katherine@example.com", "POST", f"/api/requests/{created['id']}/extend", {"duration": "PT5M"}
@@ -321,12 +326,12 @@ async def test_f1_a_long_hold_continues_as_new_keeping_its_grant_and_open_extens
 
 async def _runs(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
     """The run ids of a workflow once it has more than one (visibility lags a moment behind), oldest first."""
-    for _ in range(50):
-        runs = [execution.run_id async for execution in env.client.list_workflows(f'WorkflowId = "{workflow_id}"')]
-        if len(runs) > 1:
-            break
-        await asyncio.sleep(0.1)
-    return runs[::-1]
+
+    async def runs() -> list[str]:
+        return [execution.run_id async for execution in env.client.list_workflows(f'WorkflowId = "{workflow_id}"')]
+
+    found = await eventually(runs, until=lambda ids: len(ids) > 1, what=f"{workflow_id} to continue as new")
+    return found[::-1]
 
 
 # --- finding 14: an API that cannot keep up holds its callers for 30 s ---------------------------
@@ -343,12 +348,17 @@ async def test_f14_an_api_whose_workers_are_behind_turns_new_requests_away_at_on
     from starter.api.app import create_app
 
     # No worker polls this queue: the first request waits for one to record it, holding the only place.
-    app = create_app(settings.model_copy(update={"task_queue": "nobody-polls-this"}), client=env.client)
+    queue = f"nobody-polls-{uuid.uuid4().hex[:8]}"
+    app = create_app(settings.model_copy(update={"task_queue": queue}), client=env.client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as http:
         body = {"role": READ, "duration": "PT5M", "justification": ""}
         headers = {"X-Forwarded-Email": "katherine@example.com"}
         first = asyncio.create_task(http.post("/api/requests", json=body, headers=headers, timeout=30))
-        await asyncio.sleep(0.5)
+
+        async def started() -> list[str]:
+            return [execution.id async for execution in env.client.list_workflows(f'TaskQueue = "{queue}"')]
+
+        await eventually(started, what="the first request's run to start (it holds the place meanwhile)")
         second = await http.post("/api/requests", json=body, headers=headers, timeout=30)
         assert not first.done()  # refused while the first still waits: not held behind it
         assert second.status_code == 503

@@ -1,95 +1,23 @@
-"""The audit log: read it, and check that nobody edited, removed or forged any of it."""
+"""/api/audit: read the audit log, and check that nobody edited, removed or forged any of it (admins)."""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
-from sqlmodel import col, select
 
-from access import names
-from access.checkpoint import Head
-from activities.audit import latest_checkpoint
-from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
-from starter.api.fields import Email, Name, RolePath
+from starter.api.deps import AdminUser, ClientDep, SettingsDep
 from starter.api.problems import responses
-from store.db import AuditReport, audit_report, chain_id, session_scope
-from store.tables import AuditEvent
+from starter.services import audit
+from starter.services.audit import AuditCheck, AuditOut
+from starter.services.fields import Email, Name, RolePath
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], responses=responses(401, 403))
 
 
-class AuditOut(BaseModel):
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    target: str
-    reason: str
-    details: dict[str, Any]
-    key_id: str
-    """The audit key its MAC was made with; empty for events from before the keyed chain."""
-
-
-class AuditProblemOut(BaseModel):
-    kind: str
-    """``altered``, ``broken_link``, ``missing``, ``unknown_key``, ``unkeyed_after_keyed``, ``truncated``,
-    ``checkpoint_mismatch``, ``no_checkpoint`` or ``checkpoint_unreadable``."""
-    seq: int | None
-    """The first sequence number (event id) concerned."""
-    detail: str
-
-
-class AuditCheckpointOut(BaseModel):
-    seq: int
-    key_id: str
-    at: str
-    file: str
-    """Where it is kept: the head file's path."""
-
-
-class AuditCheck(BaseModel):
-    intact: bool
-    events: int
-    first_altered: int | None
-    """The first broken sequence number, if any."""
-    last_seq: int | None
-    legacy_events: int
-    """Events from before the keyed chain (migration 0005), checked by their unkeyed hash only."""
-    checkpoint: AuditCheckpointOut | None
-    """The head checkpointed in the data dir, which the log must reach."""
-    other_checkpoints: list[AuditCheckpointOut]
-    """Other checkpoints it was compared with (the audit-checkpoint workflow's last result)."""
-    problems: list[AuditProblemOut]
-    notes: list[str]
-
-    @classmethod
-    def of(cls, report: AuditReport) -> AuditCheck:
-        head = report.checkpoint
-        return cls(
-            intact=report.intact,
-            events=report.events,
-            first_altered=report.first_broken,
-            last_seq=report.last_seq,
-            legacy_events=report.legacy_events,
-            checkpoint=AuditCheckpointOut(seq=head.seq, key_id=head.key_id, at=head.at, file=report.checkpoint_file)
-            if head
-            else None,
-            other_checkpoints=[
-                AuditCheckpointOut(seq=h.seq, key_id=h.key_id, at=h.at, file=source)
-                for source, h in report.other_checkpoints.items()
-            ],
-            problems=[AuditProblemOut(kind=p.kind, seq=p.seq, detail=p.detail) for p in report.problems],
-            notes=report.notes,
-        )
-
-
 @router.get("", responses=responses(422))
 def list_audit(
-    user: CurrentUser,
+    _: AdminUser,
     settings: SettingsDep,
     target: Annotated[RolePath | None, Query(description="Only events about this target.")] = None,
     actor: Annotated[Email | None, Query(description="Only events by this person.")] = None,
@@ -97,44 +25,13 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> list[AuditOut]:
     """Audit events, newest first (admins)."""
-    require_admin(user)
-    query = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
-    actor = actor.strip().lower() if actor is not None else None  # emails are kept in lower case
-    for column, value in ((AuditEvent.target, target), (AuditEvent.actor, actor), (AuditEvent.action, action)):
-        if value is not None:
-            query = query.where(column == value)
-    with session_scope(settings.db_url, write=False) as session:
-        return [AuditOut.model_validate(e, from_attributes=True) for e in session.exec(query)]
+    return audit.list_events(settings, target=target, actor=actor, action=action, limit=limit)
 
 
 @router.get("/verify")
-async def verify(user: CurrentUser, settings: SettingsDep, client: ClientDep) -> AuditCheck:
+async def verify(_: AdminUser, settings: SettingsDep, client: ClientDep) -> AuditCheck:
     """Check every event's MAC and link, and that the log reaches the heads checkpointed outside the app DB
     (the data dir's ``audit.head`` and the scheduled ``audit-checkpoint`` workflow's last result): an
     edited, forged or deleted event (the newest ones and all of them included) is reported with its
     sequence number."""
-    require_admin(user)
-    checkpoints: dict[str, Head] = {}
-    notes: list[str] = []
-    if client is not None:
-        try:
-            found = await asyncio.wait_for(latest_checkpoint(client, settings.task_queue), timeout=10)
-        except Exception as error:  # Temporal down, or a run's result unreadable: the file still counts
-            notes.append(f"the audit-checkpoint workflow's last result could not be read: {type(error).__name__}")
-        else:
-            if found is not None and found.chain != chain_id(settings.db_url):
-                notes.append(f"the audit-checkpoint workflow records another app DB ({found.chain}): not compared")
-                found = None
-            head = found.head() if found else None
-            if head is not None:
-                checkpoints[f"Temporal, {names.AUDIT_CHECKPOINT} at {head.at or '?'}"] = head
-            if found is not None and found.kept:
-                notes.append(f"the audit-checkpoint workflow kept its previous checkpoint: {found.kept}")
-
-    def report() -> AuditReport:
-        with session_scope(settings.db_url, write=False) as session:
-            return audit_report(session, checkpoints=checkpoints)
-
-    check = AuditCheck.of(await asyncio.to_thread(report))
-    check.notes += notes
-    return check
+    return await audit.verify(client, settings)

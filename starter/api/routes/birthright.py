@@ -1,385 +1,84 @@
-"""/api/birthright: ordered birthright policies, the preview of a change, and the sync (admins).
-
-Every change is audited and starts the birthright sync at once through its schedule; the
-preview runs the sync's own plan on the changed policies and saves nothing.
-"""
+"""/api/birthright: ordered birthright policies, the preview of a change, and the sync (admins)."""
 
 from __future__ import annotations
 
-import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, func, select
-from temporalio.client import Client
-from temporalio.service import RPCError
 
-from access import names
-from access.birthright import BirthrightPlan, PolicySpec
 from access.limits import MAX_ITEMS
-from access.types import AuditEntry
-from starter.api.deps import ClientDep, CurrentUser, SettingsDep, require_admin
-from starter.api.fields import FreeText, Name, RolePath
-from starter.api.problems import Problem, responses
-from starter.integrations import makes_login_per_grant
-from starter.syncs import SyncStateOut, trigger_now
-from store import catalog
-from store import groups as group_refs
-from store.db import append_audit, lock, session_scope
-from store.settings import Settings
-from store.tables import BirthrightPolicy, Grant, Integration, Resource, Role, SyncState
+from starter.api.deps import AdminUser, ClientDep, SettingsDep
+from starter.api.problems import responses
+from starter.services import birthright
+from starter.services.birthright import Change, PolicyIn, PolicyOut, PolicyUpdate, PreviewOut
+from starter.services.fields import Name
+from starter.services.syncs import SyncStateOut
 
 router = APIRouter(prefix="/api/birthright", tags=["birthright"], responses=responses(401, 403, 422))
-log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}$"
-
-
-class PolicyIn(BaseModel):
-    name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, spaces, `_`, `.`, `-`.")
-    groups: list[Name] = Field(
-        min_length=1,
-        max_length=MAX_ITEMS,
-        description="Members of any of these groups get the roles: `name` (the organisation file's group), "
-        "`source:name` or `source:#external-id` (a directory's); each must name exactly one group.",
-    )
-    roles: list[RolePath] = Field(
-        min_length=1, max_length=MAX_ITEMS, description="Role paths `integration/resource/role`."
-    )
-    description: FreeText = ""
-    position: int | None = Field(
-        default=None, ge=0, le=MAX_ITEMS, description="Where in the order (0 = first); default last."
-    )
-
-
-class PolicyUpdate(BaseModel):
-    groups: list[Name] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
-    roles: list[RolePath] | None = Field(default=None, min_length=1, max_length=MAX_ITEMS)
-    description: FreeText | None = None
-
-
-class PolicyOut(BaseModel):
-    name: str
-    position: int
-    groups: list[str]
-    roles: list[str]
-    description: str
-    grants: int
-    """Active birthright grants attributed to this policy."""
+NameParam = Annotated[Name, Path(description="The policy's name.")]
 
 
 class Order(BaseModel):
     names: list[Name] = Field(max_length=MAX_ITEMS, description="Every policy's name, in the new order.")
 
 
-class CreateChange(BaseModel):
-    action: Literal["create"]
-    policy: PolicyIn
-
-
-class UpdateChange(BaseModel):
-    action: Literal["update"]
-    name: Name
-    changes: PolicyUpdate
-
-
-class DeleteChange(BaseModel):
-    action: Literal["delete"]
-    name: Name
-
-
-class ReorderChange(BaseModel):
-    action: Literal["reorder"]
-    names: list[Name] = Field(max_length=MAX_ITEMS)
-
-
-Change = Annotated[CreateChange | UpdateChange | DeleteChange | ReorderChange, Field(discriminator="action")]
-
-
-class PreviewItem(BaseModel):
-    user: str
-    role: str
-    policy: str
-
-
-class PreviewOut(BaseModel):
-    """What the next sync would do if the change were saved: who gains and who loses which role."""
-
-    gains: list[PreviewItem]
-    losses: list[PreviewItem]
-    """``policy``: the policy the lost grant was made under."""
-    relabels: list[PreviewItem]
-    """Grants kept, now accounted for by ``policy``."""
-    counts: dict[str, Any]
-    """``add``, ``remove``, ``relabel`` in all, and ``by_policy`` and ``by_role``."""
-    truncated: bool
-    """The lists stop at ``limit`` entries each; ``counts`` are complete."""
-
-
-# --- reading and checking -----------------------------------------------------------------
-
-
-def _ordered(session: Session) -> list[BirthrightPolicy]:
-    return list(
-        session.exec(select(BirthrightPolicy).order_by(col(BirthrightPolicy.position), col(BirthrightPolicy.id)))
-    )
-
-
-def _find(session: Session, name: str) -> BirthrightPolicy:
-    policy = session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == name)).first()
-    if policy is None:
-        raise Problem(404, f"there is no birthright policy {name!r}", field="name")
-    return policy
-
-
-def _check(session: Session, groups: list[str] | None, roles: list[str] | None, *, prefix: str = "") -> None:
-    """Refuse unknown groups and roles (and roles the target no longer has), naming the field."""
-    if groups is not None:
-        # Each must name exactly one group of one source (``store.groups``): an unknown or ambiguous
-        # reference is refused, never merged with namesakes.
-        problems = group_refs.problems(session, groups)
-        for group in groups:
-            if group in problems:
-                raise Problem(422, problems[group], field=f"{prefix}groups")
-    if roles is not None:
-        found = {r.path: r for r in session.exec(select(Role).where(col(Role.path).in_(roles)))}
-        for path in roles:
-            if path not in found:
-                raise Problem(422, f"unknown role {path!r} (give integration/resource/role)", field=f"{prefix}roles")
-            if found[path].missing:
-                raise Problem(422, f"role {path!r} is missing in its target", field=f"{prefix}roles")
-            resource = session.get(Resource, found[path].resource_id)
-            integration = session.get(Integration, resource.integration_id) if resource else None
-            if integration is not None and makes_login_per_grant(integration):
-                raise Problem(
-                    422,
-                    f"role {path!r} is in {integration.name}, which makes a login per grant (ephemeral "
-                    "credentials): birthright access, which has no end, cannot go through it",
-                    field=f"{prefix}roles",
-                )
-
-
-def _check_order(session: Session, names_: list[str], *, field: str) -> list[BirthrightPolicy]:
-    policies = {p.name: p for p in _ordered(session)}
-    if len(set(names_)) != len(names_) or set(names_) != set(policies):
-        missing = sorted(set(policies) - set(names_))
-        extra = sorted(set(names_) - set(policies))
-        detail = "give every policy's name exactly once"
-        if missing:
-            detail += f"; missing {', '.join(missing)}"
-        if extra:
-            detail += f"; unknown {', '.join(extra)}"
-        raise Problem(422, detail, field=field)
-    return [policies[n] for n in names_]
-
-
-def _spec(policy: BirthrightPolicy) -> PolicySpec:
-    return PolicySpec(policy.name, list(policy.groups), list(policy.roles))
-
-
-def _out(policy: BirthrightPolicy, grants: dict[str, int]) -> PolicyOut:
-    return PolicyOut(
-        name=policy.name,
-        position=policy.position,
-        groups=list(policy.groups),
-        roles=list(policy.roles),
-        description=policy.description,
-        grants=grants.get(policy.name, 0),
-    )
-
-
-def _grant_counts(session: Session) -> dict[str, int]:
-    rows = session.exec(  # type: ignore[call-overload]
-        select(Grant.policy, func.count())
-        .where(Grant.path == "birthright", col(Grant.active).is_(True))
-        .group_by(Grant.policy)
-    ).all()
-    return {name: int(count) for name, count in rows if name}
-
-
-def _renumber(session: Session, policies: list[BirthrightPolicy]) -> None:
-    for position, policy in enumerate(policies):
-        policy.position = position
-        session.add(policy)
-
-
-async def _trigger(client: Client, settings: Settings) -> bool:
-    """Start the sync now through its schedule (one run at a time, at most one waiting); False if unreachable."""
-    try:
-        await trigger_now(client, settings, names.BIRTHRIGHT_SYNC)
-    except RPCError as error:
-        # The change is saved; the daily run applies it if Temporal stays out of reach.
-        log.warning("could not start the birthright sync: %s", error.message)
-        return False
-    return True
-
-
-def _audit(session: Session, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
-    append_audit(session, [AuditEntry(actor=actor, action=action, target=target, details=details)])
-
-
-# --- routes ---------------------------------------------------------------------------------
-
-
 @router.get("/policies")
-def list_policies(user: CurrentUser, settings: SettingsDep) -> list[PolicyOut]:
+def list_policies(_: AdminUser, settings: SettingsDep) -> list[PolicyOut]:
     """The policies in order: a role two policies grant is attributed to the first."""
-    require_admin(user)
-    with session_scope(settings.db_url, write=False) as session:
-        grants = _grant_counts(session)
-        return [_out(p, grants) for p in _ordered(session)]
+    return birthright.list_policies(settings)
 
 
 @router.post("/policies", status_code=201, responses=responses(409, 413))
-async def create_policy(body: PolicyIn, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> PolicyOut:
+async def create_policy(body: PolicyIn, admin: AdminUser, settings: SettingsDep, client: ClientDep) -> PolicyOut:
     """Add a policy (last, or at ``position``); the sync applies it at once."""
-    require_admin(user)
-    with session_scope(settings.db_url) as session:
-        lock(session, "birthright-policies")
-        if session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == body.name)).first() is not None:
-            raise Problem(409, f"a birthright policy named {body.name!r} already exists", field="name")
-        _check(session, body.groups, body.roles)
-        ordered = _ordered(session)
-        policy = BirthrightPolicy(
-            name=body.name, position=len(ordered), description=body.description, groups=body.groups, roles=body.roles
-        )
-        position = len(ordered) if body.position is None else min(body.position, len(ordered))
-        ordered.insert(position, policy)
-        _renumber(session, ordered)
-        session.flush()
-        details = body.model_dump(mode="json", exclude={"name"}) | {"position": position}
-        _audit(session, user.email, "birthright_policy.created", body.name, details)
-        out = _out(policy, {})
-    await _trigger(client, settings)
-    return out
-
-
-NameParam = Annotated[Name, Path(description="The policy's name.")]
+    return await birthright.create_policy(client, settings, admin, body)
 
 
 @router.get("/policies/{name}", responses=responses(404))
-def get_policy(name: NameParam, user: CurrentUser, settings: SettingsDep) -> PolicyOut:
-    require_admin(user)
-    with session_scope(settings.db_url, write=False) as session:
-        return _out(_find(session, name), _grant_counts(session))
+def get_policy(name: NameParam, _: AdminUser, settings: SettingsDep) -> PolicyOut:
+    return birthright.get_policy(settings, name)
 
 
 @router.put("/policies/{name}", responses=responses(404, 413))
 async def update_policy(
-    name: NameParam, body: PolicyUpdate, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    name: NameParam, body: PolicyUpdate, admin: AdminUser, settings: SettingsDep, client: ClientDep
 ) -> PolicyOut:
     """Change a policy's groups, roles or description; the sync applies it at once."""
-    require_admin(user)
-    with session_scope(settings.db_url) as session:
-        lock(session, "birthright-policies")
-        policy = _find(session, name)
-        _check(session, body.groups, body.roles)
-        changes = body.model_dump(mode="json", exclude_none=True)
-        before = {key: getattr(policy, key) for key in changes}
-        for key, value in changes.items():
-            setattr(policy, key, value)
-        session.add(policy)
-        _audit(session, user.email, "birthright_policy.updated", name, {"before": before, "after": changes})
-        out = _out(policy, _grant_counts(session))
-    await _trigger(client, settings)
-    return out
+    return await birthright.update_policy(client, settings, admin, name, body)
 
 
 @router.delete("/policies/{name}", status_code=204, responses=responses(404))
-async def delete_policy(name: NameParam, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> None:
+async def delete_policy(name: NameParam, admin: AdminUser, settings: SettingsDep, client: ClientDep) -> None:
     """Delete a policy; the sync removes the grants no other policy accounts for, at once."""
-    require_admin(user)
-    with session_scope(settings.db_url) as session:
-        lock(session, "birthright-policies")
-        policy = _find(session, name)
-        details = {"groups": policy.groups, "roles": policy.roles, "position": policy.position}
-        session.delete(policy)
-        session.flush()
-        _renumber(session, _ordered(session))
-        _audit(session, user.email, "birthright_policy.deleted", name, details)
-    await _trigger(client, settings)
+    await birthright.delete_policy(client, settings, admin, name)
 
 
 @router.post("/policies/order", responses=responses(413))
-async def reorder_policies(body: Order, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> list[PolicyOut]:
+async def reorder_policies(body: Order, admin: AdminUser, settings: SettingsDep, client: ClientDep) -> list[PolicyOut]:
     """Put the policies in this order (every name exactly once): it decides which policy a grant is under."""
-    require_admin(user)
-    with session_scope(settings.db_url) as session:
-        lock(session, "birthright-policies")
-        before = [p.name for p in _ordered(session)]
-        ordered = _check_order(session, body.names, field="names")
-        _renumber(session, ordered)
-        _audit(
-            session,
-            user.email,
-            "birthright_policy.reordered",
-            "birthright-policies",
-            {"before": before, "after": body.names},
-        )
-        grants = _grant_counts(session)
-        out = [_out(p, grants) for p in ordered]
-    await _trigger(client, settings)
-    return out
+    return await birthright.reorder_policies(client, settings, admin, body.names)
 
 
 @router.post("/preview", responses=responses(404, 409, 413))
 def preview(
     body: Change,
-    user: CurrentUser,
+    _: AdminUser,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=0, le=100_000, description="At most this many entries per list.")] = 1000,
 ) -> PreviewOut:
     """The plan a change would cause, before saving it: the sync's own plan on the changed policies. Saves nothing."""
-    require_admin(user)
-    with session_scope(settings.db_url, write=False) as session:
-        specs = [_spec(p) for p in _ordered(session)]
-        if isinstance(body, CreateChange):
-            new = body.policy
-            if any(s.name == new.name for s in specs):
-                raise Problem(409, f"a birthright policy named {new.name!r} already exists", field="policy.name")
-            _check(session, new.groups, new.roles, prefix="policy.")
-            position = len(specs) if new.position is None else min(new.position, len(specs))
-            specs.insert(position, PolicySpec(new.name, new.groups, new.roles))
-        elif isinstance(body, UpdateChange):
-            old = _find(session, body.name)
-            _check(session, body.changes.groups, body.changes.roles, prefix="changes.")
-            changed = PolicySpec(old.name, body.changes.groups or old.groups, body.changes.roles or old.roles)
-            specs = [changed if s.name == body.name else s for s in specs]
-        elif isinstance(body, DeleteChange):
-            _find(session, body.name)
-            specs = [s for s in specs if s.name != body.name]
-        else:
-            by_name = {s.name: s for s in specs}
-            specs = [by_name[p.name] for p in _check_order(session, body.names, field="names")]
-        inputs = catalog.birthright_inputs(session, also={group for spec in specs for group in spec.groups})
-    return _preview(inputs.plan(specs), limit)
-
-
-def _preview(plan: BirthrightPlan, limit: int) -> PreviewOut:
-    return PreviewOut(
-        gains=[PreviewItem(user=i.user, role=i.role, policy=i.policy) for i in plan.add[:limit]],
-        losses=[PreviewItem(user=i.user, role=i.role, policy=i.policy) for i in plan.remove[:limit]],
-        relabels=[PreviewItem(user=r.user, role=r.role, policy=r.policy) for r in plan.relabel[:limit]],
-        counts=plan.summary(),
-        truncated=max(len(plan.add), len(plan.remove), len(plan.relabel)) > limit,
-    )
+    return birthright.preview(settings, body, limit=limit)
 
 
 @router.post("/sync", status_code=202, responses=responses(503))
-async def sync_now(user: CurrentUser, settings: SettingsDep, client: ClientDep) -> dict[str, str]:
+async def sync_now(admin: AdminUser, settings: SettingsDep, client: ClientDep) -> dict[str, str]:
     """Run the birthright sync now (one run at a time, at most one more waiting)."""
-    require_admin(user)
-    if not await _trigger(client, settings):
-        raise Problem(503, "the workflow service is unavailable: the birthright sync was not started, try again")
-    with session_scope(settings.db_url) as session:
-        _audit(session, user.email, "birthright_sync.triggered", names.BIRTHRIGHT_SYNC, {})
-    return {"status": "triggered", "schedule": names.BIRTHRIGHT_SYNC}
+    return await birthright.sync_now(client, settings, admin)
 
 
 @router.get("/sync")
-def sync_state(user: CurrentUser, settings: SettingsDep) -> SyncStateOut:
+def sync_state(_: AdminUser, settings: SettingsDep) -> SyncStateOut:
     """The last run: when it started and finished, what it planned and did, and why it failed if it did."""
-    require_admin(user)
-    with session_scope(settings.db_url, write=False) as session:
-        return SyncStateOut.of(session.get(SyncState, names.BIRTHRIGHT_SYNC), names.BIRTHRIGHT_SYNC)
+    return birthright.last_sync(settings)

@@ -3,46 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
-from sqlmodel import col, select
 
-from access.policy import RuleOption, describe_options
 from starter.api.deps import CurrentUser, SettingsDep
 from starter.api.problems import responses
-from store import catalog
-from store.db import session_scope
-from store.tables import Role
+from starter.services import catalog
+from starter.services.catalog import CatalogEntry
 
 router = APIRouter(prefix="/api/catalog", tags=["catalog"], responses=responses(401))
 
 
-class CatalogEntry(BaseModel):
-    role: str
-    """``integration/resource/role``: what to put in a request."""
-    description: str
-    sensitivity: str
-    approval_workflow: str
-    options: list[RuleOption]
-    """The rules that apply to you, in order: up to how long, and whose approval it takes."""
-
-
 @router.get("")
 def list_catalog(user: CurrentUser, settings: SettingsDep) -> list[CatalogEntry]:
-    entries: list[CatalogEntry] = []
-    with session_scope(settings.db_url, write=False) as session:
-        for role in session.exec(select(Role).where(col(Role.missing).is_(False)).order_by(Role.path)):
-            policy = catalog.policy_for(session, role)
-            if policy is None:
-                continue
-            options = describe_options(policy, catalog.policy_context(session, user, role, policy))
-            if options:
-                entries.append(
-                    CatalogEntry(
-                        role=role.path,
-                        description=role.description,
-                        sensitivity=role.sensitivity,
-                        approval_workflow=policy.name,
-                        options=options,
-                    )
-                )
-    return entries
+    return catalog.list_catalog(settings, user)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, model_validator
 from temporalio.api.common.v1 import Payload
 
-from starter.api.deps import CurrentUser, SettingsDep, require_admin
+from starter.api.deps import AdminUser, SettingsDep
 from starter.api.problems import Problem
 from store.codec import CodecKeyError, LapseCodec, PayloadRejected, codec_keys
 from store.settings import Settings
@@ -115,13 +115,12 @@ def preflight(operation: str, request: Request, settings: SettingsDep) -> Respon
 @router.post("/decode")
 async def decode(
     body: PayloadsIn,
-    user: CurrentUser,
+    _: AdminUser,
     settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> PayloadsJSON:
     """Decrypt payloads for display (admins): what the Temporal Web UI calls."""
-    require_admin(user)
     _allow_origin(request, response, settings)
     codec = _codec(settings)
     decoded = []

@@ -5,17 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from sqlmodel import col, select
 
 from access.durations import Duration
 from access.requests import CredentialsShown, RequestState, RequestStatus
 from access.types import Model
-from starter import lifecycle
 from starter.api.deps import ClientDep, CurrentUser, SettingsDep
-from starter.api.fields import FreeText, Name, RolePath
-from starter.api.problems import Problem, responses
-from store.db import session_scope
-from store.tables import AccessRequest
+from starter.api.problems import responses
+from starter.services import credentials, grants, requests
+from starter.services.fields import FreeText, Name, RolePath
 
 router = APIRouter(prefix="/api/requests", tags=["requests"], responses=responses(401, 413, 422))
 
@@ -45,7 +42,7 @@ async def create_request(
     body: RequestCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """Request a role for a while. Refused at once (4xx, nothing started) if the policy does not allow it."""
-    return await lifecycle.create_request(
+    return await requests.create_request(
         client, settings, user, role=body.role, duration=body.duration, justification=body.justification
     )
 
@@ -58,40 +55,27 @@ def list_requests(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RequestStatus]:
     """Your requests, newest first; admins see everyone's."""
-    query = select(AccessRequest).order_by(col(AccessRequest.created_at).desc()).limit(limit)
-    if not user.is_admin:
-        query = query.where(AccessRequest.requester == user.email)
-    if state is not None:
-        query = query.where(AccessRequest.state == state.value)
-    with session_scope(settings.db_url, write=False) as session:
-        return [RequestStatus.model_validate(row.status) for row in session.exec(query)]
+    return requests.list_requests(settings, user, state=state, limit=limit)
 
 
 @router.get("/{request_id}", responses=responses(403, 404))
 def get_request(request_id: RequestId, user: CurrentUser, settings: SettingsDep) -> RequestStatus:
     """A request's status, its steps with their eligible approvers, quorum and decisions."""
-    status = lifecycle.stored_status(settings, request_id)
-    if status is None:
-        raise Problem(404, f"there is no request {request_id!r}", field="id")
-    approvers = {p for step in status.steps for p in step.eligible}
-    approvers |= {p for ext in status.extensions for step in ext.steps for p in step.eligible}
-    if not (user.is_admin or user.email == status.requester or user.email in approvers):
-        raise Problem(403, "only the requester, its approvers and admins can see this request")
-    return status
+    return requests.get_request(settings, user, request_id)
 
 
 @router.post("/{request_id}/approve", responses=responses(403, 404, 409, 503))
 async def approve(
     request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
-    return await lifecycle.decide(client, settings, user, request_id, approved=True, comment=body.comment)
+    return await requests.decide(client, settings, user, request_id, approved=True, comment=body.comment)
 
 
 @router.post("/{request_id}/deny", responses=responses(403, 404, 409, 503))
 async def deny(
     request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
-    return await lifecycle.decide(client, settings, user, request_id, approved=False, comment=body.comment)
+    return await requests.decide(client, settings, user, request_id, approved=False, comment=body.comment)
 
 
 @router.post("/{request_id}/cancel", responses=responses(403, 404, 409, 503))
@@ -99,7 +83,7 @@ async def cancel(
     request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """Withdraw a pending request (requester or admin)."""
-    return await lifecycle.end(client, settings, user, request_id, revoke=False, comment=body.comment)
+    return await requests.cancel(client, settings, user, request_id, comment=body.comment)
 
 
 @router.post("/{request_id}/revoke", responses=responses(403, 404, 409, 503))
@@ -107,7 +91,7 @@ async def revoke(
     request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """End a grant now: the requester gives it back, or an admin takes it away."""
-    return await lifecycle.end(client, settings, user, request_id, revoke=True, comment=body.comment)
+    return await grants.revoke_request_grant(client, settings, user, request_id, comment=body.comment)
 
 
 @router.post("/{request_id}/extend", responses=responses(403, 404, 409, 503))
@@ -115,7 +99,7 @@ async def extend(
     request_id: RequestId, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
     """Ask for more time. Automatic where the rule needs no approval; never beyond its maximum."""
-    return await lifecycle.extend(
+    return await requests.extend(
         client, settings, user, request_id, duration=body.duration, justification=body.justification
     )
 
@@ -129,4 +113,4 @@ def show_credentials(
     A POST, not a GET: reading them changes state, and no cache or browser history may keep them.
     """
     response.headers["Cache-Control"] = "no-store"
-    return lifecycle.show_credentials(settings, user, request_id)
+    return credentials.show_credentials(settings, user, request_id)

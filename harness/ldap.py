@@ -1,4 +1,4 @@
-"""A real OpenLDAP server the tests start themselves: Debian's slapd, in a temp dir, seeded with a base."""
+"""A real OpenLDAP server: Debian's slapd, in a temp dir, seeded with a base."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import ldap3  # type: ignore[import-untyped]
-import pytest
 from ldap3.core.exceptions import LDAPException  # type: ignore[import-untyped]
 
-from tests.servers import _free_port
+from harness.ports import free_port
 
 SLAPD = Path("/usr/sbin/slapd")
 SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
@@ -33,7 +31,7 @@ class LdapServer:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lapse-ldap-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -165,11 +163,3 @@ class LdapServer:
                 self._process.kill()
                 self._process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ldap_server() -> Iterator[LdapServer]:
-    """A real slapd for the whole run."""
-    server = LdapServer().start()
-    yield server
-    server.stop()

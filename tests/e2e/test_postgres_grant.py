@@ -6,11 +6,11 @@ import psycopg
 import pytest
 from sqlmodel import select
 
+from harness.postgres import PostgresServer
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Role
 from tests.conftest import Api, load_into
-from tests.servers import PostgresServer
 
 PASSWORD = "katherine-pw"
 

@@ -1,8 +1,9 @@
-"""Activities on whole integrations: test the connection, discover the catalog and grants, undo drift.
+"""Discovery: test an integration's connection, read its catalog and grants, and bring the app DB in line.
 
 Discovery compares what the target says with the grants ledger: a grant in the target that
 no Lapse grant covers is recorded with path ``external``; on a JIT-only role it is drift,
-audited, and revoked where the integration enforces JIT-only.
+audited, and handed back to the workflow to revoke (``activities.drift``) where the integration
+enforces JIT-only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
 from sqlalchemy import insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
@@ -20,61 +20,21 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from access import names
-from access.connectors import Connector, ConnectorError, Discovery, HeldRole, Target
-from access.discovery import ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput, RemediateInput
+from access.connectors import Connector, ConnectorError, Discovery, HeldRole
+from access.discovery import ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput
+from access.grants import GrantPath
 from access.types import AuditEntry
-from activities.connectors import BUILT_IN, ConnectorFactory
-from store import catalog
+from activities.connectors import BUILT_IN, ConnectorFactory, connector_for
+from activities.targets import as_activity_error, integration_named
 from store.db import append_audit, lock, session_scope
-from store.ledger import IN_FLIGHT, claim_revoke, end
+from store.ledger import IN_FLIGHT
 from store.tables import Grant, Integration, Resource, Role, User
 
 DRIFT_PER_RUN = 1000
 """At most this many drift revokes per discovery run (they travel in history); the next run does the rest."""
 
 
-def connector_for(integration: Integration, connectors: Mapping[str, ConnectorFactory]) -> Connector:
-    """The integration's connector; a missing kind or a bad configuration fails for good, with why."""
-    factory = connectors.get(integration.kind)
-    if factory is None:
-        raise ApplicationError(
-            f"integration {integration.name} has kind {integration.kind!r}, for which this worker has no connector",
-            type="UnknownConnector",
-            non_retryable=True,
-        )
-    try:
-        return factory(integration.config)
-    except ValidationError as error:
-        raise ApplicationError(
-            f"integration {integration.name} is misconfigured: {error}", type="InvalidConfig", non_retryable=True
-        ) from error
-
-
-def resolve_target(
-    session: Session, path: str, connectors: Mapping[str, ConnectorFactory]
-) -> tuple[Integration, Target, Connector]:
-    """A role path's integration, its target as a connector sees it, and the connector; a role gone from the
-    catalog, a missing kind or a bad configuration fails for good, saying why."""
-    role = catalog.find_role(session, path)
-    resource = session.get(Resource, role.resource_id) if role else None
-    integration = session.get(Integration, resource.integration_id) if resource else None
-    if role is None or resource is None or integration is None:
-        raise ApplicationError(f"role {path} no longer exists", type="UnknownRole", non_retryable=True)
-    target = Target(integration=integration.name, resource=resource.name, role=role.name, config=integration.config)
-    return integration, target, connector_for(integration, connectors)
-
-
-def as_activity_error(error: ConnectorError) -> ApplicationError:
-    """A connector failure as an activity failure: retried when it may pass, final when it will not."""
-    return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable)
-
-
-def split_path(path: str) -> tuple[str, str, str]:
-    integration, resource, role = path.split("/", 2)
-    return integration, resource, role
-
-
-class IntegrationActivities:
+class DiscoveryActivities:
     """Activities bound to one app DB and one set of connector kinds."""
 
     def __init__(self, db_url: str, *, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
@@ -82,25 +42,17 @@ class IntegrationActivities:
         self._connectors = dict(connectors)
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.test_connection, self.discover_integration, self.remediate_drift]
-
-    def _integration(self, session: Session, name: str) -> Integration:
-        integration = session.exec(select(Integration).where(Integration.name == name)).first()
-        if integration is None:
-            raise ApplicationError(f"no integration {name!r}", type="UnknownIntegration", non_retryable=True)
-        return integration
+        return [self.test_connection, self.discover_integration]
 
     @activity.defn(name=names.TEST_CONNECTION)
     def test_connection(self, input: IntegrationInput) -> ConnectionTestResult:
         """Reach the target with the integration's settings; a failure is an answer, not an error."""
         with session_scope(self._db_url, write=False) as session:
-            integration = self._integration(session, input.integration)
+            integration = integration_named(session, input.integration)
         try:
             return ConnectionTestResult(ok=True, detail=connector_for(integration, self._connectors).test_connection())
-        except ConnectorError as error:
+        except ConnectorError as error:  # an invalid integration too: what to fix is the answer
             return ConnectionTestResult(ok=False, detail=str(error), retryable=error.retryable)
-        except ApplicationError as error:
-            return ConnectionTestResult(ok=False, detail=error.message)
 
     @activity.defn(name=names.DISCOVER_INTEGRATION)
     def discover_integration(self, input: IntegrationInput) -> DiscoveryResult:
@@ -108,7 +60,7 @@ class IntegrationActivities:
         name = input.integration
         try:
             with session_scope(self._db_url, write=False) as session:
-                connector = connector_for(self._integration(session, name), self._connectors)
+                connector = connector_for(integration_named(session, name), self._connectors)
             if not connector.discovers:
                 return DiscoveryResult(integration=name)
             # Read the target holding no lock: on a large directory or app this takes a while.
@@ -121,7 +73,7 @@ class IntegrationActivities:
                 # listing and the ledger disagree, a grant or revoke may have happened since the listing:
                 # read those roles again now, so one Lapse is making is never mistaken for drift.
                 lock(session, "integration", name)
-                integration = self._integration(session, name)
+                integration = integration_named(session, name)
                 disputed = _disputed(session, f"{name}/", held)
                 if disputed:
                     again = [r for r in found.roles if f"{name}/{r.resource}/{r.name}" in disputed]
@@ -145,70 +97,6 @@ class IntegrationActivities:
                     session,
                     [AuditEntry(actor="lapse", action="discovery.failed", target=f"integration:{name}", reason=reason)],
                 )
-
-    @activity.defn(name=names.REMEDIATE_DRIFT)
-    def remediate_drift(self, input: RemediateInput) -> int:
-        """Revoke external grants of JIT-only roles; returns how many were ended.
-
-        Each is claimed (``revoking``, or ended at once when a Lapse grant covers the account), revoked in
-        the target with no transaction open, and recorded (``store.ledger``): a retry after a crash between
-        the steps revokes again, which is success.
-        """
-        ended = 0
-        for item in input.items:
-            activity.heartbeat(ended)
-            with session_scope(self._db_url) as session:
-                lock(session, "integration", input.integration, shared=True)
-                lock(session, item.account, item.role)
-                external = session.exec(
-                    select(Grant).where(
-                        Grant.account == item.account,
-                        Grant.role == item.role,
-                        Grant.path == "external",
-                        col(Grant.active).is_(True),
-                    )
-                ).first()
-                if external is None:
-                    continue  # already ended by an earlier attempt
-                now = datetime.now(UTC)
-                call = claim_revoke(session, external, now)
-                if not call:
-                    _drift_revoked(session, external, item.user, covered=True, now=now)
-                    ended += 1
-                    continue
-                external_id = external.id
-                integration = self._integration(session, input.integration)
-                connector = connector_for(integration, self._connectors)
-            _, resource, role = split_path(item.role)
-            target = Target(integration=integration.name, resource=resource, role=role, config={})
-            try:
-                connector.revoke(item.account, target)
-            except ConnectorError as error:
-                raise as_activity_error(error) from error
-            with session_scope(self._db_url) as session:
-                lock(session, item.account, item.role)
-                grant = session.get(Grant, external_id)
-                if grant is not None and grant.active:
-                    now = datetime.now(UTC)
-                    end(session, grant, now)
-                    _drift_revoked(session, grant, item.user, covered=False, now=now)
-            ended += 1
-        return ended
-
-
-def _drift_revoked(session: Session, grant: Grant, user: str | None, *, covered: bool, now: datetime) -> None:
-    reason = "the role is JIT-only and this grant was made outside Lapse"
-    if covered:
-        reason += "; a Lapse grant now covers the account, so access stays until that one ends"
-    entry = AuditEntry(
-        actor="lapse",
-        action="drift.revoked",
-        target=grant.role,
-        reason=reason,
-        details={"account": grant.account, "user": user},
-        at=now,
-    )
-    append_audit(session, [entry])
 
 
 class ActiveGrant(NamedTuple):
@@ -289,7 +177,7 @@ def _reconcile(
                 "account": account,
                 "role": path,
                 "user_email": user,
-                "path": "external",
+                "path": GrantPath.EXTERNAL,
                 "active": True,
                 "granted_at": now,
             }
@@ -317,24 +205,25 @@ def _reconcile(
 
     # A grant or revoke whose target call is under way (no lock is held across it, see store.ledger) may
     # not show in the listing yet: judge those pairs at the next discovery.
-    in_flight = set(
-        session.execute(
+    in_flight = {
+        (account, role)
+        for account, role in session.execute(
             sa_select(col(Grant.account), col(Grant.role)).where(
                 col(Grant.role).startswith(prefix, autoescape=True),
                 col(Grant.active).is_(True),
                 col(Grant.phase).in_(IN_FLIGHT),
             )
-        ).tuples()
-    )
+        )
+    }
     gone: list[int] = []
     for (account, path), grants in active.items():
         if (account, path) in target_has or (account, path) in in_flight:
             continue
         for grant in grants:
-            if grant.path == "external":
+            if grant.path == GrantPath.EXTERNAL:
                 gone.append(grant.id)
                 result.external_gone += 1
-            elif grant.path == "birthright":
+            elif grant.path == GrantPath.BIRTHRIGHT:
                 # Revoked by hand outside Lapse: end it, so the next birthright sync grants it again.
                 gone.append(grant.id)
                 result.lapse_grants_missing += 1

@@ -1,13 +1,12 @@
-"""Discovery schedules, discovery now, and connection tests: what the API starts for integrations.
+"""Discovery schedules, discovery now, and connection tests: the workflows an integration runs.
 
 Connectors run on workers only (they hold the secrets), so even a connection test is a
-short workflow the API waits for.
+short workflow the service waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from datetime import timedelta
 
@@ -23,19 +22,19 @@ from temporalio.client import (
     WorkflowFailureError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import TimeoutError as TimeoutErrorFailure
 
 from access import names
 from access.discovery import ConnectionTestResult, DiscoveryResult, IntegrationInput
 from access.durations import format_duration
+from access.errors import Refusal, RefusalKind
 from activities.connectors import built
-from starter.syncs import upsert_schedule
+from starter.services.syncs import upsert_schedule
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Integration
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
-
-log = logging.getLogger(__name__)
 
 
 def discovers(integration: Integration) -> bool:
@@ -43,12 +42,6 @@ def discovers(integration: Integration) -> bool:
     has not either, until fixed (its requests and connection test say why)."""
     connector = built(integration.kind, integration.config)
     return connector is not None and connector.discovers
-
-
-def makes_login_per_grant(integration: Integration) -> bool:
-    """Whether each grant gets its own account in the target (ephemeral credentials)."""
-    connector = built(integration.kind, integration.config)
-    return connector is not None and connector.per_grant_accounts
 
 
 def _schedule(settings: Settings, integration: Integration) -> Schedule:
@@ -80,7 +73,7 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
 
 
 async def check_connection(client: Client, settings: Settings, name: str) -> ConnectionTestResult:
-    """Run the connection test on a worker; ``NoWorker`` if none answers within ``submit_timeout``."""
+    """Run the connection test on a worker; unavailable if none answers within ``submit_timeout``."""
     try:
         return await client.execute_workflow(
             ConnectionTestWorkflow.run,
@@ -91,12 +84,17 @@ async def check_connection(client: Client, settings: Settings, name: str) -> Con
         )
     except WorkflowFailureError as error:
         if isinstance(error.cause, TimeoutError | TimeoutErrorFailure):
-            raise NoWorker(f"no worker ran the connection test of {name} within the time allowed") from error
+            raise Refusal(
+                RefusalKind.UNAVAILABLE, f"no worker ran the connection test of {name} within the time allowed"
+            ) from error
         raise
 
 
 async def discover_now(client: Client, settings: Settings, name: str) -> DiscoveryResult:
-    """Run discovery now and wait for it; joins a run already started by hand rather than adding one."""
+    """Run discovery now and wait for it; joins a run already started by hand rather than adding one.
+
+    Unavailable when it does not finish within ``submit_timeout``; the target's failure when it fails.
+    """
     handle = await client.start_workflow(
         DiscoveryWorkflow.run,
         IntegrationInput(integration=name),
@@ -107,11 +105,14 @@ async def discover_now(client: Client, settings: Settings, name: str) -> Discove
     try:
         return await asyncio.wait_for(handle.result(), timeout=settings.submit_timeout.total_seconds())
     except TimeoutError:
-        raise NoWorker(
+        raise Refusal(
+            RefusalKind.UNAVAILABLE,
             f"discovery of {name} did not finish within {format_duration(settings.submit_timeout)}: no worker may "
-            "be running, or the target is slow. It goes on; its outcome shows on the integration."
+            "be running, or the target is slow. It goes on; its outcome shows on the integration.",
         ) from None
-
-
-class NoWorker(Exception):
-    """Nothing answered in time: no worker is polling, or the work is slow. The caller may try again."""
+    except WorkflowFailureError as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ApplicationError):
+            cause = cause.__cause__
+        reason = cause.message if isinstance(cause, ApplicationError) else str(error)
+        raise Refusal(RefusalKind.TARGET_FAILED, f"discovery of {name} failed: {reason}") from None

@@ -19,11 +19,11 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from access import names
+from harness.ldap import LdapServer
+from harness.scim import ScimServer
 from store.db import session_scope
 from store.settings import Settings
 from tests.conftest import Api, load_into
-from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
-from tests.scim_server import ScimServer
 
 ADMIN = "ada@example.com"
 KATHERINE = "katherine@example.com"
@@ -65,7 +65,7 @@ async def cleanup(env: WorkflowEnvironment) -> AsyncIterator[list[str]]:
 async def ldap_group(
     api: Api,
     settings: Settings,
-    ldap_server: LdapServer,  # noqa: F811
+    ldap_server: LdapServer,
     monkeypatch: pytest.MonkeyPatch,
     cleanup: list[str],
 ) -> Directory:

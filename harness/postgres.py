@@ -1,20 +1,15 @@
-"""Real servers the tests start themselves: PostgreSQL from Debian's packages, in a temp dir."""
+"""A throwaway PostgreSQL cluster from Debian's packages, in a temp dir."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from harness.ports import free_port
 
 
 def postgres_bin() -> Path:
@@ -30,7 +25,7 @@ class PostgresServer:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lapse-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def dsn(self, user: str = "postgres", database: str = "postgres", password: str | None = None) -> str:

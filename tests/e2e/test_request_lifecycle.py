@@ -1,5 +1,5 @@
-"""The request lifecycle on the real dev server: approvals, grants, expiry, revoke, extension,
-and attempts to break the invariants."""
+"""The request lifecycle through the HTTP API on the real dev server, in real time: approvals, grants,
+expiry, revoke, extension, and attempts to break the invariants. The workflow alone is in tests/workflows/."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
 from access import names
 from tests.conftest import Api, FakeTarget
+from tests.support import eventually
 from workflows.access_request import AccessRequestWorkflow
 
 DEPLOY = "ledger/payments-api/deploy"  # manager-approval: alan's manager is linus
@@ -29,12 +31,11 @@ async def _search_attribute_becomes(
     handle: WorkflowHandle[Any, Any], key: SearchAttributeKey[Any], value: object
 ) -> None:
     """Search attributes reach visibility a moment after the state change that set them."""
-    for _ in range(100):
-        if (await handle.describe()).typed_search_attributes.get(key) == value:
-            return
-        await asyncio.sleep(0.1)
-    seen = (await handle.describe()).typed_search_attributes.get(key)
-    raise AssertionError(f"{key.name} stayed {seen!r}, wanted {value!r}")
+
+    async def seen() -> object:
+        return (await handle.describe()).typed_search_attributes.get(key)
+
+    await eventually(seen, until=lambda current: current == value, what=f"{key.name} to be {value!r}")
 
 
 @pytest.mark.every_app_db
@@ -179,15 +180,33 @@ async def test_request_without_decision_times_out(api: Api, target: FakeTarget) 
     assert target.calls == []
 
 
+async def _updates_accepted(handle: WorkflowHandle[Any, Any], name: str) -> int:
+    """How many ``name`` updates the run has accepted: in its history once its handler has started."""
+    history = await handle.fetch_history()
+    return sum(
+        event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name == name
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    )
+
+
 @pytest.mark.every_app_db
-async def test_revoke_during_provisioning_still_ends_with_access_removed(api: Api, target: FakeTarget) -> None:
+async def test_revoke_during_provisioning_still_ends_with_access_removed(
+    api: Api, target: FakeTarget, env: WorkflowEnvironment
+) -> None:
     target.grant_gate.clear()  # the target hangs while granting
     created = await api.request("katherine@example.com", READ, "PT10M", "")
     await api.wait_for(created["id"], "provisioning")
     revoking = asyncio.create_task(
         api.ok("katherine@example.com", "POST", f"/api/requests/{created['id']}/revoke", {"comment": "done"})
     )
-    await asyncio.sleep(0.5)
+    handle = env.client.get_workflow_handle(names.request_workflow_id(created["id"]))
+    await eventually(
+        lambda: _updates_accepted(handle, "revoke"), until=lambda accepted: accepted == 1, what="the revoke to arrive"
+    )
+    # The revoke arrived while the grant was still being made: nothing is granted yet, nobody answered.
+    assert (await api.status(created["id"]))["state"] == "provisioning"
+    assert target.calls == [] and not revoking.done()
     target.grant_gate.set()
     ended = await revoking
     assert ended["state"] == "revoked"

@@ -18,8 +18,8 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from access import names
+from harness.postgres import PostgresServer
 from tests.conftest import Api, load_into
-from tests.servers import PostgresServer
 
 ADMIN = "ada@example.com"
 

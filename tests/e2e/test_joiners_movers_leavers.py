@@ -7,7 +7,6 @@ including an active JIT grant, whose request ends ``revoked`` with the reason.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -23,11 +22,11 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from access import names
-from starter.syncs import ensure_sync_schedules
+from harness.ldap import LdapServer
+from harness.postgres import PostgresServer
+from starter.services.syncs import ensure_sync_schedules
 from store.settings import Settings
 from tests.conftest import Api, clear_sync_schedules
-from tests.ldap_server import LdapServer, ldap_server  # noqa: F401
-from tests.servers import PostgresServer
 
 ADMIN = "ada@example.com"
 READ = "ledger/prod-db/read"  # read-only: granted at once for a short while
@@ -67,18 +66,11 @@ class World:
         return row is not None
 
 
-async def _wait_for(api: Api, path: str, since: datetime, timeout: float = 60) -> dict[str, Any]:  # noqa: ASYNC109
-    """Poll a sync's state until a run that started after ``since`` has finished."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state: dict[str, Any] = await api.ok(ADMIN, "GET", path)
-        started = datetime.fromisoformat(state["started_at"]) if state["started_at"] else None
-        if started is not None and started >= since and state["finished_at"]:
-            assert state["error"] is None, state
-            return state
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no run of {path} finished after {since}: {state}")
-        await asyncio.sleep(0.2)
+async def _finished(api: Api, sync: str, since: datetime) -> dict[str, Any]:
+    """The state of a ``sync`` run that started after ``since``, once it finished without an error."""
+    state = await api.sync_run(sync, since, within=60)
+    assert state["error"] is None, state
+    return state
 
 
 async def directory_sync_reaches_targets(api: Api) -> dict[str, Any]:
@@ -86,8 +78,8 @@ async def directory_sync_reaches_targets(api: Api) -> dict[str, Any]:
     since = datetime.now(UTC)
     response = await api.call(ADMIN, "POST", "/api/directory/sync")
     assert response.status_code == 202, response.text
-    directory = await _wait_for(api, "/api/directory/sync", since)
-    await _wait_for(api, "/api/birthright/sync", since)
+    directory = await _finished(api, "directory", since)
+    await _finished(api, "birthright", since)
     summary: dict[str, Any] = directory["summary"]
     return summary
 
@@ -98,7 +90,7 @@ async def world(
     env: WorkflowEnvironment,
     settings: Settings,
     postgres: PostgresServer,
-    ldap_server: LdapServer,  # noqa: F811
+    ldap_server: LdapServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[World]:
     await clear_sync_schedules(env.client)
@@ -154,7 +146,7 @@ async def world(
     policy = {"name": f"analysts-{suffix}", "groups": [group], "roles": [role]}
     response = await api.call(ADMIN, "POST", "/api/birthright/policies", policy)
     assert response.status_code == 201, response.text
-    await _wait_for(api, "/api/birthright/sync", since)
+    await _finished(api, "birthright", since)
 
     yield World(ldap_server, postgres, people, groups, group, group_dn, uid, email, role, pg_role)
     for name in (directory, warehouse):

@@ -1,4 +1,4 @@
-"""Bounded input types for the API's bodies, paths and query parameters.
+"""Bounded input types for what callers send the services: the API's bodies, paths and query parameters.
 
 Every string a caller sends is bounded (``access.limits``) and free of control characters (free text
 may hold tabs and newlines; names, paths and ids none at all), so nothing oversized or unprintable

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from datetime import datetime
@@ -15,10 +14,11 @@ from temporalio.api.common.v1 import Payload
 from temporalio.testing import WorkflowEnvironment
 
 from access import names
+from harness.postgres import PostgresServer
 from store.credentials import KEY_FILE
 from store.settings import Settings
 from tests.conftest import Api, load_into
-from tests.servers import PostgresServer
+from tests.support import eventually
 
 REQUESTER = "katherine@example.com"
 
@@ -147,11 +147,11 @@ async def test_extension_moves_valid_until_and_keeps_the_password(
 
     extended = await api.ok(REQUESTER, "POST", f"/api/requests/{created['id']}/extend", {"duration": "PT10M"})
     new_end = datetime.fromisoformat(extended["expires_at"])
-    for _ in range(100):  # the workflow moves it right after applying the extension
-        if _valid_until(postgres, shown["username"]) == new_end:
-            break
-        await asyncio.sleep(0.1)
-    assert _valid_until(postgres, shown["username"]) == new_end
+    await eventually(  # the workflow moves it right after applying the extension
+        lambda: _valid_until(postgres, shown["username"]),
+        until=lambda valid_until: valid_until == new_end,
+        what=f"the login's VALID UNTIL to move to {new_end}",
+    )
     with _login(postgres, shown) as session:
         assert _reads(session)
 

@@ -1,7 +1,7 @@
-"""A real SCIM 2.0 server for the tests: scim2-server's own command, with its bearer-token check.
+"""A real SCIM 2.0 server: scim2-server's own command, with its bearer-token check.
 
 The server keeps users and groups in memory; helpers here create them over plain HTTP (not
-through the connector's client) so tests see the app as an outside observer would.
+through the connector's client) so tests and benchmarks see the app as an outside observer would.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.servers import _free_port
+from harness.ports import free_port
 
 _SCIM = "application/scim+json"
 _USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -30,7 +29,7 @@ class ScimServer:
     """``scim2-server`` on 127.0.0.1 and a free port, accepting only ``token`` as a bearer token."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.token = secrets.token_urlsafe(24)
         self.base_url = f"http://127.0.0.1:{self.port}/v2"
         self._log = Path(tempfile.mkstemp(prefix="lapse-scim-", suffix=".log")[1])
@@ -121,11 +120,3 @@ class ScimServer:
         """The ids of the group's members, by a fresh GET of the group."""
         group = self._ok(self.http.get(f"/Groups/{group_id}"))
         return {member["value"] for member in group.get("members", [])}
-
-
-@pytest.fixture(scope="session")
-def scim_server() -> Iterator[ScimServer]:
-    """A real SCIM server for the whole run (tests use unique names, so they share it)."""
-    server = ScimServer().start()
-    yield server
-    server.stop()

@@ -1,7 +1,8 @@
-"""The directory and birthright sync schedules: created when the stack starts, triggered on changes.
+"""The scheduled syncs: their schedules, created at start and triggered on changes, and their last runs.
 
-A trigger goes through the schedule, whose overlap policy keeps one run going and at most one
-waiting, so a burst of policy edits never piles up runs.
+The directory and birthright syncs, with the expiry backstop and the audit checkpoint beside them. A
+trigger goes through the schedule, whose overlap policy keeps one run going and at most one waiting,
+so a burst of policy edits never piles up runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from access import names
 from access.grants import BackstopInput
 from access.syncs import SyncInput
+from store.db import session_scope
 from store.settings import Settings
 from store.tables import SyncState
 
@@ -56,6 +58,12 @@ class SyncStateOut(BaseModel):
     @classmethod
     def of(cls, state: SyncState | None, name: str) -> SyncStateOut:
         return cls.model_validate(state or SyncState(name=name), from_attributes=True)
+
+
+def sync_state(settings: Settings, name: str) -> SyncStateOut:
+    """How the sync ``name`` (a schedule id) last ran."""
+    with session_scope(settings.db_url, write=False) as session:
+        return SyncStateOut.of(session.get(SyncState, name), name)
 
 
 def _schedule(settings: Settings, schedule_id: str) -> Schedule:

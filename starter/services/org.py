@@ -1,0 +1,160 @@
+"""Loading an organisation file: check it whole, store it, then bring up to date what it implies — discovery
+schedules, a first discovery and directory sync where its birthright policies wait on one, the birthright sync.
+
+``POST /api/org`` (and so ``lapse load-org``) calls this; ``lapse run`` loads its first file itself, before
+Temporal is up, with the same connector check (``checked_connector``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from access import names
+from access.connectors import Connector
+from access.errors import Refusal, RefusalKind
+from access.types import AuditEntry
+from activities.connectors import built, check_config
+from starter.services.authorization import require_admin
+from starter.services.discovery import discover_now, ensure_schedules
+from starter.services.syncs import ensure_sync_schedules, trigger_now
+from store.db import append_audit, session_scope
+from store.org import OrgError, OrgFile, load_org
+from store.org_check import OpenReference, open_references
+from store.settings import Settings
+from store.tables import User
+
+LISTED_PROBLEMS = 20
+"""A file with many problems gets the first few named, not a refusal as large as the file."""
+
+
+def checked_connector(kind: str, config: Mapping[str, Any]) -> Connector:
+    """The connector an organisation file's integration gets (no I/O), or ``ValueError`` naming what is wrong
+    with its kind or configuration: the connector check the organisation file's loader takes."""
+    check_config(kind, config)
+    connector = built(kind, config)
+    assert connector is not None  # check_config has just built it
+    return connector
+
+
+class OpenReferenceOut(BaseModel):
+    """A birthright policy's group or role that names nothing yet: the policy grants nothing through it until
+    it does."""
+
+    policy: str
+    kind: Literal["group", "role"]
+    reference: str
+    why: str
+    """What is wrong, and what would resolve it (``waits for the first directory sync of corp``)."""
+
+    @classmethod
+    def of(cls, reference: OpenReference) -> OpenReferenceOut:
+        return cls(policy=reference.policy, kind=reference.kind, reference=reference.reference, why=reference.why)
+
+
+class OrgLoaded(BaseModel):
+    """What loading an organisation file stored and started."""
+
+    loaded: dict[str, int]
+    """How many entries of each section the file had (each was created or updated)."""
+    open_references: list[OpenReferenceOut]
+    """Birthright references a first directory sync or discovery will resolve (started below); until then
+    they grant nothing. ``GET /api/org/open-references`` lists those still open."""
+    schedules: list[str]
+    """The discovery schedules, now up to date."""
+    started: list[str]
+    """What was run or started, in order: ``discovery-<name>`` (run and waited for), ``directory-sync``,
+    ``birthright-sync``."""
+    applied: bool
+    """False when the file was stored but the schedules and syncs above could not all be brought up to date
+    (``notes`` says why): they are at the API's next start, and the syncs at their next run."""
+    notes: list[str]
+
+
+def store_org(settings: Settings, actor: User, org: OrgFile) -> list[OpenReference]:
+    """Check ``org`` whole and store it in one transaction, with its audit event; nothing is stored when any
+    of it is refused (``Invalid``, naming the first field at fault and listing every problem)."""
+    require_admin(actor)
+    try:
+        with session_scope(settings.db_url) as session:
+            opened = load_org(session, org, connectors=checked_connector)
+            details: dict[str, Any] = {"loaded": _counts(org)}
+            if opened:
+                details["open_references"] = [f"{o.policy}: {o.reference}" for o in opened]
+            append_audit(session, [AuditEntry(actor=actor.email, action="org.loaded", target="org", details=details)])
+    except OrgError as error:
+        errors = [{"field": p.field or "body", "message": p.message} for p in error.problems]
+        listed = errors[:LISTED_PROBLEMS]
+        message = "; ".join(e["message"] for e in listed)
+        if len(errors) > len(listed):
+            message += f"; and {len(errors) - len(listed)} more"
+        raise Refusal(RefusalKind.INVALID, message, field=listed[0]["field"], extra={"errors": listed}) from None
+    return opened
+
+
+async def load_org_file(settings: Settings, client: Client, actor: User, org: OrgFile) -> OrgLoaded:
+    """Store ``org`` (see ``store_org``), then apply what it implies, as ``lapse run`` does at start: discovery
+    schedules for its integrations; a first discovery of those its birthright roles wait on, then the
+    directory sync its groups wait on (or its new directory needs); the birthright sync when it has policies."""
+    opened = await asyncio.to_thread(store_org, settings, actor, org)  # a large file takes a while to store
+    result = OrgLoaded(
+        loaded=_counts(org),
+        open_references=[OpenReferenceOut.of(o) for o in opened],
+        schedules=[],
+        started=[],
+        applied=True,
+        notes=[],
+    )
+    try:
+        result.schedules = await ensure_schedules(client, settings)
+        await ensure_sync_schedules(client, settings)
+        # Discovery first, waited for: the birthright sync the directory sync ends with then finds the roles.
+        undiscovered = sorted({o.reference.split("/", 1)[0] for o in opened if o.kind == "role"})
+        outcomes = await asyncio.gather(*(_discover(client, settings, name) for name in undiscovered))
+        result.started += [names.discovery_id(name) for name in undiscovered]
+        result.notes += [outcome for outcome in outcomes if outcome]
+        if any(o.kind == "group" for o in opened) or any(i.directory for i in org.integrations):
+            await trigger_now(client, settings, names.DIRECTORY_SYNC)
+            result.started.append(names.DIRECTORY_SYNC)
+        if org.birthright_policies:
+            await trigger_now(client, settings, names.BIRTHRIGHT_SYNC)
+            result.started.append(names.BIRTHRIGHT_SYNC)
+    except RPCError as error:
+        result.applied = False
+        result.notes.append(
+            f"the file is stored, but the workflow service did not answer ({error.message}): schedules are brought "
+            "up to date when the API next starts, and the syncs at their next run"
+        )
+    return result
+
+
+def list_open_references(settings: Settings, actor: User) -> list[OpenReferenceOut]:
+    """The stored birthright policies' groups and roles that name nothing now (admins)."""
+    require_admin(actor)
+    with session_scope(settings.db_url, write=False) as session:
+        return [OpenReferenceOut.of(o) for o in open_references(session)]
+
+
+async def _discover(client: Client, settings: Settings, name: str) -> str | None:
+    """Run the integration's first discovery and wait for it; what went wrong, if anything (the file stays)."""
+    try:
+        await discover_now(client, settings, name)
+    except Refusal as refusal:  # it did not finish in time, or the target failed: its schedule tries again
+        return f"{refusal.message} (its roles stay open until a discovery succeeds)"
+    return None
+
+
+def _counts(org: OrgFile) -> dict[str, int]:
+    return {
+        "users": len(org.users),
+        "groups": len(org.groups),
+        "integrations": len(org.integrations),
+        "approval_workflows": len(org.approval_workflows),
+        "assignments": len(org.assignments),
+        "birthright_policies": len(org.birthright_policies),
+    }

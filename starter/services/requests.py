@@ -1,0 +1,349 @@
+"""Access requests on behalf of an authenticated caller: start one, read them, decide, cancel, extend.
+
+The policy decides (``access.policy``); this module gathers its inputs, starts the workflow or sends
+it an update, and audits what it refuses. Ending a grant is ``starter.services.grants``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError as UpdateTimedOut
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from access import names
+from access.durations import format_duration
+from access.errors import Refusal, RefusalKind
+from access.policy import evaluate_policy, resolve_approvers
+from access.requests import (
+    AccessRequestInput,
+    DecisionInput,
+    EndInput,
+    ExtendInput,
+    RequestAck,
+    RequestState,
+    RequestStatus,
+)
+from access.types import RequestPlan
+from starter.services.audit import refused
+from starter.services.authorization import require_request_reader
+from store import catalog
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import AccessRequest, User
+from workflows.access_request import AccessRequestWorkflow
+
+
+def new_request_id() -> str:
+    """Short, unguessable, readable in a workflow id: ``access-request-k3v9q2m7xw``."""
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+def _not_found(request_id: str) -> Refusal:
+    return Refusal(RefusalKind.NOT_FOUND, f"there is no request {request_id!r}", field="id")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def stored_status(settings: Settings, request_id: str) -> RequestStatus | None:
+    """The request's status as its workflow last recorded it in the app DB."""
+    with session_scope(settings.db_url, write=False) as session:
+        row = session.get(AccessRequest, request_id)
+        return RequestStatus.model_validate(row.status) if row else None
+
+
+def get_request(settings: Settings, user: User, request_id: str) -> RequestStatus:
+    """A request's status, for those who may see it."""
+    status = stored_status(settings, request_id)
+    if status is None:
+        raise _not_found(request_id)
+    require_request_reader(user, status)
+    return status
+
+
+def list_requests(settings: Settings, user: User, *, state: RequestState | None, limit: int) -> list[RequestStatus]:
+    """The caller's requests, newest first; an admin's list has everyone's."""
+    query = select(AccessRequest).order_by(col(AccessRequest.created_at).desc()).limit(limit)
+    if not user.is_admin:
+        query = query.where(AccessRequest.requester == user.email)
+    if state is not None:
+        query = query.where(AccessRequest.state == state.value)
+    with session_scope(settings.db_url, write=False) as session:
+        return [RequestStatus.model_validate(row.status) for row in session.exec(query)]
+
+
+def awaiting_decision(settings: Settings, user: User) -> list[RequestStatus]:
+    """Pending requests, and pending extensions of active grants, that the caller can decide now."""
+    states = [RequestState.PENDING.value, RequestState.ACTIVE.value]
+    query = select(AccessRequest).where(col(AccessRequest.state).in_(states)).order_by(col(AccessRequest.created_at))
+    waiting: list[RequestStatus] = []
+    with session_scope(settings.db_url, write=False) as session:
+        for row in session.exec(query):
+            status = RequestStatus.model_validate(row.status)
+            if status.awaits_decision_from(user.email):
+                waiting.append(status)
+    return waiting
+
+
+# --- starting -----------------------------------------------------------------------------
+
+
+def _plan(settings: Settings, requester: User, role_path: str, duration: timedelta, justification: str) -> RequestPlan:
+    """The policy's plan for this request, or its refusal (``access.policy.PolicyError`` is one)."""
+    with session_scope(settings.db_url, write=False) as session:
+        role = catalog.find_role(session, role_path)
+        if role is None:
+            raise Refusal(RefusalKind.NOT_FOUND, f"there is no role {role_path!r}; see GET /api/catalog", field="role")
+        if role.missing:
+            raise Refusal(
+                RefusalKind.CONFLICT,
+                f"role {role.path} was not found in its target at the last discovery; "
+                "it can be requested again once it is back",
+                field="role",
+            )
+        approval = catalog.policy_for(session, role)
+        context = catalog.policy_context(session, requester, role, approval)
+    return evaluate_policy(approval, context, duration=duration, justification=justification)
+
+
+async def create_request(
+    client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
+) -> RequestStatus:
+    """Validate a request against its policy and start its workflow; nothing starts if it is refused.
+
+    When more requests are being started than the workers record, a new one is turned away at once
+    (unavailable, with a time to retry after) rather than held: nothing is started for it.
+    """
+    async with _admitted(settings):
+        return await _create_request(
+            client, settings, requester, role=role, duration=duration, justification=justification
+        )
+
+
+async def _create_request(
+    client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
+) -> RequestStatus:
+    try:
+        # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
+        plan = await asyncio.to_thread(_plan, settings, requester, role, duration, justification)
+    except Refusal as refusal:
+        raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
+    request_id = new_request_id()
+    input = AccessRequestInput(
+        id=request_id,
+        requester=requester.email,
+        role=role.strip(),
+        duration=duration,
+        justification=justification,
+        plan=plan,
+        approval_timeout=settings.approval_timeout,
+        created_at=datetime.now(UTC),
+    )
+    start = WithStartWorkflowOperation(
+        AccessRequestWorkflow.run,
+        input,
+        id=names.request_workflow_id(request_id),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        task_timeout=names.REQUEST_TASK_TIMEOUT,
+        search_attributes=names.start_search_attributes(requester.email, input.role),
+        static_summary=f"{requester.email} → {input.role} for {format_duration(duration)}",
+        # No justification here: user metadata is not a workflow payload the codec seals.
+        static_details=f"rule {plan.rule!r} of {plan.policy!r}",
+    )
+    try:
+        status: RequestStatus = await client.execute_update_with_start_workflow(
+            AccessRequestWorkflow.submit, start_workflow_operation=start, rpc_timeout=settings.submit_timeout
+        )
+    except UpdateTimedOut:
+        raise Refusal(
+            RefusalKind.UNAVAILABLE,
+            f"request {request_id} was started but no Lapse worker recorded it within "
+            f"{format_duration(settings.submit_timeout)}; it proceeds once a worker runs",
+            extra={"id": request_id},
+        ) from None
+    except RPCError as error:
+        # Temporal failed mid-call: the request may have started all the same. Say which, so that a caller
+        # who retries does not make a second request.
+        raise await _start_failed(client, request_id, error) from None
+    return status
+
+
+async def _start_failed(client: Client, request_id: str, error: RPCError) -> Refusal:
+    """What to tell a caller whose request start failed with ``error``: started after all, or not."""
+    unavailable = RefusalKind.UNAVAILABLE
+    try:
+        await client.get_workflow_handle(names.request_workflow_id(request_id)).describe()
+    except RPCError as describe_error:
+        if describe_error.status is RPCStatusCode.NOT_FOUND:
+            return Refusal(
+                unavailable,
+                f"the workflow service failed ({error.message}): nothing was started, try again",
+                retry_after=2,
+            )
+        return Refusal(
+            unavailable,
+            f"the workflow service failed ({error.message}) and request {request_id} may have started: "
+            f"GET /api/requests/{request_id} shows it once it is recorded; check there before asking again",
+            retry_after=5,
+            extra={"id": request_id},
+        )
+    return Refusal(
+        unavailable,
+        f"request {request_id} was started but the workflow service failed before it was recorded "
+        f"({error.message}); it proceeds: GET /api/requests/{request_id}",
+        extra={"id": request_id},
+    )
+
+
+_ADMISSION: dict[tuple[int, int], asyncio.Semaphore] = {}
+
+
+@asynccontextmanager
+async def _admitted(settings: Settings) -> AsyncIterator[None]:
+    """Hold one of ``settings.max_pending_submits`` places for a request being started, or refuse at once.
+
+    Each place waits on a worker to record its request; when all are taken, the workers are behind, and
+    a caller is better told to come back than held for ``submit_timeout``.
+    """
+    key = (id(asyncio.get_running_loop()), settings.max_pending_submits)
+    places = _ADMISSION.setdefault(key, asyncio.Semaphore(settings.max_pending_submits))
+    try:
+        await asyncio.wait_for(places.acquire(), timeout=settings.admission_wait.total_seconds())
+    except TimeoutError:
+        raise Refusal(
+            RefusalKind.UNAVAILABLE,
+            f"Lapse is starting {settings.max_pending_submits} requests already and its workers are behind; "
+            "nothing was started for this one: try again shortly",
+            retry_after=2,
+        ) from None
+    try:
+        yield
+    finally:
+        places.release()
+
+
+# --- updates to a running request ---------------------------------------------------------
+
+
+async def send_update(
+    client: Client, settings: Settings, actor: str, request_id: str, update: Any, arg: Any, action: str
+) -> RequestStatus:
+    """Send the request's workflow an update and return its status after it; a refusal is audited (it
+    leaves no history) and raised."""
+    known = await asyncio.to_thread(stored_status, settings, request_id)
+    if known is None:
+        raise _not_found(request_id)
+    handle = client.get_workflow_handle(names.request_workflow_id(request_id))
+    try:
+        # The update answers small (its answer stays in history) once the app DB holds what it did; the
+        # whole status is read there, which costs Temporal nothing.
+        await handle.execute_update(update, arg, result_type=RequestAck)
+        current = await asyncio.to_thread(stored_status, settings, request_id)
+        assert current is not None
+        return current
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError):
+            refusal = Refusal.of_workflow(cause)
+        else:
+            refusal = Refusal(RefusalKind.CONFLICT, str(cause))
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        latest = await asyncio.to_thread(stored_status, settings, request_id)
+        reason = f"request {request_id} has ended ({(latest or known).state.value})"
+        refusal = Refusal(RefusalKind.CONFLICT, reason)
+    target = names.request_workflow_id(request_id)
+    raise await asyncio.to_thread(refused, settings, actor, action, target, refusal)
+
+
+async def decide(
+    client: Client, settings: Settings, actor: User, request_id: str, *, approved: bool, comment: str
+) -> RequestStatus:
+    """Approve or deny the request's open step (or its pending extension's)."""
+    update = AccessRequestWorkflow.approve if approved else AccessRequestWorkflow.deny
+    action = "request.approve" if approved else "request.deny"
+    await asyncio.to_thread(_still_eligible, settings, actor, request_id, action)
+    decision = DecisionInput(actor=actor.email, comment=comment, request_id=request_id)
+    return await send_update(client, settings, actor.email, request_id, update, decision, action)
+
+
+def _still_eligible(settings: Settings, actor: User, request_id: str, action: str) -> None:
+    """Refuse a decision from someone the open step named who is no longer eligible today (moved out of
+    the group, no longer the manager or an owner): the step's people were resolved when it opened."""
+    status = stored_status(settings, request_id)
+    step = status.open_step() if status else None
+    if status is None or step is None or actor.email not in step.eligible:
+        return  # the workflow refuses these itself, saying why
+    with session_scope(settings.db_url, write=False) as session:
+        requester = catalog.find_user(session, status.requester)
+        role = catalog.find_role(session, status.role)
+        if requester is None or role is None:
+            return
+        context = catalog.policy_context(session, requester, role, catalog.policy_for(session, role))
+    if actor.email not in resolve_approvers(step.approvers, context):
+        target = names.request_workflow_id(request_id)
+        refusal = Refusal(
+            RefusalKind.FORBIDDEN, f"{actor.email} is no longer an eligible approver for step {step.name!r}"
+        )
+        raise refused(settings, actor.email, action, target, refusal)
+
+
+async def cancel(client: Client, settings: Settings, actor: User, request_id: str, *, comment: str) -> RequestStatus:
+    """Withdraw a pending request (its requester or an admin)."""
+    arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment, request_id=request_id)
+    return await send_update(
+        client, settings, actor.email, request_id, AccessRequestWorkflow.cancel, arg, "request.cancel"
+    )
+
+
+async def extend(
+    client: Client, settings: Settings, actor: User, request_id: str, *, duration: timedelta, justification: str
+) -> RequestStatus:
+    """Ask for more time on an active grant; the policy judges the grant's new total length."""
+    arg = await asyncio.to_thread(_judge_extension, settings, actor, request_id, duration, justification)
+    return await send_update(
+        client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend"
+    )
+
+
+def _judge_extension(
+    settings: Settings, actor: User, request_id: str, duration: timedelta, justification: str
+) -> ExtendInput:
+    """The policy's verdict on the grant's new total length, from the stored status; a refusal is audited."""
+    status = stored_status(settings, request_id)
+    if status is None:
+        raise _not_found(request_id)
+    target = names.request_workflow_id(request_id)
+    try:
+        if status.state is not RequestState.ACTIVE or status.granted_at is None or status.expires_at is None:
+            raise Refusal(
+                RefusalKind.CONFLICT,
+                f"request {request_id} is {status.state.value}: only an active grant can be extended",
+            )
+        if duration <= timedelta(0):
+            raise Refusal(RefusalKind.INVALID, "the extension must be longer than zero", field="duration")
+        total = status.expires_at + duration - status.granted_at
+        plan = _plan(settings, actor, status.role, total, justification or status.justification)
+    except Refusal as refusal:
+        raise refused(settings, actor.email, "grant.extend", target, refusal) from None
+    return ExtendInput(
+        request_id=request_id,
+        actor=actor.email,
+        duration=duration,
+        justification=justification,
+        plan=plan,
+        total=total,
+    )
