@@ -33,8 +33,8 @@ from activities.drift import DriftActivities
 from activities.grants import GrantActivities
 from activities.requests import RequestActivities
 from activities.schedules import ScheduleActivities
+from store.audit_log import configure_audit
 from store.credentials import credential_cipher
-from store.db import configure_audit
 from store.settings import Settings, get_settings
 from store.temporal import connect
 from workflows.access_request import AccessRequestWorkflow

@@ -18,7 +18,8 @@ from temporalio.client import Client
 
 from access import names
 from access.checkpoint import AuditCheckpoint
-from store.db import chain_id, session_scope
+from store.audit_log import chain_id
+from store.db import session_scope
 from store.tables import AuditEvent
 
 WORKFLOW_TYPE = "AuditCheckpointWorkflow"

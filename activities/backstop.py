@@ -30,7 +30,8 @@ from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.grants import Ending, revoke_grant_by_id
 from activities.runs import request_run
-from store.db import append_audit, session_scope
+from store.audit_log import append_audit
+from store.db import session_scope
 from store.ledger import HELD, IN_FLIGHT
 from store.tables import AccessRequest, AuditEvent, Grant, SyncState
 

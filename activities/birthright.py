@@ -36,7 +36,8 @@ from activities.birthright_items import ACTOR, BatchTargets, Refused, birthright
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.targets import as_activity_error
 from store import catalog
-from store.db import append_audit, lock, session_scope
+from store.audit_log import append_audit
+from store.db import lock, session_scope
 from store.ledger import PROVISIONING, end
 from store.tables import BirthrightItem, SyncState
 

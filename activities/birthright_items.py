@@ -21,7 +21,8 @@ from activities.connectors import ConnectorFactory
 from activities.connectors.ledger import LedgerConnector
 from activities.targets import hold_integration, resolve_target
 from store import groups as group_refs
-from store.db import append_audit, lock
+from store.audit_log import append_audit
+from store.db import lock
 from store.ledger import HELD, PROVISIONING, active_grants, claim_revoke, end, revoke_in_flight
 from store.tables import BirthrightItem, BirthrightPolicy, Grant, Membership, User
 

@@ -30,7 +30,8 @@ from activities.directory_apply import Changes, apply_source
 from activities.directory_sources import DirectoryReader, Source, read_sources
 from activities.targets import as_activity_error
 from store import groups
-from store.db import append_audit, session_scope
+from store.audit_log import append_audit
+from store.db import session_scope
 from store.org import DEMO_ORG
 from store.tables import AccessRequest, Group, Membership, SyncState, User
 

@@ -21,7 +21,8 @@ from access.grants import GrantPath
 from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory, connector_for
 from activities.targets import as_activity_error, hold_integration, integration_named
-from store.db import append_audit, lock, session_scope
+from store.audit_log import append_audit
+from store.db import lock, session_scope
 from store.ledger import claim_revoke, end
 from store.tables import Grant
 

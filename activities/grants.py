@@ -28,7 +28,8 @@ from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.runs import request_run
 from activities.targets import as_activity_error, hold_integration, resolve_target
-from store.db import append_audit, lock, session_scope
+from store.audit_log import append_audit
+from store.db import lock, session_scope
 from store.ledger import active_grants, claim_revoke, end
 from store.tables import AccessRequest, Credential, Grant
 

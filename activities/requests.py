@@ -27,7 +27,8 @@ from activities.grants import Ending, drop_credentials, record_ending, revoke_gr
 from activities.liveness import heartbeating
 from activities.targets import as_activity_error, hold_integration, resolve_target
 from store import catalog
-from store.db import append_audit, lock, session_scope
+from store.audit_log import append_audit
+from store.db import lock, session_scope
 from store.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
 from store.tables import AccessRequest, Credential, Grant, RequestStep
 

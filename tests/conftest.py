@@ -42,7 +42,8 @@ from harness.scim import ScimServer
 from starter.api.app import create_app
 from starter.services.org import checked_connector
 from starter.services.syncs import SYNCS
-from store.db import engine_for, flush_refusals, migrate, session_scope
+from store.audit_log import flush_refusals
+from store.db import engine_for, migrate, session_scope
 from store.org import DEMO_ORG, OrgFile, load_org
 from store.settings import Settings
 from store.temporal import data_converter

@@ -34,16 +34,8 @@ from starter.api.app import create_app
 from starter.services.audit import refused
 from starter.services.org import checked_connector
 from store.audit import HEAD_FILE, KEY_FILE, AuditKeyError, audit_config, generate_key
-from store.db import (
-    MIGRATIONS,
-    append_audit,
-    audit_report,
-    configure_audit,
-    flush_refusals,
-    migrate,
-    session_scope,
-    verify_audit,
-)
+from store.audit_log import append_audit, audit_report, configure_audit, flush_refusals, verify_audit
+from store.db import MIGRATIONS, migrate, session_scope
 from store.org import DEMO_ORG, OrgFile, load_org
 from store.settings import Settings
 from store.tables import AuditEvent

@@ -10,7 +10,8 @@ import pytest
 from sqlmodel import col, select
 
 from access.types import AuditEntry
-from store.db import append_audit, engine_for, migrate, session_scope, verify_audit
+from store.audit_log import append_audit, verify_audit
+from store.db import engine_for, migrate, session_scope
 from store.tables import AuditEvent
 
 pytestmark = pytest.mark.every_app_db

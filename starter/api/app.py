@@ -26,7 +26,7 @@ from starter.api.routes import (
 )
 from starter.services.discovery import ensure_schedules
 from starter.services.syncs import ensure_sync_schedules
-from store.db import configure_audit
+from store.audit_log import configure_audit
 from store.settings import Settings, get_settings
 from store.temporal import connect
 

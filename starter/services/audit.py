@@ -15,7 +15,8 @@ from access.checkpoint import Head
 from access.errors import Refusal
 from access.types import AuditEntry
 from activities.audit import latest_checkpoint
-from store.db import AuditReport, audit_refusal, audit_report, chain_id, session_scope
+from store.audit_log import AuditReport, audit_refusal, audit_report, chain_id
+from store.db import session_scope
 from store.settings import Settings
 from store.tables import AuditEvent
 

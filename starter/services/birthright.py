@@ -26,7 +26,8 @@ from starter.services.fields import FreeText, Name, RolePath
 from starter.services.syncs import SyncStateOut, sync_state, trigger_now
 from store import catalog
 from store import groups as group_refs
-from store.db import append_audit, lock, session_scope
+from store.audit_log import append_audit
+from store.db import lock, session_scope
 from store.settings import Settings
 from store.tables import BirthrightPolicy, Grant, Integration, Resource, Role, User
 

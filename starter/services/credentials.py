@@ -12,8 +12,9 @@ from access.requests import CredentialsShown, RequestState
 from access.types import AuditEntry
 from starter.services.audit import refused
 from starter.services.requests import stored_status
+from store.audit_log import append_audit
 from store.credentials import credential_cipher
-from store.db import append_audit, session_scope
+from store.db import session_scope
 from store.settings import Settings
 from store.tables import Credential, User
 

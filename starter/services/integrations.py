@@ -21,7 +21,8 @@ from activities.connectors import check_config
 from starter.services import discovery
 from starter.services.fields import FreeText, Name, check_json
 from starter.services.grants import GrantOut
-from store.db import append_audit, session_scope
+from store.audit_log import append_audit
+from store.db import session_scope
 from store.settings import Settings
 from store.tables import Grant, Integration, Resource, Role, User
 

@@ -23,7 +23,8 @@ from activities.connectors import built, check_config
 from starter.services.authorization import require_admin
 from starter.services.discovery import discover_now, ensure_schedules
 from starter.services.syncs import ensure_sync_schedules, trigger_now
-from store.db import append_audit, session_scope
+from store.audit_log import append_audit
+from store.db import session_scope
 from store.org import OrgError, OrgFile, load_org
 from store.org_check import OpenReference, open_references
 from store.settings import Settings
