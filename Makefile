@@ -29,14 +29,16 @@ lint: $(VENV)/.dev
 	$(BIN)/lint-imports
 
 # Real servers the tests start themselves, from Debian's packages: PostgreSQL and OpenLDAP's
-# slapd (scim2-server comes from PyPI with the dev extras).
+# slapd (scim2-server comes from PyPI with the dev extras); and Chromium, which the web UI's browser
+# tests drive through Playwright (never `playwright install`: Debian's build is the one used).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x /usr/sbin/slapd ] || missing="$$missing slapd ldap-utils"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing (Debian packages) for the connector tests"; \
+	  echo "installing$$missing (Debian packages) for the connector and browser tests"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  $(SUDO) systemctl disable --now slapd >/dev/null 2>&1 || $(SUDO) service slapd stop >/dev/null 2>&1 || true; \

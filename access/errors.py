@@ -19,6 +19,8 @@ class RefusalKind(StrEnum):
     The values are recorded in workflow histories (an update's failure type): never change one.
     """
 
+    UNAUTHENTICATED = "Unauthenticated"
+    """The caller is not a signed-in, active Lapse user (401)."""
     NOT_FOUND = "NotFound"
     """There is no such thing (404)."""
     FORBIDDEN = "Forbidden"

@@ -33,6 +33,7 @@ from store import groups
 from store.audit_log import append_audit
 from store.db import session_scope
 from store.org import DEMO_ORG
+from store.org_check import awaiting_first_run, unresolved_after
 from store.tables import AccessRequest, Group, Membership, SyncState, User
 
 LISTED = 1000
@@ -100,6 +101,7 @@ def _sync(
 ) -> DirectorySyncResult:
     now = datetime.now(UTC)
     changes = Changes()
+    awaited = awaiting_first_run(session, "group", [source.name for source in sources])  # birthright references
     for source in sources:
         apply_source(session, source, changes, max_leavers=max_leavers)
     joined = [changes.joiners[email] for email in sorted(changes.joiners)]
@@ -159,6 +161,8 @@ def _sync(
     state = session.get(SyncState, names.DIRECTORY_SYNC) or SyncState(name=names.DIRECTORY_SYNC)
     state.started_at, state.finished_at, state.summary, state.error = started, now, summary, None
     session.add(state)
+    if unresolved := unresolved_after(session, awaited, "the first directory sync"):
+        append_audit(session, [unresolved])  # and listed as unresolved, no longer as waiting for this run
     return result
 
 

@@ -29,6 +29,7 @@ from activities.targets import as_activity_error, integration_named
 from store.audit_log import append_audit
 from store.db import lock, session_scope
 from store.ledger import IN_FLIGHT
+from store.org_check import awaiting_first_run, unresolved_after
 from store.tables import Grant, Integration, Resource, Role, User
 
 DRIFT_PER_RUN = 1000
@@ -74,13 +75,17 @@ class DiscoveryActivities:
                 # listing and the ledger disagree, a grant or revoke may have happened since the listing:
                 # read those roles again now, so one Lapse is making is never mistaken for drift.
                 lock(session, "integration", name)
+                awaited = awaiting_first_run(session, "role", [name])  # birthright references to its roles
                 integration = integration_named(session, name)
                 disputed = _disputed(session, f"{name}/", held)
                 if disputed:
                     again = [r for r in found.roles if f"{name}/{r.resource}/{r.name}" in disputed]
                     kept = [h for h in held if f"{name}/{h.resource}/{h.role}" not in disputed]
                     held = kept + list(connector.list_grants(again))
-                return _reconcile(session, integration, connector, found, held, datetime.now(UTC))
+                result = _reconcile(session, integration, connector, found, held, datetime.now(UTC))
+                if unresolved := unresolved_after(session, awaited, "the first discovery"):
+                    append_audit(session, [unresolved])  # and listed as unresolved, no longer as waiting
+                return result
         except ConnectorError as error:
             self._failed(input.integration, str(error))
             raise as_activity_error(error) from error

@@ -14,15 +14,39 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from typer.core import TyperGroup
 
-from store.settings import get_settings
+from store.settings import Settings, get_settings
 
 API_HELP = (
     "The API's base URL (default: http://LAPSE_API_HOST:LAPSE_API_PORT, i.e. http://127.0.0.1:8000, as `lapse run` "
     "serves it). Every command but `run` talks to this API and nothing else."
 )
 
+
+class _Commands(TyperGroup):
+    """The commands, each ending with exit 1 and a message instead of a traceback when what answered is not
+    shaped like the Lapse API's answers (a key missing, a list where an object was expected)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+            answered = _state.get("answered")
+            if answered is None:
+                raise
+            what = f"missing {error}" if isinstance(error, KeyError) else type(error).__name__
+            api = _state["api"]
+            _fail(
+                f"{api} answered {answered} with JSON the Lapse API does not send ({what}): it is not the Lapse "
+                f"API at {api} (or not a version this CLI knows); {_ELSEWHERE}"
+            )
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Lapse: just-in-time access that lapses on its own.\n\n"
     "Every command but `run` is a client of the Lapse API (--api or LAPSE_API_URL; default "
     "http://LAPSE_API_HOST:LAPSE_API_PORT), acting as the user given by --as (or LAPSE_USER).",
@@ -42,7 +66,27 @@ def _options(
     api: Annotated[str | None, typer.Option(envvar="LAPSE_API_URL", help=API_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a summary.")] = False,
 ) -> None:
-    _state.update(user=as_user, api=(api or get_settings().api_url).rstrip("/"), json=as_json)
+    _state.update(user=as_user, api=(api or _default_api()).rstrip("/"), json=as_json, answered=None)
+
+
+class _ApiAddress(BaseSettings):
+    """Where ``lapse run`` serves the API: the only server settings the CLI reads (from the environment or
+    ``.env``, as ``lapse run`` does), so that a setting only the server uses cannot stop a command."""
+
+    model_config = SettingsConfigDict(env_prefix="LAPSE_", env_file=".env", extra="ignore")
+
+    api_host: str = Settings.model_fields["api_host"].default
+    api_port: int = Settings.model_fields["api_port"].default
+
+
+def _default_api() -> str:
+    """``http://LAPSE_API_HOST:LAPSE_API_PORT``, as ``lapse run`` serves it."""
+    try:
+        address = _ApiAddress()
+    except ValidationError as error:
+        wrong = "; ".join(f"LAPSE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        _fail(f"cannot tell where the Lapse API is: {wrong}", f"fix it, or {_ELSEWHERE}")
+    return f"http://{address.api_host}:{address.api_port}"
 
 
 _ELSEWHERE = "point the CLI at another with --api URL or LAPSE_API_URL"
@@ -85,6 +129,8 @@ def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | Non
         )
     if response.status_code >= 400 or data is None:
         _fail(f"{api} answered {response.status_code} to {method} {path}, not as the Lapse API does: {_ELSEWHERE}")
+    # From here on, an answer shaped unlike the Lapse API's ends the command saying so (``_Commands``).
+    _state["answered"] = f"{method} {path}"
     # --json prints JSON, whose strings escape control characters; summaries print text: escape it here.
     return data if _state.get("json") else printable(data)
 

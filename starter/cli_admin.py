@@ -29,7 +29,8 @@ def load_org(path: Annotated[Path, typer.Argument(help="The organisation file (Y
 
     The file is sent to the API (POST /api/org), which checks it whole and stores it, then brings the
     discovery schedules up to date and starts what the file implies: a first discovery and directory sync
-    where its birthright policies wait on one, and the birthright sync. Exits 1 if any of that fails.
+    where its birthright policies wait on one, and the birthright sync. Exits 1 if any of that fails (the
+    file stays stored; what failed is said, and runs again on its schedule).
     """
     try:
         org = yaml.safe_load(path.read_text())
@@ -46,7 +47,7 @@ def load_org(path: Annotated[Path, typer.Argument(help="The organisation file (Y
         output(loaded)
     else:
         _show_loaded(str(path), loaded)
-    if not loaded["applied"]:
+    if not loaded["applied"] or loaded.get("failed"):
         cli._fail(f"{path} is stored, but not all it implies was applied: {'; '.join(loaded['notes'])}")
 
 
@@ -71,6 +72,8 @@ def _show_loaded(path: str, loaded: dict[str, Any]) -> None:
     started = {"directory-sync": "directory sync started", "birthright-sync": "birthright sync started"}
     for name in loaded["started"]:
         typer.echo(started.get(name, f"{name.replace('discovery-', 'discovery of ', 1)} ran"))
+    for name in loaded.get("failed") or []:
+        typer.echo(f"{name.replace('discovery-', 'discovery of ', 1)} FAILED", err=True)
     if loaded["schedules"]:
         typer.echo(f"discovery schedules up to date: {', '.join(loaded['schedules'])}")
     for note in loaded["notes"]:
@@ -83,11 +86,19 @@ def _show_open(references: list[dict[str, Any]]) -> None:
 
 
 def _show_open_references() -> None:
-    """The stored birthright policies' references that name nothing now, if any (text output only)."""
+    """The stored birthright policies' references that name nothing now, if any (text output only): those
+    waiting for a first sync, then those nothing is to bring."""
     references = cli._call("GET", "/api/org/open-references")
-    if references:
+    waiting = [r for r in references if r.get("state", "waiting") == "waiting"]
+    unresolved = [r for r in references if r.get("state", "waiting") != "waiting"]
+    if waiting:
         typer.echo("open references (they grant nothing until they resolve):")
-        _show_open(references)
+        _show_open(waiting)
+    if unresolved:
+        typer.echo(
+            "UNRESOLVED references (their sync or discovery is over: they grant nothing until the policy changes):"
+        )
+        _show_open(unresolved)
 
 
 integration_app = typer.Typer(help="Admins: connected systems, their connection tests and discovery.")

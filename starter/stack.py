@@ -20,7 +20,7 @@ from sqlmodel import select
 from access.names import SEARCH_ATTRIBUTES
 from starter.services.org import checked_connector
 from store.codec import CodecKeyError, codec_keys
-from store.db import migrate, session_scope
+from store.db import migrate, session_scope, shown_url
 from store.org import DEMO_ORG, OrgFile, load_org
 from store.settings import Settings
 from store.tables import Integration, User
@@ -264,7 +264,7 @@ def _api_option(settings: Settings) -> str:
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
-    print(f"app DB ready ({settings.db_url}){'; demo organisation loaded' if loaded else ''}", flush=True)
+    print(f"app DB ready ({shown_url(settings.db_url)}){'; demo organisation loaded' if loaded else ''}", flush=True)
     try:  # made now, before the processes that share it start; a malformed LAPSE_CODEC_KEY stops here
         codec_keys(settings)
     except CodecKeyError as error:

@@ -13,11 +13,22 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.exc import ArgumentError
 from sqlmodel import Session
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def shown_url(url: str) -> str:
+    """An app DB URL as it may be printed or logged: without its password (in the URL, or a ``password``
+    query parameter, which libpq reads too)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "(an app DB URL that cannot be read)"
+    return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
 
 
 @cache

@@ -8,26 +8,38 @@ supplies: persistence imports no connector driver.
 A birthright policy may name groups of a directory that has not synced yet and roles of an integration that
 has not been discovered yet, when the file or the app DB defines that directory or integration: such a
 reference is left *open* — the policy grants nothing through it until it resolves — and is listed, at load
-and by ``open_references`` until the first sync brings it. Approval workflows get no such grace (an unknown
-condition group would route requests to another rule): their message says what to run first.
+and by ``open_references``. An open group reference is always tied to the directory it waits for: it names
+that directory (``corp:dbusers``, ``corp:#<id>``), or, bare, is stored qualified with the one directory not
+synced yet — never left bare, where a group another source creates later could answer to it. Once that sync
+(or the integration's first discovery) has run, what it did not bring is *unresolved*: audited by the run
+(``awaiting_first_run`` / ``unresolved_after``) and listed as such, never silently open. Approval workflows
+get no such grace (an unknown condition group would route requests to another rule): their message says
+what to run first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
+from access import names
 from access.connectors import Connector
 from access.grants import birthright_barred
+from access.types import AuditEntry
 from store import groups as group_refs
-from store.tables import ApprovalWorkflow, BirthrightPolicy, Group, Integration, Resource, Role, User
+from store.db import lock
+from store.tables import ApprovalWorkflow, BirthrightPolicy, Group, Integration, Resource, Role, SyncState, User
 
 if TYPE_CHECKING:
     from store.org import OrgFile
+
+BIRTHRIGHT_LOCK = "birthright-policies"
+"""The lock every change of the birthright policies holds (``starter.services.birthright.LOCK``): loading an
+organisation file renumbers them, and a directory sync or discovery reads which of their references it brings."""
 
 ConnectorCheck = Callable[[str, Mapping[str, Any]], Connector]
 """Builds the connector of an integration of ``kind`` with ``config`` (no I/O), or raises ``ValueError`` (a
@@ -52,8 +64,18 @@ class OpenReference:
     policy: str
     kind: Literal["group", "role"]
     reference: str
+    """As stored in the policy."""
     why: str
-    """``unknown group dbusers: waits for the first directory sync of corp``"""
+    """``unknown group corp:dbusers: waits for the first directory sync of corp``"""
+    waits_for: str | None = None
+    """The directory whose first sync, or the integration whose first discovery, is to bring it; None when
+    nothing is: it is *unresolved* (a typo, a group the directory does not have) until the policy changes."""
+    given: str | None = None
+    """What the file said, when it is stored otherwise: a bare group name qualified with its directory."""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.policy, self.kind, self.reference)
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,8 @@ class Known:
     workflows: set[str] = field(default_factory=set)
     scopes: set[str] = field(default_factory=set)
     integrations: dict[str, KnownIntegration] = field(default_factory=dict)
+    synced: set[str] = field(default_factory=set)
+    """Sources the directory sync has read (see ``synced_sources``)."""
 
     @classmethod
     def read(cls, session: Session) -> Known:
@@ -95,7 +119,17 @@ class Known:
                 i.name: KnownIntegration(i.kind, dict(i.config), i.directory, i.discovered_at is not None)
                 for i in session.exec(select(Integration))
             },
+            synced=synced_sources(session),
         )
+
+
+def synced_sources(session: Session) -> set[str]:
+    """The sources a directory sync has read: those with groups, and those its last successful run read (a
+    directory may have no group at all). A directory integration not among them has yet to sync."""
+    sources = set(session.exec(select(Group.source).distinct()))
+    state = session.get(SyncState, names.DIRECTORY_SYNC)
+    listed = state.summary.get("sources") if state is not None else None
+    return sources | {str(source) for source in listed} if isinstance(listed, list) else sources
 
 
 SECTIONS = ("users", "groups", "integrations", "approval_workflows", "assignments", "birthright_policies")
@@ -134,9 +168,9 @@ class _Check:
             except ValueError:
                 self.connectors[name] = None  # its own problem, shown where it is used, not the file's
         self._integrations(connectors)
-        synced = {row.source for row in known.groups}
+        synced = known.synced | {row.source for row in known.groups}
         self.unsynced = sorted(n for n, i in self.integrations.items() if i.directory and n not in synced)
-        """Directories whose groups are not in the app DB yet: their first sync brings them."""
+        """Directories that have not synced yet: their first sync brings their groups."""
 
     def add(self, where: str, message: str) -> None:
         self.problems.append(OrgProblem(where, message))
@@ -228,10 +262,7 @@ class _Check:
             seen.add(policy.name)
             for group in policy.groups:
                 if why := self.unknown_group(group):
-                    if waits := self._waits_for_directory(group, why):
-                        self.open.append(OpenReference(policy.name, "group", group, f"{why}: {waits}"))
-                    else:
-                        self.add(f"{where}.groups", f"birthright policy {policy.name}: {why}")
+                    self._open_group(f"{where}.groups", policy.name, group, why)
             for role in policy.roles:
                 integration = role.split("/", 1)[0]
                 connector = self.connectors.get(integration)
@@ -239,18 +270,42 @@ class _Check:
                     self.add(f"{where}.roles", f"birthright policy {policy.name}: unknown role {role}")
                 elif role not in self.scopes:
                     if waits := self._waits_for_discovery(integration):
-                        self.open.append(OpenReference(policy.name, "role", role, f"unknown role {role}: {waits}"))
+                        self.open.append(
+                            OpenReference(policy.name, "role", role, f"unknown role {role}: {waits}", integration)
+                        )
                     else:
                         self.add(f"{where}.roles", f"birthright policy {policy.name}: unknown role {role}")
                 if barred := birthright_barred(integration, connector):
                     self.add(f"{where}.roles", f"birthright policy {policy.name}: role {role} is in {barred}")
 
-    def _waits_for_directory(self, ref: str, why: str) -> str | None:
-        """What an unknown group of a birthright policy waits for: a directory's first sync, if one is due."""
-        source = group_refs.parse(ref).source
-        if not why.startswith("unknown group") or not (source in self.unsynced or (source is None and self.unsynced)):
-            return None
-        return f"waits for the first directory sync of {source or ', '.join(self.unsynced)}"
+    def _open_group(self, where: str, policy: str, ref: str, why: str) -> None:
+        """Leave an unknown group open for the first sync of the directory it names — a bare name qualified
+        with the one directory yet to sync — or refuse it, saying how to name it."""
+        parsed = group_refs.parse(ref)
+        refuse = f"birthright policy {policy}: {why}"
+        if not why.startswith("unknown group") or not self.unsynced:
+            self.add(where, refuse)
+        elif parsed.source is not None:
+            if parsed.source in self.unsynced:
+                waits = f"waits for the first directory sync of {parsed.source}"
+                self.open.append(OpenReference(policy, "group", ref, f"{why}: {waits}", parsed.source))
+            else:
+                self.add(where, refuse)
+        elif len(self.unsynced) == 1:
+            source = self.unsynced[0]
+            stored = f"{source}:{parsed.name}"
+            why = (
+                f"unknown group {stored} (given as {ref}, stored qualified with {source}, the one directory not "
+                f"synced yet): waits for the first directory sync of {source}"
+            )
+            self.open.append(OpenReference(policy, "group", stored, why, source, given=ref))
+        else:
+            choices = " or ".join(f"{source}:{parsed.name}" for source in self.unsynced)
+            self.add(
+                where,
+                f"{refuse}: {', '.join(self.unsynced)} have not synced yet; name the directory it is to come from "
+                f"({choices})",
+            )
 
     def _waits_for_discovery(self, integration: str) -> str | None:
         """What an unknown role of a birthright policy waits for: its integration's first discovery, if due."""
@@ -282,21 +337,113 @@ class _Check:
         )
 
 
-def open_references(session: Session) -> list[OpenReference]:
+def open_references(session: Session, *, connectors: ConnectorCheck | None = None) -> list[OpenReference]:
     """The stored birthright policies' references that name nothing now: groups no source has (or several
-    have) and roles not in the catalog or gone from their target. Such a reference grants nothing."""
+    have) and roles not in the catalog or gone from their target. Such a reference grants nothing.
+
+    Each says what it waits for (``waits_for``): the first sync of the directory it names, or the first
+    discovery of its integration (one ``connectors`` says discovers; without ``connectors``, any); a
+    reference nothing is to bring is *unresolved* (``waits_for`` None)."""
     policies = session.exec(select(BirthrightPolicy).order_by(col(BirthrightPolicy.position))).all()
     refs = {ref for policy in policies for ref in policy.groups}
     rows = group_refs.candidates(session, refs)
     problems = {ref: why for ref in refs if (why := group_refs.resolve_one(ref, rows, show=str).problem)}
     paths = {path for policy in policies for path in policy.roles}
     roles = {role.path: role for role in session.exec(select(Role).where(col(Role.path).in_(sorted(paths))))}
+    integrations = {i.name: i for i in session.exec(select(Integration))}
+    synced = synced_sources(session)
     found: list[OpenReference] = []
     for policy in policies:
-        found += [OpenReference(policy.name, "group", ref, problems[ref]) for ref in policy.groups if ref in problems]
+        for ref in policy.groups:
+            if ref in problems:
+                found.append(_group_reference(policy.name, ref, problems[ref], integrations, synced))
         for path in policy.roles:
             role = roles.get(path)
             if role is None or role.missing:
-                why = f"unknown role {path}" if role is None else f"role {path} is missing from its target"
-                found.append(OpenReference(policy.name, "role", path, why))
+                found.append(_role_reference(policy.name, path, role, integrations, connectors))
     return found
+
+
+def _group_reference(
+    policy: str, ref: str, why: str, integrations: Mapping[str, Integration], synced: set[str]
+) -> OpenReference:
+    source = group_refs.parse(ref).source
+    directory = integrations.get(source or "")
+    if not why.startswith("unknown group") or directory is None or not directory.directory:
+        return OpenReference(policy, "group", ref, why)
+    if source not in synced:
+        return OpenReference(policy, "group", ref, f"{why}: waits for the first directory sync of {source}", source)
+    return OpenReference(policy, "group", ref, f"{why}: {source} has synced and has no such group; fix the policy")
+
+
+def _role_reference(
+    policy: str,
+    path: str,
+    role: Role | None,
+    integrations: Mapping[str, Integration],
+    connectors: ConnectorCheck | None,
+) -> OpenReference:
+    if role is not None:
+        return OpenReference(policy, "role", path, f"role {path} is missing from its target")
+    name = path.split("/", 1)[0]
+    integration = integrations.get(name)
+    why = f"unknown role {path}"
+    if integration is None:
+        return OpenReference(policy, "role", path, why)
+    if integration.discovered_at is not None:
+        why = f"{why}: {name} has been discovered and has no such role; fix the policy"
+        return OpenReference(policy, "role", path, why)
+    if _discovers(integration, connectors):
+        return OpenReference(policy, "role", path, f"{why}: waits for the first discovery of {name}", name)
+    return OpenReference(policy, "role", path, why)
+
+
+def _discovers(integration: Integration, connectors: ConnectorCheck | None) -> bool:
+    if connectors is None:
+        return True
+    try:
+        return connectors(integration.kind, integration.config).discovers
+    except ValueError:
+        return False
+
+
+def awaiting_first_run(session: Session, kind: Literal["group", "role"], sources: Iterable[str]) -> list[OpenReference]:
+    """The stored birthright references waiting for the first directory sync (``group``) or discovery
+    (``role``) of ``sources``, read by that run before it changes anything; ``unresolved_after`` then says
+    which it did not bring.
+
+    Takes the birthright policies' lock, shared, until the transaction ends: an organisation file loaded
+    meanwhile either is seen here or sees these sources as synced (and refuses an unknown reference to them).
+    """
+    lock(session, BIRTHRIGHT_LOCK, shared=True)
+    wanted = set(sources)
+    return [ref for ref in open_references(session) if ref.kind == kind and ref.waits_for in wanted]
+
+
+def unresolved_after(session: Session, awaited: Sequence[OpenReference], run: str) -> AuditEntry | None:
+    """The audit event naming those of ``awaited`` that still name nothing now that ``run`` (``the first
+    directory sync of corp``) has finished, or None when it brought them all. Until a policy changes, they
+    grant nothing, and ``open_references`` lists them as unresolved."""
+    if not awaited:
+        return None
+    now = {reference.key: reference for reference in open_references(session)}
+    still = [now[reference.key] for reference in awaited if reference.key in now]
+    if not still:
+        return None
+    waited = sorted({reference.waits_for or "" for reference in awaited})
+    return AuditEntry(
+        actor="lapse",
+        action="org.references_unresolved",
+        target="org",
+        reason=f"still naming nothing after {run} of {', '.join(waited)}: they grant nothing until the policy changes",
+        details={
+            "references": [
+                {"policy": r.policy, "kind": r.kind, "reference": r.reference, "why": r.why} for r in still[:LISTED]
+            ],
+            "count": len(still),
+        },
+    )
+
+
+LISTED = 1000
+"""At most this many references named in one audit event (its ``count`` is exact)."""

@@ -108,6 +108,64 @@ def test_a_server_that_is_not_lapse_is_named_as_such(tmp_path: Path) -> None:
     assert "--api URL or LAPSE_API_URL" in failed.output
 
 
+def _answering(body: bytes) -> HTTPServer:
+    """A server that answers every call 200 with this JSON body: some other service, not Lapse."""
+
+    class NotLapse(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotLapse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("answer", "args"),
+    [
+        (b'{"status": "ok"}', ["grants"]),
+        (b'[{"id": 1}]', ["grants"]),
+        (b'{"status": "ok"}', ["directory", "status"]),
+        (b"[1, 2]", ["catalog"]),
+        (b'{"status": "ok"}', ["load-org", str(DEMO_ORG)]),
+    ],
+)
+def test_a_service_answering_200_with_other_json_is_not_the_lapse_api(answer: bytes, args: list[str]) -> None:
+    server = _answering(answer)
+    api = f"http://127.0.0.1:{server.server_port}"
+    try:
+        failed = CliRunner().invoke(cli.app, ["--api", api, *ADMIN, *args])
+    finally:
+        server.shutdown()
+    assert failed.exit_code == 1, failed.output
+    assert not isinstance(failed.exception, (KeyError, TypeError, AttributeError)), failed.exception
+    assert f"it is not the Lapse API at {api}" in failed.output and "--api URL or LAPSE_API_URL" in failed.output
+
+
+def test_a_server_setting_the_cli_does_not_use_cannot_stop_it(tmp_path: Path) -> None:
+    """Without --api, the CLI reads LAPSE_API_URL, LAPSE_API_HOST and LAPSE_API_PORT only: a server-only setting
+    that is invalid (here or in .env) is the server's problem, not every command's."""
+    port = _free_port()
+    (tmp_path / ".env").write_text("LAPSE_BACKSTOP_EVERY=never\n")
+    failed = _unreachable(tmp_path, *ADMIN, "grants", LAPSE_API_PORT=str(port), LAPSE_DIRECTORY_MAX_LEAVERS="5")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert f"error: cannot reach the Lapse API at http://127.0.0.1:{port}" in failed.stderr
+    (tmp_path / ".env").unlink()
+    wrong = _unreachable(tmp_path, *ADMIN, "grants", LAPSE_API_PORT="eighty")
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+    assert "cannot tell where the Lapse API is: LAPSE_API_PORT:" in wrong.stderr
+
+
 def test_a_command_needs_to_know_who_you_are(tmp_path: Path) -> None:
     failed = _unreachable(tmp_path, "--api", "http://127.0.0.1:1", "grants")
     assert failed.returncode == 1 and "say who you are: lapse --as you@example.com" in failed.stderr
@@ -138,6 +196,20 @@ def test_lapse_run_help_lists_the_settings_it_reads() -> None:
     assert "LAPSE_API_URL" in CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "200"}).output
 
 
+def test_every_setting_is_in_the_readmes_configuration_table() -> None:
+    """What `lapse run --help` names, and every other setting, has its row (the TLS ones share one)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("### The command line")]
+    shown = CliRunner().invoke(cli.app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    named = set(re.findall(r"LAPSE_[A-Z_]+[A-Z]", shown)) | {f"LAPSE_{name.upper()}" for name in Settings.model_fields}
+    missing = [
+        name
+        for name in sorted(named)
+        if f"`{name}`" not in table and f"`_{name.removeprefix('LAPSE_TEMPORAL_')}`" not in table
+    ]
+    assert "LAPSE_SECRETS_DIR" in named and missing == []
+
+
 async def test_load_org_goes_through_the_api(lapse: Lapse, tmp_path: Path) -> None:
     org = tmp_path / "org.yaml"
     org.write_text(
@@ -162,6 +234,22 @@ birthright_policies: [{name: finance-reads, groups: [finance], roles: [ledger/bi
 
     org.write_text("- just\n- a list\n")
     assert "its top level must be a mapping" in (await lapse(*ADMIN, "load-org", str(org))).output
+
+
+async def test_load_org_exits_1_when_a_first_discovery_fails(lapse: Lapse, tmp_path: Path) -> None:
+    """The file is stored, but what it implies is not all done: the failed discovery is not said to have run."""
+    org = tmp_path / "org.yaml"
+    org.write_text(
+        """
+integrations: [{name: pg, kind: postgres, config: {dsn_env: LAPSE_TEST_UNSET_PG_DSN}}]
+birthright_policies: [{name: db, groups: [engineering], roles: [pg/app/app_read]}]
+"""
+    )
+    loaded = await lapse(*ADMIN, "load-org", str(org))
+    assert loaded.exit_code == 1, loaded.output
+    assert "discovery of pg ran" not in loaded.output and "discovery of pg FAILED" in loaded.output
+    assert f"error: {org} is stored, but not all it implies was applied: " in loaded.output
+    assert "discovery of pg failed" in loaded.output
 
 
 async def test_a_pending_extension_shows_and_a_give_back_says_who_ended_it(lapse: Lapse, api: Api) -> None:
@@ -248,8 +336,11 @@ def test_directory_status_names_joiners_movers_leavers_and_what_is_still_open(an
         "started_at": "2026-12-01T12:00:00.5+00:00", "finished_at": "2026-12-01T12:00:01.25+00:00",
         "summary": summary, "error": None,
     }  # fmt: skip
+    waiting = "unknown role pg/app/read: waits for the first discovery of pg"
+    typo = "unknown group corp:dbusrs: corp has synced and has no such group; fix the policy"
     answers["/api/org/open-references"] = [
-        {"policy": "db", "kind": "role", "reference": "pg/app/read", "why": "unknown role pg/app/read"}
+        {"policy": "db", "kind": "role", "reference": "pg/app/read", "state": "waiting", "why": waiting},
+        {"policy": "db", "kind": "group", "reference": "corp:dbusrs", "state": "unresolved", "why": typo},
     ]
     assert CliRunner().invoke(cli.app, [*ADMIN, "directory", "status"]).output.splitlines() == [
         "started 2026-12-01T12:00:00Z, finished 2026-12-01T12:00:01Z",
@@ -258,5 +349,7 @@ def test_directory_status_names_joiners_movers_leavers_and_what_is_still_open(an
         "    moved: alan@example.com +corp:dbas -corp:devs",
         "    left: ken@example.com (disabled in corp)",
         "open references (they grant nothing until they resolve):",
-        "    birthright policy db: unknown role pg/app/read",
+        f"    birthright policy db: {waiting}",
+        "UNRESOLVED references (their sync or discovery is over: they grant nothing until the policy changes):",
+        f"    birthright policy db: {typo}",
     ]

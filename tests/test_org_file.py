@@ -3,24 +3,31 @@ directory sync or discovery will resolve."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
 
 from starter.services.org import checked_connector
 from store import catalog
+from store.audit_log import configure_audit
 from store.db import migrate, session_scope
 from store.org import DEMO_ORG, OrgError, OrgFile, load_org
+from store.org_check import open_references
+from store.settings import Settings
 from store.tables import Integration, User
 
 pytestmark = pytest.mark.every_app_db
 
 
 @pytest.fixture
-def db_url(app_db: str) -> str:
+def db_url(app_db: str, tmp_path: Path) -> str:
     migrate(app_db)
+    # Its own audit chain (a directory sync audits), its key in the test's directory.
+    configure_audit(Settings(data_dir=tmp_path, database_url=app_db, _env_file=None))  # type: ignore[call-arg]
     with session_scope(app_db) as session:
         load_org(session, OrgFile.read(DEMO_ORG), connectors=checked_connector)
     return app_db
@@ -179,21 +186,28 @@ birthright_policies:
 def test_a_directory_an_integration_and_a_policy_over_them_load_in_one_go(db_url: str, tmp_path: Path) -> None:
     """The policy's groups wait for the directory's first sync and its role for the first discovery: it is
     stored, grants nothing through them, and they are listed as open until those runs bring them."""
-    from store.org_check import open_references
     from store.tables import BirthrightPolicy, Group, Resource, Role
 
     org = tmp_path / "one-go.yaml"
     org.write_text(ONE_GO)
     with session_scope(db_url) as session:
         opened = load_org(session, OrgFile.read(org), connectors=checked_connector)
-    assert [(o.kind, o.reference, o.why) for o in opened] == [
-        ("group", "dbusers", "unknown group dbusers: waits for the first directory sync of corp"),
-        ("group", "corp:admins", "unknown group corp:admins: waits for the first directory sync of corp"),
-        ("role", "pg/app/app_read", "unknown role pg/app/app_read: waits for the first discovery of pg"),
+    assert [(o.kind, o.reference, o.why, o.waits_for) for o in opened] == [
+        (
+            "group",
+            "corp:dbusers",
+            "unknown group corp:dbusers (given as dbusers, stored qualified with corp, the one directory not synced "
+            "yet): waits for the first directory sync of corp",
+            "corp",
+        ),
+        ("group", "corp:admins", "unknown group corp:admins: waits for the first directory sync of corp", "corp"),
+        ("role", "pg/app/app_read", "unknown role pg/app/app_read: waits for the first discovery of pg", "pg"),
     ]
+    assert opened[0].given == "dbusers"
     with session_scope(db_url) as session:
-        assert session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == "db-baseline")).one()
-        assert [o.reference for o in open_references(session)] == ["dbusers", "corp:admins", "pg/app/app_read"]
+        policy = session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == "db-baseline")).one()
+        assert policy.groups == ["corp:dbusers", "corp:admins"]  # never bare: no other source can answer to it
+        assert [o.reference for o in open_references(session)] == ["corp:dbusers", "corp:admins", "pg/app/app_read"]
         # What the directory sync and discovery would bring:
         session.add(Group(source="corp", name="dbusers", external_id="5f0c-1"))
         session.add(Group(source="corp", name="admins", external_id="5f0c-2"))
@@ -268,3 +282,219 @@ assignments:
         "assignments.0.workflow",
     ]
     assert "integration x: unknown integration kind 'nosuch'" in str(refused.value)
+
+
+# --- open group references are tied to the directory they wait for (review finding 5) -------------------
+
+CORP = {
+    "name": "corp",
+    "kind": "ldap",
+    "directory": True,
+    "config": {
+        "url": "ldaps://dc1.example.com:636",
+        "bind_dn": "cn=lapse,dc=corp",
+        "password_env": "LAPSE_LDAP_PASSWORD",
+        "users_base": "ou=people,dc=corp",
+        "groups_base": "ou=groups,dc=corp",
+    },
+}
+READ = "ledger/prod-db/read"
+
+
+def _directory(name: str) -> dict[str, Any]:
+    return CORP | {"name": name}
+
+
+def _policy(*groups: str, role: str = READ) -> dict[str, Any]:
+    return {"birthright_policies": [{"name": "db", "groups": list(groups), "roles": [role]}]}
+
+
+def _synced(db_url: str, **sources: dict[str, tuple[str, ...]]) -> None:
+    """One directory sync run reading these sources (each one's groups by name, with their members' emails), as
+    it would read the directory integrations."""
+    from activities.connectors.ldap_directory import DirectoryGroup, DirectorySnapshot, DirectoryUser
+    from activities.directory import _sync
+    from activities.directory_sources import Source
+
+    read = []
+    for source, groups in sources.items():
+        emails = sorted({email for members in groups.values() for email in members})
+        snapshot = DirectorySnapshot(
+            users=tuple(DirectoryUser(f"uid={e}", e, e, None, False, external_id=f"{source}-{e}") for e in emails),
+            groups=tuple(DirectoryGroup(f"cn={n}", n, "", m, external_id=f"{source}-{n}") for n, m in groups.items()),
+        )
+        read.append(Source(source, snapshot, complete=True))
+    with session_scope(db_url) as session:
+        _sync(session, read, "the test", datetime.now(UTC))
+
+
+@pytest.fixture
+def audited(db_url: str) -> Callable[[str], list[Any]]:
+    """The audit events of one action."""
+    from store.tables import AuditEvent
+
+    def read(action: str) -> list[Any]:
+        with session_scope(db_url, write=False) as session:
+            return list(session.exec(select(AuditEvent).where(AuditEvent.action == action)))
+
+    return read
+
+
+def test_a_bare_group_left_open_cannot_grant_through_another_directorys_namesake(db_url: str) -> None:
+    """A bare ``dbusers`` waiting for corp is stored as ``corp:dbusers``: when another directory brings a
+    ``dbusers`` and corp has none, the policy grants its role to nobody — not to the other source's group."""
+    with session_scope(db_url) as session:
+        opened = load_org(
+            session, OrgFile.model_validate({"integrations": [CORP]} | _policy("dbusers")), connectors=checked_connector
+        )
+    _synced(db_url, corp={"developers": ("zoe@example.com",)})
+    # Later, a second directory arrives with a group of that name, whose members are the demo's.
+    with session_scope(db_url) as session:
+        load_org(session, OrgFile.model_validate({"integrations": [_directory("hr")]}), connectors=checked_connector)
+    _synced(db_url, corp={"developers": ("zoe@example.com",)}, hr={"dbusers": ("alan@example.com", "ken@example.com")})
+    with session_scope(db_url, write=False) as session:
+        plan = catalog.birthright_inputs(session).plan()
+        assert [(item.user, item.role) for item in plan.add if item.policy == "db"] == []
+        [still] = open_references(session)
+    assert [(o.reference, o.given, o.waits_for) for o in opened] == [("corp:dbusers", "dbusers", "corp")]
+    assert (still.reference, still.waits_for) == ("corp:dbusers", None)
+    assert still.why == "unknown group corp:dbusers: corp has synced and has no such group; fix the policy"
+
+
+def test_a_bare_group_is_refused_unless_exactly_one_directory_is_yet_to_sync(db_url: str) -> None:
+    two = {"integrations": [CORP, _directory("hr")]} | _policy("dbusers")
+    with pytest.raises(OrgError) as refused, session_scope(db_url) as session:
+        load_org(session, OrgFile.model_validate(two), connectors=checked_connector)
+    [problem] = refused.value.problems
+    assert problem.field == "birthright_policies.0.groups"
+    assert problem.message == (
+        "birthright policy db: unknown group dbusers: corp, hr have not synced yet; name the directory it is to "
+        "come from (corp:dbusers or hr:dbusers)"
+    )
+    with session_scope(db_url) as session:  # qualified, it waits for the directory it names
+        opened = load_org(
+            session, OrgFile.model_validate(two | _policy("hr:dbusers", "corp:#5f0c")), connectors=checked_connector
+        )
+    assert [(o.reference, o.waits_for, o.given) for o in opened] == [
+        ("hr:dbusers", "hr", None),
+        ("corp:#5f0c", "corp", None),
+    ]
+    # No directory left to sync: an unknown bare name is a plain unknown group.
+    _synced(db_url, corp={}, hr={})
+    with (
+        pytest.raises(OrgError, match=r"birthright policy db: unknown group dbusers$"),
+        session_scope(db_url) as session,
+    ):
+        load_org(session, OrgFile.model_validate(_policy("dbusers")), connectors=checked_connector)
+
+
+def test_a_typo_waiting_for_a_directory_is_unresolved_and_audited_after_its_sync(
+    db_url: str, audited: Callable[[str], list[Any]]
+) -> None:
+    file = OrgFile.model_validate({"integrations": [CORP]} | _policy("corp:dbusrs", "corp:dbusers"))
+    with session_scope(db_url) as session:
+        opened = load_org(session, file, connectors=checked_connector)
+    _synced(db_url, corp={"dbusers": ("zoe@example.com",)})
+    [event] = audited("org.references_unresolved")
+    assert event.actor == "lapse" and "after the first directory sync of corp" in event.reason
+    assert [r["reference"] for r in event.details["references"]] == ["corp:dbusrs"]
+    with session_scope(db_url, write=False) as session:
+        [typo] = open_references(session)
+    assert [(o.reference, o.waits_for) for o in opened] == [("corp:dbusrs", "corp"), ("corp:dbusers", "corp")]
+    assert (typo.reference, typo.waits_for) == ("corp:dbusrs", None)
+    assert "corp has synced and has no such group" in typo.why
+    _synced(db_url, corp={"dbusers": ("zoe@example.com",)})  # only the run it waited for says so
+    assert len(audited("org.references_unresolved")) == 1
+
+
+def test_a_typo_waiting_for_a_discovery_is_unresolved_and_audited_after_it(
+    db_url: str, audited: Callable[[str], list[Any]]
+) -> None:
+    from temporalio.testing import ActivityEnvironment
+
+    from access.connectors import DiscoveredRole, Discovery
+    from access.discovery import IntegrationInput
+    from activities.discovery import DiscoveryActivities
+    from tests.conftest import FakeTarget
+
+    class Discovers(FakeTarget):
+        discovers = True
+
+        def discover(self) -> Discovery:
+            return Discovery(resources={"app": ""}, roles=[DiscoveredRole("app", "app_read")])
+
+    pg = {"name": "pg", "kind": "postgres", "config": {"dsn_env": "LAPSE_PG_DSN"}}
+    file = {
+        "integrations": [pg],
+        "birthright_policies": [
+            {"name": "db", "groups": ["engineering"], "roles": ["pg/app/app_read", "pg/app/app_reed"]}
+        ],
+    }
+    with session_scope(db_url) as session:
+        opened = load_org(session, OrgFile.model_validate(file), connectors=checked_connector)
+    activities = DiscoveryActivities(db_url, connectors={"postgres": Discovers().connector})
+    ActivityEnvironment().run(activities.discover_integration, IntegrationInput(integration="pg"))
+    [event] = audited("org.references_unresolved")
+    assert "after the first discovery of pg" in event.reason
+    assert [r["reference"] for r in event.details["references"]] == ["pg/app/app_reed"]
+    with session_scope(db_url, write=False) as session:
+        [typo] = open_references(session, connectors=checked_connector)
+    assert [o.waits_for for o in opened] == ["pg", "pg"]
+    assert (typo.reference, typo.waits_for) == ("pg/app/app_reed", None)
+    assert typo.why == "unknown role pg/app/app_reed: pg has been discovered and has no such role; fix the policy"
+
+
+def test_loading_a_file_holds_the_lock_every_birthright_policy_change_holds(db_url: str) -> None:
+    """Loading renumbers the birthright policies: it waits, as the birthright API's changes do, while another
+    change holds their lock (an advisory lock on PostgreSQL; SQLite's one writer at a time does it there)."""
+    import threading
+
+    from starter.services.birthright import LOCK
+    from store.db import lock
+
+    file = OrgFile.model_validate(_policy("engineering"))
+    loaded = threading.Event()
+
+    def load() -> None:
+        with session_scope(db_url) as session:
+            load_org(session, file, connectors=checked_connector)
+        loaded.set()
+
+    loader = threading.Thread(target=load)
+    with session_scope(db_url) as change:  # a birthright policy change under way
+        lock(change, LOCK)
+        loader.start()
+        assert not loaded.wait(1.5), "the file was loaded while a birthright policy change held the lock"
+    loader.join(timeout=30)
+    assert loaded.is_set()
+
+    from store.org_check import BIRTHRIGHT_LOCK
+
+    assert BIRTHRIGHT_LOCK == LOCK  # one key: the store names it, the birthright service takes it
+
+
+def test_a_files_names_and_sizes_are_bounded_as_the_api_bounds_them() -> None:
+    """The same name patterns as the integrations and birthright APIs (one definition each side of the layers,
+    pinned equal here), and every section bounded."""
+    from pydantic import ValidationError
+
+    from access.limits import MAX_NAME
+    from starter.services import birthright, integrations
+    from starter.services.fields import Name
+    from store.org import INTEGRATION_NAME_PATTERN, LIMITS, MAX_ROLES, POLICY_NAME_PATTERN
+
+    assert INTEGRATION_NAME_PATTERN == integrations.NAME_PATTERN
+    assert POLICY_NAME_PATTERN == birthright.NAME_PATTERN
+    assert Name.__metadata__[0].max_length == MAX_NAME  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError) as refused:
+        OrgFile.model_validate({"integrations": [{"name": "a name with spaces " * 160}]})
+    assert [e["loc"] for e in refused.value.errors()] == [("integrations", 0, "name")]
+    resources = [{"name": f"r{r}", "roles": [{"name": f"{i}"} for i in range(500)]} for r in range(MAX_ROLES // 500)]
+    resources.append({"name": "one-more", "roles": [{"name": "last"}]})
+    with pytest.raises(ValidationError, match=f"integrations declare {MAX_ROLES + 1} roles; one file may declare"):
+        OrgFile.model_validate({"integrations": [{"name": "x", "resources": resources}]})
+    for section, limit in LIMITS.items():
+        with pytest.raises(ValidationError) as too_many:
+            OrgFile.model_validate({section: [{}] * (limit + 1)})
+        [error] = too_many.value.errors()
+        assert error["loc"] == (section,) and f"one file may list at most {limit}" in error["msg"]

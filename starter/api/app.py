@@ -26,6 +26,7 @@ from starter.api.routes import (
 )
 from starter.services.discovery import ensure_schedules
 from starter.services.syncs import ensure_sync_schedules
+from starter.web import install as install_web_ui
 from store.audit_log import configure_audit
 from store.settings import Settings, get_settings
 from store.temporal import connect
@@ -39,18 +40,28 @@ class BodyLimit:
     buffered body, so no handler ever holds more than ``limit`` bytes of it.
     """
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, larger: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int = MAX_BODY_BYTES,
+        larger: dict[str, int] | None = None,
+        exact: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.limit = limit
         self.larger = larger or {}
         """Path prefixes allowed a larger body, with their limit."""
+        self.exact = exact or {}
+        """Paths (exactly these) allowed a larger body, with their limit."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        limit = next((n for prefix, n in self.larger.items() if path.startswith(prefix)), self.limit)
+        limit = self.exact.get(path) or next(
+            (n for prefix, n in self.larger.items() if path.startswith(prefix)), self.limit
+        )
         declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), None)
         if declared is not None:
             if not declared.strip().isdigit():
@@ -128,11 +139,12 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     app.state.client = client
     problems.install(app)
     # The Temporal Web UI's codec calls carry whole payloads (up to the codec's own bound), and an organisation
-    # file may list a whole company: nothing else needs more.
+    # file may list a whole company (POST /api/org, that path only): nothing else needs more.
     app.add_middleware(
         BodyLimit,
         limit=MAX_BODY_BYTES,
-        larger={"/codec/": codec.MAX_TOTAL_CHARS + MAX_BODY_BYTES, "/api/org": org.MAX_FILE_BYTES},
+        larger={"/codec/": codec.MAX_TOTAL_CHARS + MAX_BODY_BYTES},
+        exact={"/api/org": org.MAX_FILE_BYTES},
     )
     openapi = app.openapi
 
@@ -162,6 +174,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    install_web_ui(app)  # the web UI's pages over the same services, and /static
     return app
 
 

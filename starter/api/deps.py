@@ -12,9 +12,7 @@ from temporalio.client import Client
 
 from access.limits import MAX_EMAIL, control_characters
 from starter.api.problems import Problem
-from starter.services.authorization import require_admin
-from store import catalog
-from store.db import session_scope
+from starter.services.authorization import require_active_user, require_admin
 from store.settings import Settings
 from store.tables import User
 
@@ -33,6 +31,10 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 ClientDep = Annotated[Client, Depends(_client)]
 
 
+HEADER = "X-Forwarded-Email"
+"""Who is signed in: set by the SSO proxy in front of Lapse."""
+
+
 def _caller(
     settings: SettingsDep,
     x_forwarded_email: Annotated[
@@ -40,17 +42,12 @@ def _caller(
     ] = None,
 ) -> User:
     if not x_forwarded_email:
-        raise Problem(401, "not signed in: the X-Forwarded-Email header is missing", field="X-Forwarded-Email")
-    # Emails compare case-insensitively: the caller is looked up (and named) in lower case.
-    x_forwarded_email = x_forwarded_email.strip().lower()
-    bad = control_characters(x_forwarded_email) or set("\t\n") & set(x_forwarded_email)
-    if len(x_forwarded_email) > MAX_EMAIL or bad:
-        raise Problem(401, "not signed in: the X-Forwarded-Email header is not an email", field="X-Forwarded-Email")
-    with session_scope(settings.db_url, write=False) as session:
-        user = catalog.find_user(session, x_forwarded_email)
-    if user is None or not user.active:
-        raise Problem(401, f"{x_forwarded_email} is not an active Lapse user", field="X-Forwarded-Email")
-    return user
+        raise Problem(401, "not signed in: the X-Forwarded-Email header is missing", field=HEADER)
+    email = x_forwarded_email.strip()
+    bad = control_characters(email) or set("\t\n") & set(email)
+    if len(email) > MAX_EMAIL or bad:
+        raise Problem(401, "not signed in: the X-Forwarded-Email header is not an email", field=HEADER)
+    return require_active_user(settings, email, field=HEADER)
 
 
 CurrentUser = Annotated[User, Depends(_caller)]

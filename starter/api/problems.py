@@ -68,6 +68,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 STATUS: dict[RefusalKind, int] = {
+    RefusalKind.UNAUTHENTICATED: 401,
     RefusalKind.NOT_FOUND: 404,
     RefusalKind.FORBIDDEN: 403,
     RefusalKind.CONFLICT: 409,
@@ -80,7 +81,8 @@ STATUS: dict[RefusalKind, int] = {
 
 
 class Problem(Exception):
-    """An error only HTTP has (not signed in, a browser origin): the services refuse with ``Refusal``."""
+    """An error only HTTP has (no sign-in header, or one that is no email; a browser origin): the services
+    refuse with ``Refusal``."""
 
     def __init__(
         self, status: int, detail: str, *, field: str | None = None, retry_after: int | None = None, **extra: Any

@@ -15,10 +15,11 @@ from access.checkpoint import Head
 from access.errors import Refusal
 from access.types import AuditEntry
 from activities.audit import latest_checkpoint
+from starter.services.authorization import require_admin
 from store.audit_log import AuditReport, audit_refusal, audit_report, chain_id
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import AuditEvent
+from store.tables import AuditEvent, User
 
 
 class AuditOut(BaseModel):
@@ -87,9 +88,10 @@ class AuditCheck(BaseModel):
 
 
 def list_events(
-    settings: Settings, *, target: str | None, actor: str | None, action: str | None, limit: int
+    settings: Settings, admin: User, *, target: str | None, actor: str | None, action: str | None, limit: int
 ) -> list[AuditOut]:
-    """Audit events, newest first, of one target, actor or action when given."""
+    """Audit events, newest first, of one target, actor or action when given (admins)."""
+    require_admin(admin)
     query = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
     actor = actor.strip().lower() if actor is not None else None  # emails are kept in lower case
     for column, value in ((AuditEvent.target, target), (AuditEvent.actor, actor), (AuditEvent.action, action)):
@@ -99,9 +101,10 @@ def list_events(
         return [AuditOut.model_validate(e, from_attributes=True) for e in session.exec(query)]
 
 
-async def verify(client: Client | None, settings: Settings) -> AuditCheck:
+async def verify(client: Client | None, settings: Settings, admin: User) -> AuditCheck:
     """Check every event's MAC and link, and that the log reaches the heads checkpointed outside the app DB
-    (the data dir's ``audit.head`` and the scheduled ``audit-checkpoint`` workflow's last result)."""
+    (the data dir's ``audit.head`` and the scheduled ``audit-checkpoint`` workflow's last result) (admins)."""
+    require_admin(admin)
     checkpoints: dict[str, Head] = {}
     notes: list[str] = []
     if client is not None:

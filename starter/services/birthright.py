@@ -22,6 +22,7 @@ from access.grants import GrantPath, birthright_barred
 from access.limits import MAX_ITEMS
 from access.types import AuditEntry
 from activities.connectors import built
+from starter.services.authorization import require_admin
 from starter.services.fields import FreeText, Name, RolePath
 from starter.services.syncs import SyncStateOut, sync_state, trigger_now
 from store import catalog
@@ -217,20 +218,23 @@ def _audit(session: Session, actor: str, action: str, target: str, details: dict
 # --- the policies -------------------------------------------------------------------------
 
 
-def list_policies(settings: Settings) -> list[PolicyOut]:
+def list_policies(settings: Settings, admin: User) -> list[PolicyOut]:
     """The policies in order: a role two policies grant is attributed to the first."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         grants = _grant_counts(session)
         return [_out(p, grants) for p in _ordered(session)]
 
 
-def get_policy(settings: Settings, name: str) -> PolicyOut:
+def get_policy(settings: Settings, admin: User, name: str) -> PolicyOut:
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         return _out(_find(session, name), _grant_counts(session))
 
 
 async def create_policy(client: Client, settings: Settings, admin: User, new: PolicyIn) -> PolicyOut:
     """Add a policy (last, or at ``position``); the sync applies it at once."""
+    require_admin(admin)
     with session_scope(settings.db_url) as session:
         lock(session, LOCK)
         if session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == new.name)).first() is not None:
@@ -253,6 +257,7 @@ async def create_policy(client: Client, settings: Settings, admin: User, new: Po
 
 async def update_policy(client: Client, settings: Settings, admin: User, name: str, update: PolicyUpdate) -> PolicyOut:
     """Change a policy's groups, roles or description; the sync applies it at once."""
+    require_admin(admin)
     with session_scope(settings.db_url) as session:
         lock(session, LOCK)
         policy = _find(session, name)
@@ -270,6 +275,7 @@ async def update_policy(client: Client, settings: Settings, admin: User, name: s
 
 async def delete_policy(client: Client, settings: Settings, admin: User, name: str) -> None:
     """Delete a policy; the sync removes the grants no other policy accounts for, at once."""
+    require_admin(admin)
     with session_scope(settings.db_url) as session:
         lock(session, LOCK)
         policy = _find(session, name)
@@ -283,6 +289,7 @@ async def delete_policy(client: Client, settings: Settings, admin: User, name: s
 
 async def reorder_policies(client: Client, settings: Settings, admin: User, order: list[str]) -> list[PolicyOut]:
     """Put the policies in this order (every name exactly once): it decides which policy a grant is under."""
+    require_admin(admin)
     with session_scope(settings.db_url) as session:
         lock(session, LOCK)
         before = [p.name for p in _ordered(session)]
@@ -295,8 +302,9 @@ async def reorder_policies(client: Client, settings: Settings, admin: User, orde
     return out
 
 
-def preview(settings: Settings, change: Change, *, limit: int) -> PreviewOut:
+def preview(settings: Settings, admin: User, change: Change, *, limit: int) -> PreviewOut:
     """The plan a change would cause, before saving it: the sync's own plan on the changed policies."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         specs = [PolicySpec(p.name, list(p.groups), list(p.roles)) for p in _ordered(session)]
         if isinstance(change, CreateChange):
@@ -337,6 +345,7 @@ def _preview(plan: BirthrightPlan, limit: int) -> PreviewOut:
 
 async def sync_now(client: Client, settings: Settings, admin: User) -> dict[str, str]:
     """Run the birthright sync now (one run at a time, at most one more waiting), and audit who asked."""
+    require_admin(admin)
     if not await _trigger(client, settings):
         raise Refusal(
             RefusalKind.UNAVAILABLE,
@@ -347,6 +356,7 @@ async def sync_now(client: Client, settings: Settings, admin: User) -> dict[str,
     return {"status": "triggered", "schedule": names.BIRTHRIGHT_SYNC}
 
 
-def last_sync(settings: Settings) -> SyncStateOut:
+def last_sync(settings: Settings, admin: User) -> SyncStateOut:
     """The last run: when it started and finished, what it planned and did, and why it failed if it did."""
+    require_admin(admin)
     return sync_state(settings, names.BIRTHRIGHT_SYNC)

@@ -1,4 +1,4 @@
-"""The directory: run its sync now, see how the last run went, and list the groups it knows by source."""
+"""The directory (admins): run its sync now, see how the last run went, and list the groups it knows by source."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from sqlmodel import col
 from temporalio.client import Client
 
 from access import names
+from starter.services.authorization import require_admin
 from starter.services.syncs import SyncStateOut, sync_state, trigger_now
 from store import groups as group_refs
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import Group, Membership
+from store.tables import Group, Membership, User
 
 
 class SyncTriggered(BaseModel):
@@ -37,19 +38,22 @@ class GroupOut(BaseModel):
     name this one."""
 
 
-async def sync_now(client: Client, settings: Settings) -> SyncTriggered:
+async def sync_now(client: Client, settings: Settings, admin: User) -> SyncTriggered:
     """Run the directory sync now, through its schedule (one run at a time, at most one more waiting)."""
+    require_admin(admin)
     await trigger_now(client, settings, names.DIRECTORY_SYNC)
     return SyncTriggered(triggered=True, schedule=names.DIRECTORY_SYNC)
 
 
-def last_sync(settings: Settings) -> SyncStateOut:
+def last_sync(settings: Settings, admin: User) -> SyncStateOut:
     """The directory sync's last run: when it started and finished, what it found, or why it failed."""
+    require_admin(admin)
     return sync_state(settings, names.DIRECTORY_SYNC)
 
 
-def list_groups(settings: Settings, *, source: str | None, name: str | None, limit: int) -> list[GroupOut]:
+def list_groups(settings: Settings, admin: User, *, source: str | None, name: str | None, limit: int) -> list[GroupOut]:
     """Groups by source, with the reference that names each (policies refer to groups by reference)."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         query = sa_select(col(Group.id), col(Group.source), col(Group.name), col(Group.external_id))
         if source is not None:

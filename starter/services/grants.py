@@ -93,6 +93,7 @@ async def revoke_grant(client: Client, settings: Settings, admin: User, grant_id
     """An admin ends a grant from the permissions table: a JIT grant through its request while its run is
     going (so that history stays true); a birthright or external one, or a JIT one whose run is gone
     (terminated at Temporal's history limit, say), through a revoke workflow over its ledger row."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         grant = session.get(Grant, grant_id)
     if grant is None:

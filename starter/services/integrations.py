@@ -19,6 +19,7 @@ from access.grants import GrantPath
 from access.types import AuditEntry, Sensitivity
 from activities.connectors import check_config
 from starter.services import discovery
+from starter.services.authorization import require_admin
 from starter.services.fields import FreeText, Name, check_json
 from starter.services.grants import GrantOut
 from store.audit_log import append_audit
@@ -125,13 +126,15 @@ def _role_out(role: Role, resource: Resource, holders: int) -> RoleOut:
     )
 
 
-def list_integrations(settings: Settings) -> list[IntegrationOut]:
+def list_integrations(settings: Settings, admin: User) -> list[IntegrationOut]:
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         rows = session.exec(select(Integration).order_by(Integration.name)).all()
         return [_out(session, i) for i in rows]
 
 
-def get_integration(settings: Settings, name: str) -> IntegrationOut:
+def get_integration(settings: Settings, admin: User, name: str) -> IntegrationOut:
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         return _out(session, _find(session, name))
 
@@ -160,6 +163,7 @@ async def create_integration(
     client: Client, settings: Settings, admin: User, body: IntegrationCreate
 ) -> IntegrationOut:
     """Connect a target system and start its discovery schedule."""
+    require_admin(admin)
     _check(body)
     with session_scope(settings.db_url) as session:
         if session.exec(select(Integration).where(Integration.name == body.name)).first() is not None:
@@ -185,15 +189,17 @@ async def create_integration(
     return out
 
 
-async def run_connection_test(client: Client, settings: Settings, name: str) -> ConnectionTestResult:
+async def run_connection_test(client: Client, settings: Settings, admin: User, name: str) -> ConnectionTestResult:
     """Reach the target with the integration's settings, on a worker; ``ok: false`` says what is wrong."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         _find(session, name)
     return await discovery.check_connection(client, settings, name)
 
 
-async def discover(client: Client, settings: Settings, name: str) -> DiscoveryResult:
+async def discover(client: Client, settings: Settings, admin: User, name: str) -> DiscoveryResult:
     """Run discovery now and return what it found and changed."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         integration = _find(session, name)
     if not discovery.discovers(integration):
@@ -202,8 +208,9 @@ async def discover(client: Client, settings: Settings, name: str) -> DiscoveryRe
     return await discovery.discover_now(client, settings, name)
 
 
-def list_roles(settings: Settings, name: str) -> list[RoleOut]:
+def list_roles(settings: Settings, admin: User, name: str) -> list[RoleOut]:
     """The integration's roles as last discovered (or configured), with how many hold each."""
+    require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         integration = _find(session, name)
         holders = dict(
@@ -224,6 +231,7 @@ def list_roles(settings: Settings, name: str) -> list[RoleOut]:
 
 def update_role(settings: Settings, admin: User, name: str, resource: str, role: str, changes: RoleUpdate) -> RoleOut:
     """Mark a role JIT-only (grants made outside Lapse become drift), or change its sensitivity."""
+    require_admin(admin)
     path = f"{name}/{resource}/{role}"
     with session_scope(settings.db_url) as session:
         _find(session, name)
@@ -243,8 +251,9 @@ def update_role(settings: Settings, admin: User, name: str, resource: str, role:
         return _role_out(row, owner, int(holders))
 
 
-def list_grants(settings: Settings, name: str, *, unlinked: bool, path: str | None) -> list[GrantOut]:
+def list_grants(settings: Settings, admin: User, name: str, *, unlinked: bool, path: str | None) -> list[GrantOut]:
     """Active grants in this integration, as the ledger and the last discovery know them."""
+    require_admin(admin)
     if path is not None and path not in set(GrantPath):
         raise Refusal(RefusalKind.INVALID, "path must be jit, birthright or external", field="path")
     with session_scope(settings.db_url, write=False) as session:

@@ -25,7 +25,7 @@ from starter.services.discovery import discover_now, ensure_schedules
 from starter.services.syncs import ensure_sync_schedules, trigger_now
 from store.audit_log import append_audit
 from store.db import session_scope
-from store.org import OrgError, OrgFile, load_org
+from store.org import OrgError, OrgFile, load
 from store.org_check import OpenReference, open_references
 from store.settings import Settings
 from store.tables import User
@@ -44,18 +44,36 @@ def checked_connector(kind: str, config: Mapping[str, Any]) -> Connector:
 
 
 class OpenReferenceOut(BaseModel):
-    """A birthright policy's group or role that names nothing yet: the policy grants nothing through it until
-    it does."""
+    """A birthright policy's group or role that names nothing: the policy grants nothing through it until it
+    does."""
 
     policy: str
     kind: Literal["group", "role"]
     reference: str
+    """As the policy stores it."""
+    state: Literal["waiting", "unresolved"]
+    """``waiting`` for the first sync of the directory it names or the first discovery of its integration;
+    ``unresolved`` when nothing is to bring it (that run is over, or it names no directory or integration
+    not yet read): fix the policy."""
+    waits_for: str | None
+    """The directory or integration it waits for (``waiting`` only)."""
+    given: str | None = None
+    """What the file said, when it is stored otherwise: a bare group name qualified with the one directory not
+    synced yet (``dbusers`` stored as ``corp:dbusers``)."""
     why: str
     """What is wrong, and what would resolve it (``waits for the first directory sync of corp``)."""
 
     @classmethod
     def of(cls, reference: OpenReference) -> OpenReferenceOut:
-        return cls(policy=reference.policy, kind=reference.kind, reference=reference.reference, why=reference.why)
+        return cls(
+            policy=reference.policy,
+            kind=reference.kind,
+            reference=reference.reference,
+            state="waiting" if reference.waits_for else "unresolved",
+            waits_for=reference.waits_for,
+            given=reference.given,
+            why=reference.why,
+        )
 
 
 class OrgLoaded(BaseModel):
@@ -63,28 +81,40 @@ class OrgLoaded(BaseModel):
 
     loaded: dict[str, int]
     """How many entries of each section the file had (each was created or updated)."""
+    sha256: str
+    """The SHA-256 of the file's canonical JSON, as the audit event ``org.loaded`` records it."""
     open_references: list[OpenReferenceOut]
     """Birthright references a first directory sync or discovery will resolve (started below); until then
-    they grant nothing. ``GET /api/org/open-references`` lists those still open."""
+    they grant nothing. ``GET /api/org/open-references`` lists those still open, and those that run did not
+    bring as ``unresolved``."""
     schedules: list[str]
     """The discovery schedules, now up to date."""
     started: list[str]
-    """What was run or started, in order: ``discovery-<name>`` (run and waited for), ``directory-sync``,
-    ``birthright-sync``."""
+    """What ran or was started, in order: ``discovery-<name>`` (run and waited for, and succeeded),
+    ``directory-sync``, ``birthright-sync``."""
+    failed: list[str]
+    """What failed to run (``discovery-<name>``); ``notes`` says why."""
     applied: bool
-    """False when the file was stored but the schedules and syncs above could not all be brought up to date
-    (``notes`` says why): they are at the API's next start, and the syncs at their next run."""
+    """False when the file was stored but not all it implies was brought up to date (``failed``, or the
+    workflow service did not answer; ``notes`` says why): the schedules are at the API's next start, the
+    syncs and discoveries at their next run."""
     notes: list[str]
 
 
 def store_org(settings: Settings, actor: User, org: OrgFile) -> list[OpenReference]:
     """Check ``org`` whole and store it in one transaction, with its audit event; nothing is stored when any
-    of it is refused (``Invalid``, naming the first field at fault and listing every problem)."""
+    of it is refused (``Invalid``, naming the first field at fault and listing every problem).
+
+    The event (``org.loaded``) names, per section, what the file created and updated — birthright policies,
+    approval workflows, assignments, integrations and their roles, groups, users made or unmade admins,
+    deactivated or reactivated or moved between the file's groups — the open references it left, and the
+    SHA-256 of the file's canonical JSON."""
     require_admin(actor)
     try:
         with session_scope(settings.db_url) as session:
-            opened = load_org(session, org, connectors=checked_connector)
-            details: dict[str, Any] = {"loaded": _counts(org)}
+            loaded = load(session, org, connectors=checked_connector)
+            opened = loaded.opened
+            details: dict[str, Any] = {"loaded": _counts(org), "sha256": org.sha256(), "changes": loaded.changes()}
             if opened:
                 details["open_references"] = [f"{o.policy}: {o.reference}" for o in opened]
             append_audit(session, [AuditEntry(actor=actor.email, action="org.loaded", target="org", details=details)])
@@ -105,9 +135,11 @@ async def load_org_file(settings: Settings, client: Client, actor: User, org: Or
     opened = await asyncio.to_thread(store_org, settings, actor, org)  # a large file takes a while to store
     result = OrgLoaded(
         loaded=_counts(org),
+        sha256=org.sha256(),
         open_references=[OpenReferenceOut.of(o) for o in opened],
         schedules=[],
         started=[],
+        failed=[],
         applied=True,
         notes=[],
     )
@@ -117,8 +149,11 @@ async def load_org_file(settings: Settings, client: Client, actor: User, org: Or
         # Discovery first, waited for: the birthright sync the directory sync ends with then finds the roles.
         undiscovered = sorted({o.reference.split("/", 1)[0] for o in opened if o.kind == "role"})
         outcomes = await asyncio.gather(*(_discover(client, settings, name) for name in undiscovered))
-        result.started += [names.discovery_id(name) for name in undiscovered]
-        result.notes += [outcome for outcome in outcomes if outcome]
+        for name, outcome in zip(undiscovered, outcomes, strict=True):
+            (result.failed if outcome else result.started).append(names.discovery_id(name))
+            if outcome:
+                result.notes.append(outcome)
+        result.applied = not result.failed
         if any(o.kind == "group" for o in opened) or any(i.directory for i in org.integrations):
             await trigger_now(client, settings, names.DIRECTORY_SYNC)
             result.started.append(names.DIRECTORY_SYNC)
@@ -135,10 +170,11 @@ async def load_org_file(settings: Settings, client: Client, actor: User, org: Or
 
 
 def list_open_references(settings: Settings, actor: User) -> list[OpenReferenceOut]:
-    """The stored birthright policies' groups and roles that name nothing now (admins)."""
+    """The stored birthright policies' groups and roles that name nothing now (admins): those waiting for a
+    first directory sync or discovery, and those nothing is to bring (``unresolved``)."""
     require_admin(actor)
     with session_scope(settings.db_url, write=False) as session:
-        return [OpenReferenceOut.of(o) for o in open_references(session)]
+        return [OpenReferenceOut.of(o) for o in open_references(session, connectors=checked_connector)]
 
 
 async def _discover(client: Client, settings: Settings, name: str) -> str | None:

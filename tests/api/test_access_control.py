@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from starter.api import deps
 from starter.api.app import create_app
 from tests.conftest import make_settings
+from tests.web.test_pages import ADMIN_PAGES
 
 ADMIN_ROUTES = [
     ("GET", "/api/audit"),
@@ -41,6 +42,8 @@ ADMIN_ROUTES = [
     ("PATCH", "/api/integrations/{name}/roles/{resource}/{role}"),
     ("GET", "/api/integrations/{name}/grants"),
     ("POST", "/api/grants/{grant_id}/revoke"),
+    ("POST", "/api/org"),
+    ("GET", "/api/org/open-references"),
     ("POST", "/codec/decode"),
 ]
 """Every route only admins may call."""
@@ -103,4 +106,4 @@ def test_exactly_the_admin_routes_depend_on_an_admin(tmp_path: Path) -> None:
         if _needs_admin(route.dependant)
         for method in route.methods or ()
     }
-    assert guarded == set(ADMIN_ROUTES)
+    assert guarded == set(ADMIN_ROUTES) | set(ADMIN_PAGES)

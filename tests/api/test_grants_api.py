@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from sqlmodel import select
+from temporalio.testing import WorkflowEnvironment
+
+from access import names
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Grant
@@ -89,3 +94,29 @@ async def test_a_requester_gives_back_a_grant_and_it_is_gone_from_their_list(api
     assert ended["state"] in ("revoking", "revoked")
     await api.wait_for(created["id"], "revoked")
     assert await api.ok("katherine@example.com", "GET", "/api/grants") == []
+
+
+async def test_only_its_requester_or_an_admin_ends_a_grant_whose_run_is_gone(
+    api: Api, env: WorkflowEnvironment, settings: Settings, target: FakeTarget, audit: Any
+) -> None:
+    """With no run to ask, the service itself checks who is revoking (the ledger row is revoked directly)."""
+    katherine = "katherine@example.com"
+    created = await api.request(katherine, READ, "PT30M", "")
+    await api.wait_for(created["id"], "active")
+    workflow_id = names.request_workflow_id(created["id"])
+    # What Temporal does to a run whose history passed its limit.
+    await env.client.get_workflow_handle(workflow_id).terminate("history size exceeds limit")
+
+    stranger = await api.call("ken@example.com", "POST", f"/api/requests/{created['id']}/revoke", {})
+    assert problem(stranger, 403) == "only the requester or an admin can revoke a grant"
+    [refused] = [e for e in audit(workflow_id) if e.action == "grant.revoke.refused"]
+    assert (refused.actor, refused.reason) == ("ken@example.com", "only the requester or an admin can revoke a grant")
+    with session_scope(settings.db_url, write=False) as session:
+        assert session.exec(select(Grant).where(Grant.request_id == created["id"])).one().active
+    assert (katherine, READ) in target.held
+
+    revoked = await api.ok(katherine, "POST", f"/api/requests/{created['id']}/revoke", {"comment": "done"})
+    assert (revoked["state"], revoked["ended_by"]) == ("revoked", katherine)
+    assert (katherine, READ) not in target.held
+    [ended] = [e for e in audit(workflow_id) if e.action == "grant.revoked"]
+    assert ended.actor == katherine

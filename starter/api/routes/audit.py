@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/audit", tags=["audit"], responses=responses(401,
 
 @router.get("", responses=responses(422))
 def list_audit(
-    _: AdminUser,
+    admin: AdminUser,
     settings: SettingsDep,
     target: Annotated[RolePath | None, Query(description="Only events about this target.")] = None,
     actor: Annotated[Email | None, Query(description="Only events by this person.")] = None,
@@ -25,13 +25,13 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> list[AuditOut]:
     """Audit events, newest first (admins)."""
-    return audit.list_events(settings, target=target, actor=actor, action=action, limit=limit)
+    return audit.list_events(settings, admin, target=target, actor=actor, action=action, limit=limit)
 
 
 @router.get("/verify")
-async def verify(_: AdminUser, settings: SettingsDep, client: ClientDep) -> AuditCheck:
+async def verify(admin: AdminUser, settings: SettingsDep, client: ClientDep) -> AuditCheck:
     """Check every event's MAC and link, and that the log reaches the heads checkpointed outside the app DB
     (the data dir's ``audit.head`` and the scheduled ``audit-checkpoint`` workflow's last result): an
     edited, forged or deleted event (the newest ones and all of them included) is reported with its
     sequence number."""
-    return await audit.verify(client, settings)
+    return await audit.verify(client, settings, admin)

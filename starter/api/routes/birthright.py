@@ -25,9 +25,9 @@ class Order(BaseModel):
 
 
 @router.get("/policies")
-def list_policies(_: AdminUser, settings: SettingsDep) -> list[PolicyOut]:
+def list_policies(admin: AdminUser, settings: SettingsDep) -> list[PolicyOut]:
     """The policies in order: a role two policies grant is attributed to the first."""
-    return birthright.list_policies(settings)
+    return birthright.list_policies(settings, admin)
 
 
 @router.post("/policies", status_code=201, responses=responses(409, 413))
@@ -37,8 +37,8 @@ async def create_policy(body: PolicyIn, admin: AdminUser, settings: SettingsDep,
 
 
 @router.get("/policies/{name}", responses=responses(404))
-def get_policy(name: NameParam, _: AdminUser, settings: SettingsDep) -> PolicyOut:
-    return birthright.get_policy(settings, name)
+def get_policy(name: NameParam, admin: AdminUser, settings: SettingsDep) -> PolicyOut:
+    return birthright.get_policy(settings, admin, name)
 
 
 @router.put("/policies/{name}", responses=responses(404, 413))
@@ -64,12 +64,12 @@ async def reorder_policies(body: Order, admin: AdminUser, settings: SettingsDep,
 @router.post("/preview", responses=responses(404, 409, 413))
 def preview(
     body: Change,
-    _: AdminUser,
+    admin: AdminUser,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=0, le=100_000, description="At most this many entries per list.")] = 1000,
 ) -> PreviewOut:
     """The plan a change would cause, before saving it: the sync's own plan on the changed policies. Saves nothing."""
-    return birthright.preview(settings, body, limit=limit)
+    return birthright.preview(settings, admin, body, limit=limit)
 
 
 @router.post("/sync", status_code=202, responses=responses(503))
@@ -79,6 +79,6 @@ async def sync_now(admin: AdminUser, settings: SettingsDep, client: ClientDep) -
 
 
 @router.get("/sync")
-def sync_state(_: AdminUser, settings: SettingsDep) -> SyncStateOut:
+def sync_state(admin: AdminUser, settings: SettingsDep) -> SyncStateOut:
     """The last run: when it started and finished, what it planned and did, and why it failed if it did."""
-    return birthright.last_sync(settings)
+    return birthright.last_sync(settings, admin)

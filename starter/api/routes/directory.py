@@ -17,24 +17,24 @@ router = APIRouter(prefix="/api/directory", tags=["directory"], responses=respon
 
 
 @router.post("/sync", status_code=202, responses=responses(413, 503))
-async def sync_now(_: AdminUser, settings: SettingsDep, client: ClientDep) -> SyncTriggered:
+async def sync_now(admin: AdminUser, settings: SettingsDep, client: ClientDep) -> SyncTriggered:
     """Run the directory sync now, through its schedule (one run at a time, at most one more waiting)."""
-    return await directory.sync_now(client, settings)
+    return await directory.sync_now(client, settings, admin)
 
 
 @router.get("/sync")
-def sync_state(_: AdminUser, settings: SettingsDep) -> SyncStateOut:
+def sync_state(admin: AdminUser, settings: SettingsDep) -> SyncStateOut:
     """The directory sync's last run: when it started and finished, what it found, or why it failed."""
-    return directory.last_sync(settings)
+    return directory.last_sync(settings, admin)
 
 
 @router.get("/groups")
 def list_groups(
-    _: AdminUser,
+    admin: AdminUser,
     settings: SettingsDep,
     source: Annotated[Name | None, Query(description="Only this source's groups (`file` or an integration).")] = None,
     name: Annotated[Name | None, Query(description="Only groups of this name, from every source.")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> list[GroupOut]:
     """Groups by source, with the reference that names each (policies refer to groups by reference)."""
-    return directory.list_groups(settings, source=source, name=name, limit=limit)
+    return directory.list_groups(settings, admin, source=source, name=name, limit=limit)

@@ -20,8 +20,8 @@ NameParam = Annotated[Name, Path(description="The integration's name.")]
 
 
 @router.get("")
-def list_integrations(_: AdminUser, settings: SettingsDep) -> list[IntegrationOut]:
-    return integrations.list_integrations(settings)
+def list_integrations(admin: AdminUser, settings: SettingsDep) -> list[IntegrationOut]:
+    return integrations.list_integrations(settings, admin)
 
 
 @router.post("", status_code=201, responses=responses(409, 413, 503))
@@ -33,28 +33,28 @@ async def create_integration(
 
 
 @router.get("/{name}", responses=responses(404))
-def get_integration(name: NameParam, _: AdminUser, settings: SettingsDep) -> IntegrationOut:
-    return integrations.get_integration(settings, name)
+def get_integration(name: NameParam, admin: AdminUser, settings: SettingsDep) -> IntegrationOut:
+    return integrations.get_integration(settings, admin, name)
 
 
 @router.post("/{name}/test", responses=responses(404, 503))
 async def run_connection_test(
-    name: NameParam, _: AdminUser, settings: SettingsDep, client: ClientDep
+    name: NameParam, admin: AdminUser, settings: SettingsDep, client: ClientDep
 ) -> ConnectionTestResult:
     """Reach the target with the integration's settings, on a worker; ``ok: false`` says what is wrong."""
-    return await integrations.run_connection_test(client, settings, name)
+    return await integrations.run_connection_test(client, settings, admin, name)
 
 
 @router.post("/{name}/discover", responses=responses(404, 409, 502, 503))
-async def discover(name: NameParam, _: AdminUser, settings: SettingsDep, client: ClientDep) -> DiscoveryResult:
+async def discover(name: NameParam, admin: AdminUser, settings: SettingsDep, client: ClientDep) -> DiscoveryResult:
     """Run discovery now (the schedule also runs it) and return what it found and changed."""
-    return await integrations.discover(client, settings, name)
+    return await integrations.discover(client, settings, admin, name)
 
 
 @router.get("/{name}/roles", responses=responses(404))
-def list_roles(name: NameParam, _: AdminUser, settings: SettingsDep) -> list[RoleOut]:
+def list_roles(name: NameParam, admin: AdminUser, settings: SettingsDep) -> list[RoleOut]:
     """The integration's roles as last discovered (or configured), with how many hold each."""
-    return integrations.list_roles(settings, name)
+    return integrations.list_roles(settings, admin, name)
 
 
 @router.patch("/{name}/roles/{resource}/{role:path}", responses=responses(404, 413))
@@ -73,10 +73,10 @@ def update_role(
 @router.get("/{name}/grants", responses=responses(404))
 def list_integration_grants(
     name: NameParam,
-    _: AdminUser,
+    admin: AdminUser,
     settings: SettingsDep,
     unlinked: Annotated[bool, Query(description="Only accounts that match no Lapse user.")] = False,
     path: Annotated[Name | None, Query(description="Only `jit`, `birthright` or `external` grants.")] = None,
 ) -> list[GrantOut]:
     """Active grants in this integration, as the ledger and the last discovery know them."""
-    return integrations.list_grants(settings, name, unlinked=unlinked, path=path)
+    return integrations.list_grants(settings, admin, name, unlinked=unlinked, path=path)

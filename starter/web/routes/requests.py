@@ -1,0 +1,82 @@
+"""A request's page (``/requests/{id}``): status, steps and decisions, the grant's start and end, the audit
+timeline, and for admins the run in the Temporal Web UI. The status part polls until the request ends."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse
+
+from access import names
+from access.requests import RequestState
+from starter.api.deps import SettingsDep
+from starter.services.fields import Name
+from starter.services.timeline import request_timeline
+from starter.web.rendering import PageRoute, PageUser, render, unchanged, version
+from store.settings import Settings
+from store.tables import User
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+NOTICES = {
+    "requested": "Your request was made.",
+    "approved": "You approved it.",
+    "denied": "You denied it.",
+    "extended": "Your extension was asked for.",
+    "given-back": "You gave the access back.",
+    "cancelled": "You withdrew the request.",
+}
+"""What a page reached after an action says about it (``?done=``); nothing else is ever shown from the URL."""
+
+
+def temporal_run_url(settings: Settings, request_id: str) -> str:
+    """The request's run in the Temporal Web UI (the embedded dev server's, on ``temporal_ui_port``)."""
+    namespace, workflow_id = settings.temporal_namespace, names.request_workflow_id(request_id)
+    return f"http://localhost:{settings.temporal_ui_port}/namespaces/{namespace}/workflows/{workflow_id}"
+
+
+def _page(
+    request: Request, user: User, settings: Settings, request_id: str, template: str, seen: str | None, notice: str
+) -> Response:
+    status, events = request_timeline(settings, user, request_id)
+    current = version(status, *events)
+    if (same := unchanged(seen, current)) is not None:
+        return same
+    return render(
+        request,
+        template,
+        status=200,
+        req=status,
+        events=events,
+        version=current,
+        live=not status.state.ended,
+        active=RequestState.ACTIVE,
+        temporal_url=temporal_run_url(settings, request_id) if user.is_admin else None,
+        notice=NOTICES.get(notice),
+        can_decide=status.awaits_decision_from(user.email),
+        mine=status.requester == user.email,
+    )
+
+
+@router.get("/requests/{request_id}", response_class=HTMLResponse)
+def request_page(
+    request: Request,
+    request_id: Name,
+    user: PageUser,
+    settings: SettingsDep,
+    done: Annotated[str, Query(max_length=32)] = "",
+) -> Response:
+    return _page(request, user, settings, request_id, "request.html", None, done)
+
+
+@router.get("/requests/{request_id}/live", response_model=None)
+def request_live(
+    request: Request,
+    request_id: Name,
+    user: PageUser,
+    settings: SettingsDep,
+    v: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The status part, or 204 while it is what the page shows (``v``)."""
+    return _page(request, user, settings, request_id, "fragments/request_live.html", v, "")
