@@ -33,7 +33,7 @@ from store import groups
 from store.audit_log import append_audit
 from store.db import session_scope
 from store.org import DEMO_ORG
-from store.org_check import awaiting_first_run, unresolved_after
+from store.org_open import awaiting_first_run, unresolved_after
 from store.tables import AccessRequest, Group, Membership, SyncState, User
 
 LISTED = 1000

@@ -29,7 +29,7 @@ from activities.targets import as_activity_error, integration_named
 from store.audit_log import append_audit
 from store.db import lock, session_scope
 from store.ledger import IN_FLIGHT
-from store.org_check import awaiting_first_run, unresolved_after
+from store.org_open import awaiting_first_run, unresolved_after
 from store.tables import Grant, Integration, Resource, Role, User
 
 DRIFT_PER_RUN = 1000

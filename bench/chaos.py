@@ -71,7 +71,8 @@ from starter.services.org import checked_connector
 from starter.stack import port_open, prepare_database, temporal_server_command
 from store.codec import codec_keys
 from store.db import session_scope
-from store.org import OrgFile, load_org
+from store.org import OrgFile
+from store.org_load import load_org
 from store.tables import AccessRequest, AuditEvent, Grant
 
 PG_ENV = "LAPSE_CHAOS_PG_DSN"

@@ -351,6 +351,9 @@ class Stack:
             "LAPSE_TEMPORAL_ADDRESS": self.settings.temporal_address,
             "LAPSE_TASK_QUEUE": self.settings.task_queue,
             "LAPSE_API_PORT": str(self.settings.api_port),
+            # The load generator signs in as the SSO proxy would, from this host.
+            "LAPSE_AUTH": "proxy",
+            "LAPSE_TRUSTED_PROXIES": "127.0.0.1,::1",
         }
         return env | self.overrides
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -49,7 +51,8 @@ app = typer.Typer(
     cls=_Commands,
     help="Lapse: just-in-time access that lapses on its own.\n\n"
     "Every command but `run` is a client of the Lapse API (--api or LAPSE_API_URL; default "
-    "http://LAPSE_API_HOST:LAPSE_API_PORT), acting as the user given by --as (or LAPSE_USER).",
+    "http://LAPSE_API_HOST:LAPSE_API_PORT), signed in with the API token `lapse login` keeps (or LAPSE_TOKEN), "
+    "or, behind an SSO proxy, acting as the user given by --as (or LAPSE_USER).",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",  # help paragraphs reflow to the terminal; settings render as a list
@@ -61,7 +64,13 @@ _state: dict[str, Any] = {}
 @app.callback()
 def _options(
     as_user: Annotated[
-        str | None, typer.Option("--as", envvar="LAPSE_USER", help="Act as this user (email), as the SSO proxy would.")
+        str | None,
+        typer.Option(
+            "--as",
+            envvar="LAPSE_USER",
+            help="Behind an SSO proxy (LAPSE_AUTH=proxy): act as this user (email), as the proxy would say. "
+            "Without it, commands send the token `lapse login` kept.",
+        ),
     ] = None,
     api: Annotated[str | None, typer.Option(envvar="LAPSE_API_URL", help=API_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a summary.")] = False,
@@ -96,21 +105,22 @@ TIMEOUT = httpx.Timeout(300, connect=10)
 """An unreachable API fails at once; a slow answer (a large organisation file, a first discovery) is waited for."""
 
 
-def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-    """The API's answer to one call, as the ``--as`` user; any failure ends the command (exit 1) saying
-    what went wrong and how to point the CLI at another API."""
-    if not _state.get("user"):
-        _fail("say who you are: lapse --as you@example.com … (or set LAPSE_USER)")
+def _call(
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    unauthorized_ok: bool = False,
+) -> Any:
+    """The API's answer to one call, as the signed-in user (``_identity``) unless ``headers`` say who; any failure
+    ends the command (exit 1) saying what went wrong and how to point the CLI at another API (a 401 answers
+    None instead with ``unauthorized_ok``)."""
+    who = headers if headers is not None else _identity()
     api = _state["api"]
     try:
-        response = httpx.request(
-            method,
-            f"{api}{path}",
-            json=body,
-            params=params,
-            headers={"X-Forwarded-Email": _state["user"]},
-            timeout=TIMEOUT,
-        )
+        response = httpx.request(method, f"{api}{path}", json=body, params=params, headers=who, timeout=TIMEOUT)
     except httpx.HTTPError as error:
         _fail(
             f"cannot reach the Lapse API at {api}: {error or type(error).__name__}",
@@ -120,11 +130,15 @@ def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | Non
         data = response.json()
     except ValueError:
         data = None
+    if unauthorized_ok and response.status_code == 401:
+        return None
     if response.status_code >= 400 and isinstance(data, dict) and "status" in data:
         errors = [f"    {e.get('field')}: {e.get('message')}" for e in data.get("errors") or [] if isinstance(e, dict)]
+        stale = response.status_code == 401 and "Authorization" in who and headers is None
         _fail(
             f"{data.get('title', 'Error')} ({response.status_code}): {data.get('detail')}",
             *(errors if len(errors) > 1 else []),
+            *([f"the token kept for {api} no longer works: make a new one and `lapse login` again"] if stale else []),
             f"(the Lapse API at {api} answered; {_ELSEWHERE})",
         )
     if response.status_code >= 400 or data is None:
@@ -335,6 +349,107 @@ def grants(everyone: Annotated[bool, typer.Option("--all", help="Admins: everyon
         typer.echo(f"{grant['role']}  {grant['path']:<10} {grant['account']}  {until}  ({origin})")
 
     output(_call("GET", "/api/grants", params={"all": "true"} if everyone else None), show)
+
+
+# --- signing in: API tokens, kept per API in the user's config directory -----------------------------
+
+
+def credentials_path() -> Path:
+    """``$XDG_CONFIG_HOME/lapse/credentials.json`` (``~/.config`` by default): the kept tokens, by API URL."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "lapse" / "credentials.json"
+
+
+def _read_credentials() -> dict[str, Any]:
+    path = credentials_path()
+    try:
+        mode = path.stat().st_mode
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        _fail(f"cannot read the kept credentials in {path}: {error}", "delete the file and `lapse login` again")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        typer.echo(f"warning: {path} can be read by others: `chmod 600 {path}`", err=True)
+    return data if isinstance(data, dict) else {}
+
+
+def _write_credentials(credentials: dict[str, Any]) -> Path:
+    """Write the kept tokens, readable by their owner only (0600, in a 0700 directory), replacing the file whole."""
+    path = credentials_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        json.dump(credentials, file, indent=2)
+    os.replace(temporary, path)
+    return path
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.strip()}"}
+
+
+def _identity() -> dict[str, str]:
+    """Who the commands call as: ``--as`` (the SSO proxy's header), else ``LAPSE_TOKEN``, else the token kept
+    for this API by ``lapse login``."""
+    if _state.get("user"):
+        return {"X-Forwarded-Email": _state["user"]}
+    entry = _read_credentials().get(_state["api"])
+    token = os.environ.get("LAPSE_TOKEN") or (entry.get("token") if isinstance(entry, dict) else None)
+    if not token:
+        _fail(
+            f"say who you are: lapse --as you@example.com … behind an SSO proxy (or set LAPSE_USER), or sign in to "
+            f"{_state['api']} with `lapse login` (an API token)"
+        )
+    return _bearer(str(token))
+
+
+@app.command()
+def login(
+    token: Annotated[
+        str | None,
+        typer.Option(help="The API token (`lapse_…`); without it you are asked for it, and it is not echoed."),
+    ] = None,
+) -> None:
+    """Sign in to the API (--api) with an API token, checked there first, and keep it (mode 0600 in
+    `$XDG_CONFIG_HOME/lapse/credentials.json`): every command then sends it. Make one in the web UI, or with
+    `POST /api/tokens` as yourself."""
+    if token is None:
+        token = typer.prompt("API token", hide_input=True)
+    token = token.strip()
+    me = _call("GET", "/api/me", headers=_bearer(token))
+    credentials = _read_credentials()
+    credentials[_state["api"]] = {"token": token, "email": me["email"], "token_id": me.get("token_id")}
+    path = _write_credentials(credentials)
+    scopes = ", ".join(me.get("scopes") or []) or "none"
+    typer.echo(f"signed in to {_state['api']} as {me['email']} (token scopes: {scopes}); kept in {path}")
+
+
+@app.command()
+def logout(
+    revoke: Annotated[bool, typer.Option("--revoke", help="Also revoke the token, so that it works nowhere.")] = False,
+) -> None:
+    """Forget the token kept for the API (--api); with --revoke, revoke it there first."""
+    api = _state["api"]
+    credentials = _read_credentials()
+    entry = credentials.get(api)
+    if not isinstance(entry, dict) or not entry.get("token"):
+        typer.echo(f"no token kept for {api}: nothing to forget")
+        return
+    done = "forgot"
+    if revoke:
+        bearer = _bearer(str(entry["token"]))
+        me = _call("GET", "/api/me", headers=bearer, unauthorized_ok=True)
+        if me is None:
+            done = "forgot (it no longer worked there: expired, revoked, or its owner gone)"
+        else:
+            _call("DELETE", f"/api/tokens/{me['token_id']}", headers=bearer)
+            done = "revoked and forgot"
+    del credentials[api]
+    _write_credentials(credentials)
+    typer.echo(f"{done} the token for {api}")
 
 
 RUN_HELP = """Run Lapse here: the Temporal dev server, a worker and the API, with the demo organisation.

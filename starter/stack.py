@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,10 +19,14 @@ import httpx
 from sqlmodel import select
 
 from access.names import SEARCH_ATTRIBUTES
+from starter.demo_provider import CLIENT_ID as DEMO_CLIENT_ID
+from starter.demo_provider import CLIENT_SECRET_ENV as DEMO_CLIENT_SECRET_ENV
+from starter.demo_provider import demo_provider, demo_users
 from starter.services.org import checked_connector
 from store.codec import CodecKeyError, codec_keys
 from store.db import migrate, session_scope, shown_url
-from store.org import DEMO_ORG, OrgFile, load_org
+from store.org import DEMO_ORG, OrgFile
+from store.org_load import load_org
 from store.settings import Settings
 from store.tables import Integration, User
 
@@ -261,6 +266,38 @@ def _api_option(settings: Settings) -> str:
     return "" if settings.api_url == Settings.model_construct().api_url else f" --api {settings.api_url}"
 
 
+def demo_sign_in(settings: Settings, env: dict[str, str], cleanup: contextlib.ExitStack) -> str | None:
+    """With OIDC sign-in and no issuer configured, start the demo's identity provider (on 127.0.0.1, every
+    person of the app DB on its form) until ``cleanup`` closes, and point the API at it through ``env``.
+    Its URL, or None when sign-in goes elsewhere."""
+    if settings.auth != "oidc" or settings.oidc_issuer is not None:
+        return None
+    provider = cleanup.enter_context(demo_provider(demo_users(settings)))
+    env.pop("LAPSE_OIDC_CLIENT_SECRET_FILE", None)
+    env.update(
+        {
+            "LAPSE_OIDC_ISSUER": provider.url,
+            "LAPSE_OIDC_CLIENT_ID": DEMO_CLIENT_ID,
+            "LAPSE_OIDC_CLIENT_SECRET_ENV": DEMO_CLIENT_SECRET_ENV,
+            DEMO_CLIENT_SECRET_ENV: secrets.token_urlsafe(24),  # any secret will do: the demo's own
+        }
+    )
+    return provider.url
+
+
+def sign_in_banner(settings: Settings, demo_issuer: str | None) -> str:
+    """What the banner says about opening Lapse and signing in."""
+    lines = f"  Open             {settings.external_url}/  (the web UI; use this address: sign-in comes back to it)\n"
+    if demo_issuer is not None:
+        return lines + (
+            "  Sign in          pick any demo user on the demo identity provider's form, e.g. alan@example.com\n"
+            f"                   (a local OIDC provider at {demo_issuer}; set LAPSE_OIDC_ISSUER to use yours)\n"
+        )
+    if settings.auth == "oidc":
+        return lines + f"  Sign in          through {settings.oidc_issuer}\n"
+    return lines + "  Sign in          through your SSO proxy (LAPSE_AUTH=proxy)\n"
+
+
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
@@ -296,7 +333,9 @@ def run_stack(settings: Settings) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    cleanup = contextlib.ExitStack()
     try:
+        demo_issuer = demo_sign_in(settings, env, cleanup)
         host, _, port = settings.temporal_address.rpartition(":")
         if settings.embedded_temporal:
             server = start("temporal", temporal_server_command(settings))
@@ -313,6 +352,7 @@ def run_stack(settings: Settings) -> None:
         _wait(api_ready, "the API", api)
         print(
             f"\nLapse is running.\n"
+            f"{sign_in_banner(settings, demo_issuer)}"
             f"  API docs         {settings.api_url}/docs\n"
             f"  Temporal Web UI  http://localhost:{settings.temporal_ui_port}"
             f"{'' if settings.embedded_temporal else ' (your own server)'}\n"
@@ -331,4 +371,5 @@ def run_stack(settings: Settings) -> None:
     finally:
         print("stopping…", flush=True)
         stop_all(process for _name, process in reversed(children))
+        cleanup.close()
         print("stopped.", flush=True)

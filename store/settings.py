@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from access.durations import Duration
 
@@ -34,6 +38,25 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     embedded_temporal: bool = True
     """``lapse run`` starts a Temporal dev server; turn off to use ``temporal_address``."""
+
+    auth: Literal["oidc", "proxy"] = "oidc"
+    """How people sign in: ``oidc`` (sessions after an OpenID Connect sign-in, and API tokens), or ``proxy``: an SSO
+    proxy in front of Lapse names the user in ``X-Forwarded-Email`` (trusted from ``trusted_proxies`` only)."""
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    """Addresses and networks (``10.0.0.5``, ``10.0.0.0/24``) whose ``X-Forwarded-Email`` header is believed in
+    ``proxy`` mode; the header from any other address is ignored. Empty: believed from nobody. A JSON list or
+    comma-separated."""
+    public_url: str | None = None
+    """The URL people reach Lapse at (``https://lapse.example.com``): the sign-in's redirects, allowed browser
+    origins, and ``Secure`` cookies when it is https. Default: ``http://api_host:api_port``."""
+    session_idle: Duration = Field(default=timedelta(hours=8))
+    """A browser session unused for this long ends (sign in again)."""
+    session_max: Duration = Field(default=timedelta(days=1))
+    """A browser session ends this long after its sign-in, however much it is used."""
+    token_max_lifetime: Duration = Field(default=timedelta(days=365))
+    """The longest an API token may be valid for."""
+    token_default_lifetime: Duration = Field(default=timedelta(days=90))
+    """How long an API token is valid for when its creator does not say."""
 
     approval_timeout: Duration = Field(default=timedelta(hours=24))
     """A request with no decision for this long ends as ``timed_out``."""
@@ -104,6 +127,44 @@ class Settings(BaseSettings):
     """Origins allowed to call ``/codec/*`` from a browser (the Temporal Web UI); default: the embedded UI's
     ``http://localhost:<temporal_ui_port>`` and ``http://127.0.0.1:<temporal_ui_port>``."""
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [part for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                try:
+                    ipaddress.ip_network(str(entry).strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network (10.0.0.5, 10.0.0.0/24)") from None
+            return [str(entry).strip() for entry in value]
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"{value!r} is not an http(s) URL such as https://lapse.example.com")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> Settings:
+        if self.token_default_lifetime > self.token_max_lifetime:
+            raise ValueError("token_default_lifetime is longer than token_max_lifetime")
+        if self.session_idle > self.session_max:
+            raise ValueError("session_idle is longer than session_max: a session would end at session_max anyway")
+        return self
+
+    @property
+    def external_url(self) -> str:
+        """The URL people reach Lapse at: ``public_url``, else where the API listens."""
+        return self.public_url or self.api_url
+
     @property
     def db_url(self) -> str:
         if self.database_url:
@@ -113,6 +174,54 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    # --- OIDC sign-in (``auth = "oidc"``): the identity provider people sign in with (starter/services/oidc.py)
+    oidc_issuer: str | None = None
+    """The identity provider's issuer URL, exactly as its ID tokens name it (``<issuer>/.well-known/openid-
+    configuration`` is its discovery document): ``https://``, or ``http://`` to a loopback address only. Unset,
+    ``lapse run`` starts a local demo provider and points Lapse at it."""
+    oidc_client_id: str | None = Field(default=None, min_length=1, max_length=255)
+    """Lapse's client id at the identity provider (required with ``oidc_issuer``)."""
+    oidc_client_secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable holding Lapse's client secret: a reference, read on use and never logged; the
+    variable is then out of reach of integrations' ``*_env`` references. Neither this nor
+    ``oidc_client_secret_file``: a public client (PKCE only)."""
+    oidc_client_secret_file: Path | None = None
+    """A file holding Lapse's client secret (a mounted secret), read on use; integrations may never name it."""
+    oidc_user_claim: str = Field(default="email", pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")
+    """The ID token claim matched (case-insensitively) to a Lapse user's email: ``email``, or e.g.
+    ``preferred_username`` where the provider's email claim is not verified (Entra ID)."""
+    oidc_scopes: str = Field(default="openid email profile", max_length=512)
+    """The scopes Lapse asks for, separated by spaces; ``openid`` is required."""
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _oidc_issuer_is_a_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("the issuer is a URL such as https://login.example.com (no query, no fragment)")
+        if parts.scheme == "http" and not loopback:
+            raise ValueError("the issuer must be https:// (http:// only on this machine's loopback address)")
+        return value
+
+    @field_validator("oidc_scopes")
+    @classmethod
+    def _oidc_scopes_include_openid(cls, value: str) -> str:
+        if "openid" not in value.split():
+            raise ValueError("the scopes must include openid")
+        return " ".join(value.split())
+
+    @model_validator(mode="after")
+    def _oidc_client_is_complete(self) -> Settings:
+        if self.oidc_issuer is not None and self.oidc_client_id is None:
+            raise ValueError("oidc_issuer is set but oidc_client_id is not: give Lapse's client id at the provider")
+        if self.oidc_client_secret_env is not None and self.oidc_client_secret_file is not None:
+            raise ValueError("set at most one of oidc_client_secret_env and oidc_client_secret_file")
+        return self
 
 
 @lru_cache

@@ -51,6 +51,17 @@ class User(SQLModel, table=True):
     external_id: str | None = None
     """The directory entry the user is (its entryUUID / objectGUID, else its DN); None for the file's users.
     Another entry of the same source claiming the same email does not take the user over."""
+    kind: str = Field(default="person", sa_column_kwargs={"server_default": "person"})
+    """``person``, or ``service``: a service account an admin made for a script; it holds API tokens and never
+    signs in (neither through OIDC nor through a proxy's header)."""
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind == SERVICE_ACCOUNT
+
+
+SERVICE_ACCOUNT = "service"
+"""``User.kind`` of a service account."""
 
 
 class Group(SQLModel, table=True):
@@ -271,3 +282,42 @@ class SyncState(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_column=_utc())
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = None
+
+
+class WebSession(SQLModel, table=True):
+    """A browser's sign-in. The cookie holds a random id; the app DB only its SHA-256, so a copy of the DB
+    signs nobody in. Ends when signed out (``ended_at``), idle too long, or too old (``store.settings``)."""
+
+    id: str = Field(primary_key=True)
+    """The SHA-256 (hex) of the session id in the cookie, never the id itself."""
+    email: str = Field(index=True)
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    last_seen_at: datetime = Field(sa_column=_utc(nullable=False))
+    """The last request made with it, to the minute (it is written at most once a minute)."""
+    auth_time: datetime = Field(sa_column=_utc(nullable=False))
+    """When the identity provider last authenticated the user (OIDC ``auth_time``), for decisions that need a
+    recent sign-in."""
+    csrf_token: str
+    """What the session's forms and scripts send back with each change (``starter/api/security.py``)."""
+    ended_at: datetime | None = Field(default=None, sa_column=_utc())
+
+
+class ApiToken(SQLModel, table=True):
+    """A personal or service account's API token. The caller saw it once; the app DB holds only its SHA-256."""
+
+    id: str = Field(primary_key=True)
+    """A public id, to list and revoke it by (not a secret)."""
+    owner: str = Field(index=True)
+    """The email of the user (or service account) it acts as; it never does more than they may."""
+    name: str
+    hash: str = Field(unique=True)
+    """The SHA-256 (hex) of the token, never the token itself."""
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """Of ``read``, ``request``, ``approve``, ``admin``."""
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    created_by: str
+    """Who made it: its owner, or the admin who made a service account's."""
+    expires_at: datetime = Field(sa_column=_utc(nullable=False))
+    last_used_at: datetime | None = Field(default=None, sa_column=_utc())
+    """The last call made with it, to the minute."""
+    revoked_at: datetime | None = Field(default=None, sa_column=_utc())

@@ -44,7 +44,8 @@ from starter.services.org import checked_connector
 from starter.services.syncs import SYNCS
 from store.audit_log import flush_refusals
 from store.db import engine_for, migrate, session_scope
-from store.org import DEMO_ORG, OrgFile, load_org
+from store.org import DEMO_ORG, OrgFile
+from store.org_load import load_org
 from store.settings import Settings
 from store.temporal import data_converter
 from tests.support import eventually
@@ -56,6 +57,9 @@ API_TESTS = Path(__file__).parent / "api"
 TEST_CODEC_KEY = "test-key:bGFwc2UtdGVzdC1vbmx5LWNvZGVjLWtleS0zMmJ5dGU="
 """The payload codec key every test client, worker and ``make_settings`` share (32 bytes, test only)."""
 TEST_CONVERTER = data_converter(Settings(codec_key=TEST_CODEC_KEY))
+PROXY_AUTH: dict[str, Any] = {"auth": "proxy", "trusted_proxies": ["127.0.0.1", "::1"]}
+"""How the tests sign in unless they say otherwise: the SSO proxy's ``X-Forwarded-Email`` header, believed from
+the loopback address that both httpx's ASGI transport and a local uvicorn report as the client."""
 
 log = logging.getLogger("tests")
 
@@ -201,7 +205,7 @@ def make_settings(tmp_path: Path, address: str, *, database_url: str | None = No
         database_url=database_url or f"sqlite:///{tmp_path / 'lapse.db'}",
         temporal_address=address,
         task_queue=f"test-{uuid.uuid4().hex[:8]}",
-        **{"codec_key": TEST_CODEC_KEY, **overrides},
+        **{"codec_key": TEST_CODEC_KEY, **PROXY_AUTH, **overrides},
     )
     migrate(settings.db_url)
     with session_scope(settings.db_url) as session:

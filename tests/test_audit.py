@@ -36,10 +36,11 @@ from starter.services.org import checked_connector
 from store.audit import HEAD_FILE, KEY_FILE, AuditKeyError, audit_config, generate_key
 from store.audit_log import append_audit, audit_report, configure_audit, flush_refusals, verify_audit
 from store.db import MIGRATIONS, migrate, session_scope
-from store.org import DEMO_ORG, OrgFile, load_org
+from store.org import DEMO_ORG, OrgFile
+from store.org_load import load_org
 from store.settings import Settings
 from store.tables import AuditEvent
-from tests.conftest import make_settings
+from tests.conftest import PROXY_AUTH, make_settings
 from tests.support import eventually
 from worker import build_worker
 from workflows.audit import AuditCheckpointWorkflow
@@ -49,7 +50,7 @@ KEY_B = "b2:" + base64.b64encode(b"B" * 32).decode()
 
 
 def _settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
-    settings = Settings(data_dir=tmp_path, database_url=url, **overrides)
+    settings = Settings(data_dir=tmp_path, database_url=url, **{**PROXY_AUTH, **overrides})
     configure_audit(settings)
     return settings
 
@@ -286,7 +287,7 @@ def test_f10_verify_route_and_cli_say_what_is_wrong_and_where(settings: Settings
     import starter.cli as cli
 
     original = cli._call
-    cli._call = lambda method, path, body=None, params=None: check  # type: ignore[assignment]
+    cli._call = lambda *args, **kwargs: check  # type: ignore[assignment]
     try:
         result = CliRunner().invoke(cli.app, ["--as", "ada@example.com", "audit", "verify"])
     finally:

@@ -96,6 +96,8 @@ def start_stack(tmp_path: Path, **extra_env: str) -> Stack:
         "LAPSE_API_PORT": str(api_port),
         "LAPSE_API_URL": f"http://127.0.0.1:{api_port}",
         "LAPSE_DEMO_PG_DSN": "off",
+        "LAPSE_AUTH": "proxy",  # the CLI's --as, as an SSO proxy on this host would say it
+        "LAPSE_TRUSTED_PROXIES": "127.0.0.1,::1",
         **extra_env,
     }
     stack = Stack(tmp_path, env, f"http://127.0.0.1:{api_port}")

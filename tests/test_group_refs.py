@@ -18,7 +18,8 @@ from starter.services.org import checked_connector
 from store import catalog
 from store.db import MIGRATIONS, migrate, session_scope
 from store.groups import GroupRow, parse, resolve_one
-from store.org import DEMO_ORG, OrgFile, load_org
+from store.org import DEMO_ORG, OrgFile
+from store.org_load import load_org
 from store.tables import Group
 
 pytestmark = pytest.mark.every_app_db

@@ -15,8 +15,9 @@ from starter.services.org import checked_connector
 from store import catalog
 from store.audit_log import configure_audit
 from store.db import migrate, session_scope
-from store.org import DEMO_ORG, OrgError, OrgFile, load_org
-from store.org_check import open_references
+from store.org import DEMO_ORG, OrgError, OrgFile
+from store.org_load import load_org
+from store.org_open import open_references
 from store.settings import Settings
 from store.tables import Integration, User
 

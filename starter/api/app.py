@@ -23,10 +23,13 @@ from starter.api.routes import (
     integrations,
     org,
     requests,
+    tokens,
 )
+from starter.api.security import CrossSiteRequests, SecurityHeaders
 from starter.services.discovery import ensure_schedules
 from starter.services.syncs import ensure_sync_schedules
 from starter.web import install as install_web_ui
+from starter.web.routes import auth as sign_in
 from store.audit_log import configure_audit
 from store.settings import Settings, get_settings
 from store.temporal import connect
@@ -128,8 +131,9 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         summary="Just-in-time access that lapses on its own.",
         description=(
             "Request a role for a while, have it approved by the right people, hold it, and lose it "
-            "again when its time is up. The caller is the `X-Forwarded-Email` header set by your SSO "
-            "proxy. Errors are RFC 9457 problem details naming the field at fault."
+            "again when its time is up. Scripts call it with an API token (`Authorization: Bearer …`, "
+            "made at `POST /api/tokens`); browsers with their session; behind an SSO proxy (`LAPSE_AUTH=proxy`), "
+            "the proxy's `X-Forwarded-Email` header. Errors are RFC 9457 problem details naming the field at fault."
         ),
         version="0.1.0",
         lifespan=lifespan,
@@ -138,6 +142,8 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     configure_audit(app.state.settings)  # the audit key and head checkpoint of its app DB
     app.state.client = client
     problems.install(app)
+    # Inside the body limit (the CSRF check may read a form's bounded body); the headers outside everything.
+    app.add_middleware(CrossSiteRequests)
     # The Temporal Web UI's codec calls carry whole payloads (up to the codec's own bound), and an organisation
     # file may list a whole company (POST /api/org, that path only): nothing else needs more.
     app.add_middleware(
@@ -146,6 +152,9 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         larger={"/codec/": codec.MAX_TOTAL_CHARS + MAX_BODY_BYTES},
         exact={"/api/org": org.MAX_FILE_BYTES},
     )
+    build_middleware_stack = app.build_middleware_stack
+    # Outside even Starlette's server-error middleware, so that a 500 carries the security headers too.
+    app.build_middleware_stack = lambda: SecurityHeaders(build_middleware_stack())  # type: ignore[method-assign]
     openapi = app.openapi
 
     def documented() -> dict[str, Any]:
@@ -165,6 +174,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         audit.router,
         codec.router,
         org.router,
+        tokens.router,
     ):
         # Every operation may answer these (unreadable or oversized body, no caller, not allowed, invalid
         # input, Temporal unreachable); each router and route documents its own others.
@@ -174,6 +184,8 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if app.state.settings.auth == "oidc":  # behind an SSO proxy, the proxy signs people in and out
+        app.include_router(sign_in.router)
     install_web_ui(app)  # the web UI's pages over the same services, and /static
     return app
 

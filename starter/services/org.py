@@ -25,8 +25,10 @@ from starter.services.discovery import discover_now, ensure_schedules
 from starter.services.syncs import ensure_sync_schedules, trigger_now
 from store.audit_log import append_audit
 from store.db import session_scope
-from store.org import OrgError, OrgFile, load
-from store.org_check import OpenReference, open_references
+from store.org import OrgError, OrgFile
+from store.org_check import OpenReference
+from store.org_load import load
+from store.org_open import open_references
 from store.settings import Settings
 from store.tables import User
 

@@ -45,10 +45,20 @@ ADMIN_ROUTES = [
     ("POST", "/api/org"),
     ("GET", "/api/org/open-references"),
     ("POST", "/codec/decode"),
+    ("GET", "/api/service-accounts"),
+    ("POST", "/api/service-accounts"),
+    ("POST", "/api/service-accounts/{email}/tokens"),
+    ("DELETE", "/api/service-accounts/{email}"),
 ]
 """Every route only admins may call."""
 
-EXAMPLES = {"{name}": "ledger", "{resource}": "prod-db", "{role}": "read", "{grant_id}": "1"}
+EXAMPLES = {
+    "{name}": "ledger",
+    "{resource}": "prod-db",
+    "{role}": "read",
+    "{grant_id}": "1",
+    "{email}": "ci@example.com",
+}
 
 
 def _concrete(path: str) -> str:

@@ -42,6 +42,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from access import names
+from starter.services.sessions import COOKIE_NAME
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Integration
@@ -85,15 +86,18 @@ def _problem_failures(response: httpx.Response) -> list[str]:
 
 
 def _request(kwargs: dict[str, Any], who: str) -> dict[str, Any]:
-    """schemathesis's transport arguments as httpx's, sent as ``who``."""
-    headers = {k: str(v) for k, v in (kwargs.get("headers") or {}).items() if k.lower() != "x-forwarded-email"}
+    """schemathesis's transport arguments as httpx's, sent as ``who`` (through the proxy's header: the credentials
+    it generates from the security schemes, a token or a session cookie, would come first and say nobody)."""
+    credentials = {"x-forwarded-email", "authorization"}
+    headers = {k: str(v) for k, v in (kwargs.get("headers") or {}).items() if k.lower() not in credentials}
     headers["X-Forwarded-Email"] = who
+    cookies = {k: v for k, v in (kwargs.get("cookies") or {}).items() if k != COOKIE_NAME}
     request: dict[str, Any] = {
         "method": kwargs["method"],
         "url": kwargs["url"],
         "params": kwargs.get("params"),
         "headers": headers,
-        "cookies": kwargs.get("cookies") or None,
+        "cookies": cookies or None,
     }
     if "json" in kwargs:
         request["json"] = kwargs["json"]

@@ -32,7 +32,8 @@ from harness.ldap import LdapServer
 from starter.services.org import checked_connector
 from starter.services.syncs import ensure_sync_schedules
 from store.db import session_scope
-from store.org import DEMO_ORG, OrgFile, load_org
+from store.org import DEMO_ORG, OrgFile
+from store.org_load import load_org
 from store.settings import Settings
 from store.tables import Group, Membership, User
 from tests.conftest import Api, FakeTarget, clear_sync_schedules

@@ -12,7 +12,8 @@ from __future__ import annotations
 from starter.services.org import checked_connector
 from store import catalog
 from store.db import session_scope
-from store.org import OrgFile, load_org
+from store.org import OrgFile
+from store.org_load import load_org
 from store.settings import Settings
 from tests.conftest import Api
 from tests.workflows.test_birthright_sync import birthright_grants, create_policy, sync_now

@@ -1,0 +1,324 @@
+"""The authorization matrix: every route of the app (API and pages, read from its route table) called by every
+kind of caller, each answer checked against what this file says the route allows.
+
+A new route fails here until ``MATRIX`` says who may call it. What is checked is the sign-in layer's answer:
+401 for nobody or a dead token, 403 for a signed-in caller the route refuses (not an admin, not a reader of
+the request, a token without the scope), and "let through" otherwise (anything else but a 500: no Temporal
+answers here, so a call that gets that far is a 503). Whether a decision counts is the workflow's to judge,
+tested with Temporal in ``test_tokens_api.py`` and ``test_approvals_api.py``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from sqlmodel import col, update
+from starlette.routing import Mount, Route
+
+from access.requests import RequestStatus, StepState, StepStatus
+from access.types import Approver, ApproverKind
+from starter.services.tokens import Scope
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import AccessRequest, ApiToken
+from tests.api.identities import Caller, client, mint, offline_app, offline_settings, session_caller, token_caller
+
+REQUEST_ID = "matrixreq01"
+"""A pending request of alan's, which linus (his manager) may decide."""
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Who a route lets through: ``who`` is ``public`` (it does not ask), ``user``, ``reader`` (of the request:
+    its requester, approvers and admins), ``requester`` (of the request, alone), ``admin``, or ``session``
+    (signed in through a browser or the proxy, never a token); ``scope``: what a token needs (None: none may)."""
+
+    who: str
+    scope: Scope | str | None = None
+
+
+PUBLIC = Allowed("public")
+ANY_TOKEN = "any"
+READ = Allowed("user", Scope.READ)
+REQUEST = Allowed("user", Scope.REQUEST)
+APPROVE = Allowed("user", Scope.APPROVE)
+ADMIN = Allowed("admin", Scope.ADMIN)
+READER = Allowed("reader", Scope.READ)
+REQUESTER = Allowed("requester", Scope.REQUEST)
+SESSION_ONLY = Allowed("session")
+ADMIN_SESSION = Allowed("admin")
+
+MATRIX: dict[tuple[str, str], Allowed] = {
+    # Documentation, health, static files, the Temporal Web UI's preflight, signing in and out.
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/static"): PUBLIC,
+    ("OPTIONS", "/codec/{operation}"): PUBLIC,
+    ("GET", "/auth/login"): PUBLIC,
+    ("GET", "/auth/callback"): PUBLIC,
+    ("POST", "/auth/logout"): PUBLIC,
+    ("GET", "/auth/signed-out"): PUBLIC,
+    # Requesting and one's own requests.
+    ("GET", "/api/catalog"): READ,
+    ("POST", "/api/requests"): REQUEST,
+    ("GET", "/api/requests"): READ,
+    ("GET", "/api/requests/{request_id}"): READER,
+    ("POST", "/api/requests/{request_id}/cancel"): REQUEST,
+    ("POST", "/api/requests/{request_id}/revoke"): REQUEST,
+    ("POST", "/api/requests/{request_id}/extend"): REQUEST,
+    ("POST", "/api/requests/{request_id}/credentials"): REQUESTER,
+    ("GET", "/api/grants"): READ,
+    # Deciding.
+    ("GET", "/api/approvals"): READ,
+    ("POST", "/api/requests/{request_id}/approve"): APPROVE,
+    ("POST", "/api/requests/{request_id}/deny"): APPROVE,
+    # Tokens and who am I.
+    ("GET", "/api/me"): Allowed("user", ANY_TOKEN),
+    ("GET", "/api/tokens"): READ,
+    ("POST", "/api/tokens"): SESSION_ONLY,  # a token makes no tokens
+    ("DELETE", "/api/tokens/{token_id}"): SESSION_ONLY,  # a token revokes only itself (test_tokens_api)
+    ("GET", "/api/service-accounts"): ADMIN,
+    ("POST", "/api/service-accounts"): ADMIN,
+    ("POST", "/api/service-accounts/{email}/tokens"): Allowed("admin", None),
+    ("DELETE", "/api/service-accounts/{email}"): ADMIN,
+    # Administration.
+    ("POST", "/api/grants/{grant_id}/revoke"): ADMIN,
+    ("GET", "/api/integrations"): ADMIN,
+    ("POST", "/api/integrations"): ADMIN,
+    ("GET", "/api/integrations/{name}"): ADMIN,
+    ("POST", "/api/integrations/{name}/test"): ADMIN,
+    ("POST", "/api/integrations/{name}/discover"): ADMIN,
+    ("GET", "/api/integrations/{name}/roles"): ADMIN,
+    ("PATCH", "/api/integrations/{name}/roles/{resource}/{role:path}"): ADMIN,
+    ("GET", "/api/integrations/{name}/grants"): ADMIN,
+    ("GET", "/api/birthright/policies"): ADMIN,
+    ("POST", "/api/birthright/policies"): ADMIN,
+    ("GET", "/api/birthright/policies/{name}"): ADMIN,
+    ("PUT", "/api/birthright/policies/{name}"): ADMIN,
+    ("DELETE", "/api/birthright/policies/{name}"): ADMIN,
+    ("POST", "/api/birthright/policies/order"): ADMIN,
+    ("POST", "/api/birthright/preview"): ADMIN,
+    ("POST", "/api/birthright/sync"): ADMIN,
+    ("GET", "/api/birthright/sync"): ADMIN,
+    ("POST", "/api/directory/sync"): ADMIN,
+    ("GET", "/api/directory/sync"): ADMIN,
+    ("GET", "/api/directory/groups"): ADMIN,
+    ("GET", "/api/audit"): ADMIN,
+    ("GET", "/api/audit/verify"): ADMIN,
+    ("POST", "/codec/decode"): ADMIN,
+    ("POST", "/api/org"): ADMIN,
+    ("GET", "/api/org/open-references"): ADMIN,
+    # The web UI.
+    ("GET", "/"): READ,
+    ("POST", "/requests/preview"): READ,
+    ("POST", "/requests"): REQUEST,
+    ("GET", "/access"): READ,
+    ("GET", "/access/live"): READ,
+    ("POST", "/access/{request_id}/extend"): REQUEST,
+    ("POST", "/access/{request_id}/give-back"): REQUEST,
+    ("POST", "/access/{request_id}/cancel"): REQUEST,
+    ("POST", "/access/{request_id}/credentials"): REQUESTER,
+    ("GET", "/approvals"): READ,
+    ("GET", "/approvals/live"): READ,
+    ("POST", "/approvals/{request_id}"): APPROVE,
+    ("GET", "/requests/{request_id}"): READER,
+    ("GET", "/requests/{request_id}/live"): READER,
+    ("GET", "/admin/grants"): ADMIN,
+    ("POST", "/admin/grants/{grant_id}/revoke"): ADMIN,
+}
+
+EXAMPLES = {
+    "{request_id}": REQUEST_ID,
+    "{name}": "ledger",
+    "{resource}": "prod-db",
+    "{role:path}": "read",
+    "{grant_id}": "999999",
+    "{email}": "nobody-sa@example.com",
+    "{token_id}": "0000000000000000",
+    "{operation}": "decode",
+}
+
+SESSIONS = {
+    "requester": "alan@example.com",
+    "approver": "linus@example.com",
+    "ineligible": "barbara@example.com",
+    "admin": "ada@example.com",
+}
+TOKENS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # linus reads the request (he may decide it); ada is an admin.
+    "read token": ("linus@example.com", ("read",)),
+    "request token": ("linus@example.com", ("request",)),
+    "approve token": ("linus@example.com", ("approve",)),
+    "admin token": ("ada@example.com", ("admin",)),
+    "expired token": ("ada@example.com", ("read", "request", "approve", "admin")),
+    "revoked token": ("ada@example.com", ("read", "request", "approve", "admin")),
+}
+CALLERS = ["anonymous", *SESSIONS, *TOKENS]
+
+
+def _walk(routes: list[Any]) -> Iterator[Any]:
+    for route in routes:
+        if (included := getattr(route, "original_router", None)) is not None:
+            yield from _walk(included.routes)
+        else:
+            yield route
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path) the app answers: its API routes, pages, documentation and mounts."""
+    found = []
+    for route in _walk(app.routes):
+        if isinstance(route, Mount):
+            found.append(("GET", route.path))
+        elif isinstance(route, APIRoute | Route):
+            found += [(method, route.path) for method in sorted(route.methods or ()) if method != "HEAD"]
+    return found
+
+
+def _app_for_collection() -> FastAPI:
+    data = Path(tempfile.mkdtemp(prefix="lapse-matrix-"))
+    return offline_app(Settings(_env_file=None, data_dir=data))  # type: ignore[call-arg]
+
+
+ROUTES = route_table(_app_for_collection())
+
+
+@dataclass
+class World:
+    settings: Settings
+    http: httpx.AsyncClient
+    tokens: dict[str, Caller]
+
+
+@pytest.fixture(scope="module")
+def world_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = offline_settings(tmp_path_factory.mktemp("matrix"))
+    now = datetime.now(UTC)
+    status = RequestStatus(
+        id=REQUEST_ID,
+        requester="alan@example.com",
+        role="ledger/payments-api/deploy",
+        duration=timedelta(hours=1),
+        justification="the matrix",
+        policy="manager-approval",
+        rule="manager",
+        created_at=now,
+        steps=[
+            StepStatus(
+                name="manager",
+                approvers=[Approver(kind=ApproverKind.MANAGER)],
+                quorum=1,
+                eligible=["linus@example.com"],
+                state=StepState.OPEN,
+                opened_at=now,
+            )
+        ],
+    )
+    with session_scope(settings.db_url) as session:
+        session.add(
+            AccessRequest(
+                id=REQUEST_ID,
+                requester=status.requester,
+                role=status.role,
+                state=status.state.value,
+                created_at=now,
+                status=status.model_dump(mode="json"),
+            )
+        )
+    return settings
+
+
+@pytest_asyncio.fixture(scope="module")
+async def world(world_settings: Settings) -> AsyncIterator[World]:
+    tokens = {}
+    for name, (owner, scopes) in TOKENS.items():
+        token = mint(world_settings, owner, *scopes, name=name)
+        tokens[name] = token_caller(token, name)
+    with session_scope(world_settings.db_url) as session:
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        session.execute(update(ApiToken).where(col(ApiToken.name) == "expired token").values(expires_at=past))
+        session.execute(update(ApiToken).where(col(ApiToken.name) == "revoked token").values(revoked_at=past))
+    async with client(offline_app(world_settings)) as http:
+        yield World(world_settings, http, tokens)
+
+
+def expected(allowed: Allowed, caller: str) -> str:
+    """``401``, ``403`` or ``through`` (the sign-in layer lets the call through); ``public``: the same for all."""
+    if allowed.who == "public":
+        return "public"
+    if caller in ("anonymous", "expired token", "revoked token"):
+        return "401"
+    if caller in SESSIONS:
+        if allowed.who == "admin":
+            return "through" if caller == "admin" else "403"
+        if allowed.who == "reader":
+            return "403" if caller == "ineligible" else "through"
+        if allowed.who == "requester":
+            return "through" if caller == "requester" else "403"
+        return "through"
+    # A live token.
+    owner_is_admin = caller == "admin token"
+    if allowed.who == "session" or allowed.scope is None:
+        return "403"
+    if allowed.scope == ANY_TOKEN:
+        return "through"
+    if allowed.who == "admin":
+        return "through" if owner_is_admin else "403"
+    if allowed.who == "requester":
+        return "403"  # the tokens' owners, linus and ada, did not ask for it
+    held = set(TOKENS[caller][1])
+    return "through" if str(allowed.scope) in held else "403"
+
+
+def _concrete(path: str) -> str:
+    if path == "/static":
+        return "/static/lapse.css"
+    for placeholder, value in EXAMPLES.items():
+        path = path.replace(placeholder, value)
+    return path
+
+
+async def _call(world: World, caller: str, method: str, path: str) -> httpx.Response:
+    if caller == "anonymous":
+        who = Caller("anonymous")
+    elif caller in SESSIONS:
+        who = session_caller(world.settings, SESSIONS[caller])  # a new one each time: /auth/logout ends it
+    else:
+        who = world.tokens[caller]
+    return await who.call(world.http, method, _concrete(path))
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+async def test_every_route_answers_every_caller_as_the_matrix_says(world: World, method: str, path: str) -> None:
+    allowed = MATRIX.get((method, path))
+    assert allowed is not None, f"{method} {path} has no entry in MATRIX: say who may call it (and with which scope)"
+    wrong = []
+    statuses = set()
+    for caller in CALLERS:
+        response = await _call(world, caller, method, path)
+        status = response.status_code
+        statuses.add(status)
+        got = "401" if status == 401 else "403" if status == 403 else "through"
+        want = expected(allowed, caller)
+        if (want != "public" and got != want) or (status >= 500 and status != 503):
+            wrong.append(f"{caller}: {status} (expected {want}) {response.text[:200]}")
+    assert not wrong, f"{method} {path}:\n" + "\n".join(wrong)
+    if allowed is PUBLIC:  # it does not look at who calls: everyone gets the same answer
+        assert len(statuses) == 1, f"{method} {path}: a public route answered {sorted(statuses)}"
+
+
+def test_the_matrix_names_no_route_the_app_does_not_have() -> None:
+    assert sorted(set(MATRIX) - set(ROUTES)) == []

@@ -1,0 +1,184 @@
+"""``lapse login`` and ``lapse logout``: an API token checked by the API, kept per API in the user's config
+directory (0600), and sent by every command; ``--as`` stays the SSO proxy's way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlmodel import update
+from typer.testing import CliRunner, Result
+
+import starter.cli as cli
+from starter.services import tokens
+from store import catalog
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import ApiToken
+from tests.api.identities import client, mint, offline_app, offline_settings
+
+API = "http://lapse.test"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return offline_settings(tmp_path / "server", auth="proxy", trusted_proxies=["127.0.0.1"])
+
+
+@pytest.fixture
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.delenv("LAPSE_TOKEN", raising=False)
+    monkeypatch.delenv("LAPSE_USER", raising=False)
+    return home
+
+
+Lapse = Callable[..., Awaitable[Result]]
+
+
+@pytest.fixture
+def sent() -> list[httpx.Request]:
+    """What the CLI sent (its requests, answered by the app)."""
+    return []
+
+
+@pytest_asyncio.fixture
+async def lapse(
+    settings: Settings, config_home: Path, sent: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Lapse]:
+    loop = asyncio.get_running_loop()
+    async with client(offline_app(settings)) as http:
+        http.event_hooks["request"].append(_record(sent))
+
+        def request(method: str, url: str, *, timeout: httpx.Timeout, **kwargs: Any) -> httpx.Response:
+            assert url.startswith(API), url
+            call = http.request(method, url.removeprefix(API), **kwargs)
+            return asyncio.run_coroutine_threadsafe(call, loop).result(timeout=timeout.read)
+
+        monkeypatch.setattr(cli, "httpx", SimpleNamespace(request=request, HTTPError=httpx.HTTPError))
+
+        async def run(*args: str, input: str | None = None, api: str = API) -> Result:
+            return await asyncio.to_thread(CliRunner().invoke, cli.app, ["--api", api, *args], input=input)
+
+        yield run
+
+
+def _record(sent: list[httpx.Request]) -> Callable[[httpx.Request], Awaitable[None]]:
+    async def hook(request: httpx.Request) -> None:
+        sent.append(request)
+
+    return hook
+
+
+def _kept(config_home: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((config_home / "lapse" / "credentials.json").read_text())
+    return data
+
+
+async def test_login_checks_the_token_keeps_it_private_and_every_command_sends_it(
+    lapse: Lapse, settings: Settings, config_home: Path, sent: list[httpx.Request]
+) -> None:
+    token = mint(settings, "alan@example.com", "read")
+    signed_in = await lapse("login", "--token", token)
+    assert signed_in.exit_code == 0, signed_in.output
+    assert f"signed in to {API} as alan@example.com (token scopes: read)" in signed_in.output
+    assert token not in signed_in.output
+    path = config_home / "lapse" / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert _kept(config_home)[API]["token"] == token and _kept(config_home)[API]["email"] == "alan@example.com"
+
+    sent.clear()
+    listed = await lapse("grants")
+    assert listed.exit_code == 0, listed.output
+    [call] = sent
+    assert call.headers["authorization"] == f"Bearer {token}" and "x-forwarded-email" not in call.headers
+
+    # Behind the proxy, --as is who the header says, and the kept token is not sent.
+    sent.clear()
+    assert (await lapse("--as", "ada@example.com", "grants", "--all")).exit_code == 0
+    assert sent[0].headers["x-forwarded-email"] == "ada@example.com" and "authorization" not in sent[0].headers
+
+    # Another API has its own token (none here).
+    elsewhere = await lapse("grants", api="http://lapse.test/other")
+    assert elsewhere.exit_code == 1 and "lapse login" in elsewhere.output
+
+
+async def test_login_asks_for_the_token_without_echoing_it(lapse: Lapse, settings: Settings, config_home: Path) -> None:
+    token = mint(settings, "linus@example.com", "read", "approve")
+    signed_in = await lapse("login", input=f"{token}\n")
+    assert signed_in.exit_code == 0, signed_in.output
+    assert "as linus@example.com (token scopes: read, approve)" in signed_in.output and token not in signed_in.output
+    assert _kept(config_home)[API]["email"] == "linus@example.com"
+
+
+async def test_a_token_the_api_refuses_is_not_kept(lapse: Lapse, config_home: Path) -> None:
+    refused = await lapse("login", "--token", "lapse_" + "x" * 43)
+    assert refused.exit_code == 1 and "the API token is not valid" in refused.output
+    assert not (config_home / "lapse" / "credentials.json").exists()
+
+
+async def test_a_kept_token_that_stopped_working_says_to_sign_in_again(
+    lapse: Lapse, settings: Settings, config_home: Path
+) -> None:
+    token = mint(settings, "alan@example.com", "read")
+    assert (await lapse("login", "--token", token)).exit_code == 0
+    assert (await lapse("--as", "alan@example.com", "logout")).exit_code == 0  # forgotten, still valid
+    assert (await lapse("login", "--token", token)).exit_code == 0
+    me = _kept(config_home)[API]["token_id"]
+    with session_scope(settings.db_url, write=False) as session:
+        alan = catalog.find_user(session, "alan@example.com")
+    assert alan is not None
+    tokens.revoke_token(settings, alan, me)
+    stale = await lapse("grants")
+    assert stale.exit_code == 1 and "no longer works" in stale.output and "lapse login" in stale.output
+
+
+async def test_logout_forgets_and_can_revoke(lapse: Lapse, settings: Settings, config_home: Path) -> None:
+    nothing = await lapse("logout")
+    assert nothing.exit_code == 0 and "nothing to forget" in nothing.output
+
+    kept = mint(settings, "alan@example.com", "read")
+    assert (await lapse("login", "--token", kept)).exit_code == 0
+    forgot = await lapse("logout")
+    assert forgot.exit_code == 0 and f"forgot the token for {API}" in forgot.output
+    assert API not in _kept(config_home)
+    assert (await lapse("login", "--token", kept)).exit_code == 0  # forgetting leaves it valid
+
+    revoked = await lapse("logout", "--revoke")
+    assert revoked.exit_code == 0 and "revoked and forgot" in revoked.output
+    assert (await lapse("login", "--token", kept)).exit_code == 1  # dead at the API too
+
+    dead = mint(settings, "alan@example.com", "read")
+    assert (await lapse("login", "--token", dead)).exit_code == 0
+    assert (await lapse("logout", "--revoke")).exit_code == 0
+    again = mint(settings, "alan@example.com", "read")
+    assert (await lapse("login", "--token", again)).exit_code == 0
+    with session_scope(settings.db_url) as session:
+        session.execute(update(ApiToken).values(revoked_at=datetime.now(UTC)))
+    gone = await lapse("logout", "--revoke")  # it no longer works: forgotten all the same
+    assert gone.exit_code == 0 and "no longer worked" in gone.output and API not in _kept(config_home)
+
+
+async def test_lapse_token_from_the_environment(
+    lapse: Lapse, settings: Settings, sent: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = mint(settings, "ada@example.com", "read")
+    monkeypatch.setenv("LAPSE_TOKEN", token)
+    assert (await lapse("catalog")).exit_code == 0
+    assert sent[-1].headers["authorization"] == f"Bearer {token}"
+
+
+async def test_without_a_token_or_as_a_command_says_how_to_sign_in(lapse: Lapse) -> None:
+    failed = await lapse("grants")
+    assert failed.exit_code == 1
+    assert "say who you are: lapse --as you@example.com" in failed.output and "lapse login" in failed.output
