@@ -31,6 +31,7 @@ from activities.directory_sources import DirectoryReader, Source, read_sources
 from activities.targets import as_activity_error
 from store import groups
 from store.audit_log import append_audit
+from store.credentials_end import end_credentials
 from store.db import session_scope
 from store.org import DEMO_ORG
 from store.org_open import awaiting_first_run, unresolved_after
@@ -158,6 +159,8 @@ def _sync(
         AuditEntry(actor="lapse", action="directory.synced", target="directory", reason=reason, details=summary, at=now)
     )
     append_audit(session, events)
+    # A leaver's tokens and sessions end for good: coming back (re-enabled) brings neither back.
+    end_credentials(session, {lv.email: f"left: {lv.why}" for lv in left}, actor="lapse", at=now)
     state = session.get(SyncState, names.DIRECTORY_SYNC) or SyncState(name=names.DIRECTORY_SYNC)
     state.started_at, state.finished_at, state.summary, state.error = started, now, summary, None
     session.add(state)

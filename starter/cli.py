@@ -6,6 +6,7 @@ this module holds the client, the requester's and approver's commands, and ``lap
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import stat
@@ -13,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -119,6 +121,10 @@ def _call(
     None instead with ``unauthorized_ok``)."""
     who = headers if headers is not None else _identity()
     api = _state["api"]
+    if method not in ("GET", "HEAD", "OPTIONS"):
+        # Every change is declared JSON, even without a body: behind an SSO proxy, what no other site's page can
+        # send without a CORS preflight needs no CSRF token (starter/api/security.py).
+        who = {**who, "Content-Type": "application/json"}
     try:
         response = httpx.request(method, f"{api}{path}", json=body, params=params, headers=who, timeout=TIMEOUT)
     except httpx.HTTPError as error:
@@ -387,7 +393,28 @@ def _write_credentials(credentials: dict[str, Any]) -> Path:
     return path
 
 
+def _plain_http_elsewhere(api: str) -> bool:
+    """Whether ``api`` is reached over plain http on another machine, where anyone on the way reads a token."""
+    parts = urlsplit(api)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 def _bearer(token: str) -> dict[str, str]:
+    """The header sending ``token`` to the API (``_state["api"]``): never over plain http to another machine."""
+    api = _state["api"]
+    if _plain_http_elsewhere(api):
+        _fail(
+            f"refusing to send an API token to {api} over plain http: anyone on the way could read it and act as you",
+            "use the API's https:// URL (--api or LAPSE_API_URL); plain http only to this machine (localhost)",
+        )
     return {"Authorization": f"Bearer {token.strip()}"}
 
 
@@ -410,15 +437,24 @@ def _identity() -> dict[str, str]:
 def login(
     token: Annotated[
         str | None,
-        typer.Option(help="The API token (`lapse_…`); without it you are asked for it, and it is not echoed."),
+        typer.Option(
+            help="`-`: read the API token from standard input (a pipe, a secret file). Without --token you are "
+            "asked for it, and it is not echoed: prefer that, since a token on the command line is seen by "
+            "other users' `ps` and kept in your shell's history."
+        ),
     ] = None,
 ) -> None:
     """Sign in to the API (--api) with an API token, checked there first, and keep it (mode 0600 in
     `$XDG_CONFIG_HOME/lapse/credentials.json`): every command then sends it. Make one in the web UI, or with
-    `POST /api/tokens` as yourself."""
+    `POST /api/tokens` as yourself. Run `lapse login` and paste it when asked; in a script,
+    `lapse login --token - < token-file`."""
     if token is None:
         token = typer.prompt("API token", hide_input=True)
+    elif token == "-":
+        token = sys.stdin.readline()
     token = token.strip()
+    if not token:
+        _fail("no API token given", "paste it when `lapse login` asks, or pipe it to `lapse login --token -`")
     me = _call("GET", "/api/me", headers=_bearer(token))
     credentials = _read_credentials()
     credentials[_state["api"]] = {"token": token, "email": me["email"], "token_id": me.get("token_id")}

@@ -21,7 +21,7 @@ from sqlmodel import select
 from access.names import SEARCH_ATTRIBUTES
 from starter.demo_provider import CLIENT_ID as DEMO_CLIENT_ID
 from starter.demo_provider import CLIENT_SECRET_ENV as DEMO_CLIENT_SECRET_ENV
-from starter.demo_provider import demo_provider, demo_users
+from starter.demo_provider import demo_provider, demo_refused, demo_users
 from starter.services.org import checked_connector
 from store.codec import CodecKeyError, codec_keys
 from store.db import migrate, session_scope, shown_url
@@ -237,9 +237,13 @@ WORKER_COMMAND = [sys.executable, "-m", "worker"]
 
 
 def api_command(settings: Settings) -> list[str]:
+    """uvicorn serving the API. ``--no-proxy-headers``: the client address the API sees (and checks against
+    ``LAPSE_TRUSTED_PROXIES``) is the connection's real peer, never what an ``X-Forwarded-For`` header claims
+    (uvicorn believes that header from 127.0.0.1 by default, so any local client could name another address)."""
     return [
         sys.executable, "-m", "uvicorn", "starter.api.app:app",
         "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning",
+        "--no-proxy-headers",
     ]  # fmt: skip
 
 
@@ -269,9 +273,12 @@ def _api_option(settings: Settings) -> str:
 def demo_sign_in(settings: Settings, env: dict[str, str], cleanup: contextlib.ExitStack) -> str | None:
     """With OIDC sign-in and no issuer configured, start the demo's identity provider (on 127.0.0.1, every
     person of the app DB on its form) until ``cleanup`` closes, and point the API at it through ``env``.
-    Its URL, or None when sign-in goes elsewhere."""
+    Its URL, or None when sign-in goes elsewhere. Refuses to start Lapse (``SystemExit``, saying what to set)
+    unless this is the bundled demo organisation on this machine only (``demo_refused``)."""
     if settings.auth != "oidc" or settings.oidc_issuer is not None:
         return None
+    if (why := demo_refused(settings)) is not None:
+        raise SystemExit(f"lapse run: {why}")
     provider = cleanup.enter_context(demo_provider(demo_users(settings)))
     env.pop("LAPSE_OIDC_CLIENT_SECRET_FILE", None)
     env.update(
@@ -296,6 +303,35 @@ def sign_in_banner(settings: Settings, demo_issuer: str | None) -> str:
     if settings.auth == "oidc":
         return lines + f"  Sign in          through {settings.oidc_issuer}\n"
     return lines + "  Sign in          through your SSO proxy (LAPSE_AUTH=proxy)\n"
+
+
+DEMO_REQUESTER = "alan@example.com"
+DEMO_APPROVER = "linus@example.com"
+"""Who the banner suggests signing in as with the demo organisation: a requester, and his manager."""
+
+
+def try_banner(settings: Settings, demo_issuer: str | None) -> str:
+    """The banner's "Try:" lines: what to do first, in the browser and from the command line, for the way people
+    sign in. With OIDC (the default) the CLI needs a token made on the tokens page; ``--as`` (the proxy's
+    header) only works in proxy mode, and from here only if this machine is a trusted proxy."""
+    lapse = f"lapse{_api_option(settings)}"
+    demo = settings.org_file is None
+    if settings.auth == "proxy":
+        from starter.api.deps import trusted_proxy
+
+        hint = f"Try: {lapse} --as {DEMO_REQUESTER if demo else 'you@example.com'} catalog\n"
+        if not trusted_proxy(settings, "127.0.0.1"):
+            hint += "     (the header --as sends is believed from LAPSE_TRUSTED_PROXIES only: add 127.0.0.1 for here)\n"
+        return hint
+    url = settings.external_url
+    if demo and demo_issuer is not None:
+        browser = (
+            f"Try: open {url}/, sign in as {DEMO_REQUESTER} and request ledger/payments-api/deploy in the catalog;\n"
+            f"     in a private window sign in as {DEMO_APPROVER} and approve it on Approvals.\n"
+        )
+    else:
+        browser = f"Try: open {url}/ and sign in; request a role in the catalog.\n"
+    return browser + f"     CLI: create a token on {url}/tokens, then: {lapse} login && {lapse} catalog\n"
 
 
 def run_stack(settings: Settings) -> None:
@@ -357,7 +393,7 @@ def run_stack(settings: Settings) -> None:
             f"  Temporal Web UI  http://localhost:{settings.temporal_ui_port}"
             f"{'' if settings.embedded_temporal else ' (your own server)'}\n"
             f"  logs             {logs.resolve()}/*.log\n"
-            f"Try: lapse{_api_option(settings)} --as alan@example.com catalog\n"
+            f"{try_banner(settings, demo_issuer)}"
             f"Press Ctrl-C to stop; state is kept in {settings.data_dir.resolve()}.\n",
             flush=True,
         )

@@ -11,6 +11,7 @@ from sqlalchemy import insert
 from sqlmodel import Session, col, delete, select
 
 from store import groups as group_refs
+from store.credentials_end import end_credentials
 from store.db import lock
 from store.org import BirthrightPolicyEntry, OrgFile, T, UserEntry
 from store.org_check import BIRTHRIGHT_LOCK, ConnectorCheck, Known, OpenReference
@@ -282,6 +283,8 @@ def _load_users(session: Session, entries: list[UserEntry], changes: UserChanges
         user.is_admin = entry.admin
         session.add(user)
     session.flush()
+    # Someone the file deactivates loses their tokens and sessions for good (reactivating brings neither back).
+    end_credentials(session, dict.fromkeys(changes.deactivated, "deactivated by the organisation file"), actor="lapse")
     # Only the file's own groups: a directory's memberships are the directory's to decide.
     group_ids = {
         name: group_id

@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     ``preferred_username`` where the provider's email claim is not verified (Entra ID)."""
     oidc_scopes: str = Field(default="openid email profile", max_length=512)
     """The scopes Lapse asks for, separated by spaces; ``openid`` is required."""
+    oidc_trust_unverified_email: bool = False
+    """Matching on the ``email`` claim, let someone in whose ID token does not say ``email_verified: true``. Off:
+    at providers where anyone may give their account any address, an unverified email names nobody (nOAuth).
+    Turn it on only for a provider that sets every address itself and never sends ``email_verified``."""
 
     @field_validator("oidc_issuer")
     @classmethod

@@ -294,9 +294,9 @@ class WebSession(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_utc(nullable=False))
     last_seen_at: datetime = Field(sa_column=_utc(nullable=False))
     """The last request made with it, to the minute (it is written at most once a minute)."""
-    auth_time: datetime = Field(sa_column=_utc(nullable=False))
+    auth_time: datetime | None = Field(default=None, sa_column=_utc())
     """When the identity provider last authenticated the user (OIDC ``auth_time``), for decisions that need a
-    recent sign-in."""
+    recent sign-in; None when its ID token did not say (never taken to be the sign-in's own time)."""
     csrf_token: str
     """What the session's forms and scripts send back with each change (``starter/api/security.py``)."""
     ended_at: datetime | None = Field(default=None, sa_column=_utc())

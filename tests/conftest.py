@@ -319,6 +319,8 @@ class Api:
 
     async def call(self, user: str | None, method: str, path: str, body: Any = None, **params: Any) -> httpx.Response:
         headers = {"X-Forwarded-Email": user} if user else {}
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            headers["Content-Type"] = "application/json"  # as the CLI: JSON even with no body (no CSRF token needed)
         return await self.http.request(method, path, json=body, headers=headers, params=params or None)
 
     async def ok(self, user: str, method: str, path: str, body: Any = None, **params: Any) -> Any:

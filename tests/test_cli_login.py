@@ -26,7 +26,7 @@ from store.settings import Settings
 from store.tables import ApiToken
 from tests.api.identities import client, mint, offline_app, offline_settings
 
-API = "http://lapse.test"
+API = "https://lapse.test"
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ async def test_login_checks_the_token_keeps_it_private_and_every_command_sends_i
     assert sent[0].headers["x-forwarded-email"] == "ada@example.com" and "authorization" not in sent[0].headers
 
     # Another API has its own token (none here).
-    elsewhere = await lapse("grants", api="http://lapse.test/other")
+    elsewhere = await lapse("grants", api=f"{API}/other")
     assert elsewhere.exit_code == 1 and "lapse login" in elsewhere.output
 
 
@@ -119,6 +119,51 @@ async def test_login_asks_for_the_token_without_echoing_it(lapse: Lapse, setting
     assert signed_in.exit_code == 0, signed_in.output
     assert "as linus@example.com (token scopes: read, approve)" in signed_in.output and token not in signed_in.output
     assert _kept(config_home)[API]["email"] == "linus@example.com"
+
+
+async def test_login_reads_the_token_from_standard_input_given_a_dash(
+    lapse: Lapse, settings: Settings, config_home: Path
+) -> None:
+    token = mint(settings, "alan@example.com", "read")
+    signed_in = await lapse("login", "--token", "-", input=f"{token}\n")
+    assert signed_in.exit_code == 0, signed_in.output
+    assert "as alan@example.com" in signed_in.output and token not in signed_in.output
+    assert _kept(config_home)[API]["token"] == token
+    empty = await lapse("login", "--token", "-", input="")
+    assert empty.exit_code == 1 and "no API token given" in empty.output
+
+
+async def test_no_token_goes_over_plain_http_to_another_machine(
+    lapse: Lapse, settings: Settings, config_home: Path, sent: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = mint(settings, "alan@example.com", "read")
+    for plain in ("http://lapse.example.com", "http://10.0.0.5:8000"):
+        refused = await lapse("login", "--token", token, api=plain)
+        assert refused.exit_code == 1 and "refusing to send an API token" in refused.output, refused.output
+        assert "https://" in refused.output and token not in refused.output
+        monkeypatch.setenv("LAPSE_TOKEN", token)
+        from_env = await lapse("grants", api=plain)
+        assert from_env.exit_code == 1 and "over plain http" in from_env.output
+        monkeypatch.delenv("LAPSE_TOKEN")
+    assert sent == [] and not (config_home / "lapse" / "credentials.json").exists()
+    for url, elsewhere in (
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8000", False),
+        ("http://[::1]:8000", False),
+        ("https://lapse.example.com", False),
+        ("http://lapse.example.com", True),
+        ("http://localhost.example.com", True),
+        ("http://10.0.0.5:8000", True),
+    ):
+        assert cli._plain_http_elsewhere(url) is elsewhere, url
+
+
+async def test_every_change_is_sent_as_json(lapse: Lapse, sent: list[httpx.Request]) -> None:
+    """Behind the SSO proxy, a change with a form's (or no) content type needs the page's CSRF token, which the CLI
+    has not: it declares JSON, which no page on another site can send without a preflight."""
+    shown = await lapse("--as", "alan@example.com", "credentials", "nosuchrequest")
+    assert "CSRF" not in shown.output and "(404)" in shown.output, shown.output
+    assert sent[-1].method == "POST" and sent[-1].headers["content-type"] == "application/json"
 
 
 async def test_a_token_the_api_refuses_is_not_kept(lapse: Lapse, config_home: Path) -> None:

@@ -1,5 +1,6 @@
-"""``lapse run``'s demo identity provider: started only when sign-in is OIDC with no issuer, on 127.0.0.1 only,
-with the app DB's people on its form, the API pointed at it, and the banner saying how to sign in."""
+"""``lapse run``'s demo identity provider: started only when sign-in is OIDC with no issuer, for the bundled demo
+organisation served on this machine only (else `lapse run` refuses to start), on 127.0.0.1 only, with the app
+DB's people on its form, the API pointed at it, and the banner saying how to sign in."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from starter import stack
 from starter.demo_provider import CLIENT_ID, CLIENT_SECRET_ENV
 from store.db import session_scope
+from store.org import DEMO_ORG
 from store.settings import Settings
 from store.tables import SERVICE_ACCOUNT, User
 from tests.conftest import make_settings
@@ -103,3 +105,47 @@ def test_no_demo_provider_when_sign_in_goes_elsewhere(tmp_path: Path, overrides:
     banner = stack.sign_in_banner(settings, None)
     expected = "through your SSO proxy" if overrides["auth"] == "proxy" else "through https://id.example"
     assert expected in banner
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"org_file": "ORG"}, "not the bundled demo"),
+        ({"api_host": "0.0.0.0"}, "the API listens on 0.0.0.0 (LAPSE_API_HOST)"),
+        ({"api_host": "192.0.2.10"}, "not only on this machine"),
+        ({"public_url": "https://lapse.example.com"}, "people reach it at https://lapse.example.com"),
+    ],
+)
+def test_no_passwordless_provider_for_a_real_organisation_or_beyond_this_machine(
+    demo: Settings, tmp_path: Path, overrides: dict[str, str], says: str
+) -> None:
+    """The demo's provider lets whoever opens its form be anyone: with no issuer set, `lapse run` starts it for the
+    bundled demo on the loopback only, and otherwise refuses to start, saying what to set."""
+    if overrides.get("org_file") == "ORG":
+        org = tmp_path / "org.yaml"
+        org.write_text(DEMO_ORG.read_text())  # the demo's people, but a file of one's own: a real deployment
+        overrides = {"org_file": str(org)}
+    settings = demo.model_copy(update={k: Path(v) if k == "org_file" else v for k, v in overrides.items()})
+    env: dict[str, str] = {}
+    with contextlib.ExitStack() as cleanup, pytest.raises(SystemExit) as refused:
+        stack.demo_sign_in(settings, env, cleanup)
+    message = str(refused.value)
+    assert says in message, message
+    assert "LAPSE_OIDC_ISSUER" in message and "LAPSE_AUTH=proxy" in message
+    assert env == {}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"org_file": DEMO_ORG},
+        {"api_host": "localhost", "public_url": "http://localhost:8000"},
+        {"api_host": "::1", "public_url": "http://[::1]:8000"},
+        {"public_url": "http://127.0.0.2:8000"},
+    ],
+)
+def test_the_bundled_demo_on_this_machine_gets_the_demo_provider(demo: Settings, overrides: dict[str, Any]) -> None:
+    settings = demo.model_copy(update=overrides)
+    with contextlib.ExitStack() as cleanup:
+        issuer = stack.demo_sign_in(settings, {}, cleanup)
+        assert issuer is not None and issuer.startswith("http://127.0.0.1:")

@@ -5,9 +5,11 @@ calling is decided here, once, for the API and the web UI alike, in this order:
 
 1. ``Authorization: Bearer <token>``: the token's owner, within the token's scopes (``starter/api/scopes.py``);
    a token that is not valid is a 401, whatever else the request carries.
-2. The ``lapse_session`` cookie: the browser session's user (``starter/services/sessions.py``).
+2. The ``lapse_session`` cookie: the browser session's user (``starter/services/sessions.py``); never with
+   ``LAPSE_AUTH=proxy``, where the proxy alone says who is signed in (someone it locks out is out at once,
+   not when a session made before the switch ends).
 3. Only with ``LAPSE_AUTH=proxy``, and only from an address in ``LAPSE_TRUSTED_PROXIES``: the
-   ``X-Forwarded-Email`` header the SSO proxy sets. From anywhere else the header is ignored.
+   ``X-Forwarded-Email`` header the SSO proxy sets, exactly once. From anywhere else the header is ignored.
 
 Anyone else is not signed in (401).
 """
@@ -90,8 +92,19 @@ def trusted_proxy(settings: Settings, host: str | None) -> bool:
     return any(address in ipaddress.ip_network(net, strict=False) for net in settings.trusted_proxies)
 
 
+def proxied_email(request: Request, settings: Settings) -> str | None:
+    """The ``X-Forwarded-Email`` header's value, if it is believed: proxy mode, from a trusted proxy, sent exactly
+    once (``identify`` refuses a request that carries it twice)."""
+    emails = request.headers.getlist(HEADER)
+    if len(emails) != 1 or not trusted_proxy(settings, request.client.host if request.client else None):
+        return None
+    return emails[0]
+
+
 def lookup_session(request: Request, settings: Settings) -> SessionInfo | None:
-    """The live session the request's cookie names, looked up once per request."""
+    """The live session the request's cookie names, looked up once per request; never one in proxy mode."""
+    if settings.auth == "proxy":
+        return None
     state = request.scope.setdefault("state", {})
     if SESSION_STATE not in state:
         session_id = request.cookies.get(COOKIE_NAME)
@@ -122,13 +135,18 @@ def identify(request: Request, settings: Settings) -> Identity:
         user = found.user if Scope.ADMIN in found.scopes else _without_admin(found.user)
         return Identity(user=user, via="token", scopes=found.scopes, token_id=found.token_id)
 
-    had_cookie = COOKIE_NAME in request.cookies
+    had_cookie = settings.auth != "proxy" and COOKIE_NAME in request.cookies
     session = lookup_session(request, settings)
     if session is not None:
         return Identity(user=session.user, via="session", session=session)
 
-    email = request.headers.get(HEADER)
+    emails = request.headers.getlist(HEADER)
+    email = emails[0] if emails else None
     if email is not None and trusted_proxy(settings, request.client.host if request.client else None):
+        if len(emails) != 1:
+            raise _unauthenticated(
+                f"the request carries {len(emails)} {HEADER} headers: the SSO proxy must send exactly one", HEADER
+            )
         return Identity(user=_proxied_user(settings, email), via="proxy")
     if had_cookie:
         raise _unauthenticated("your session has ended (signed out, idle or too old): sign in again")
@@ -145,7 +163,7 @@ def identify(request: Request, settings: Settings) -> Identity:
 
 def _proxied_user(settings: Settings, header: str) -> User:
     email = header.strip()
-    bad = control_characters(email) or set("\t\n") & set(email)
+    bad = control_characters(email) or set("\t\n,") & set(email)  # a comma: two headers folded into one
     if not email or len(email) > MAX_EMAIL or bad:
         raise _unauthenticated(f"the {HEADER} header is not an email", HEADER)
     user = require_active_user(settings, email, field=HEADER)

@@ -47,6 +47,8 @@ ROUTE_SCOPES: dict[tuple[str, str], Needed] = {
     ("POST", "/access/{request_id}/cancel"): Scope.REQUEST,
     ("POST", "/access/{request_id}/credentials"): Scope.REQUEST,
     ("POST", "/approvals/{request_id}"): Scope.APPROVE,
+    ("POST", "/tokens"): NO_TOKEN,  # the API tokens page: as POST /api/tokens
+    ("POST", "/admin/service-accounts/{email}/tokens"): NO_TOKEN,
 }
 
 

@@ -2,18 +2,24 @@
 
 ``SecurityHeaders`` (outermost) puts a strict Content-Security-Policy (no inline script or style, no framing),
 ``nosniff`` and a same-origin referrer policy on every response, refusals, static files and 500s included (the
-interactive API docs alone may load their CDN's scripts: ``DOCS_CSP``).
+interactive API docs alone may load their CDN's scripts: ``DOCS_CSP``), and ``Strict-Transport-Security`` when
+Lapse is served over https.
 
 ``CrossSiteRequests`` refuses a state-changing request (anything but GET, HEAD, OPTIONS) that a browser sends
-on another site's behalf: one authenticated by the session cookie must carry the session's CSRF token (the
-``X-CSRF-Token`` header htmx sends, or the ``csrf_token`` field every form has), and none may come from
-another origin (``Origin``) or another site (``Sec-Fetch-Site: cross-site``). An API token is never sent by a
-browser on its own, so a request carrying one needs no CSRF token. It also gives pages their session's
-token (``request.state.csrf_token``).
+on another site's behalf: none may come from another origin (``Origin``) or another site (``Sec-Fetch-Site:
+cross-site``), and, since old browsers and privacy tools send neither header, one the browser's own credential
+authenticates must also carry a CSRF token (the ``X-CSRF-Token`` header htmx sends, or the ``csrf_token`` field
+every form has): the session's, for the session cookie; behind the SSO proxy (``LAPSE_AUTH=proxy``), an HMAC
+of the proxied user's email under a key derived from Lapse's secret key (``proxy_csrf_token``) — unless the
+request is one no page elsewhere can make without a CORS preflight, which Lapse never grants (``preflighted``:
+JSON, say, as the CLI and scripts send). An API token is never sent by a browser on its own, so a request
+carrying one needs no CSRF token. It also gives pages the token to send (``request.state.csrf_token``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -25,8 +31,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from starter.api import problems
-from starter.api.deps import lookup_session
+from starter.api.deps import lookup_session, proxied_email
 from starter.api.routes.codec import ui_origins
+from starter.services.oidc import derived_key
 from starter.web.rendering import error_page
 from store.settings import Settings
 
@@ -34,6 +41,11 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+SIMPLE_TYPES = frozenset({*FORM_TYPES, "text/plain"})
+"""The content types a page on another site may send without a CORS preflight (a form's, or a no-cors fetch's)."""
+HSTS = ("strict-transport-security", "max-age=31536000")
+"""Sent when ``public_url`` is https: browsers then never reach Lapse over plain http for a year."""
+PROXY_CSRF_KEY = b"lapse proxy csrf tokens"
 
 HEADERS: dict[str, str] = {
     "Content-Security-Policy": (
@@ -70,6 +82,10 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         added = self.docs if scope.get("path") in DOCS_PATHS else self.raw
+        app = scope.get("app")
+        settings: Settings | None = getattr(getattr(app, "state", None), "settings", None)
+        if settings is not None and settings.external_url.startswith("https://"):
+            added = [*added, (HSTS[0].encode(), HSTS[1].encode())]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -98,9 +114,31 @@ def same_origin(origin: str, headers: Headers, settings: Settings) -> bool:
     return bool(host) and urlsplit(origin).netloc == host
 
 
+def proxy_csrf_token(settings: Settings, email: str) -> str:
+    """The CSRF token of ``email`` behind the SSO proxy: an HMAC-SHA256 of the address (as the proxy names it,
+    case aside) under a key derived from Lapse's secret key, so every replica agrees and no other site can
+    compute it."""
+    key = derived_key(settings, PROXY_CSRF_KEY)
+    digest = hmac.new(key, email.strip().lower().encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def preflighted(request: Request) -> bool:
+    """Whether a browser sends this request only after a CORS preflight (which Lapse never grants), so that no
+    page on another site can have made it: any method but POST (forms and no-cors fetches send GET and POST
+    only), or a POST whose one ``Content-Type`` is not a form's or ``text/plain`` (``application/json``)."""
+    if request.method != "POST":
+        return True
+    sent = request.headers.getlist("content-type")
+    if len(sent) != 1:
+        return False
+    essence = sent[0].split(";", 1)[0].strip(" \t\r\n").lower()
+    return bool(essence) and essence not in SIMPLE_TYPES
+
+
 class CrossSiteRequests:
-    """Refuse cross-site state changes; require the session's CSRF token when the session cookie is the
-    credential. See the module's docstring."""
+    """Refuse cross-site state changes; require a CSRF token when the browser's own credential (the session
+    cookie, or the proxy's header) authenticates the request. See the module's docstring."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -113,10 +151,18 @@ class CrossSiteRequests:
         settings: Settings = scope["app"].state.settings
         headers = request.headers
         bearer = "authorization" in headers
-        session = None if bearer else await run_in_threadpool(lookup_session, request, settings)
+        session = None
+        expected: str | None = None  # the CSRF token the browser's own credential calls for
+        if not bearer and settings.auth == "proxy":  # the proxy's header, never a session (``deps.identify``)
+            email = proxied_email(request, settings)
+            if email is not None:
+                expected = await run_in_threadpool(proxy_csrf_token, settings, email)
+        elif not bearer:
+            session = await run_in_threadpool(lookup_session, request, settings)
+            expected = session.csrf_token if session is not None else None
         state = scope.setdefault("state", {})
-        if session is not None:
-            state["csrf_token"] = session.csrf_token
+        if expected is not None:
+            state["csrf_token"] = expected
         else:
             state.setdefault("csrf_token", "")
         if request.method in SAFE_METHODS or bearer:
@@ -131,7 +177,10 @@ class CrossSiteRequests:
         ):
             await self._refuse(scope, send, "a request from another site cannot change anything in Lapse")
             return
-        if session is None:  # the proxy's header, or nobody: the route decides who it is
+        if expected is None:  # nobody the browser's credentials name: the route decides who it is (a 401)
+            await self.app(scope, receive, send)
+            return
+        if session is None and preflighted(request):  # the proxy's header on what no other site can send
             await self.app(scope, receive, send)
             return
         sent = headers.get(CSRF_HEADER)
@@ -139,12 +188,13 @@ class CrossSiteRequests:
         if sent is None and headers.get("content-type", "").split(";")[0].strip().lower() in FORM_TYPES:
             body = await _read_body(receive)
             sent = await _form_token(scope, body)
-        if not sent or not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+        if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+            also = "" if session is not None else ", or send JSON (Content-Type: application/json)"
             await self._refuse(
                 scope,
                 send,
                 f"the CSRF token is missing or wrong: send the page's token as {CSRF_HEADER} or the "
-                f"{CSRF_FIELD} form field (reload the page if your session changed)",
+                f"{CSRF_FIELD} form field{also} (reload the page if your session changed)",
             )
             return
         await self.app(scope, _replay(body, receive) if body else receive, send)

@@ -3,9 +3,10 @@
 ``begin_sign_in`` gives the provider's authorization URL and the pending sign-in (state, nonce, PKCE verifier,
 where to go afterwards), which the browser keeps sealed in a short-lived cookie (``seal_pending``): any API
 replica can finish it, and only the browser that started it can. ``finish_sign_in`` exchanges the code,
-verifies the ID token (signature against the provider's JWKS, issuer, audience, nonce, expiry; ``auth_time``
-when a fresh sign-in was asked for) and matches the configured claim to an active Lapse user, case-insensitively;
-nobody else gets in and no account is ever made. ``sign_out_url`` is the provider's RP-initiated logout.
+verifies the ID token (signature against the provider's JWKS, issuer, audience, nonce, expiry; ``auth_time``,
+required, when a fresh sign-in was asked for) and matches the configured claim to an active Lapse user,
+case-insensitively (an ``email`` only if the provider says it verified it); nobody else gets in and no account is
+ever made. ``sign_out_url`` is the provider's RP-initiated logout.
 
 authlib builds and parses the protocol's messages and checks the ID token's claims, joserfc verifies its
 signature, httpx talks to the provider (authlib's own httpx client is not used: it warns on import, moving to
@@ -263,19 +264,24 @@ class PendingSignIn(BaseModel):
     """The PKCE code verifier: whoever steals the code without it cannot use it."""
     next: str = Field(max_length=MAX_NEXT)
     max_age: int | None = None
+    started: float = Field(default_factory=lambda: time.time())
+    """When this sign-in began (Unix time): each one expires ``PENDING_SECONDS`` after its own start, however
+    often the cookie holding it is sealed again for a later one."""
 
 
-def _cipher(settings: Settings) -> Fernet:
-    """A key of its own for the sign-in cookies, derived (HKDF) from Lapse's secret key, which every API
+def derived_key(settings: Settings, purpose: bytes) -> bytes:
+    """A 32-byte key of its own for ``purpose``, derived (HKDF-SHA256) from Lapse's secret key, which every API
     replica shares: ``LAPSE_SECRET_KEY``, else the ``secret.key`` file in the data directory."""
     if settings.secret_key is not None:
         material = settings.secret_key.get_secret_value()
     else:
         material = read_or_create_key_file(settings.data_dir / KEY_FILE, lambda: Fernet.generate_key().decode())
-    derived = HKDF(algorithm=SHA256(), length=32, salt=None, info=b"lapse oidc sign-in cookies").derive(
-        material.strip().encode()
-    )
-    return Fernet(base64.urlsafe_b64encode(derived))
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=purpose).derive(material.strip().encode())
+
+
+def _cipher(settings: Settings) -> Fernet:
+    """The sign-in cookies' key (``derived_key``)."""
+    return Fernet(base64.urlsafe_b64encode(derived_key(settings, b"lapse oidc sign-in cookies")))
 
 
 def seal_pending(settings: Settings, pending: list[PendingSignIn]) -> str:
@@ -285,15 +291,17 @@ def seal_pending(settings: Settings, pending: list[PendingSignIn]) -> str:
 
 
 def open_pending(settings: Settings, sealed: str | None) -> list[PendingSignIn]:
-    """The sign-ins under way in this browser; none if the cookie is missing, older than ``PENDING_SECONDS``,
-    or not one Lapse sealed."""
+    """The sign-ins under way in this browser that began less than ``PENDING_SECONDS`` ago (each by its own
+    start, not by when the cookie was last sealed); none if the cookie is missing or not one Lapse sealed."""
     if not sealed or len(sealed) > 8192:
         return []
     try:
         body = json.loads(_cipher(settings).decrypt(sealed.encode(), ttl=PENDING_SECONDS))
-        return [PendingSignIn.model_validate(item) for item in body][:MAX_PENDING]
+        pending = [PendingSignIn.model_validate(item) for item in body][:MAX_PENDING]
     except (InvalidToken, ValueError, TypeError, ValidationError):
         return []
+    now = time.time()
+    return [p for p in pending if now - PENDING_SECONDS <= p.started <= now + LEEWAY_SECONDS]
 
 
 def take_pending(pending: list[PendingSignIn], state: str | None) -> tuple[PendingSignIn, list[PendingSignIn]]:
@@ -335,8 +343,8 @@ class SignInStart:
 @dataclass(frozen=True)
 class SignedIn:
     user: User
-    auth_time: datetime
-    """When the person last authenticated at the provider (its ``auth_time``, else now)."""
+    auth_time: datetime | None
+    """When the person last authenticated at the provider (its ``auth_time``); None when it did not say."""
     id_token: str
 
 
@@ -465,11 +473,20 @@ def _bad_token(why: str, pending: PendingSignIn) -> SignInFailed:
     )
 
 
-def _auth_time(claims: dict[str, Any], pending: PendingSignIn) -> datetime:
+def _auth_time(claims: dict[str, Any], pending: PendingSignIn) -> datetime | None:
+    """When the provider says the person authenticated, never later than now; None when it does not say. A
+    sign-in that asked for a fresh authentication (``max_age``, 0 included) must be told when, and recently."""
     now = datetime.now(UTC)
     value = claims.get("auth_time")
     if not isinstance(value, int | float) or isinstance(value, bool):
-        return now
+        if pending.max_age is not None:
+            raise SignInFailed(
+                RefusalKind.UNAUTHENTICATED,
+                "the identity provider did not say when you last signed in there (its ID token has no auth_time), "
+                "so Lapse cannot tell that you signed in again as it asked",
+                next_path=pending.next,
+            )
+        return None
     when = min(datetime.fromtimestamp(value, UTC), now)
     if pending.max_age is not None and now - when > timedelta(seconds=pending.max_age + LEEWAY_SECONDS):
         raise SignInFailed(
@@ -495,8 +512,10 @@ def match_user(settings: Settings, claims: dict[str, Any]) -> User:
     who = value.strip().lower()
     if len(who) > MAX_EMAIL or control_characters(who):
         raise NotALapseUser(who[:80], f"the identity provider's {claim} claim is not an email Lapse could know")
-    if claim == "email" and claims.get("email_verified") is False:
-        raise _refused(settings, NotALapseUser(who, f"your identity provider has not verified the email {who}"))
+    if claim == "email" and claims.get("email_verified") is not True and not settings.oidc_trust_unverified_email:
+        # Anyone may put any address in an account at some providers: only a verified one names a person.
+        said = "has not verified" if claims.get("email_verified") is False else "does not say it has verified"
+        raise _refused(settings, NotALapseUser(who, f"your identity provider {said} the email {who}"))
     with session_scope(settings.db_url, write=False) as session:
         user = catalog.find_user(session, who)
     if user is None or not user.active or user.is_service:

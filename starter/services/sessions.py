@@ -21,6 +21,7 @@ from access.errors import Refusal, RefusalKind
 from access.types import AuditEntry
 from store import catalog
 from store.audit_log import append_audit
+from store.credentials_end import end_credentials
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import User, WebSession
@@ -49,8 +50,9 @@ class SessionInfo:
     csrf_token: str
     created_at: datetime
     last_seen_at: datetime
-    auth_time: datetime
-    """When the identity provider last authenticated the user."""
+    auth_time: datetime | None
+    """When the identity provider last authenticated the user; None when it did not say (a decision that needs a
+    recent sign-in then sends them back to it)."""
     expires_at: datetime
     """When it ends if it is used until then (``session_max`` after the sign-in)."""
 
@@ -78,10 +80,11 @@ def can_sign_in(user: User | None, email: str) -> User:
     return user
 
 
-def start_session(settings: Settings, email: str, *, auth_time: datetime) -> StartedSession:
-    """Start a session for ``email`` (after the identity provider authenticated them at ``auth_time``): a new
-    random id every time. Refuses (``UNAUTHENTICATED``) someone who is not an active Lapse person."""
-    if auth_time.tzinfo is None:
+def start_session(settings: Settings, email: str, *, auth_time: datetime | None) -> StartedSession:
+    """Start a session for ``email`` (after the identity provider authenticated them at ``auth_time``, None if it
+    did not say when): a new random id every time. Refuses (``UNAUTHENTICATED``) someone who is not an active
+    Lapse person."""
+    if auth_time is not None and auth_time.tzinfo is None:
         raise ValueError("auth_time must be timezone-aware")
     email = email.strip().lower()
     now = _now()
@@ -96,7 +99,7 @@ def start_session(settings: Settings, email: str, *, auth_time: datetime) -> Sta
                 email=user.email,
                 created_at=now,
                 last_seen_at=now,
-                auth_time=min(auth_time.astimezone(UTC), now),
+                auth_time=min(auth_time.astimezone(UTC), now) if auth_time is not None else None,
                 csrf_token=csrf_token,
             )
         )
@@ -171,7 +174,11 @@ def session_user(settings: Settings, session_id: str) -> SessionInfo | None:
     expires_at = row.created_at + settings.session_max
     if row.ended_at is not None or now >= expires_at or now >= row.last_seen_at + settings.session_idle:
         return None
-    if not user.active or user.is_service:
+    if not user.active:  # deactivated some way that did not end its sessions: end them (and its tokens) for good
+        with session_scope(settings.db_url) as session:
+            end_credentials(session, {user.email: "no longer an active user"}, actor="lapse", at=now)
+        return None
+    if user.is_service:
         _end(settings, key, now)
         return None
     last_seen = row.last_seen_at

@@ -28,6 +28,7 @@ from starter.services.authorization import require_admin
 from starter.services.fields import Email, FreeText, Name
 from store import catalog
 from store.audit_log import append_audit
+from store.credentials_end import end_credentials
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import SERVICE_ACCOUNT, ApiToken, User
@@ -154,7 +155,11 @@ def token_user(settings: Settings, token: str) -> TokenIdentity | None:
     if found is None:
         return None
     row, user = found
-    if row.revoked_at is not None or row.expires_at <= now or not user.active:
+    if row.revoked_at is not None or row.expires_at <= now:
+        return None
+    if not user.active:  # deactivated some way that did not end its tokens: end them now, for good
+        with session_scope(settings.db_url) as session:
+            end_credentials(session, {user.email: "its owner is no longer active"}, actor="lapse", at=now)
         return None
     if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
         with session_scope(settings.db_url) as session:
@@ -257,7 +262,8 @@ def create_service_token(settings: Settings, admin: User, email: str, body: Toke
 
 
 def deactivate_service_account(settings: Settings, admin: User, email: str) -> ServiceAccountOut:
-    """Deactivate a service account: its tokens stop working at once (and are revoked)."""
+    """Deactivate a service account: its tokens are revoked at once, audited, and stay so if it is ever
+    reactivated."""
     require_admin(admin)
     email = email.strip().lower()
     now = _now()
@@ -265,14 +271,11 @@ def deactivate_service_account(settings: Settings, admin: User, email: str) -> S
         account = _service_account(session, email)
         account.active = False
         session.add(account)
-        rows = session.exec(select(ApiToken).where(ApiToken.owner == email)).all()
-        for row in rows:
-            if row.revoked_at is None:
-                row.revoked_at = now
-                session.add(row)
         append_audit(
             session, [AuditEntry(actor=admin.email, action="service_account.deactivated", target=email, at=now)]
         )
+        end_credentials(session, {email: "service account deactivated"}, actor=admin.email, at=now)
+        rows = session.exec(select(ApiToken).where(ApiToken.owner == email)).all()
         return ServiceAccountOut(
             email=email,
             name=account.name,

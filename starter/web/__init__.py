@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from starter.web.rendering import STATIC_DIR
-from starter.web.routes import access, approvals, catalog, grants, requests
+from starter.web.routes import access, approvals, catalog, grants, requests, tokens
 
-ROUTERS = (catalog.router, access.router, approvals.router, requests.router, grants.router)
+ROUTERS = (catalog.router, access.router, approvals.router, requests.router, grants.router, tokens.router)
 
 
 def install(app: FastAPI) -> None:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.api.app import create_app
+from starter.api.security import proxy_csrf_token
 from starter.services import sessions, tokens
 from store import catalog
 from store.db import session_scope
@@ -86,5 +87,10 @@ def token_caller(token: str, name: str = "token") -> Caller:
     return Caller(name, headers={"Authorization": f"Bearer {token}"})
 
 
-def proxy_caller(email: str) -> Caller:
-    return Caller(f"proxy:{email}", headers={"X-Forwarded-Email": email})
+def proxy_caller(email: str, settings: Settings | None = None) -> Caller:
+    """A browser behind the SSO proxy, which names it in ``X-Forwarded-Email``; with ``settings``, it sends the
+    CSRF token its pages would (``proxy_csrf_token``) as well."""
+    headers = {"X-Forwarded-Email": email}
+    if settings is not None:
+        headers["X-CSRF-Token"] = proxy_csrf_token(settings, email)
+    return Caller(f"proxy:{email}", headers=headers)

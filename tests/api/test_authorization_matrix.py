@@ -2,10 +2,13 @@
 kind of caller, each answer checked against what this file says the route allows.
 
 A new route fails here until ``MATRIX`` says who may call it. What is checked is the sign-in layer's answer:
-401 for nobody or a dead token, 403 for a signed-in caller the route refuses (not an admin, not a reader of
-the request, a token without the scope), and "let through" otherwise (anything else but a 500: no Temporal
-answers here, so a call that gets that far is a 503). Whether a decision counts is the workflow's to judge,
-tested with Temporal in ``test_tokens_api.py`` and ``test_approvals_api.py``.
+401 for nobody, a dead token or session (expired, revoked, its owner deactivated; a session behind the SSO proxy),
+403 for a signed-in caller the route refuses (not an admin, not a reader of the request, a token without the
+scope or acting without its owner's admin rights, a service account's) and for a browser's change without its
+CSRF token, and "let through" otherwise (anything else but a 500: no Temporal answers here, so a call that gets
+that far is a 503). The callers sign in through OIDC (sessions, tokens) or, on an app in proxy mode, through
+the SSO proxy's header. Whether a decision counts is the workflow's to judge, tested with Temporal in
+``test_tokens_api.py`` and ``test_approvals_api.py``.
 """
 
 from __future__ import annotations
@@ -27,11 +30,22 @@ from starlette.routing import Mount, Route
 
 from access.requests import RequestStatus, StepState, StepStatus
 from access.types import Approver, ApproverKind
+from starter.services import tokens
 from starter.services.tokens import Scope
+from store import catalog
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import AccessRequest, ApiToken
-from tests.api.identities import Caller, client, mint, offline_app, offline_settings, session_caller, token_caller
+from store.tables import AccessRequest, ApiToken, User
+from tests.api.identities import (
+    Caller,
+    client,
+    mint,
+    offline_app,
+    offline_settings,
+    proxy_caller,
+    session_caller,
+    token_caller,
+)
 
 REQUEST_ID = "matrixreq01"
 """A pending request of alan's, which linus (his manager) may decide."""
@@ -138,6 +152,12 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("GET", "/requests/{request_id}/live"): READER,
     ("GET", "/admin/grants"): ADMIN,
     ("POST", "/admin/grants/{grant_id}/revoke"): ADMIN,
+    ("GET", "/tokens"): READ,
+    ("POST", "/tokens"): SESSION_ONLY,  # a token makes no tokens
+    ("POST", "/tokens/{token_id}/revoke"): SESSION_ONLY,
+    ("POST", "/admin/service-accounts"): ADMIN,
+    ("POST", "/admin/service-accounts/{email}/tokens"): Allowed("admin", None),
+    ("POST", "/admin/service-accounts/{email}/deactivate"): ADMIN,
 }
 
 EXAMPLES = {
@@ -151,22 +171,49 @@ EXAMPLES = {
     "{operation}": "decode",
 }
 
-SESSIONS = {
+PEOPLE = {
     "requester": "alan@example.com",
     "approver": "linus@example.com",
     "ineligible": "barbara@example.com",
     "admin": "ada@example.com",
 }
+SESSIONS = dict(PEOPLE)
+"""Browsers signed in through OIDC, each call with a new session (``/auth/logout`` ends one) and its CSRF token."""
+NO_CSRF = {f"{name} without csrf": email for name, email in PEOPLE.items()}
+"""The same browsers leaving the CSRF token out: every change refused (a route that escaped the check shows)."""
+PROXIED = {f"proxy {name}": email for name, email in PEOPLE.items()}
+"""Browsers behind the SSO proxy (an app in proxy mode), sending the CSRF token their pages carry."""
+PROXIED_NO_CSRF = {"proxy admin without csrf": "ada@example.com"}
+SERVICE_ACCOUNT = "ci-matrix@example.com"
+DEACTIVATED = "dennis@example.com"
 TOKENS: dict[str, tuple[str, tuple[str, ...]]] = {
     # linus reads the request (he may decide it); ada is an admin.
     "read token": ("linus@example.com", ("read",)),
     "request token": ("linus@example.com", ("request",)),
     "approve token": ("linus@example.com", ("approve",)),
     "admin token": ("ada@example.com", ("admin",)),
+    "admin's token without admin": ("ada@example.com", ("read", "request", "approve")),
+    "service account token": (SERVICE_ACCOUNT, ("read", "request", "approve")),
     "expired token": ("ada@example.com", ("read", "request", "approve", "admin")),
     "revoked token": ("ada@example.com", ("read", "request", "approve", "admin")),
+    "deactivated user's token": (DEACTIVATED, ("read", "request", "approve")),
 }
-CALLERS = ["anonymous", *SESSIONS, *TOKENS]
+DEAD = {"anonymous", "expired token", "revoked token", "deactivated user's token", "deactivated user's session"}
+"""Callers nobody is signed in as: a 401 wherever it is asked who calls."""
+SESSION_BEHIND_PROXY = "session behind the proxy"
+"""A live session's cookie sent to the app in proxy mode: only the proxy says who is signed in there."""
+CALLERS = [
+    "anonymous",
+    *SESSIONS,
+    *NO_CSRF,
+    *TOKENS,
+    "deactivated user's session",
+    *PROXIED,
+    *PROXIED_NO_CSRF,
+    SESSION_BEHIND_PROXY,
+]
+BEHIND_PROXY = {*PROXIED, *PROXIED_NO_CSRF, SESSION_BEHIND_PROXY}
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def _walk(routes: list[Any]) -> Iterator[Any]:
@@ -200,7 +247,11 @@ ROUTES = route_table(_app_for_collection())
 class World:
     settings: Settings
     http: httpx.AsyncClient
-    tokens: dict[str, Caller]
+    """The app signing in through OIDC."""
+    proxy: httpx.AsyncClient
+    """The same app DB's app behind the SSO proxy (``LAPSE_AUTH=proxy``, this address trusted)."""
+    callers: dict[str, Caller]
+    """The callers made once: tokens, the deactivated user's session, the proxy's."""
 
 
 @pytest.fixture(scope="module")
@@ -241,46 +292,77 @@ def world_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
+def _service_account(settings: Settings) -> None:
+    with session_scope(settings.db_url, write=False) as session:
+        ada = catalog.find_user(session, "ada@example.com")
+    assert ada is not None
+    tokens.create_service_account(settings, ada, tokens.ServiceAccountCreate(email=SERVICE_ACCOUNT, name="CI"))
+
+
+def _mint(settings: Settings, name: str, owner: str, scopes: tuple[str, ...]) -> Caller:
+    if owner != SERVICE_ACCOUNT:
+        return token_caller(mint(settings, owner, *scopes, name=name), name)
+    with session_scope(settings.db_url, write=False) as session:
+        ada = catalog.find_user(session, "ada@example.com")
+    assert ada is not None
+    body = tokens.TokenCreate(name=name, scopes=[tokens.Scope(s) for s in scopes])
+    return token_caller(tokens.create_service_token(settings, ada, owner, body).token, name)
+
+
 @pytest_asyncio.fixture(scope="module")
 async def world(world_settings: Settings) -> AsyncIterator[World]:
-    tokens = {}
-    for name, (owner, scopes) in TOKENS.items():
-        token = mint(world_settings, owner, *scopes, name=name)
-        tokens[name] = token_caller(token, name)
-    with session_scope(world_settings.db_url) as session:
+    settings = world_settings
+    _service_account(settings)
+    callers = {name: _mint(settings, name, owner, scopes) for name, (owner, scopes) in TOKENS.items()}
+    callers["deactivated user's session"] = session_caller(settings, DEACTIVATED)
+    with session_scope(settings.db_url) as session:
         past = datetime.now(UTC) - timedelta(seconds=1)
         session.execute(update(ApiToken).where(col(ApiToken.name) == "expired token").values(expires_at=past))
         session.execute(update(ApiToken).where(col(ApiToken.name) == "revoked token").values(revoked_at=past))
-    async with client(offline_app(world_settings)) as http:
-        yield World(world_settings, http, tokens)
+        # Deactivated without ending anything (as a restore or a hand edit would): refused all the same.
+        session.execute(update(User).where(col(User.email) == DEACTIVATED).values(active=False))
+    behind_proxy = settings.model_copy(update={"auth": "proxy", "trusted_proxies": ["127.0.0.1"]})
+    callers |= {name: proxy_caller(email, behind_proxy) for name, email in PROXIED.items()}
+    callers |= {name: proxy_caller(email) for name, email in PROXIED_NO_CSRF.items()}
+    callers[SESSION_BEHIND_PROXY] = session_caller(settings, "ada@example.com")
+    async with client(offline_app(settings)) as http, client(offline_app(behind_proxy)) as proxy:
+        yield World(settings, http, proxy, callers)
 
 
-def expected(allowed: Allowed, caller: str) -> str:
+def expected(allowed: Allowed, caller: str, method: str) -> str:
     """``401``, ``403`` or ``through`` (the sign-in layer lets the call through); ``public``: the same for all."""
+    if (method in UNSAFE and caller in NO_CSRF) or (method == "POST" and caller in PROXIED_NO_CSRF):
+        # The CSRF check comes before anything else, public routes included. Behind the proxy, only what another
+        # site's page can send without a preflight needs the token: a POST (of a form's type, or none).
+        return "403"
     if allowed.who == "public":
         return "public"
-    if caller in ("anonymous", "expired token", "revoked token"):
+    if caller in DEAD or caller == SESSION_BEHIND_PROXY:
         return "401"
-    if caller in SESSIONS:
+    person = {**SESSIONS, **NO_CSRF, **PROXIED, **PROXIED_NO_CSRF}.get(caller)
+    if person is not None:
+        role = next(name for name, email in PEOPLE.items() if email == person)
         if allowed.who == "admin":
-            return "through" if caller == "admin" else "403"
+            return "through" if role == "admin" else "403"
         if allowed.who == "reader":
-            return "403" if caller == "ineligible" else "through"
+            return "403" if role == "ineligible" else "through"
         if allowed.who == "requester":
-            return "through" if caller == "requester" else "403"
+            return "through" if role == "requester" else "403"
         return "through"
-    # A live token.
-    owner_is_admin = caller == "admin token"
+    # A live token: within its scopes, and never more than its owner.
+    owner, scopes = TOKENS[caller]
+    acts_as_admin = owner == PEOPLE["admin"] and "admin" in scopes
     if allowed.who == "session" or allowed.scope is None:
         return "403"
     if allowed.scope == ANY_TOKEN:
         return "through"
     if allowed.who == "admin":
-        return "through" if owner_is_admin else "403"
+        return "through" if acts_as_admin else "403"
     if allowed.who == "requester":
-        return "403"  # the tokens' owners, linus and ada, did not ask for it
-    held = set(TOKENS[caller][1])
-    return "through" if str(allowed.scope) in held else "403"
+        return "403"  # no token's owner asked for it
+    if allowed.who == "reader" and owner != PEOPLE["approver"] and not acts_as_admin:
+        return "403"  # neither its approver nor (with the admin scope) an admin
+    return "through" if str(allowed.scope) in scopes else "403"
 
 
 def _concrete(path: str) -> str:
@@ -292,13 +374,17 @@ def _concrete(path: str) -> str:
 
 
 async def _call(world: World, caller: str, method: str, path: str) -> httpx.Response:
+    http = world.proxy if caller in BEHIND_PROXY else world.http
     if caller == "anonymous":
         who = Caller("anonymous")
     elif caller in SESSIONS:
         who = session_caller(world.settings, SESSIONS[caller])  # a new one each time: /auth/logout ends it
+    elif caller in NO_CSRF:
+        with_token = session_caller(world.settings, NO_CSRF[caller])
+        who = Caller(caller, cookies=with_token.cookies)
     else:
-        who = world.tokens[caller]
-    return await who.call(world.http, method, _concrete(path))
+        who = world.callers[caller]
+    return await who.call(http, method, _concrete(path))
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
@@ -306,18 +392,20 @@ async def test_every_route_answers_every_caller_as_the_matrix_says(world: World,
     allowed = MATRIX.get((method, path))
     assert allowed is not None, f"{method} {path} has no entry in MATRIX: say who may call it (and with which scope)"
     wrong = []
-    statuses = set()
+    statuses: dict[bool, set[int]] = {False: set(), True: set()}  # by app: OIDC, behind the proxy
     for caller in CALLERS:
         response = await _call(world, caller, method, path)
         status = response.status_code
-        statuses.add(status)
         got = "401" if status == 401 else "403" if status == 403 else "through"
-        want = expected(allowed, caller)
+        want = expected(allowed, caller, method)
+        if want == "public":
+            statuses[caller in BEHIND_PROXY].add(status)
         if (want != "public" and got != want) or (status >= 500 and status != 503):
             wrong.append(f"{caller}: {status} (expected {want}) {response.text[:200]}")
     assert not wrong, f"{method} {path}:\n" + "\n".join(wrong)
-    if allowed is PUBLIC:  # it does not look at who calls: everyone gets the same answer
-        assert len(statuses) == 1, f"{method} {path}: a public route answered {sorted(statuses)}"
+    if allowed is PUBLIC:  # it does not look at who calls: everyone gets the same answer (from the same app)
+        for behind_proxy, seen in statuses.items():
+            assert len(seen) == 1, f"{method} {path}: a public route answered {sorted(seen)} ({behind_proxy=})"
 
 
 def test_the_matrix_names_no_route_the_app_does_not_have() -> None:

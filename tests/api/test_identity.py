@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 from access.limits import MAX_BODY_BYTES
-from starter.api.security import HEADERS
+from starter.api.security import HEADERS, proxy_csrf_token
 from starter.services import sessions
 from store.settings import Settings
 from tests.api.answers import problem
@@ -86,23 +88,54 @@ async def test_a_session_is_its_user_until_it_ends(oidc: Settings, http: httpx.A
 
 
 async def test_a_token_comes_first_then_the_session_then_the_proxy(tmp_path: Path, app_db: str) -> None:
-    settings = offline_settings(tmp_path, app_db, auth="proxy", trusted_proxies=["127.0.0.1"])
+    settings = offline_settings(tmp_path, app_db)
     ada_session = session_caller(settings, "ada@example.com")
     alan_token = mint(settings, "alan@example.com", "read")
-    both = Caller(
-        "all three",
-        headers={"Authorization": f"Bearer {alan_token}", "X-Forwarded-Email": "grace@example.com"},
-        cookies=ada_session.cookies,
-    )
+    both = Caller("token and session", headers={"Authorization": f"Bearer {alan_token}"}, cookies=ada_session.cookies)
     async with client(offline_app(settings)) as http:
         assert (await _me(http, both)).json()["email"] == "alan@example.com"
+        assert (await _me(http, ada_session)).json()["email"] == "ada@example.com"
+    behind_proxy = settings.model_copy(update={"auth": "proxy", "trusted_proxies": ["127.0.0.1"]})
+    all_three = Caller(
+        "all three", headers={**both.headers, "X-Forwarded-Email": "grace@example.com"}, cookies=ada_session.cookies
+    )
+    async with client(offline_app(behind_proxy)) as http:
+        assert (await _me(http, all_three)).json()["email"] == "alan@example.com"
         session_and_header = Caller(
             "two", headers={"X-Forwarded-Email": "grace@example.com"}, cookies=ada_session.cookies
         )
-        assert (await _me(http, session_and_header)).json()["email"] == "ada@example.com"
-        sessions.end_session(settings, ada_session.cookies[sessions.COOKIE_NAME])
-        # Behind the proxy, a browser's stale cookie is no reason to refuse what the proxy says.
         assert (await _me(http, session_and_header)).json()["email"] == "grace@example.com"
+
+
+async def test_behind_a_proxy_a_session_counts_for_nothing(tmp_path: Path, app_db: str) -> None:
+    """Someone the SSO proxy locks out is out at once: a session made while Lapse signed people in itself (or
+    planted in the browser) is not another way in once it is ``LAPSE_AUTH=proxy``."""
+    settings = offline_settings(tmp_path, app_db)
+    ada = session_caller(settings, "ada@example.com")
+    behind_proxy = settings.model_copy(update={"auth": "proxy", "trusted_proxies": ["127.0.0.1"]})
+    async with client(offline_app(behind_proxy)) as http:
+        assert "X-Forwarded-Email header your SSO proxy sets is missing" in problem(await _me(http, ada), 401)
+        page = await ada.call(http, "GET", "/admin/grants")
+        assert page.status_code == 401 and "text/html" in page.headers["content-type"]
+        changed = await ada.call(http, "POST", "/api/tokens", json={"name": "x", "scopes": ["read"]})
+        problem(changed, 401)
+    async with client(offline_app(settings)) as http:  # the same session, signing in through OIDC again
+        assert (await _me(http, ada)).json()["email"] == "ada@example.com"
+
+
+async def test_the_proxys_header_counts_only_if_sent_once(tmp_path: Path, app_db: str) -> None:
+    settings = offline_settings(tmp_path, app_db, auth="proxy", trusted_proxies=["127.0.0.1"])
+    async with client(offline_app(settings)) as http:
+        one = await http.get("/api/me", headers=[("X-Forwarded-Email", "alan@example.com")])
+        assert one.status_code == 200 and one.json()["email"] == "alan@example.com"
+        for twice in (
+            [("X-Forwarded-Email", "alan@example.com"), ("X-Forwarded-Email", "ada@example.com")],
+            [("X-Forwarded-Email", "ada@example.com"), ("X-Forwarded-Email", "ada@example.com")],
+        ):
+            response = await http.get("/api/me", headers=twice)
+            assert "exactly one" in problem(response, 401, "X-Forwarded-Email"), twice
+        folded = await http.get("/api/me", headers={"X-Forwarded-Email": "alan@example.com, ada@example.com"})
+        problem(folded, 401, "X-Forwarded-Email")
 
 
 # --- CSRF and cross-site requests ----------------------------------------------------------------
@@ -171,15 +204,79 @@ async def test_another_site_cannot_change_anything(tmp_path: Path, app_db: str) 
         assert revoked.status_code == 200, revoked.text
 
 
-async def test_behind_a_proxy_no_csrf_token_but_no_other_site_either(tmp_path: Path, app_db: str) -> None:
+async def test_behind_a_proxy_no_other_site_either(tmp_path: Path, app_db: str) -> None:
     settings = offline_settings(tmp_path, app_db, auth="proxy", trusted_proxies=["127.0.0.1"])
     alan = proxy_caller("alan@example.com")
     body = {"name": "x", "scopes": ["read"]}
     async with client(offline_app(settings)) as http:
         assert (await alan.call(http, "POST", "/api/tokens", json=body)).status_code == 201
-        refused = await alan.call(http, "POST", "/api/tokens", json=body, headers={"Origin": EVIL})
-        problem(refused, 403)
+        for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
+            refused = await alan.call(http, "POST", "/api/tokens", json=body, headers=headers)
+            assert "another site" in problem(refused, 403), headers
+        with_token = proxy_caller("alan@example.com", settings)  # the token does not help either
+        refused = await with_token.call(http, "POST", "/api/tokens", json=body, headers={"Origin": EVIL})
+        assert "another site" in problem(refused, 403)
         assert len((await alan.call(http, "GET", "/api/tokens")).json()) == 1
+
+
+async def test_behind_a_proxy_a_change_a_form_could_make_carries_the_users_csrf_token(
+    tmp_path: Path, app_db: str
+) -> None:
+    """A form (or a no-cors fetch) on another site, sent by a browser that names neither its ``Origin`` nor
+    ``Sec-Fetch-Site`` (an old one, a privacy extension), reaches Lapse with the proxy's header like any
+    other: it must carry the user's CSRF token, which the pages have and no other site can compute."""
+    settings = offline_settings(tmp_path, app_db, auth="proxy", trusted_proxies=["127.0.0.1"])
+    alan, ada = proxy_caller("alan@example.com"), proxy_caller("ada@example.com")
+    token = proxy_csrf_token(settings, "alan@example.com")
+    assert len(token) >= 43 and token == proxy_csrf_token(settings, " Alan@Example.com ")
+    assert token != proxy_csrf_token(settings, "ada@example.com")
+    other_key = settings.model_copy(update={"secret_key": SecretStr(Fernet.generate_key().decode())})
+    assert token != proxy_csrf_token(other_key, "alan@example.com")  # keyed by Lapse's secret key
+
+    async with client(offline_app(settings)) as http:
+        page = await alan.call(http, "GET", "/")
+        assert page.status_code == 200
+        assert f'<meta name="csrf-token" content="{token}">' in page.text
+        assert f'name="csrf_token" value="{token}"' in page.text  # every form carries it
+
+        form = {"role": "ledger/prod-db/read", "duration": "PT30M", "justification": "looking"}
+        for sent in ({}, {"csrf_token": "x" * 43}, {"csrf_token": proxy_csrf_token(settings, "ada@example.com")}):
+            refused = await alan.call(http, "POST", "/requests/preview", data={**form, **sent})
+            assert refused.status_code == 403 and "CSRF" in refused.text, sent
+        accepted = await alan.call(http, "POST", "/requests/preview", data={**form, "csrf_token": token})
+        assert accepted.status_code == 200, accepted.text
+        in_header = await alan.call(http, "POST", "/requests/preview", data=form, headers={"X-CSRF-Token": token})
+        assert in_header.status_code == 200, in_header.text
+
+        # What a form or a no-cors fetch can send: no body, text/plain, a form's type; a token is needed.
+        no_body = await ada.call(http, "POST", "/api/directory/sync")
+        assert "CSRF" in problem(no_body, 403, "X-CSRF-Token")
+        ada_token = {"X-CSRF-Token": proxy_csrf_token(settings, "ada@example.com")}
+        assert (await ada.call(http, "POST", "/api/directory/sync", headers=ada_token)).status_code == 503
+        body = b'{"name": "x", "scopes": ["read"]}'
+        for kind in ("text/plain", "text/plain; charset=utf-8", " TEXT/PLAIN ", "application/x-www-form-urlencoded"):
+            sent_as = await alan.call(http, "POST", "/api/tokens", content=body, headers={"Content-Type": kind})
+            problem(sent_as, 403, "X-CSRF-Token")
+        # What only a preflight lets a page elsewhere send (and Lapse grants none): JSON, other methods.
+        as_json = await alan.call(
+            http, "POST", "/api/tokens", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+        )
+        assert as_json.status_code == 201, as_json.text
+        revoked = await alan.call(http, "DELETE", f"/api/tokens/{as_json.json()['id']}")
+        assert revoked.status_code == 200, revoked.text
+        # From an address that is not a trusted proxy, the header names nobody: a 401, whatever it carries.
+        async with client(offline_app(settings), address="10.9.9.9") as outside:
+            problem(await alan.call(outside, "POST", "/api/directory/sync"), 401)
+
+
+async def test_strict_transport_security_when_lapse_is_served_over_https(tmp_path: Path, app_db: str) -> None:
+    https = offline_settings(tmp_path, app_db, public_url="https://lapse.example.com")
+    async with client(offline_app(https)) as http:
+        for path in ("/healthz", "/api/catalog", "/", "/static/lapse.css", "/docs"):
+            assert (await http.get(path)).headers.get("Strict-Transport-Security") == "max-age=31536000", path
+    plain = https.model_copy(update={"public_url": None})
+    async with client(offline_app(plain)) as http:
+        assert "Strict-Transport-Security" not in (await http.get("/healthz")).headers  # a browser ignores it anyway
 
 
 async def test_the_temporal_web_ui_may_decode_with_a_session(oidc: Settings, http: httpx.AsyncClient) -> None:

@@ -11,11 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI, Request
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.responses import Response
 
 from starter.api.app import create_app
+from starter.api.security import proxy_csrf_token
 from starter.services.permissions import GrantFilter, list_permissions
 from store.credentials import credential_cipher
 from store.db import session_scope
@@ -23,10 +21,15 @@ from store.settings import Settings
 from store.tables import Credential, Grant, User
 from tests.conftest import Api, make_settings
 
-ADMIN_PAGES = [("GET", "/admin/grants"), ("POST", "/admin/grants/{grant_id}/revoke")]
+ADMIN_PAGES = [
+    ("GET", "/admin/grants"),
+    ("POST", "/admin/grants/{grant_id}/revoke"),
+    ("POST", "/admin/service-accounts"),
+    ("POST", "/admin/service-accounts/{email}/tokens"),
+    ("POST", "/admin/service-accounts/{email}/deactivate"),
+]
 """The UI's admin-only routes (through the API's ``AdminUser``); ``tests/api/test_access_control.py`` counts them."""
 
-TOKEN = "csrf-test-token"
 NOW = datetime.now(UTC)
 
 
@@ -39,15 +42,23 @@ def as_user(email: str | None) -> dict[str, str]:
     return {"X-Forwarded-Email": email} if email else {}
 
 
-def with_csrf_token(app: FastAPI) -> FastAPI:
-    """Stand in for the CSRF middleware: it sets ``request.state.csrf_token``, which every form must carry."""
+def with_csrf_token(http: httpx.AsyncClient, settings: Settings) -> httpx.AsyncClient:
+    """Post as the pages' forms do: with the CSRF token the page gives the proxy's user (``X-CSRF-Token``)."""
 
-    async def set_token(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        request.state.csrf_token = TOKEN
-        return await call_next(request)
+    async def add_token(request: httpx.Request) -> None:
+        who = request.headers.get("x-forwarded-email")
+        if who and request.method == "POST" and "x-csrf-token" not in request.headers:
+            request.headers["X-CSRF-Token"] = proxy_csrf_token(settings, who)
 
-    app.add_middleware(BaseHTTPMiddleware, dispatch=set_token)
-    return app
+    http.event_hooks["request"].append(add_token)
+    return http
+
+
+@pytest.fixture(autouse=True)
+def _forms_carry_the_csrf_token(request: pytest.FixtureRequest) -> None:
+    if "api" in request.fixturenames:
+        api: Api = request.getfixturevalue("api")
+        with_csrf_token(api.http, request.getfixturevalue("settings"))
 
 
 @pytest.fixture
@@ -62,9 +73,9 @@ def demo(tmp_path: Path) -> Settings:
 @pytest_asyncio.fixture
 async def pages(demo: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app on the demo organisation with no Temporal behind it: for pages that only read."""
-    app = with_csrf_token(create_app(demo, client=None))
+    app = create_app(demo, client=None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as client:
-        yield client
+        yield with_csrf_token(client, demo)
 
 
 # --- who may see what ----------------------------------------------------------------------------
@@ -123,13 +134,16 @@ FORM = re.compile(r"<form\b[^>]*>.*?</form>", re.S)
 
 
 @pytest.mark.parametrize(("who", "path"), [("alan@example.com", "/"), ("ada@example.com", "/admin/grants")])
-async def test_every_form_posts_to_the_ui_with_the_csrf_token(pages: httpx.AsyncClient, who: str, path: str) -> None:
+async def test_every_form_posts_to_the_ui_with_the_csrf_token(
+    pages: httpx.AsyncClient, demo: Settings, who: str, path: str
+) -> None:
+    token = proxy_csrf_token(demo, who)  # the one the proxy's user's pages carry
     text = html(await pages.get(path, headers=as_user(who)))
-    assert f'<meta name="csrf-token" content="{TOKEN}">' in text
+    assert f'<meta name="csrf-token" content="{token}">' in text
     posting = [form for form in FORM.findall(text) if 'method="post"' in form]
     assert posting
     for form in posting:
-        assert f'<input type="hidden" name="csrf_token" value="{TOKEN}">' in form, form
+        assert f'<input type="hidden" name="csrf_token" value="{token}">' in form, form
         assert 'action="/api' not in form
 
 
@@ -159,7 +173,7 @@ async def test_no_inline_script_style_or_handler(pages: httpx.AsyncClient) -> No
 async def test_the_form_shows_the_policys_verdict_before_submitting(
     pages: httpx.AsyncClient, role: str, duration: str, says: str
 ) -> None:
-    form = {"role": role, "duration": duration, "justification": "INC-1", "csrf_token": TOKEN}
+    form = {"role": role, "duration": duration, "justification": "INC-1"}
     response = await pages.post("/requests/preview", data=form, headers=as_user("alan@example.com"))
     assert response.status_code == 200 and says in html(response)
 

@@ -31,7 +31,7 @@ from harness.ports import free_port
 from starter.api.app import create_app
 from starter.demo_provider import CLIENT_ID, DemoProvider, DemoUser, demo_provider
 from starter.services import oidc
-from starter.services.sessions import COOKIE_NAME, session_user
+from starter.services.sessions import COOKIE_NAME, session_user, start_session
 from starter.web.routes.auth import ID_TOKEN_COOKIE, PENDING_COOKIE
 from store.db import session_scope
 from store.org import DEMO_ORG, OrgFile
@@ -156,7 +156,8 @@ async def test_signing_in_starts_a_session_with_a_protected_cookie(settings_for:
     assert not cookie["secure"], "public_url is http: a Secure cookie would never come back"
     info = session_user(settings, cookie.value)
     assert info is not None and info.email == "alan@example.com"
-    assert abs((datetime.now(UTC) - info.auth_time).total_seconds()) < 60  # the provider's auth_time
+    assert info.auth_time is not None  # the provider's auth_time
+    assert abs((datetime.now(UTC) - info.auth_time).total_seconds()) < 60
     assert PENDING_COOKIE in set_cookies(landed)  # used up: deleted
     assert ID_TOKEN_COOKIE in set_cookies(landed)
 
@@ -279,6 +280,34 @@ async def test_an_email_the_provider_has_not_verified_is_not_let_in(
     assert COOKIE_NAME not in set_cookies(landed)
 
 
+async def test_an_email_the_provider_does_not_say_it_verified_is_not_let_in(
+    settings_for: Any, browser_of: Any, provider: DemoProvider
+) -> None:
+    """nOAuth: at some providers anyone may give their account any address; without ``email_verified: true``
+    the ``email`` claim names nobody, unless told to trust the provider (``oidc_trust_unverified_email``)."""
+    async with httpx.AsyncClient(base_url=provider.url) as http:
+        for sub, verified in (("silent-ken", None), ("stringly-ken", "true")):
+            claims = {"email": "ken@example.com"} | ({} if verified is None else {"email_verified": verified})
+            (await http.put(f"/users/{sub}", json=claims)).raise_for_status()
+    settings = settings_for()
+    for sub in ("silent-ken", "stringly-ken"):
+        landed, _ = await sign_in(await browser_of(settings), sub)
+        assert landed.status_code == 403, sub
+        assert "does not say it has verified the email ken@example.com" in landed.text
+        assert COOKIE_NAME not in set_cookies(landed)
+    assert [e.actor for e in refusals(settings)][:1] == ["ken@example.com"]  # audited (the same again coalesced)
+    trusting = settings_for(oidc_trust_unverified_email=True)
+    landed, _ = await sign_in(await browser_of(trusting), "silent-ken")
+    assert landed.status_code == 303 and session_user(trusting, session_cookie(landed)) is not None
+    # Matching on another claim, email_verified is not Lapse's concern (the provider vouches for that claim).
+    with_name = oidc.match_user(settings_for(oidc_user_claim="upn"), {"upn": "ken@example.com"})
+    assert with_name.email == "ken@example.com"
+
+
+def test_the_demo_provider_says_its_users_emails_are_verified() -> None:
+    assert DemoUser(email="alan@example.com", name="Alan").claims()["email_verified"] is True
+
+
 # --- a sign-in someone tampered with ------------------------------------------------------------------------
 
 
@@ -376,7 +405,7 @@ async def test_in_proxy_mode_there_is_no_sign_in_route(tmp_path: Path, browser_o
 def id_token(key: RSAKey, **changes: Any) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"iss": "http://idp.test", "aud": CLIENT_ID, "sub": "alan", "email": "alan@example.com"}
-    claims |= {"nonce": "the-nonce", "iat": now, "exp": now + 300, **changes}
+    claims |= {"email_verified": True, "nonce": "the-nonce", "iat": now, "exp": now + 300, **changes}
     return jwt.encode({"alg": "RS256", "kid": key.kid}, {k: v for k, v in claims.items() if v is not None}, key)
 
 
@@ -430,6 +459,90 @@ async def test_only_the_providers_id_token_for_lapse_and_this_sign_in_is_believe
     with pytest.raises(oidc.SignInFailed, match=re.escape(why)):
         await oidc._verified_claims(settings, provider, pending, {"id_token": token})
     assert refreshed == ([True] if signer != "provider" else [])
+
+
+def fake_provider(monkeypatch: pytest.MonkeyPatch, id_token_for: Any) -> RSAKey:
+    """A provider at ``http://idp.test`` whose code exchange answers ``id_token_for(key)``: its signing key."""
+    key = RSAKey.generate_key(2048, parameters={"kid": "provider-key", "use": "sig"})
+    found = oidc.Provider(
+        issuer="http://idp.test",
+        authorization_endpoint="http://idp.test/authorize",
+        token_endpoint="http://idp.test/token",
+        jwks_uri="http://idp.test/jwks",
+        end_session_endpoint=None,
+        token_auth_methods=("client_secret_basic",),
+        algorithms=("RS256",),
+        keys=dict(KeySet([key]).as_dict(private=False)),
+        fetched=time.monotonic(),
+    )
+
+    async def provider(_settings: Settings, *, refresh: bool = False) -> oidc.Provider:
+        return found
+
+    async def exchange(*_args: Any) -> dict[str, Any]:
+        return {"id_token": id_token_for(key)}
+
+    monkeypatch.setattr(oidc, "provider", provider)
+    monkeypatch.setattr(oidc, "_exchange", exchange)
+    return key
+
+
+@pytest.mark.parametrize("max_age", [0, 600])
+async def test_a_fresh_sign_in_needs_the_providers_auth_time(
+    settings_for: Any, monkeypatch: pytest.MonkeyPatch, max_age: int
+) -> None:
+    """Asked for a sign-in at most ``max_age`` seconds old (0: now), a provider that does not say when the person
+    signed in has not shown that they did: refused, never taken to be "just now"."""
+    settings = settings_for()
+    changes: dict[str, Any] = {}
+    fake_provider(monkeypatch, lambda key: id_token(key, **changes))
+    pending = oidc.PendingSignIn(state="s", nonce="the-nonce", verifier="v", next="/approvals", max_age=max_age)
+    with pytest.raises(oidc.SignInFailed, match="auth_time") as refused:
+        await oidc.finish_sign_in(settings, pending, code="a-code")
+    assert refused.value.next_path == "/approvals"
+    changes["auth_time"] = int(time.time()) - 5
+    signed_in = await oidc.finish_sign_in(settings, pending, code="a-code")
+    assert signed_in.auth_time is not None and signed_in.user.email == "alan@example.com"
+    changes["auth_time"] = int(time.time()) - max_age - oidc.LEEWAY_SECONDS - 60
+    with pytest.raises(oidc.SignInFailed, match="sign in again"):
+        await oidc.finish_sign_in(settings, pending, code="a-code")
+
+
+async def test_without_max_age_a_missing_auth_time_is_unknown_not_now(
+    settings_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for()
+    fake_provider(monkeypatch, id_token)
+    pending = oidc.PendingSignIn(state="s", nonce="the-nonce", verifier="v", next="/")
+    signed_in = await oidc.finish_sign_in(settings, pending, code="a-code")
+    assert signed_in.auth_time is None
+    started = start_session(settings, signed_in.user.email, auth_time=signed_in.auth_time)
+    info = session_user(settings, started.id)
+    assert info is not None and info.auth_time is None
+
+
+def test_each_pending_sign_in_expires_on_its_own_time(settings_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tab's sign-in started 11 minutes ago is refused, even if another tab's, 2 minutes ago, sealed the cookie
+    holding both again since (as ``/auth/login`` does)."""
+    settings = settings_for()
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    def started() -> oidc.PendingSignIn:
+        return oidc.PendingSignIn(state=f"state-{clock[0]}", nonce="n", verifier="v", next="/")
+
+    first = started()
+    sealed = oidc.seal_pending(settings, [first])
+    clock[0] += 9 * 60
+    second = started()
+    sealed = oidc.seal_pending(settings, [second, *oidc.open_pending(settings, sealed)])
+    assert [p.state for p in oidc.open_pending(settings, sealed)] == [second.state, first.state]
+    clock[0] += 2 * 60
+    assert [p.state for p in oidc.open_pending(settings, sealed)] == [second.state]
+    with pytest.raises(oidc.SignInFailed, match="took longer than 10 minutes"):
+        oidc.take_pending(oidc.open_pending(settings, sealed), first.state)
+    clock[0] += 9 * 60
+    assert oidc.open_pending(settings, sealed) == []
 
 
 # --- signing out --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("email", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("created_at", store.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", store.tables.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("auth_time", store.tables.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("auth_time", store.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("csrf_token", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("ended_at", store.tables.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
