@@ -26,7 +26,7 @@ NOW = datetime.now(UTC)
         ({"name": "x", "kind": "ledger", "discovery_every": "PT30S"}, "discovery_every", "at least one minute"),
         ({"name": "x", "kind": "mainframe"}, "kind", "unknown integration kind 'mainframe'"),
         ({"name": "x", "kind": "ledger", "directory": True}, "directory", "only an ldap integration"),
-        ({"name": "x", "kind": "postgres", "config": {"nonsense": 1}}, "config", "config"),
+        ({"name": "x", "kind": "postgres", "config": {"nonsense": 1}}, "config", "nonsense"),
         ({"name": "Not Valid", "kind": "ledger"}, "name", None),
     ],
 )
