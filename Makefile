@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright histories clean
+.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ bench-connectors: $(VENV)/.dev system-deps
 
 bench-birthright: $(VENV)/.dev
 	$(BIN)/python -m bench.birthright
+
+# The web UI's figures: sign-in overhead per call, the approvals inbox (10,000 open decisions among 100,000
+# pending requests) and the permissions page (1,000,000 grants), each on SQLite and PostgreSQL.
+bench-web: $(VENV)/.dev system-deps
+	$(BIN)/python -m bench.signin --json bench/results-signin-$$(date -u +%F).json
+	$(BIN)/python -m bench.approvals
+	$(BIN)/python -m bench.permissions
 
 histories: $(VENV)/.dev
 	$(BIN)/python -m tests.histories.record $(TAG)
