@@ -21,6 +21,9 @@ class RefusalKind(StrEnum):
 
     UNAUTHENTICATED = "Unauthenticated"
     """The caller is not a signed-in, active Lapse user (401)."""
+    REAUTHENTICATE = "Reauthenticate"
+    """Signed in, but not recently enough for this decision (its workflow's ``reauthenticate_within``): sign in
+    again at the identity provider, then retry (401; ``extra`` says where: ``reauthenticate_url``)."""
     NOT_FOUND = "NotFound"
     """There is no such thing (404)."""
     FORBIDDEN = "Forbidden"

@@ -24,6 +24,11 @@ MIN_DURATION = timedelta(seconds=1)
 """The shortest duration accepted anywhere (grants, extensions, policy limits)."""
 MAX_DURATION = timedelta(days=3660)
 """The longest duration accepted anywhere: ten years; a policy limits grants far below this."""
+MIN_REAUTHENTICATE = timedelta(minutes=1)
+"""The shortest ``reauthenticate_within`` a policy may ask for: less would send people round the identity
+provider faster than they can decide."""
+MAX_REAUTHENTICATE = timedelta(days=1)
+"""The longest ``reauthenticate_within`` a policy may ask for: longer asks for nothing a session does not give."""
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body the API reads; anything larger is a 413."""
 HISTORY_EVENTS_BEFORE_CONTINUE = 2000

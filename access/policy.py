@@ -151,6 +151,7 @@ def evaluate_policy(
         max_duration=_longest(rule),
         steps=steps,
         distinct_approvers=rule.distinct_approvers,
+        reauthenticate_within=policy.reauthenticate_within,
     )
 
 

@@ -108,6 +108,9 @@ class RequestStatus(Model):
     """Set while a revoke keeps failing; Lapse keeps retrying until it succeeds."""
     distinct_approvers: bool = True
     """One person's decision counts for one step of a round only."""
+    reauthenticate_within: Duration | None = None
+    """Its workflow's ``reauthenticate_within`` when it started: approving it or an extension, asking for an
+    extension, and ending it for someone else need a sign-in at most this long ago (None: any sign-in)."""
     login: str | None = None
     """The login made for this grant alone (ephemeral credentials); its requester fetches the password
     once from ``POST /api/requests/{id}/credentials``."""

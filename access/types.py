@@ -9,9 +9,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from access.durations import Duration
+from access.durations import Duration, format_duration
+from access.limits import MAX_REAUTHENTICATE, MIN_REAUTHENTICATE
 
 
 class Model(BaseModel):
@@ -108,6 +109,20 @@ class ApprovalPolicy(Model):
     name: str
     description: str = ""
     rules: list[Rule] = Field(min_length=1)
+    reauthenticate_within: Duration | None = None
+    """Approving, extending or revoking a request under this workflow needs a sign-in at the identity provider
+    at most this long ago (``PT10M``): an older browser session is sent back to sign in again (``max_age``).
+    None: any signed-in caller may. Between ``MIN_REAUTHENTICATE`` and ``MAX_REAUTHENTICATE``."""
+
+    @field_validator("reauthenticate_within")
+    @classmethod
+    def _reauthenticate_bounded(cls, window: timedelta | None) -> timedelta | None:
+        if window is not None and not MIN_REAUTHENTICATE <= window <= MAX_REAUTHENTICATE:
+            raise ValueError(
+                f"{format_duration(window)} is out of bounds: reauthenticate_within must be between "
+                f"{format_duration(MIN_REAUTHENTICATE)} and {format_duration(MAX_REAUTHENTICATE)}"
+            )
+        return window
 
 
 # --- what the policy needs to know, and what it decides ----------------------------------
@@ -158,6 +173,8 @@ class RequestPlan(Model):
     steps: list[StepPlan]
     distinct_approvers: bool = True
     """One person's decision counts for one step only (the rule's ``distinct_approvers``)."""
+    reauthenticate_within: Duration | None = None
+    """The workflow's ``reauthenticate_within``: deciding, extending or revoking needs a sign-in this recent."""
 
 
 class AuditEntry(Model):

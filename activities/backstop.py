@@ -30,6 +30,7 @@ from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.grants import Ending, revoke_grant_by_id
 from activities.runs import request_run
+from store.approval_inbox import keep_inbox
 from store.audit_log import append_audit
 from store.db import session_scope
 from store.ledger import HELD, IN_FLIGHT
@@ -131,6 +132,7 @@ class BackstopActivities:
                         row.state = status.state.value
                     row.status = status.model_dump(mode="json")
                     session.add(row)
+                    keep_inbox(session, input.request_id, status)  # a grant being revoked is extended by nobody
             seen = session.exec(
                 select(AuditEvent.id).where(AuditEvent.target == target, AuditEvent.action == FAILING).limit(1)
             ).first()

@@ -28,6 +28,7 @@ from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.runs import request_run
 from activities.targets import as_activity_error, hold_integration, resolve_target
+from store.approval_inbox import keep_inbox
 from store.audit_log import append_audit
 from store.db import lock, session_scope
 from store.ledger import active_grants, claim_revoke, end
@@ -194,6 +195,7 @@ def _end_request(session: Session, request_id: str, ending: Ending, now: datetim
         status.revoke_error = None
         row.status = status.model_dump(mode="json")
     session.add(row)
+    keep_inbox(session, request_id, status)  # an ended request awaits nobody's decision
 
 
 def drop_credentials(session: Session, request_id: str) -> None:

@@ -27,6 +27,7 @@ from activities.grants import Ending, drop_credentials, record_ending, revoke_gr
 from activities.liveness import heartbeating
 from activities.targets import as_activity_error, hold_integration, resolve_target
 from store import catalog
+from store.approval_inbox import keep_inbox
 from store.audit_log import append_audit
 from store.db import lock, session_scope
 from store.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revoke, end, revoke_in_flight
@@ -102,6 +103,7 @@ class RequestActivities:
                 row.status = status.model_dump(mode="json")
                 row.recorded_seq = input.seq or row.recorded_seq
                 session.add(row)
+                keep_inbox(session, status.id, status)  # who may decide it now, beside what it is now
             if status.expires_at is not None and (input.seq is None or input.seq >= row.recorded_seq):
                 grant = session.exec(select(Grant).where(Grant.request_id == status.id)).first()
                 if grant is not None and grant.active:

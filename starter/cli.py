@@ -1,24 +1,18 @@
 """``lapse``: the command line. Every command but ``run`` is a client of the API and of nothing else.
 
-The admins' commands (integrations, directory, birthright, audit, load-org) are in ``starter.cli_admin``;
-this module holds the client, the requester's and approver's commands, and ``lapse run``.
-
-It is over 400 lines because the client's pieces (settings, who the caller is, the token kept by ``lapse login``,
-refusing to send it over plain http, errors that end the command) share one state and one failure path; they
-should move to a module of their own, with ``login``/``logout``, the next time this file grows.
+This module holds the client (where the API is, the one call every command makes, errors that end the command),
+the requester's and approver's commands, and ``lapse run``. Signing in (``login``, ``logout``, the token kept
+for each API and who every call is made as) is in ``starter.cli_login``; the admins' commands (integrations,
+directory, birthright, audit, load-org) are in ``starter.cli_admin``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import stat
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -53,7 +47,7 @@ class _Commands(TyperGroup):
             )
 
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     cls=_Commands,
     help="Lapse: just-in-time access that lapses on its own.\n\n"
     "Every command but `run` is a client of the Lapse API (--api or LAPSE_API_URL; default "
@@ -111,6 +105,25 @@ TIMEOUT = httpx.Timeout(300, connect=10)
 """An unreachable API fails at once; a slow answer (a large organisation file, a first discovery) is waited for."""
 
 
+def _send(
+    method: str, path: str, body: Any = None, params: dict[str, Any] | None = None, *, headers: dict[str, str]
+) -> httpx.Response:
+    """The API's response to one call sent with ``headers``, whatever its status; a call that gets no response
+    ends the command (exit 1) saying so."""
+    api = _state["api"]
+    if method not in ("GET", "HEAD", "OPTIONS"):
+        # Every change is declared JSON, even without a body: behind an SSO proxy, what no other site's page can
+        # send without a CORS preflight needs no CSRF token (starter/api/security.py).
+        headers = {**headers, "Content-Type": "application/json"}
+    try:
+        return httpx.request(method, f"{api}{path}", json=body, params=params, headers=headers, timeout=TIMEOUT)
+    except httpx.HTTPError as error:
+        _fail(
+            f"cannot reach the Lapse API at {api}: {error or type(error).__name__}",
+            f"start Lapse with `lapse run`, or {_ELSEWHERE}",
+        )
+
+
 def _call(
     method: str,
     path: str,
@@ -118,33 +131,30 @@ def _call(
     params: dict[str, Any] | None = None,
     *,
     headers: dict[str, str] | None = None,
-    unauthorized_ok: bool = False,
+    none_on: tuple[int, ...] = (),
 ) -> Any:
-    """The API's answer to one call, as the signed-in user (``_identity``) unless ``headers`` say who; any failure
-    ends the command (exit 1) saying what went wrong and how to point the CLI at another API (a 401 answers
-    None instead with ``unauthorized_ok``)."""
-    who = headers if headers is not None else _identity()
+    """The API's answer to one call, as the signed-in user (``cli_login.identity``) unless ``headers`` say who;
+    any failure ends the command (exit 1) saying what went wrong and how to point the CLI at another API (a
+    status in ``none_on`` answers None instead)."""
+    who = headers if headers is not None else cli_login.identity()
+    response = _send(method, path, body, params, headers=who)
+    if response.status_code in none_on:
+        return None
+    return _answer(response, f"{method} {path}", stale_token=headers is None and "Authorization" in who)
+
+
+def _answer(response: httpx.Response, call: str, *, stale_token: bool = False) -> Any:
+    """The JSON of the API's answer to ``call`` (``POST /api/requests``), its text made printable; an error, or an
+    answer unlike the Lapse API's, ends the command (exit 1) saying what went wrong. ``stale_token``: the call was
+    made with the kept token, which a 401 then says no longer works."""
     api = _state["api"]
-    if method not in ("GET", "HEAD", "OPTIONS"):
-        # Every change is declared JSON, even without a body: behind an SSO proxy, what no other site's page can
-        # send without a CORS preflight needs no CSRF token (starter/api/security.py).
-        who = {**who, "Content-Type": "application/json"}
-    try:
-        response = httpx.request(method, f"{api}{path}", json=body, params=params, headers=who, timeout=TIMEOUT)
-    except httpx.HTTPError as error:
-        _fail(
-            f"cannot reach the Lapse API at {api}: {error or type(error).__name__}",
-            f"start Lapse with `lapse run`, or {_ELSEWHERE}",
-        )
     try:
         data = response.json()
     except ValueError:
         data = None
-    if unauthorized_ok and response.status_code == 401:
-        return None
     if response.status_code >= 400 and isinstance(data, dict) and "status" in data:
         errors = [f"    {e.get('field')}: {e.get('message')}" for e in data.get("errors") or [] if isinstance(e, dict)]
-        stale = response.status_code == 401 and "Authorization" in who and headers is None
+        stale = stale_token and response.status_code == 401
         _fail(
             f"{data.get('title', 'Error')} ({response.status_code}): {data.get('detail')}",
             *(errors if len(errors) > 1 else []),
@@ -152,9 +162,9 @@ def _call(
             f"(the Lapse API at {api} answered; {_ELSEWHERE})",
         )
     if response.status_code >= 400 or data is None:
-        _fail(f"{api} answered {response.status_code} to {method} {path}, not as the Lapse API does: {_ELSEWHERE}")
+        _fail(f"{api} answered {response.status_code} to {call}, not as the Lapse API does: {_ELSEWHERE}")
     # From here on, an answer shaped unlike the Lapse API's ends the command saying so (``_Commands``).
-    _state["answered"] = f"{method} {path}"
+    _state["answered"] = call
     # --json prints JSON, whose strings escape control characters; summaries print text: escape it here.
     return data if _state.get("json") else printable(data)
 
@@ -361,137 +371,6 @@ def grants(everyone: Annotated[bool, typer.Option("--all", help="Admins: everyon
     output(_call("GET", "/api/grants", params={"all": "true"} if everyone else None), show)
 
 
-# --- signing in: API tokens, kept per API in the user's config directory -----------------------------
-
-
-def credentials_path() -> Path:
-    """``$XDG_CONFIG_HOME/lapse/credentials.json`` (``~/.config`` by default): the kept tokens, by API URL."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "lapse" / "credentials.json"
-
-
-def _read_credentials() -> dict[str, Any]:
-    path = credentials_path()
-    try:
-        mode = path.stat().st_mode
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        _fail(f"cannot read the kept credentials in {path}: {error}", "delete the file and `lapse login` again")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        typer.echo(f"warning: {path} can be read by others: `chmod 600 {path}`", err=True)
-    return data if isinstance(data, dict) else {}
-
-
-def _write_credentials(credentials: dict[str, Any]) -> Path:
-    """Write the kept tokens, readable by their owner only (0600, in a 0700 directory), replacing the file whole."""
-    path = credentials_path()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        os.fchmod(file.fileno(), 0o600)
-        json.dump(credentials, file, indent=2)
-    os.replace(temporary, path)
-    return path
-
-
-def _plain_http_elsewhere(api: str) -> bool:
-    """Whether ``api`` is reached over plain http on another machine, where anyone on the way reads a token."""
-    parts = urlsplit(api)
-    if parts.scheme != "http":
-        return False
-    host = parts.hostname or ""
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
-
-
-def _bearer(token: str) -> dict[str, str]:
-    """The header sending ``token`` to the API (``_state["api"]``): never over plain http to another machine."""
-    api = _state["api"]
-    if _plain_http_elsewhere(api):
-        _fail(
-            f"refusing to send an API token to {api} over plain http: anyone on the way could read it and act as you",
-            "use the API's https:// URL (--api or LAPSE_API_URL); plain http only to this machine (localhost)",
-        )
-    return {"Authorization": f"Bearer {token.strip()}"}
-
-
-def _identity() -> dict[str, str]:
-    """Who the commands call as: ``--as`` (the SSO proxy's header), else ``LAPSE_TOKEN``, else the token kept
-    for this API by ``lapse login``."""
-    if _state.get("user"):
-        return {"X-Forwarded-Email": _state["user"]}
-    entry = _read_credentials().get(_state["api"])
-    token = os.environ.get("LAPSE_TOKEN") or (entry.get("token") if isinstance(entry, dict) else None)
-    if not token:
-        _fail(
-            f"say who you are: lapse --as you@example.com … behind an SSO proxy (or set LAPSE_USER), or sign in to "
-            f"{_state['api']} with `lapse login` (an API token)"
-        )
-    return _bearer(str(token))
-
-
-@app.command()
-def login(
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="`-`: read the API token from standard input (a pipe, a secret file). Without --token you are "
-            "asked for it, and it is not echoed: prefer that, since a token on the command line is seen by "
-            "other users' `ps` and kept in your shell's history."
-        ),
-    ] = None,
-) -> None:
-    """Sign in to the API (--api) with an API token, checked there first, and keep it (mode 0600 in
-    `$XDG_CONFIG_HOME/lapse/credentials.json`): every command then sends it. Make one in the web UI, or with
-    `POST /api/tokens` as yourself. Run `lapse login` and paste it when asked; in a script,
-    `lapse login --token - < token-file`."""
-    if token is None:
-        token = typer.prompt("API token", hide_input=True)
-    elif token == "-":
-        token = sys.stdin.readline()
-    token = token.strip()
-    if not token:
-        _fail("no API token given", "paste it when `lapse login` asks, or pipe it to `lapse login --token -`")
-    me = _call("GET", "/api/me", headers=_bearer(token))
-    credentials = _read_credentials()
-    credentials[_state["api"]] = {"token": token, "email": me["email"], "token_id": me.get("token_id")}
-    path = _write_credentials(credentials)
-    scopes = ", ".join(me.get("scopes") or []) or "none"
-    typer.echo(f"signed in to {_state['api']} as {me['email']} (token scopes: {scopes}); kept in {path}")
-
-
-@app.command()
-def logout(
-    revoke: Annotated[bool, typer.Option("--revoke", help="Also revoke the token, so that it works nowhere.")] = False,
-) -> None:
-    """Forget the token kept for the API (--api); with --revoke, revoke it there first."""
-    api = _state["api"]
-    credentials = _read_credentials()
-    entry = credentials.get(api)
-    if not isinstance(entry, dict) or not entry.get("token"):
-        typer.echo(f"no token kept for {api}: nothing to forget")
-        return
-    done = "forgot"
-    if revoke:
-        bearer = _bearer(str(entry["token"]))
-        me = _call("GET", "/api/me", headers=bearer, unauthorized_ok=True)
-        if me is None:
-            done = "forgot (it no longer worked there: expired, revoked, or its owner gone)"
-        else:
-            _call("DELETE", f"/api/tokens/{me['token_id']}", headers=bearer)
-            done = "revoked and forgot"
-    del credentials[api]
-    _write_credentials(credentials)
-    typer.echo(f"{done} the token for {api}")
-
-
 RUN_HELP = """Run Lapse here: the Temporal dev server, a worker and the API, with the demo organisation.
 
 Unlike every other command, `run` talks to no API: it starts one. It reads these settings from the
@@ -520,8 +399,8 @@ def run() -> None:
     run_stack(get_settings())
 
 
-# The admins' commands register themselves on ``app``: imported last, since they use what is above.
-from starter import cli_admin  # noqa: E402, F401
+# Signing in and the admins' commands register themselves on ``app``: imported last, since they use what is above.
+from starter import cli_admin, cli_login  # noqa: E402, F401
 
 
 def main() -> None:

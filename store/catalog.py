@@ -90,7 +90,12 @@ def policy_for(session: Session, role: Role) -> ApprovalPolicy | None:
     chosen = max(applicable, key=specificity)
     workflow = session.get(ApprovalWorkflow, chosen.approval_workflow_id)
     assert workflow is not None
-    return ApprovalPolicy(name=workflow.name, description=workflow.description, rules=workflow.rules)  # type: ignore[arg-type]
+    return ApprovalPolicy(
+        name=workflow.name,
+        description=workflow.description,
+        rules=workflow.rules,  # type: ignore[arg-type]
+        reauthenticate_within=workflow.reauthenticate_seconds,  # type: ignore[arg-type]
+    )
 
 
 def policy_context(session: Session, requester: User, role: Role, policy: ApprovalPolicy | None) -> PolicyContext:

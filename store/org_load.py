@@ -237,7 +237,13 @@ def load(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> Loade
             session,
             ApprovalWorkflow,
             {"name": w.name},
-            {"description": w.description, "rules": [r.model_dump(mode="json") for r in w.rules]},
+            {
+                "description": w.description,
+                "rules": [r.model_dump(mode="json") for r in w.rules],
+                "reauthenticate_seconds": (
+                    int(w.reauthenticate_within.total_seconds()) if w.reauthenticate_within is not None else None
+                ),
+            },
         )
         loaded.approval_workflows.record(w.name, change)
     for assignment in org.assignments:

@@ -147,6 +147,8 @@ class ApprovalWorkflow(SQLModel, table=True):
     name: str = Field(unique=True, index=True)
     description: str = ""
     rules: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    reauthenticate_seconds: int | None = None
+    """Its ``reauthenticate_within``, in seconds (None: deciding needs no recent sign-in)."""
 
 
 class ApprovalAssignment(SQLModel, table=True):
@@ -178,6 +180,18 @@ class AccessRequest(SQLModel, table=True):
     between its commit and the workflow task's completion is not written (nor audited) twice."""
 
 
+class ApprovalInbox(SQLModel, table=True):
+    """Who may decide a request now: one row per open decision (the request's open step, or its pending
+    extension's) and person who may make it, kept in step with ``AccessRequest.status`` in the same
+    transaction (``store.approval_inbox``), so an approver's list is an index range, not a scan."""
+
+    __table_args__ = (Index("ix_approvalinbox_approver_order", "approver", "created_at", "request_id"),)
+    request_id: str = Field(primary_key=True)
+    approver: str = Field(primary_key=True)
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    """The request's ``created_at``: an inbox lists its requests oldest first, as the requests were made."""
+
+
 class RequestStep(SQLModel, table=True):
     """A bookkeeping step of a request's workflow that is written: a step replayed after a worker died
     between its commit and its workflow task's completion finds itself here and writes nothing twice."""
@@ -186,12 +200,36 @@ class RequestStep(SQLModel, table=True):
     seq: int = Field(primary_key=True)
 
 
+HELD: dict[str, Any] = {"sqlite_where": text("active IS NOT 0"), "postgresql_where": text("active")}
+"""An index over active grants only. A query uses one when it says the same: ``col(Grant.active)`` on PostgreSQL,
+``col(Grant.active).is_not(False)`` on SQLite (where, unlike ``active = 1``, no index on ``active`` takes it for a
+selective equality)."""
+ENDING: dict[str, Any] = {
+    "sqlite_where": text("active IS NOT 0 AND expires_at IS NOT NULL"),
+    "postgresql_where": text("active AND expires_at IS NOT NULL"),
+}
+"""An index over the active grants that end: a query says both terms (``store.grant_pages``)."""
+GRANT_SORT_KEYS = ("granted_at", "expires_at", "user_email", "role")
+"""What the permissions table sorts grants by (then by id)."""
+ENDING_SORT_KEYS = ("granted_at", "user_email", "role")
+
+
 class Grant(SQLModel, table=True):
     """The grants ledger: one row per grant of a role to an account, by whatever path."""
 
     __table_args__ = (
         Index("ix_grant_account_role_active", "account", "role", "active"),
         Index("ix_grant_active_expires_at", "active", "expires_at"),
+        # The permissions table (migration 0011, store/grant_pages.py), over active grants only: each sort key
+        # with the id that breaks its ties, alone, after the path and after the role and path, so that a page
+        # under any filters is one index range. Partial: ended grants cost nothing, and no planner takes
+        # "active" for a selective column.
+        *(Index(f"ix_grant_held_{key}", key, "id", **HELD) for key in GRANT_SORT_KEYS),
+        *(Index(f"ix_grant_held_path_{key}", "path", key, "id", **HELD) for key in GRANT_SORT_KEYS),
+        *(Index(f"ix_grant_held_role_path_{key}", "role", "path", key, "id", **HELD) for key in GRANT_SORT_KEYS[:3]),
+        Index("ix_grant_held_role_path", "role", "path", "id", **HELD),
+        # "Expiring before" under another order: walked over the grants that end at all, the end read in the index.
+        *(Index(f"ix_grant_ending_{key}", key, "id", "expires_at", **ENDING) for key in ENDING_SORT_KEYS),
     )
     id: int | None = Field(default=None, primary_key=True)
     account: str
@@ -321,3 +359,34 @@ class ApiToken(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_column=_utc())
     """The last call made with it, to the minute."""
     revoked_at: datetime | None = Field(default=None, sa_column=_utc())
+
+
+class DeviceSignIn(SQLModel, table=True):
+    """A ``lapse login`` waiting for its person to approve it in a browser (RFC 8628's device flow, hosted by
+    Lapse: ``starter/services/device.py``). Neither code is kept: a copy of the app DB approves nothing and
+    exchanges nothing."""
+
+    id: str = Field(primary_key=True)
+    """A public id, for the audit log (not a secret)."""
+    device_hash: str = Field(unique=True)
+    """The SHA-256 (hex) of the device code the CLI polls with, never the code itself."""
+    user_hash: str = Field(unique=True)
+    """An HMAC of the user code the person types (a key derived from Lapse's secret key: the code is short)."""
+    client_name: str
+    """What the CLI says it runs on (its host name), shown to the person approving."""
+    address: str
+    """The address the sign-in was asked from, as the API saw it."""
+    created_at: datetime = Field(sa_column=_utc(nullable=False, index=True))
+    expires_at: datetime = Field(sa_column=_utc(nullable=False))
+    interval: int
+    """Seconds the CLI must wait between polls; polling faster is answered ``slow_down`` and adds 5."""
+    polled_at: datetime | None = Field(default=None, sa_column=_utc())
+    state: str = "pending"
+    """``pending``, ``approved``, ``denied`` or ``used`` (a token was issued: never a second)."""
+    decided_by: str | None = None
+    """The person who approved or denied it; the token is theirs."""
+    decided_at: datetime | None = Field(default=None, sa_column=_utc())
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """The scopes its token gets, fixed when it is approved."""
+    token_id: str | None = None
+    """The token issued for it (its public id)."""

@@ -1,5 +1,7 @@
-"""``lapse login`` and ``lapse logout``: an API token checked by the API, kept per API in the user's config
-directory (0600), and sent by every command; ``--as`` stays the SSO proxy's way."""
+"""``lapse login`` and ``lapse logout``: an API token, approved in a browser (the device flow) or pasted, checked
+by the API, kept per API in the user's config directory (0600), and sent by every command; ``--as`` stays the SSO
+proxy's way. The browser's side of the device flow is in ``tests/api/test_device_sign_in.py``; the whole of it,
+with the real command and a real browser, in ``tests/web/test_device_sign_in.py``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import asyncio
 import json
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,11 +21,12 @@ from sqlmodel import update
 from typer.testing import CliRunner, Result
 
 import starter.cli as cli
-from starter.services import tokens
+from starter import cli_login
+from starter.services import device, tokens
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import ApiToken
+from store.tables import ApiToken, DeviceSignIn, User
 from tests.api.identities import client, mint, offline_app, offline_settings
 
 API = "https://lapse.test"
@@ -52,13 +55,24 @@ def sent() -> list[httpx.Request]:
     return []
 
 
+@pytest.fixture
+def answered() -> dict[str, Any]:
+    """The app's last JSON answer to each path the CLI called (the sign-in's user code, say)."""
+    return {}
+
+
 @pytest_asyncio.fixture
 async def lapse(
-    settings: Settings, config_home: Path, sent: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    config_home: Path,
+    sent: list[httpx.Request],
+    answered: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Lapse]:
     loop = asyncio.get_running_loop()
     async with client(offline_app(settings)) as http:
         http.event_hooks["request"].append(_record(sent))
+        http.event_hooks["response"].append(_keep(answered))
 
         def request(method: str, url: str, *, timeout: httpx.Timeout, **kwargs: Any) -> httpx.Response:
             assert url.startswith(API), url
@@ -76,6 +90,15 @@ async def lapse(
 def _record(sent: list[httpx.Request]) -> Callable[[httpx.Request], Awaitable[None]]:
     async def hook(request: httpx.Request) -> None:
         sent.append(request)
+
+    return hook
+
+
+def _keep(answered: dict[str, Any]) -> Callable[[httpx.Response], Awaitable[None]]:
+    async def hook(response: httpx.Response) -> None:
+        await response.aread()
+        if response.headers.get("content-type", "").endswith("json"):
+            answered[response.request.url.path] = response.json()
 
     return hook
 
@@ -115,7 +138,7 @@ async def test_login_checks_the_token_keeps_it_private_and_every_command_sends_i
 
 async def test_login_asks_for_the_token_without_echoing_it(lapse: Lapse, settings: Settings, config_home: Path) -> None:
     token = mint(settings, "linus@example.com", "read", "approve")
-    signed_in = await lapse("login", input=f"{token}\n")
+    signed_in = await lapse("login", "--paste", input=f"{token}\n")
     assert signed_in.exit_code == 0, signed_in.output
     assert "as linus@example.com (token scopes: read, approve)" in signed_in.output and token not in signed_in.output
     assert _kept(config_home)[API]["email"] == "linus@example.com"
@@ -155,7 +178,7 @@ async def test_no_token_goes_over_plain_http_to_another_machine(
         ("http://localhost.example.com", True),
         ("http://10.0.0.5:8000", True),
     ):
-        assert cli._plain_http_elsewhere(url) is elsewhere, url
+        assert cli_login.plain_http_elsewhere(url) is elsewhere, url
 
 
 async def test_every_change_is_sent_as_json(lapse: Lapse, sent: list[httpx.Request]) -> None:
@@ -227,3 +250,111 @@ async def test_without_a_token_or_as_a_command_says_how_to_sign_in(lapse: Lapse)
     failed = await lapse("grants")
     assert failed.exit_code == 1
     assert "say who you are: lapse --as you@example.com" in failed.output and "lapse login" in failed.output
+
+
+# --- signing in through a browser: the CLI's side, the browser's done through the service ------------------
+
+Pause = Callable[[float], object]
+
+
+def _person(settings: Settings, email: str) -> User:
+    with session_scope(settings.db_url, write=False) as session:
+        user = catalog.find_user(session, email)
+    assert user is not None
+    return user
+
+
+def _waiting(settings: Settings, **values: object) -> None:
+    """Change the one sign-in under way (its expiry, its last poll)."""
+    with session_scope(settings.db_url) as session:
+        session.execute(update(DeviceSignIn).values(**values))
+
+
+def _pauses(monkeypatch: pytest.MonkeyPatch, *steps: Pause | None) -> list[float]:
+    """The CLI's waits between polls, recorded; the n-th does ``steps[n]`` (a person approving, say) instead of
+    waiting."""
+    waited: list[float] = []
+
+    def pause(seconds: float) -> None:
+        step = steps[len(waited)] if len(waited) < len(steps) else None
+        waited.append(seconds)
+        if step is not None:
+            step(seconds)
+
+    monkeypatch.setattr(cli_login, "_pause", pause)
+    return waited
+
+
+def _code(answered: dict[str, Any]) -> str:
+    return str(answered["/auth/device"]["user_code"])
+
+
+async def test_login_through_a_browser_keeps_the_token_its_person_approved(
+    lapse: Lapse, settings: Settings, config_home: Path, answered: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alan = _person(settings, "alan@example.com")
+    waited = _pauses(monkeypatch, lambda _: device.decide(settings, alan, _code(answered), approve=True))
+    signed_in = await lapse("login")
+    assert signed_in.exit_code == 0, signed_in.output
+    code = _code(answered)
+    where = answered["/auth/device"]["verification_uri"]  # where the API is served (no LAPSE_PUBLIC_URL here)
+    assert where.endswith("/device") and f"open {where} in a browser" in signed_in.output
+    assert f"    {code}\n" in signed_in.output and f"or open {where}?user_code={code}" in signed_in.output
+    assert f"signed in to {API} as alan@example.com (token scopes: read, request, approve)" in signed_in.output
+    assert waited == [device.INTERVAL]
+    kept = _kept(config_home)[API]
+    assert kept["token"].startswith("lapse_") and kept["token"] not in signed_in.output
+    path = config_home / "lapse" / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    [made] = tokens.list_tokens(settings, alan)
+    assert made.name == f"lapse CLI on {cli_login.client_name()}" and made.id == kept["token_id"]
+    assert (await lapse("grants")).exit_code == 0
+
+
+async def test_login_waits_longer_when_told_to_slow_down(
+    lapse: Lapse, settings: Settings, config_home: Path, answered: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alan = _person(settings, "alan@example.com")
+
+    def approve_a_while_later(_: float) -> None:
+        _waiting(settings, polled_at=datetime.now(UTC) - timedelta(minutes=1))
+        device.decide(settings, alan, _code(answered), approve=True)
+
+    # The first two waits are skipped: the second poll comes too soon, and the CLI waits 5 seconds more from then on.
+    waited = _pauses(monkeypatch, lambda _: None, lambda _: None, approve_a_while_later)
+    signed_in = await lapse("login")
+    assert signed_in.exit_code == 0, signed_in.output
+    assert waited == [device.INTERVAL, device.INTERVAL, device.INTERVAL + device.SLOW_DOWN]
+    assert _kept(config_home)[API]["email"] == "alan@example.com"
+
+
+async def test_login_ends_clearly_when_denied_expired_or_stopped(
+    lapse: Lapse, settings: Settings, config_home: Path, answered: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alan = _person(settings, "alan@example.com")
+    _pauses(monkeypatch, lambda _: device.decide(settings, alan, _code(answered), approve=False))
+    denied = await lapse("login")
+    assert denied.exit_code == 1 and "not approved: alan@example.com denied this sign-in" in denied.output
+
+    _pauses(monkeypatch, lambda _: _waiting(settings, expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    expired = await lapse("login")
+    assert expired.exit_code == 1 and f"the code {_code(answered)} expired before it was approved" in expired.output
+
+    def interrupt(_: float) -> None:
+        raise KeyboardInterrupt
+
+    _pauses(monkeypatch, interrupt)
+    stopped = await lapse("login")
+    assert stopped.exit_code == cli_login.INTERRUPTED and "stopped: not signed in, nothing kept" in stopped.output
+    assert not (config_home / "lapse" / "credentials.json").exists()
+
+
+async def test_login_without_a_browser_sign_in_at_the_api_asks_for_a_token(
+    lapse: Lapse, config_home: Path, sent: list[httpx.Request]
+) -> None:
+    older = await lapse("login", api=f"{API}/older")  # nothing answers /older/auth/device: as a Lapse from before it
+    assert older.exit_code == 1 and "offers no sign-in through a browser" in older.output
+    assert "lapse login --token -" in older.output  # no terminal to paste into here
+    plain = await lapse("login", api="http://lapse.example.com")
+    assert plain.exit_code == 1 and "refusing to send an API token" in plain.output
+    assert [request.url.path for request in sent] == ["/older/auth/device"]

@@ -1,7 +1,11 @@
-"""The migrations build exactly the tables the code declares, on SQLite and PostgreSQL, and the sign-in
-migration (0009) comes and goes without losing anyone."""
+"""The migrations build exactly the tables the code declares, on SQLite and PostgreSQL; the sign-in
+migration (0009) comes and goes without losing anyone, and the approvals inbox (0010) starts with every
+decision already waiting."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -9,10 +13,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 import store.tables  # noqa: F401  (the tables, on SQLModel.metadata)
-from store.db import MIGRATIONS, engine_for, migrate
+from access.requests import ExtensionStatus, RequestState, RequestStatus, StepState, StepStatus
+from access.types import Approver, ApproverKind
+from starter.services import requests
+from store.db import MIGRATIONS, engine_for, migrate, session_scope
+from store.settings import Settings
+from store.tables import AccessRequest, ApprovalInbox, User
 
 
 def _config(url: str) -> Config:
@@ -52,3 +61,68 @@ def test_the_sign_in_migration_goes_down_and_up_keeping_everyone(app_db: str) ->
     # 0008 knew no service accounts: it comes back as a person, who may not sign in.
     assert [tuple(user) for user in users] == [("ci@example.com", "person", False)]
     assert {"websession", "apitoken"} <= set(inspect(engine).get_table_names())
+
+
+def _waiting(request_id: str, state: RequestState, eligible: list[str], extension: bool = False) -> AccessRequest:
+    """A request as its workflow recorded it, its open step (or its pending extension's) decided by ``eligible``."""
+    now = datetime.now(UTC)
+    step = StepStatus(
+        name="manager",
+        approvers=[Approver(kind=ApproverKind.MANAGER)],
+        quorum=1,
+        eligible=eligible,
+        state=StepState.OPEN,
+        opened_at=now,
+    )
+    status = RequestStatus(
+        id=request_id,
+        requester="alan@example.com",
+        role="ledger/payments-api/deploy",
+        duration=timedelta(hours=1),
+        justification="before the inbox",
+        policy="manager-approval",
+        rule="manager",
+        state=state,
+        created_at=now,
+        steps=[] if extension else [step],
+        extensions=[
+            ExtensionStatus(
+                duration=timedelta(hours=1), justification="more", requested_at=now, rule="manager", steps=[step]
+            )
+        ]
+        if extension
+        else [],
+    )
+    return AccessRequest(
+        id=request_id,
+        requester=status.requester,
+        role=status.role,
+        state=state.value,
+        created_at=now,
+        status=status.model_dump(mode="json"),
+    )
+
+
+@pytest.mark.every_app_db
+def test_the_inbox_migration_fills_the_inbox_with_what_already_waits(app_db: str, tmp_path: Path) -> None:
+    migrate(app_db)
+    command.downgrade(_config(app_db), "0009")
+    engine_for(app_db).dispose()
+    assert "approvalinbox" not in set(inspect(engine_for(app_db)).get_table_names())
+    with session_scope(app_db) as session:
+        session.add(_waiting("pending-one", RequestState.PENDING, ["linus@example.com", "alan@example.com"]))
+        session.add(_waiting("extending", RequestState.ACTIVE, ["linus@example.com"], extension=True))
+        session.add(_waiting("denied-one", RequestState.DENIED, ["linus@example.com"]))
+    command.upgrade(_config(app_db), "head")
+    engine_for(app_db).dispose()
+    with session_scope(app_db, write=False) as session:
+        rows = session.exec(select(ApprovalInbox.request_id, ApprovalInbox.approver)).all()
+    # The requester (alan) never decides their own request; a denied one awaits nobody.
+    assert sorted(tuple(row) for row in rows) == [
+        ("extending", "linus@example.com"),
+        ("pending-one", "linus@example.com"),
+    ]
+    settings = Settings(data_dir=tmp_path, database_url=app_db)
+    linus = User(email="linus@example.com")
+    waiting = requests.awaiting_decision(settings, linus)
+    assert sorted(status.id for status in waiting.requests) == ["extending", "pending-one"]

@@ -90,6 +90,8 @@ class AccessRequestWorkflow(RequestMessages):
                 rule=input.plan.rule,
                 created_at=input.created_at,
                 distinct_approvers=input.plan.distinct_approvers,
+                # Data only, no command: histories from before this field replay alike (it is None there).
+                reauthenticate_within=input.plan.reauthenticate_within,
                 steps=planned_steps(input.plan),
             )
         )

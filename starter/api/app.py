@@ -30,6 +30,7 @@ from starter.services.discovery import ensure_schedules
 from starter.services.syncs import ensure_sync_schedules
 from starter.web import install as install_web_ui
 from starter.web.routes import auth as sign_in
+from starter.web.routes import device as device_sign_in
 from store.audit_log import configure_audit
 from store.settings import Settings, get_settings
 from store.temporal import connect
@@ -186,6 +187,9 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
 
     if app.state.settings.auth == "oidc":  # behind an SSO proxy, the proxy signs people in and out
         app.include_router(sign_in.router)
+    # The CLI's sign-in through a browser works in every mode: Lapse hosts it, whoever signs people in.
+    app.include_router(device_sign_in.router, responses=problems.responses(400, 403, 413, 422))
+    app.include_router(device_sign_in.pages)
     install_web_ui(app)  # the web UI's pages over the same services, and /static
     return app
 

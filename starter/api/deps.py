@@ -31,6 +31,7 @@ from starter.api.problems import Problem
 from starter.api.scopes import ANY, NEEDS_ADMIN, required_scope
 from starter.services.audit import refused
 from starter.services.authorization import require_active_user, require_admin
+from starter.services.recent_sign_in import SignIn
 from starter.services.sessions import COOKIE_NAME, SessionInfo, session_user
 from starter.services.tokens import Scope, token_user
 from store.settings import Settings
@@ -75,6 +76,11 @@ class Identity:
     """A token's scopes; None for a session or the proxy's header (everything the user may do)."""
     token_id: str | None = None
     session: SessionInfo | None = None
+
+    @property
+    def sign_in(self) -> SignIn:
+        """How recently the caller signed in, for the services' sensitive decisions: only a session knows."""
+        return SignIn(via=self.via, auth_time=self.session.auth_time if self.session is not None else None)
 
 
 def _unauthenticated(detail: str, field: str | None = None) -> Problem:
@@ -216,6 +222,15 @@ def _caller(identity: CallerIdentity) -> User:
 
 CurrentUser = Annotated[User, Depends(_caller)]
 """The signed-in, active Lapse user calling (401 otherwise)."""
+
+
+def _sign_in(identity: CallerIdentity) -> SignIn:
+    return identity.sign_in
+
+
+CallerSignIn = Annotated[SignIn, Depends(_sign_in)]
+"""How the caller signed in (a session and its ``auth_time``, a token, the proxy's header): the services need it
+for a decision whose workflow asks for a recent sign-in (``reauthenticate_within``)."""
 
 
 def _admin(user: CurrentUser, _: Annotated[None, Depends(NEEDS_ADMIN)]) -> User:

@@ -42,7 +42,8 @@ class ProblemDetails(BaseModel):
 
 _DESCRIPTIONS = {
     400: "The request could not be read.",
-    401: "Not signed in, or not an active Lapse user (`X-Forwarded-Email`).",
+    401: "Not signed in, or not an active Lapse user (`X-Forwarded-Email`); or signed in too long ago for this "
+    "decision (type `urn:lapse:problem:reauthentication-required`: sign in again at `reauthenticate_url`).",
     403: "Signed in, but not allowed to do this.",
     404: "Nothing by that name or id.",
     409: "Conflicts with the current state (already exists, already ended, missing in its target).",
@@ -69,6 +70,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 STATUS: dict[RefusalKind, int] = {
     RefusalKind.UNAUTHENTICATED: 401,
+    RefusalKind.REAUTHENTICATE: 401,
     RefusalKind.NOT_FOUND: 404,
     RefusalKind.FORBIDDEN: 403,
     RefusalKind.CONFLICT: 409,
@@ -78,6 +80,12 @@ STATUS: dict[RefusalKind, int] = {
     RefusalKind.TARGET_FAILED: 502,
 }
 """The HTTP status of each kind of refusal."""
+
+TYPES: dict[RefusalKind, str] = {
+    RefusalKind.REAUTHENTICATE: "urn:lapse:problem:reauthentication-required",
+}
+"""The problem ``type`` of the refusals a caller must tell apart from others of their status (``about:blank``
+for the rest): a 401 that asks for a fresh sign-in, not a first one."""
 
 
 class Problem(Exception):
@@ -111,9 +119,11 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def problem_response(status: int, detail: str, *, field: str | None = None, **extra: Any) -> JSONResponse:
+def problem_response(
+    status: int, detail: str, *, field: str | None = None, problem_type: str = "about:blank", **extra: Any
+) -> JSONResponse:
     body: dict[str, Any] = {
-        "type": "about:blank",
+        "type": problem_type,
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
@@ -147,7 +157,10 @@ def _discriminator(error: Any) -> str:
 def refusal_response(refusal: Refusal) -> JSONResponse:
     """The problem document answering ``refusal``: its kind's status, its message and field, and when to
     try again (``Retry-After``) if it says."""
-    response = problem_response(STATUS[refusal.kind], refusal.message, field=refusal.field, **refusal.extra)
+    problem_type = TYPES.get(refusal.kind, "about:blank")
+    response = problem_response(
+        STATUS[refusal.kind], refusal.message, field=refusal.field, problem_type=problem_type, **refusal.extra
+    )
     if refusal.retry_after is not None:
         response.headers["Retry-After"] = str(refusal.retry_after)
     return response

@@ -49,6 +49,7 @@ ROUTE_SCOPES: dict[tuple[str, str], Needed] = {
     ("POST", "/approvals/{request_id}"): Scope.APPROVE,
     ("POST", "/tokens"): NO_TOKEN,  # the API tokens page: as POST /api/tokens
     ("POST", "/admin/service-accounts/{email}/tokens"): NO_TOKEN,
+    ("POST", "/device"): NO_TOKEN,  # approving the CLI's sign-in makes a token: a person in a browser only
 }
 
 

@@ -1,13 +1,19 @@
-"""The audit log: read it, check that nobody edited, removed or forged any of it, and record refusals."""
+"""The audit log: read it (or export it as CSV), check that nobody edited, removed or forged any of it, and
+record refusals."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 from temporalio.client import Client
 
 from access import names
@@ -87,18 +93,124 @@ class AuditCheck(BaseModel):
         )
 
 
-def list_events(
-    settings: Settings, admin: User, *, target: str | None, actor: str | None, action: str | None, limit: int
-) -> list[AuditOut]:
-    """Audit events, newest first, of one target, actor or action when given (admins)."""
-    require_admin(admin)
-    query = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times without a zone are UTC, as everywhere in Lapse."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _selected(
+    *,
+    target: str | None,
+    actor: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before: int | None,
+) -> SelectOfScalar[AuditEvent]:
+    query = select(AuditEvent).order_by(col(AuditEvent.id).desc())
     actor = actor.strip().lower() if actor is not None else None  # emails are kept in lower case
     for column, value in ((AuditEvent.target, target), (AuditEvent.actor, actor), (AuditEvent.action, action)):
         if value is not None:
             query = query.where(column == value)
+    if (since := _utc(since)) is not None:
+        query = query.where(col(AuditEvent.at) >= since)
+    if (until := _utc(until)) is not None:
+        query = query.where(col(AuditEvent.at) < until)
+    if before is not None:  # keyset paging: the page after the one that ended at ``before``
+        query = query.where(col(AuditEvent.id) < before)
+    return query
+
+
+def list_events(
+    settings: Settings,
+    admin: User,
+    *,
+    target: str | None,
+    actor: str | None,
+    action: str | None,
+    limit: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: int | None = None,
+) -> list[AuditOut]:
+    """Audit events, newest first, of one target, actor or action when given, at or after ``since`` and before
+    ``until``; ``before``: only events older than that id, for the next page (admins)."""
+    require_admin(admin)
+    query = _selected(target=target, actor=actor, action=action, since=since, until=until, before=before)
     with session_scope(settings.db_url, write=False) as session:
-        return [AuditOut.model_validate(e, from_attributes=True) for e in session.exec(query)]
+        return [AuditOut.model_validate(e, from_attributes=True) for e in session.exec(query.limit(limit))]
+
+
+# --- CSV export -----------------------------------------------------------------------------
+
+CSV_FILE = "lapse-audit.csv"
+"""The name a download of the log is offered under."""
+CSV_COLUMNS = ("id", "at", "actor", "action", "target", "reason", "details", "key_id")
+FORMULA_STARTS = ("=", "+", "-", "@")
+"""What makes a spreadsheet read a cell as a formula (with a leading tab or carriage return: OWASP's list)."""
+CSV_BATCH = 1000
+"""Events read per query while the export streams: memory stays flat however long the log is."""
+
+
+def _cell(value: str) -> str:
+    """The value as a spreadsheet shows it, as text: a cell that would start a formula gets a leading ``'``.
+
+    Someone who can put text in the log (an email, a justification, a role's name) must not be able to run a
+    formula on the auditor's machine (OWASP "CSV injection"). Leading blanks are looked through, since some
+    spreadsheets skip them before deciding.
+    """
+    if value.startswith(("\t", "\r")) or value.lstrip().startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _row(event: AuditEvent) -> list[str]:
+    at = event.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    details = json.dumps(event.details, sort_keys=True, ensure_ascii=False)
+    values = [str(event.id), at, event.actor, event.action, event.target, event.reason, details, event.key_id]
+    return [_cell(value) for value in values]
+
+
+def audit_csv(
+    settings: Settings,
+    admin: User,
+    *,
+    target: str | None,
+    actor: str | None,
+    action: str | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+) -> Iterator[str]:
+    """The events ``list_events`` would list for these filters (all of them, or the newest ``limit``), as CSV
+    text in pieces to stream: a header row, then one row per event, newest first, every cell quoted and no
+    cell starting a formula (admins)."""
+    require_admin(admin)  # now, not when the first piece is read: a refusal must come before any answer starts
+
+    def pieces() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        before: int | None = None
+        left = limit
+        while left is None or left > 0:
+            size = CSV_BATCH if left is None else min(CSV_BATCH, left)
+            with session_scope(settings.db_url, write=False) as session:
+                query = _selected(target=target, actor=actor, action=action, since=since, until=until, before=before)
+                batch = list(session.exec(query.limit(size)))
+            for event in batch:
+                writer.writerow(_row(event))
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(batch) < size:
+                return
+            before = batch[-1].id
+            left = None if left is None else left - len(batch)
+        if buffer.getvalue():  # only the header, when limit is 0
+            yield buffer.getvalue()
+
+    return pieces()
 
 
 async def verify(client: Client | None, settings: Settings, admin: User) -> AuditCheck:

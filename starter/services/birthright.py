@@ -8,6 +8,7 @@ editing at once never leave the positions with a gap or a repeat.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -24,7 +25,7 @@ from access.types import AuditEntry
 from activities.connectors import built
 from starter.services.authorization import require_admin
 from starter.services.fields import FreeText, Name, RolePath
-from starter.services.syncs import SyncStateOut, sync_state, trigger_now
+from starter.services.syncs import SyncStateOut, next_run, sync_state, trigger_now
 from store import catalog
 from store import groups as group_refs
 from store.audit_log import append_audit
@@ -360,3 +361,9 @@ def last_sync(settings: Settings, admin: User) -> SyncStateOut:
     """The last run: when it started and finished, what it planned and did, and why it failed if it did."""
     require_admin(admin)
     return sync_state(settings, names.BIRTHRIGHT_SYNC)
+
+
+async def next_sync(client: Client, settings: Settings, admin: User) -> datetime | None:
+    """When the birthright sync's schedule runs next; None if paused, missing or Temporal is out of reach."""
+    require_admin(admin)
+    return await next_run(client, names.BIRTHRIGHT_SYNC)

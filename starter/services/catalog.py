@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from sqlmodel import col, select
 
+from access.durations import Duration
 from access.policy import RuleOption, describe_options
 from store import catalog
 from store.db import session_scope
@@ -18,6 +19,8 @@ class CatalogEntry(BaseModel):
     description: str
     sensitivity: str
     approval_workflow: str
+    reauthenticate_within: Duration | None = None
+    """Approving, extending or revoking under its workflow needs a sign-in at most this old (None: any)."""
     options: list[RuleOption]
     """The rules that apply to you, in order: up to how long, and whose approval it takes."""
 
@@ -38,6 +41,7 @@ def list_catalog(settings: Settings, user: User) -> list[CatalogEntry]:
                         description=role.description,
                         sensitivity=role.sensitivity,
                         approval_workflow=policy.name,
+                        reauthenticate_within=policy.reauthenticate_within,
                         options=options,
                     )
                 )

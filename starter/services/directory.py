@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 
 from pydantic import BaseModel
 from sqlalchemy import func
@@ -12,7 +13,7 @@ from temporalio.client import Client
 
 from access import names
 from starter.services.authorization import require_admin
-from starter.services.syncs import SyncStateOut, sync_state, trigger_now
+from starter.services.syncs import SyncStateOut, next_run, sync_state, trigger_now
 from store import groups as group_refs
 from store.db import session_scope
 from store.settings import Settings
@@ -49,6 +50,12 @@ def last_sync(settings: Settings, admin: User) -> SyncStateOut:
     """The directory sync's last run: when it started and finished, what it found, or why it failed."""
     require_admin(admin)
     return sync_state(settings, names.DIRECTORY_SYNC)
+
+
+async def next_sync(client: Client, settings: Settings, admin: User) -> datetime | None:
+    """When the directory sync's schedule runs next; None if paused, missing or Temporal is out of reach."""
+    require_admin(admin)
+    return await next_run(client, names.DIRECTORY_SYNC)
 
 
 def list_groups(settings: Settings, admin: User, *, source: str | None, name: str | None, limit: int) -> list[GroupOut]:

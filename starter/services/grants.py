@@ -23,7 +23,8 @@ from access.requests import EndInput, RequestStatus
 from activities.runs import request_run
 from starter.services.audit import refused
 from starter.services.authorization import require_admin
-from starter.services.requests import send_update, stored_status
+from starter.services.recent_sign_in import SignIn
+from starter.services.requests import require_recent_end, send_update, stored_status
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import Grant, User
@@ -89,10 +90,15 @@ def list_grants(settings: Settings, user: User, *, everyone: bool) -> list[Grant
     return [GrantOut.of(g) for g in rows]
 
 
-async def revoke_grant(client: Client, settings: Settings, admin: User, grant_id: int, *, comment: str) -> RevokedOut:
+async def revoke_grant(
+    client: Client, settings: Settings, admin: User, grant_id: int, *, comment: str, sign_in: SignIn
+) -> RevokedOut:
     """An admin ends a grant from the permissions table: a JIT grant through its request while its run is
     going (so that history stays true); a birthright or external one, or a JIT one whose run is gone
-    (terminated at Temporal's history limit, say), through a revoke workflow over its ledger row."""
+    (terminated at Temporal's history limit, say), through a revoke workflow over its ledger row.
+
+    Ending someone's JIT grant whose request's workflow says ``reauthenticate_within`` needs a sign-in that
+    recent (``sign_in``, as ``requests.require_recent_end`` judges it)."""
     require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
         grant = session.get(Grant, grant_id)
@@ -101,8 +107,10 @@ async def revoke_grant(client: Client, settings: Settings, admin: User, grant_id
     if not grant.active:
         raise Refusal(RefusalKind.CONFLICT, f"grant {grant_id} already ended at {grant.ended_at}", field="grant_id")
     request_id = grant.request_id if grant.path == GrantPath.JIT else None
+    if request_id is not None:
+        await asyncio.to_thread(require_recent_end, settings, sign_in, admin, request_id, "grant.revoke")
     if request_id is not None and (await request_run(client, request_id)).running:
-        status = await revoke_request_grant(client, settings, admin, request_id, comment=comment)
+        status = await revoke_request_grant(client, settings, admin, request_id, comment=comment, sign_in=sign_in)
         return RevokedOut(grant=GrantOut.of(grant), still_held=False, returns_on_sync=False, request=status)
     result = await _revoke_ledger_grant(client, settings, admin, grant_id, comment=comment)
     with session_scope(settings.db_url, write=False) as session:
@@ -117,9 +125,11 @@ async def revoke_grant(client: Client, settings: Settings, admin: User, grant_id
 
 
 async def revoke_request_grant(
-    client: Client, settings: Settings, actor: User, request_id: str, *, comment: str
+    client: Client, settings: Settings, actor: User, request_id: str, *, comment: str, sign_in: SignIn
 ) -> RequestStatus:
-    """End a request's grant now: its requester gives it back, or an admin takes it away."""
+    """End a request's grant now: its requester gives it back, or an admin takes it away (under a workflow that
+    says ``reauthenticate_within``, with a sign-in that recent: ``requests.require_recent_end``)."""
+    await asyncio.to_thread(require_recent_end, settings, sign_in, actor, request_id, "grant.revoke")
     orphan = await _grant_without_run(client, settings, request_id)
     if orphan is None:
         arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment, request_id=request_id)

@@ -23,9 +23,10 @@ from starter.services.authorization import require_admin
 from starter.services.fields import FreeText, Name, check_json
 from starter.services.grants import GrantOut
 from store.audit_log import append_audit
+from store.catalog import role_owners
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import Grant, Integration, Resource, Role, User
+from store.tables import Grant, Integration, Resource, Role, RoleOwner, User
 
 MAX_CONFIG_KEYS = 50
 """Settings in one connector's configuration."""
@@ -65,6 +66,8 @@ class IntegrationOut(BaseModel):
     """Also the identity source of the directory sync."""
     insecure: bool = False
     """The configuration allows plaintext or unverified TLS to the target (``insecure: true``)."""
+    discovers: bool = False
+    """Its kind has a target to discover (the ledger has not), and its configuration is one its connector takes."""
 
 
 class RoleOut(BaseModel):
@@ -78,6 +81,8 @@ class RoleOut(BaseModel):
     """The last discovery did not find it in the target: it cannot be requested."""
     holders: int
     """Active grants of the role, by any path."""
+    owners: list[str] = []
+    """The role's owners' emails (approvers where a policy names the resource owner)."""
 
 
 class RoleUpdate(BaseModel):
@@ -110,10 +115,11 @@ def _out(session: Session, integration: Integration) -> IntegrationOut:
         roles=int(roles),
         directory=integration.directory,
         insecure=bool(integration.config.get("insecure")),
+        discovers=discovery.discovers(integration),
     )
 
 
-def _role_out(role: Role, resource: Resource, holders: int) -> RoleOut:
+def _role_out(role: Role, resource: Resource, holders: int, owners: list[str] | None = None) -> RoleOut:
     return RoleOut(
         path=role.path,
         resource=resource.name,
@@ -123,6 +129,7 @@ def _role_out(role: Role, resource: Resource, holders: int) -> RoleOut:
         jit_only=role.jit_only,
         missing=role.missing,
         holders=holders,
+        owners=owners or [],
     )
 
 
@@ -226,7 +233,15 @@ def list_roles(settings: Settings, admin: User, name: str) -> list[RoleOut]:
             .where(Resource.integration_id == integration.id)
             .order_by(Role.path)
         ).all()
-        return [_role_out(role, resource, holders.get(role.path, 0)) for role, resource in rows]
+        owners: dict[int | None, list[str]] = {}
+        for role_id, email in session.exec(
+            select(RoleOwner.role_id, User.email)
+            .join(User, col(User.id) == RoleOwner.user_id)
+            .where(col(RoleOwner.role_id).in_([role.id for role, _ in rows]), col(User.active).is_(True))
+            .order_by(User.email)
+        ):
+            owners.setdefault(role_id, []).append(email)
+        return [_role_out(role, resource, holders.get(role.path, 0), owners.get(role.id)) for role, resource in rows]
 
 
 def update_role(settings: Settings, admin: User, name: str, resource: str, role: str, changes: RoleUpdate) -> RoleOut:
@@ -248,7 +263,7 @@ def update_role(settings: Settings, admin: User, name: str, resource: str, role:
         ).one()
         owner = session.get(Resource, row.resource_id)
         assert owner is not None
-        return _role_out(row, owner, int(holders))
+        return _role_out(row, owner, int(holders), role_owners(session, row))
 
 
 def list_grants(settings: Settings, admin: User, name: str, *, unlinked: bool, path: str | None) -> list[GrantOut]:

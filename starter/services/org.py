@@ -145,6 +145,13 @@ async def load_org_file(settings: Settings, client: Client, actor: User, org: Or
         applied=True,
         notes=[],
     )
+    asking = [w.name for w in org.approval_workflows if w.reauthenticate_within is not None]
+    if asking and settings.auth == "proxy":
+        result.notes.append(
+            f"approval workflows {', '.join(asking)} ask for a recent sign-in (reauthenticate_within), which Lapse "
+            "cannot check behind an SSO proxy (LAPSE_AUTH=proxy): requests under them cannot be approved, "
+            "extended or revoked by someone else until people sign in to Lapse through OIDC"
+        )
     try:
         result.schedules = await ensure_schedules(client, settings)
         await ensure_sync_schedules(client, settings)

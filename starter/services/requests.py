@@ -10,9 +10,11 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import literal, tuple_
 from sqlmodel import col, select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError as UpdateTimedOut
@@ -29,6 +31,7 @@ from access.requests import (
     DecisionInput,
     EndInput,
     ExtendInput,
+    ExtensionState,
     RequestAck,
     RequestState,
     RequestStatus,
@@ -36,10 +39,11 @@ from access.requests import (
 from access.types import RequestPlan
 from starter.services.audit import refused
 from starter.services.authorization import require_request_reader
+from starter.services.recent_sign_in import SignIn, require_recent_sign_in
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import AccessRequest, User
+from store.tables import AccessRequest, ApprovalInbox, User, UTCDateTime
 from workflows.access_request import AccessRequestWorkflow
 
 
@@ -83,17 +87,47 @@ def list_requests(settings: Settings, user: User, *, state: RequestState | None,
         return [RequestStatus.model_validate(row.status) for row in session.exec(query)]
 
 
-def awaiting_decision(settings: Settings, user: User) -> list[RequestStatus]:
-    """Pending requests, and pending extensions of active grants, that the caller can decide now."""
-    states = [RequestState.PENDING.value, RequestState.ACTIVE.value]
-    query = select(AccessRequest).where(col(AccessRequest.state).in_(states)).order_by(col(AccessRequest.created_at))
-    waiting: list[RequestStatus] = []
+APPROVALS_PAGE = 100
+"""How many requests ``GET /api/approvals`` lists at a time unless asked for fewer or more."""
+MAX_APPROVALS_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Awaiting:
+    """A page of what the caller can decide now, oldest first."""
+
+    requests: list[RequestStatus]
+    next_after: str | None
+    """The request to list on ``after`` (the last one this page looked at); None on the last page."""
+
+
+def awaiting_decision(
+    settings: Settings, user: User, *, after: str | None = None, limit: int = APPROVALS_PAGE
+) -> Awaiting:
+    """Pending requests, and pending extensions of active grants, that the caller can decide now: the
+    ``limit`` oldest after request ``after``.
+
+    The approvals inbox (``store.approval_inbox``) says which requests to look at, through an index; each
+    one's status then has the last word, by the workflow's own rule."""
+    if not 1 <= limit <= MAX_APPROVALS_PAGE:
+        raise Refusal(RefusalKind.INVALID, f"limit must be between 1 and {MAX_APPROVALS_PAGE}", field="limit")
+    order = (col(ApprovalInbox.created_at), col(ApprovalInbox.request_id))
+    query = (
+        select(ApprovalInbox.request_id, AccessRequest.status)
+        .join(AccessRequest, col(AccessRequest.id) == ApprovalInbox.request_id)
+        .where(ApprovalInbox.approver == user.email)
+    )
     with session_scope(settings.db_url, write=False) as session:
-        for row in session.exec(query):
-            status = RequestStatus.model_validate(row.status)
-            if status.awaits_decision_from(user.email):
-                waiting.append(status)
-    return waiting
+        if after is not None:
+            since = session.exec(select(AccessRequest.created_at).where(AccessRequest.id == after)).first()
+            if since is None:
+                raise Refusal(RefusalKind.INVALID, f"there is no request {after!r} to list after", field="after")
+            query = query.where(tuple_(*order) > tuple_(literal(since, UTCDateTime()), literal(after)))
+        rows = session.exec(query.order_by(*order).limit(limit + 1)).all()
+    page = rows[:limit]
+    statuses = [RequestStatus.model_validate(recorded) for _, recorded in page]
+    waiting = [status for status in statuses if status.awaits_decision_from(user.email)]
+    return Awaiting(waiting, next_after=page[-1][0] if len(rows) > limit else None)
 
 
 # --- starting -----------------------------------------------------------------------------
@@ -270,14 +304,36 @@ async def send_update(
 
 
 async def decide(
-    client: Client, settings: Settings, actor: User, request_id: str, *, approved: bool, comment: str
+    client: Client,
+    settings: Settings,
+    actor: User,
+    request_id: str,
+    *,
+    approved: bool,
+    comment: str,
+    sign_in: SignIn,
 ) -> RequestStatus:
-    """Approve or deny the request's open step (or its pending extension's)."""
+    """Approve or deny the request's open step (or its pending extension's). Approving under a workflow that says
+    ``reauthenticate_within`` needs a sign-in that recent (``sign_in``); denying takes access from nobody."""
     update = AccessRequestWorkflow.approve if approved else AccessRequestWorkflow.deny
     action = "request.approve" if approved else "request.deny"
+    if approved:
+        await asyncio.to_thread(_recent_enough_to_approve, settings, sign_in, actor, request_id)
     await asyncio.to_thread(_still_eligible, settings, actor, request_id, action)
     decision = DecisionInput(actor=actor.email, comment=comment, request_id=request_id)
     return await send_update(client, settings, actor.email, request_id, update, decision, action)
+
+
+def _recent_enough_to_approve(settings: Settings, sign_in: SignIn, actor: User, request_id: str) -> None:
+    """Whoever approves, eligible or not (the stored status may lag the workflow's), under a workflow asking for
+    a recent sign-in must have one: the workflow judges eligibility, this the sign-in."""
+    status = stored_status(settings, request_id)
+    if status is None:
+        return  # ``send_update`` says there is no such request
+    pending = status.extensions[-1] if status.extensions else None
+    extension = pending is not None and pending.state is ExtensionState.PENDING
+    doing = f"approving {'an extension of ' if extension else ''}request {request_id}"
+    require_recent_sign_in(settings, sign_in, actor, status, action="request.approve", doing=doing)
 
 
 def _still_eligible(settings: Settings, actor: User, request_id: str, action: str) -> None:
@@ -301,19 +357,49 @@ def _still_eligible(settings: Settings, actor: User, request_id: str, action: st
         raise refused(settings, actor.email, action, target, refusal)
 
 
-async def cancel(client: Client, settings: Settings, actor: User, request_id: str, *, comment: str) -> RequestStatus:
-    """Withdraw a pending request (its requester or an admin)."""
+async def cancel(
+    client: Client, settings: Settings, actor: User, request_id: str, *, comment: str, sign_in: SignIn
+) -> RequestStatus:
+    """Withdraw a pending request (its requester or an admin). An admin ending someone else's request under a
+    workflow that says ``reauthenticate_within`` needs a sign-in that recent; its requester never does."""
+    await asyncio.to_thread(require_recent_end, settings, sign_in, actor, request_id, "request.cancel")
     arg = EndInput(actor=actor.email, is_admin=actor.is_admin, comment=comment, request_id=request_id)
     return await send_update(
         client, settings, actor.email, request_id, AccessRequestWorkflow.cancel, arg, "request.cancel"
     )
 
 
+def require_recent_end(settings: Settings, sign_in: SignIn, actor: User, request_id: str, action: str) -> None:
+    """Ending someone else's request or grant (an admin) under a workflow that asks for a recent sign-in needs
+    one; its requester withdrawing or giving back their own never does (it only takes their access away)."""
+    if not actor.is_admin:
+        return  # only its requester or an admin may end a request: the workflow refuses anyone else, saying so
+    status = stored_status(settings, request_id)
+    if status is None or status.requester == actor.email:
+        return  # none: ``send_update`` says there is no such request
+    doing = f"ending {status.requester}'s request {request_id}"
+    require_recent_sign_in(settings, sign_in, actor, status, action=action, doing=doing)
+
+
 async def extend(
-    client: Client, settings: Settings, actor: User, request_id: str, *, duration: timedelta, justification: str
+    client: Client,
+    settings: Settings,
+    actor: User,
+    request_id: str,
+    *,
+    duration: timedelta,
+    justification: str,
+    sign_in: SignIn,
 ) -> RequestStatus:
-    """Ask for more time on an active grant; the policy judges the grant's new total length."""
+    """Ask for more time on an active grant; the policy judges the grant's new total length. Under a workflow
+    that says ``reauthenticate_within``, asking needs a sign-in that recent."""
     arg = await asyncio.to_thread(_judge_extension, settings, actor, request_id, duration, justification)
+    status = await asyncio.to_thread(stored_status, settings, request_id)
+    assert status is not None  # ``_judge_extension`` found it
+    doing = f"asking to extend request {request_id}"
+    await asyncio.to_thread(
+        require_recent_sign_in, settings, sign_in, actor, status, action="grant.extend", doing=doing
+    )
     return await send_update(
         client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend"
     )

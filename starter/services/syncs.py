@@ -150,6 +150,18 @@ async def trigger_now(client: Client, settings: Settings, schedule_id: str) -> N
         await trigger_sync(client, schedule_id)
 
 
+async def next_run(client: Client, schedule_id: str) -> datetime | None:
+    """When the schedule runs next; None if it is paused, missing, or Temporal cannot be reached (a page that
+    shows it still shows the rest)."""
+    try:
+        description = await client.get_schedule_handle(schedule_id).describe()
+    except RPCError:
+        return None
+    if description.schedule.state.paused:
+        return None
+    return min(description.info.next_action_times, default=None)
+
+
 async def trigger_sync(client: Client, schedule_id: str) -> None:
     """Run the sync now, through its schedule: one run at a time, at most one more buffered."""
     await client.get_schedule_handle(schedule_id).trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)

@@ -10,9 +10,31 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from starter.web.rendering import STATIC_DIR
-from starter.web.routes import access, approvals, catalog, grants, requests, tokens
+from starter.web.routes import (
+    access,
+    admin_audit,
+    admin_birthright,
+    admin_directory,
+    admin_integrations,
+    approvals,
+    catalog,
+    grants,
+    requests,
+    tokens,
+)
 
-ROUTERS = (catalog.router, access.router, approvals.router, requests.router, grants.router, tokens.router)
+ROUTERS = (
+    catalog.router,
+    access.router,
+    approvals.router,
+    requests.router,
+    grants.router,
+    tokens.router,
+    admin_integrations.router,
+    admin_birthright.router,
+    admin_directory.router,
+    admin_audit.router,
+)
 
 
 def install(app: FastAPI) -> None:

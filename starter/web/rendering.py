@@ -2,7 +2,8 @@
 
 Pages take the API's identity dependencies (``starter.api.deps``) and call the same services; a service's
 refusal, a problem only HTTP has (no sign-in) and invalid form input are answered here, as an HTML page
-with the status the API would have given, by every route of the UI's routers (``PageRoute``).
+with the status the API would have given, by every route of the UI's routers (``PageRoute``). A decision that
+needs a more recent sign-in (``reauthenticate_within``) takes the browser to sign in again instead, and back.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from access.durations import format_duration
 from access.errors import Refusal, RefusalKind
 from starter.api.deps import AdminUser, CurrentUser
 from starter.api.problems import STATUS, Problem
+from starter.services.recent_sign_in import SIGN_IN_PATH
 from store.tables import User
 
 HERE = Path(__file__).parent
@@ -144,6 +146,23 @@ def refusal_page(request: Request, refusal: Refusal) -> HTMLResponse:
     return response
 
 
+def sign_in_again(request: Request, refusal: Refusal) -> Response | None:
+    """For a decision that needs a more recent sign-in: a page that takes the browser to sign in again at the
+    provider (``max_age``), which sends it back to the request's page to decide there. None for any other refusal.
+
+    A page with ``Refresh``, not a redirect: the refused action was a form's post, and the pages' policy lets a
+    form's post (redirects included) reach Lapse alone (``form-action 'self'``), never the provider."""
+    url, max_age = refusal.extra.get("reauthenticate_url"), refusal.extra.get("max_age")
+    if refusal.kind is not RefusalKind.REAUTHENTICATE or not isinstance(url, str) or not url.startswith(SIGN_IN_PATH):
+        return None
+    if request.headers.get("HX-Request") == "true":  # htmx navigates there itself
+        return Response(status_code=200, headers={"HX-Redirect": url, "Cache-Control": "no-store"})
+    window = timedelta(seconds=max_age) if isinstance(max_age, int) else None
+    response = render(request, "reauthenticate.html", status=STATUS[refusal.kind], url=url, window=window)
+    response.headers["Refresh"] = f"0; url={url}"
+    return response
+
+
 def as_refusal(error: Exception) -> Refusal | None:
     """The refusal an exception from a service or a workflow update stands for, if it is one."""
     if isinstance(error, Refusal):
@@ -187,6 +206,6 @@ class PageRoute(APIRoute):
             except (Refusal, WorkflowUpdateFailedError, RPCError) as error:
                 refusal = as_refusal(error)
                 assert refusal is not None
-                return refusal_page(request, refusal)
+                return sign_in_again(request, refusal) or refusal_page(request, refusal)
 
         return page

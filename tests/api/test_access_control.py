@@ -20,6 +20,7 @@ from tests.web.test_pages import ADMIN_PAGES
 
 ADMIN_ROUTES = [
     ("GET", "/api/audit"),
+    ("GET", "/api/audit.csv"),
     ("GET", "/api/audit/verify"),
     ("GET", "/api/birthright/policies"),
     ("POST", "/api/birthright/policies"),

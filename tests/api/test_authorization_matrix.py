@@ -85,6 +85,11 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("GET", "/auth/callback"): PUBLIC,
     ("POST", "/auth/logout"): PUBLIC,
     ("GET", "/auth/signed-out"): PUBLIC,
+    # The CLI's sign-in through a browser: the CLI starts and polls it signed in as nobody; a person approves it.
+    ("POST", "/auth/device"): PUBLIC,
+    ("POST", "/auth/device/token"): PUBLIC,
+    ("GET", "/device"): READ,
+    ("POST", "/device"): SESSION_ONLY,  # approving makes a token: never with a token
     # Requesting and one's own requests.
     ("GET", "/api/catalog"): READ,
     ("POST", "/api/requests"): REQUEST,
@@ -131,6 +136,7 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("GET", "/api/directory/sync"): ADMIN,
     ("GET", "/api/directory/groups"): ADMIN,
     ("GET", "/api/audit"): ADMIN,
+    ("GET", "/api/audit.csv"): ADMIN,
     ("GET", "/api/audit/verify"): ADMIN,
     ("POST", "/codec/decode"): ADMIN,
     ("POST", "/api/org"): ADMIN,
@@ -152,12 +158,33 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("GET", "/requests/{request_id}/live"): READER,
     ("GET", "/admin/grants"): ADMIN,
     ("POST", "/admin/grants/{grant_id}/revoke"): ADMIN,
+    ("POST", "/admin/grants/impact"): ADMIN,
+    ("POST", "/admin/grants/revoke-selected"): ADMIN,
     ("GET", "/tokens"): READ,
     ("POST", "/tokens"): SESSION_ONLY,  # a token makes no tokens
     ("POST", "/tokens/{token_id}/revoke"): SESSION_ONLY,
     ("POST", "/admin/service-accounts"): ADMIN,
     ("POST", "/admin/service-accounts/{email}/tokens"): Allowed("admin", None),
     ("POST", "/admin/service-accounts/{email}/deactivate"): ADMIN,
+    ("GET", "/admin/integrations"): ADMIN,
+    ("GET", "/admin/integrations/{name}"): ADMIN,
+    ("GET", "/admin/integrations/{name}/status"): ADMIN,
+    ("POST", "/admin/integrations/{name}/test"): ADMIN,
+    ("POST", "/admin/integrations/{name}/discover"): ADMIN,
+    ("POST", "/admin/integrations/{name}/jit-only"): ADMIN,
+    ("GET", "/admin/birthright"): ADMIN,
+    ("GET", "/admin/birthright/live"): ADMIN,
+    ("POST", "/admin/birthright/sync"): ADMIN,
+    ("GET", "/admin/birthright/new"): ADMIN,
+    ("GET", "/admin/birthright/policies/{name}"): ADMIN,
+    ("POST", "/admin/birthright/preview"): ADMIN,
+    ("POST", "/admin/birthright/save"): ADMIN,
+    ("GET", "/admin/directory"): ADMIN,
+    ("GET", "/admin/directory/live"): ADMIN,
+    ("POST", "/admin/directory/sync"): ADMIN,
+    ("GET", "/admin/audit"): ADMIN,
+    ("GET", "/admin/audit/verify"): ADMIN,
+    ("GET", "/admin/audit.csv"): ADMIN,
 }
 
 EXAMPLES = {

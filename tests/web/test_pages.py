@@ -20,13 +20,17 @@ from store.db import session_scope
 from store.settings import Settings
 from store.tables import Credential, Grant, User
 from tests.conftest import Api, make_settings
+from tests.web.test_admin_pages import ADMIN_SECTION_PAGES
 
 ADMIN_PAGES = [
     ("GET", "/admin/grants"),
     ("POST", "/admin/grants/{grant_id}/revoke"),
+    ("POST", "/admin/grants/impact"),
+    ("POST", "/admin/grants/revoke-selected"),
     ("POST", "/admin/service-accounts"),
     ("POST", "/admin/service-accounts/{email}/tokens"),
     ("POST", "/admin/service-accounts/{email}/deactivate"),
+    *ADMIN_SECTION_PAGES,
 ]
 """The UI's admin-only routes (through the API's ``AdminUser``); ``tests/api/test_access_control.py`` counts them."""
 
@@ -301,9 +305,9 @@ def test_permissions_filter_and_page_by_keyset(tmp_path: Path) -> None:
         ("ken@example.com", "ledger/payments-api/read"),
     ]
     first = list_permissions(settings, admin, GrantFilter(), limit=2)
-    assert len(first.grants) == 2 and first.next_after == first.grants[-1].id
-    rest = list_permissions(settings, admin, GrantFilter(), after=first.next_after, limit=10)
-    assert len(rest.grants) == 3 and rest.next_after is None  # the ended grant is not listed
+    assert len(first.grants) == 2 and first.next_cursor is not None
+    rest = list_permissions(settings, admin, GrantFilter(), cursor=first.next_cursor, limit=10)
+    assert len(rest.grants) == 3 and rest.next_cursor is None  # the ended grant is not listed
 
 
 async def test_a_one_time_login_is_shown_once_and_never_cached(api: Api, settings: Settings) -> None:

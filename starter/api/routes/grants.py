@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from starter.api.deps import AdminUser, ClientDep, CurrentUser, SettingsDep
+from starter.api.deps import AdminUser, CallerSignIn, ClientDep, CurrentUser, SettingsDep
 from starter.api.problems import responses
 from starter.services import grants
 from starter.services.fields import MAX_ID, FreeText
@@ -35,10 +35,13 @@ async def revoke_grant(
     grant_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The grant's id.")],
     body: RevokeBody,
     admin: AdminUser,
+    sign_in: CallerSignIn,
     settings: SettingsDep,
     client: ClientDep,
 ) -> RevokedOut:
     """Admins: end a grant from the permissions table. A JIT grant ends through its request; a birthright
     grant comes back at the next birthright sync unless its policy changes; an external one is revoked in
-    the target (discovery records it again if someone grants it there again)."""
-    return await grants.revoke_grant(client, settings, admin, grant_id, comment=body.comment)
+    the target (discovery records it again if someone grants it there again). Ending someone's JIT grant under
+    an approval workflow that says `reauthenticate_within` needs a browser sign-in that recent (see
+    `POST /api/requests/{id}/approve`)."""
+    return await grants.revoke_grant(client, settings, admin, grant_id, comment=body.comment, sign_in=sign_in)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from access.durations import Duration
 from access.requests import CredentialsShown, RequestState, RequestStatus
 from access.types import Model
-from starter.api.deps import ClientDep, CurrentUser, SettingsDep
+from starter.api.deps import CallerSignIn, ClientDep, CurrentUser, SettingsDep
 from starter.api.problems import responses
 from starter.services import credentials, grants, requests
 from starter.services.fields import FreeText, Name, RolePath
@@ -66,41 +66,84 @@ def get_request(request_id: RequestId, user: CurrentUser, settings: SettingsDep)
 
 @router.post("/{request_id}/approve", responses=responses(403, 404, 409, 503))
 async def approve(
-    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId,
+    body: Comment,
+    user: CurrentUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> RequestStatus:
-    return await requests.decide(client, settings, user, request_id, approved=True, comment=body.comment)
+    """Approve the open step (or a pending extension's). Under an approval workflow that says
+    `reauthenticate_within`, only a browser session signed in that recently may: an older one is a 401 of type
+    `urn:lapse:problem:reauthentication-required` whose `reauthenticate_url` signs in again; a token or the SSO
+    proxy's header is a 403."""
+    return await requests.decide(
+        client, settings, user, request_id, approved=True, comment=body.comment, sign_in=sign_in
+    )
 
 
 @router.post("/{request_id}/deny", responses=responses(403, 404, 409, 503))
 async def deny(
-    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId,
+    body: Comment,
+    user: CurrentUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> RequestStatus:
-    return await requests.decide(client, settings, user, request_id, approved=False, comment=body.comment)
+    """Deny the open step (or a pending extension's): never needs a recent sign-in."""
+    return await requests.decide(
+        client, settings, user, request_id, approved=False, comment=body.comment, sign_in=sign_in
+    )
 
 
 @router.post("/{request_id}/cancel", responses=responses(403, 404, 409, 503))
 async def cancel(
-    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId,
+    body: Comment,
+    user: CurrentUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> RequestStatus:
-    """Withdraw a pending request (requester or admin)."""
-    return await requests.cancel(client, settings, user, request_id, comment=body.comment)
+    """Withdraw a pending request (requester or admin; an admin ending someone else's under a workflow that
+    says `reauthenticate_within` needs a sign-in that recent, as for `approve`)."""
+    return await requests.cancel(client, settings, user, request_id, comment=body.comment, sign_in=sign_in)
 
 
 @router.post("/{request_id}/revoke", responses=responses(403, 404, 409, 503))
 async def revoke(
-    request_id: RequestId, body: Comment, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId,
+    body: Comment,
+    user: CurrentUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> RequestStatus:
-    """End a grant now: the requester gives it back, or an admin takes it away."""
-    return await grants.revoke_request_grant(client, settings, user, request_id, comment=body.comment)
+    """End a grant now: the requester gives it back, or an admin takes it away (under a workflow that says
+    `reauthenticate_within`, with a sign-in that recent, as for `approve`; giving back one's own never needs it)."""
+    return await grants.revoke_request_grant(client, settings, user, request_id, comment=body.comment, sign_in=sign_in)
 
 
 @router.post("/{request_id}/extend", responses=responses(403, 404, 409, 503))
 async def extend(
-    request_id: RequestId, body: Extension, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    request_id: RequestId,
+    body: Extension,
+    user: CurrentUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> RequestStatus:
-    """Ask for more time. Automatic where the rule needs no approval; never beyond its maximum."""
+    """Ask for more time. Automatic where the rule needs no approval; never beyond its maximum. Under a workflow
+    that says `reauthenticate_within`, asking needs a sign-in that recent, as for `approve`."""
     return await requests.extend(
-        client, settings, user, request_id, duration=body.duration, justification=body.justification
+        client,
+        settings,
+        user,
+        request_id,
+        duration=body.duration,
+        justification=body.justification,
+        sign_in=sign_in,
     )
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from access.durations import parse_duration
 from access.errors import Refusal, RefusalKind
 from access.requests import RequestState
-from starter.api.deps import ClientDep, SettingsDep
+from starter.api.deps import CallerSignIn, ClientDep, SettingsDep
 from starter.services import credentials, grants, requests
 from starter.services.fields import FreeText, Name
 from starter.services.my_access import my_access
@@ -58,6 +58,7 @@ def access_live(
 async def extend(
     request_id: RequestId,
     user: PageUser,
+    sign_in: CallerSignIn,
     settings: SettingsDep,
     client: ClientDep,
     duration: Annotated[str, Form(max_length=64)],
@@ -67,24 +68,42 @@ async def extend(
         more = parse_duration(duration)
     except ValueError as error:
         raise Refusal(RefusalKind.INVALID, f"duration: {error}", field="duration") from None
-    await requests.extend(client, settings, user, request_id, duration=more, justification=justification)
+    await requests.extend(
+        client, settings, user, request_id, duration=more, justification=justification, sign_in=sign_in
+    )
     return RedirectResponse(f"/requests/{request_id}?done=extended", status_code=303)
 
 
 @router.post("/access/{request_id}/give-back")
 async def give_back(
-    request_id: RequestId, user: PageUser, settings: SettingsDep, client: ClientDep, comment: Comment = ""
+    request_id: RequestId,
+    user: PageUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
+    comment: Comment = "",
 ) -> RedirectResponse:
-    await grants.revoke_request_grant(client, settings, user, request_id, comment=comment or "given back")
-    return RedirectResponse(f"/requests/{request_id}?done=given-back", status_code=303)
+    """The holder gives their access back; an admin ends someone else's grant (from the request's page)."""
+    status = await grants.revoke_request_grant(
+        client, settings, user, request_id, comment=comment or "given back", sign_in=sign_in
+    )
+    done = "given-back" if status.requester == user.email else "revoked"
+    return RedirectResponse(f"/requests/{request_id}?done={done}", status_code=303)
 
 
 @router.post("/access/{request_id}/cancel")
 async def cancel(
-    request_id: RequestId, user: PageUser, settings: SettingsDep, client: ClientDep, comment: Comment = ""
+    request_id: RequestId,
+    user: PageUser,
+    sign_in: CallerSignIn,
+    settings: SettingsDep,
+    client: ClientDep,
+    comment: Comment = "",
 ) -> RedirectResponse:
-    await requests.cancel(client, settings, user, request_id, comment=comment)
-    return RedirectResponse(f"/requests/{request_id}?done=cancelled", status_code=303)
+    """The requester withdraws their pending request; an admin ends someone else's (from the request's page)."""
+    status = await requests.cancel(client, settings, user, request_id, comment=comment, sign_in=sign_in)
+    done = "cancelled" if status.requester == user.email else "ended"
+    return RedirectResponse(f"/requests/{request_id}?done={done}", status_code=303)
 
 
 @router.post("/access/{request_id}/credentials", response_class=HTMLResponse)

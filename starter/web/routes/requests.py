@@ -1,5 +1,9 @@
 """A request's page (``/requests/{id}``): status, steps and decisions, the grant's start and end, the audit
-timeline, and for admins the run in the Temporal Web UI. The status part polls until the request ends."""
+timeline, and for admins the run in the Temporal Web UI. The status part polls until the request ends.
+
+It offers what the reader can do to the request now: decide it (an eligible approver), extend it or give it back
+(its holder), withdraw it (its requester), end it (an admin). A decision that needed a more recent sign-in comes
+back here after it (``reauthenticate_within``), to be made again."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from access import names
-from access.requests import RequestState
+from access.requests import ExtensionState, RequestState
 from starter.api.deps import SettingsDep
 from starter.services.fields import Name
 from starter.services.timeline import request_timeline
@@ -26,6 +30,8 @@ NOTICES = {
     "extended": "Your extension was asked for.",
     "given-back": "You gave the access back.",
     "cancelled": "You withdrew the request.",
+    "revoked": "You revoked the grant.",
+    "ended": "You ended the request.",
 }
 """What a page reached after an action says about it (``?done=``); nothing else is ever shown from the URL."""
 
@@ -43,6 +49,7 @@ def _page(
     current = version(status, *events)
     if (same := unchanged(seen, current)) is not None:
         return same
+    last = status.extensions[-1] if status.extensions else None
     return render(
         request,
         template,
@@ -52,6 +59,8 @@ def _page(
         version=current,
         live=not status.state.ended,
         active=RequestState.ACTIVE,
+        pending=RequestState.PENDING,
+        pending_extension=last if last is not None and last.state is ExtensionState.PENDING else None,
         temporal_url=temporal_run_url(settings, request_id) if user.is_admin else None,
         notice=NOTICES.get(notice),
         can_decide=status.awaits_decision_from(user.email),

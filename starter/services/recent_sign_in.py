@@ -1,0 +1,88 @@
+"""A recent sign-in for sensitive decisions: under an approval workflow that says ``reauthenticate_within``,
+approving a request or its extension, asking for an extension, and ending someone else's request or grant need a
+sign-in at the identity provider at most that long ago.
+
+The API and the pages say how the caller signed in (a ``SignIn``, from ``starter.api.deps``); the services check it
+here, before the workflow is sent anything, and audit a refusal like any other. Only a browser session started by
+Lapse's own OIDC sign-in knows when its person last authenticated (the provider's ``auth_time``): an older one is
+sent back to the provider with ``max_age`` and returns to the request's page. An API token, or the SSO proxy's
+header (Lapse cannot tell when the proxy's user signed in), never vouches for a recent sign-in.
+
+Reducing access needs no fresh sign-in: denying, a requester withdrawing their own request or giving back their
+own access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from urllib.parse import urlencode
+
+from access import names
+from access.durations import format_duration
+from access.errors import Refusal, RefusalKind
+from access.requests import RequestStatus
+from starter.services.audit import refused
+from store.settings import Settings
+from store.tables import User
+
+SIGN_IN_PATH = "/auth/login"
+"""Where a browser signs in again (``starter/web/routes/auth.py``): ``max_age`` and ``next`` go with it."""
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """How the caller proved who they are, as far as a sensitive decision needs to know."""
+
+    via: Literal["session", "token", "proxy"]
+    auth_time: datetime | None = None
+    """When the identity provider last authenticated the person (a session's); None: unknown, or not a session."""
+
+    def within(self, window: timedelta, *, now: datetime) -> bool:
+        """Whether this is a browser session whose person authenticated at most ``window`` before ``now``."""
+        return self.via == "session" and self.auth_time is not None and now - self.auth_time <= window
+
+
+def reauthenticate_url(window: timedelta, come_back: str) -> str:
+    """Lapse's sign-in, asking the provider for an authentication at most ``window`` old, then back to
+    ``come_back`` (one of Lapse's own paths)."""
+    return f"{SIGN_IN_PATH}?{urlencode({'max_age': int(window.total_seconds()), 'next': come_back})}"
+
+
+def require_recent_sign_in(
+    settings: Settings, sign_in: SignIn, actor: User, status: RequestStatus, *, action: str, doing: str
+) -> None:
+    """Refuse (audited as ``<action>.refused``) ``doing`` on ``status``'s request unless its workflow asks for no
+    recent sign-in or ``sign_in`` is recent enough; ``doing`` says what, for the message (``approving …``)."""
+    window = status.reauthenticate_within
+    if window is None or sign_in.within(window, now=datetime.now(UTC)):
+        return
+    raise refused(settings, actor.email, action, names.request_workflow_id(status.id), _refusal(sign_in, status, doing))
+
+
+def _refusal(sign_in: SignIn, status: RequestStatus, doing: str) -> Refusal:
+    window = status.reauthenticate_within
+    assert window is not None
+    asks = f"approval workflow {status.policy!r} asks for a sign-in at most {format_duration(window)} old"
+    page = f"/requests/{status.id}"
+    if sign_in.via == "token":
+        return Refusal(
+            RefusalKind.FORBIDDEN,
+            f"{doing} needs a recent browser sign-in ({asks}, reauthenticate_within), which an API token cannot "
+            f"vouch for: do it in the web UI, on {page}",
+        )
+    if sign_in.via == "proxy":
+        return Refusal(
+            RefusalKind.FORBIDDEN,
+            f"{doing} needs a recent browser sign-in ({asks}, reauthenticate_within), and Lapse cannot tell when "
+            "the SSO proxy's user signed in (LAPSE_AUTH=proxy): requests under this workflow can be decided only "
+            "where people sign in to Lapse through OIDC",
+        )
+    url = reauthenticate_url(window, page)
+    return Refusal(
+        RefusalKind.REAUTHENTICATE,
+        f"{doing} needs a recent sign-in ({asks}, reauthenticate_within) and yours is older: sign in again at "
+        f"{url}, then do it again",
+        extra={"reauthenticate_url": url, "max_age": int(window.total_seconds())},
+    )
