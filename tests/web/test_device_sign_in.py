@@ -1,7 +1,8 @@
 """End to end: the installed ``lapse login`` signs in through a browser. The real command, run as a user runs it
 (its own config directory), against the app served by uvicorn; its code approved in Chromium by a person signed
-in through the SSO proxy; then other ``lapse`` commands work with the token it kept. And axe-core on each state
-of the ``/device`` page at desktop and phone width."""
+in through the SSO proxy, then other ``lapse`` commands work with the token it kept; and by a browser that was
+not signed in, sent through the identity provider (the demo's, over OIDC) and back to the code. And axe-core on
+each state of the ``/device`` page at desktop and phone width."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import stat
 import sys
 from pathlib import Path
 
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
 from tests.web.conftest import check_accessibility
 from tests.web.test_accessibility import fits
+from tests.web.test_sign_in import no_cdn, provider, served, settings_for  # noqa: F401  (the OIDC app and provider)
 
 LAPSE = str(Path(sys.executable).parent / "lapse")
 COMPLETE = re.compile(r"or open (http://\S+/device\?user_code=([A-Z]{4}-[A-Z]{4}))")
@@ -37,10 +39,8 @@ async def _lapse(environment: dict[str, str], *args: str) -> tuple[int, str, str
     return process.returncode or 0, out.decode(), err.decode()
 
 
-async def test_lapse_login_is_approved_in_a_browser_and_every_command_then_uses_it(
-    as_user, web: str, tmp_path: Path
-) -> None:
-    environment = _environment(tmp_path, web)
+async def _start_login(environment: dict[str, str]) -> tuple[asyncio.subprocess.Process, str, str, str]:
+    """``lapse login`` started, up to where it shows its code: the process, what it said, the link and the code."""
     login = await asyncio.create_subprocess_exec(
         LAPSE, "login", env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -50,7 +50,14 @@ async def test_lapse_login_is_approved_in_a_browser_and_every_command_then_uses_
         line = await asyncio.wait_for(login.stdout.readline(), timeout=30)
         assert line, f"lapse login ended without a code: {said}"
         said += line.decode()
-    link, code = found[1], found[2]
+    return login, said, found[1], found[2]
+
+
+async def test_lapse_login_is_approved_in_a_browser_and_every_command_then_uses_it(
+    as_user, web: str, tmp_path: Path
+) -> None:
+    environment = _environment(tmp_path, web)
+    login, said, link, code = await _start_login(environment)
     assert f"open {web}/device in a browser" in said and f"\n    {code}\n" in said
 
     # What is asked, seen at phone width too (before it is decided).
@@ -99,3 +106,30 @@ async def test_the_device_page_typing_a_code_and_a_wrong_one_pass_axe(as_user, w
         page.errors.clear()  # type: ignore[attr-defined]  # the 422 the browser logs is the point here
         await check_accessibility(page, f"device-sign-in-wrong-code{suffix}")
         await fits(page, width)
+
+
+async def test_a_browser_not_signed_in_goes_through_the_identity_provider_and_back_to_the_code(
+    browser: Browser,
+    served: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    login, said, link, code = await _start_login(_environment(tmp_path, served))
+    assert link == f"{served}/device?user_code={code}"  # LAPSE_PUBLIC_URL's
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    await context.route(re.compile(r"^https://"), no_cdn)
+    try:
+        page = await context.new_page()
+        page.errors = []  # type: ignore[attr-defined]
+        await page.goto(link)
+        await page.wait_for_url(re.compile(r"^http://127\.0\.0\.1:\d+/oauth2/authorize"))  # the provider's page
+        await page.get_by_role("button", name="alan@example.com").click()
+        await page.wait_for_url(link)
+        await expect(page.locator(".device-code")).to_have_text(code)
+        await page.get_by_role("button", name="Approve").click()
+        await expect(page.get_by_role("status")).to_contain_text("Approved.")
+    finally:
+        await context.close()
+    out, err = await asyncio.wait_for(login.communicate(), timeout=60)
+    assert login.returncode == 0, said + out.decode() + err.decode()
+    assert f"signed in to {served} as alan@example.com" in out.decode()
