@@ -390,3 +390,108 @@ class DeviceSignIn(SQLModel, table=True):
     """The scopes its token gets, fixed when it is approved."""
     token_id: str | None = None
     """The token issued for it (its public id)."""
+
+
+# --- access reviews (``access.reviews``) -------------------------------------------------------
+
+
+class ReviewDefinitionRow(SQLModel, table=True):
+    """A review campaign's definition, as ``access.reviews.ReviewDefinition`` in ``body``."""
+
+    __tablename__ = "reviewdefinition"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    source: str = "api"
+    """``api`` (the API or the CLI) or ``file`` (the organisation file's ``reviews:``)."""
+    updated_by: str = ""
+    updated_at: datetime = Field(sa_column=_utc(nullable=False))
+
+
+class ReviewCampaign(SQLModel, table=True):
+    """One run of a definition: its items were snapshotted when it started and do not move after."""
+
+    id: str = Field(primary_key=True)
+    """``<definition>-<UTC start, YYYYMMDDTHHMMSS>``; its workflow's id is ``names.review_workflow_id(id)``."""
+    definition: str = Field(index=True)
+    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """The definition as it was when the campaign started."""
+    state: str = Field(default="starting", index=True)
+    """An ``access.reviews.CampaignState``."""
+    started_by: str
+    """Who started it, or ``schedule``."""
+    started_at: datetime = Field(sa_column=_utc(nullable=False))
+    deadline: datetime = Field(sa_column=_utc(nullable=False))
+    escalation_deadline: datetime | None = Field(default=None, sa_column=_utc())
+    closed_at: datetime | None = Field(default=None, sa_column=_utc())
+    closed_by: str | None = None
+    items: int = 0
+    reviewers: int = 0
+    audit_head: str | None = None
+    """The audit chain's head (``<id>:<hash>``) when its report was last made."""
+
+
+class ReviewItem(SQLModel, table=True):
+    """One grant under review: who held which role through which path, since when, as the campaign started."""
+
+    __table_args__ = (
+        Index("ix_reviewitem_reviewer_state", "reviewer", "state", "campaign_id", "id"),
+        Index("ix_reviewitem_campaign_state", "campaign_id", "state", "id"),
+        UniqueConstraint("campaign_id", "grant_id", name="uq_reviewitem_campaign_grant"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="reviewcampaign.id")
+    grant_id: int
+    user_email: str | None = None
+    """The holder (None: an account no Lapse user is linked to; it goes to the fallback reviewers)."""
+    account: str
+    role: str
+    path: str
+    """A ``GrantPath`` value."""
+    policy: str | None = None
+    request_id: str | None = None
+    justification: str = ""
+    """The request's justification (a JIT grant) or the policy's name (a birthright grant)."""
+    granted_at: datetime = Field(sa_column=_utc(nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=_utc())
+    manager_email: str | None = None
+    holder_active: bool = True
+    last_used: datetime | None = Field(default=None, sa_column=_utc())
+    """When the access was last seen in use, where a connector can tell; None: unknown."""
+    reviewer: str
+    """Who reviews it now (an email; never the holder)."""
+    fallback: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """Who the item goes to if its reviewer leaves or it is escalated (never the holder)."""
+    escalated: bool = False
+    state: str = "open"
+    """An ``access.reviews.ItemState``."""
+    draft: str | None = None
+    """A decision held until the reviewer submits (``keep`` or ``revoke``)."""
+    draft_comment: str = ""
+    decision: str | None = None
+    comment: str = ""
+    decided_by: str | None = None
+    decided_at: datetime | None = Field(default=None, sa_column=_utc())
+    by_default: bool = False
+    """Decided by the definition's default at the deadline, not by a person."""
+    outcome: str | None = None
+    """An ``access.reviews.ItemOutcome`` once acted on."""
+    acted_at: datetime | None = Field(default=None, sa_column=_utc())
+    proof: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """For a revoke: the audit event that records it in the target and the grant's end."""
+    error: str | None = None
+
+
+class BirthrightException(SQLModel, table=True):
+    """A policy no longer grants ``role`` to ``user_email``: a review revoked it (a sync would grant it back)."""
+
+    __table_args__ = (UniqueConstraint("policy", "user_email", "role", name="uq_birthright_exception"),)
+    id: int | None = Field(default=None, primary_key=True)
+    policy: str = Field(index=True)
+    user_email: str
+    role: str
+    created_by: str
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    comment: str = ""
+    campaign_id: str | None = None
+    item_id: int | None = None
