@@ -335,7 +335,7 @@ def try_banner(settings: Settings, demo_issuer: str | None) -> str:
         )
     else:
         browser = f"Try: open {url}/ and sign in; request a role in the catalog.\n"
-    return browser + f"     CLI: create a token on {url}/tokens, then: {lapse} login && {lapse} catalog\n"
+    return browser + f"     CLI: {lapse} login (approve it in the browser), then: {lapse} catalog\n"
 
 
 def run_stack(settings: Settings) -> None:

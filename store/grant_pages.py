@@ -8,7 +8,9 @@ so neither a common nor a rare role, nor rows clustered at one end of the order,
 ledger. Rows without a key (standing grants by "until", unlinked accounts by "user") come last, by id.
 
 "Expiring before" is a range on another column than the order's: a small range is read whole and sorted,
-a large one is filtered while the order's index is walked (it then matches often enough to fill a page).
+a large one is filtered while the order's index over the grants that end at all is walked, each end read in the
+index (``ix_grant_ending_*``). PostgreSQL's planner makes these choices from its statistics; SQLite has none, so
+this module makes them for it (a capped count, and expressions that keep it off the indexes it must not take).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, text, union_all
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, or_, text
+from sqlalchemy.dialects.postgresql.base import PGDialect
+from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 from sqlmodel import Session, col, select
 
 from access.grants import GrantPath
@@ -62,28 +66,33 @@ def read_page(
     if found.user:
         where.append(col(Grant.user_email) == found.user)
         column = plain(column)
-    ranges: list[list[ColumnElement[bool]]] = [[]]
+    # "Expiring before" under another order reads no (role, path) ranges: grants on one path may have no end.
+    expiring_elsewhere = found.expiring_before is not None and key != "expires_at"
+    ranges: list[tuple[str, str]] = []  # (role, path) pairs, each read as its own index range
+    paths = [found.path] if found.path else [p.value for p in GrantPath]
     if found.scopes:
         roles = roles_within(session, found.scopes, postgres=postgres)
         if not roles:
             return []
-        paths = [found.path] if found.path else [p.value for p in GrantPath]
-        if found.user is None and len(roles) * len(paths) <= MAX_RANGES:
-            ranges = [[col(Grant.role) == r, col(Grant.path) == p] for r in roles for p in paths]
+        if found.user is None and not expiring_elsewhere and len(roles) * len(paths) <= MAX_RANGES:
+            ranges = [(r, p) for r in roles for p in paths]
         else:
             where.append(plain(col(Grant.role)).in_(roles))
-    if found.path and len(ranges) == 1:
+            # Every path, said: (role, path, expires_at) is then a range for each role and path.
+            where.append(plain(col(Grant.path)).in_(paths))
+    elif found.path:
         where.append(plain(col(Grant.path)) == found.path)
     order: Any = column
+    walk: str | None = None
     if found.expiring_before is not None:
         expiring: ColumnElement[bool] = col(Grant.expires_at) < found.expiring_before
-        if key != "expires_at" and not postgres and found.user is None and ranges == [[]]:
+        if expiring_elsewhere and not postgres and found.user is None:
             # SQLite has no statistics to weigh the range against the order's index: count, and tell it.
             if _count(session, [*where, expiring], PROBE) < PROBE:
                 order = func.coalesce(column, column)  # the same order, which no index gives: read the range
-            else:  # walk the order's index over the grants that end (ix_grant_ending_*), reading each end there
-                expiring = func.coalesce(Grant.expires_at, Grant.expires_at) < found.expiring_before
+            else:  # walk the order's index over the grants that end, each end read there
                 where.append(col(Grant.expires_at).is_not(None))
+                walk = f"ix_grant_ending_{key}"
         where.append(expiring)
 
     rows: list[Grant] = []
@@ -91,13 +100,15 @@ def read_page(
         terms: list[ColumnElement[bool]] = [column.is_not(None)] if key in NULLABLE else []
         if after is not None:
             terms += _beyond(column, after.key, after.id, descending)
-        rows = _read(session, [*where, *terms], ranges, order, column, descending, limit)
+        rows = _read(session, [*where, *terms], ranges, order, column, descending, limit, walk=walk)
     excluded = (key == "expires_at" and found.expiring_before is not None) or (key == "user_email" and found.user)
     if key in NULLABLE and len(rows) < limit and not excluded:
         terms = [column.is_(None)]
         if after is not None and after.standing:
             terms.append(col(Grant.id) < after.id if descending else col(Grant.id) > after.id)
-        rows += _read(session, [*where, *terms], ranges, col(Grant.id), col(Grant.id), descending, limit - len(rows))
+        rows += _read(
+            session, [*where, *terms], ranges, col(Grant.id), col(Grant.id), descending, limit - len(rows), walk=walk
+        )
     return rows
 
 
@@ -117,26 +128,60 @@ def _beyond(column: Any, key: Any, grant_id: int, descending: bool) -> list[Colu
 def _read(
     session: Session,
     where: list[ColumnElement[bool]],
-    ranges: list[list[ColumnElement[bool]]],
+    ranges: list[tuple[str, str]],
     order: Any,
     key: Any,
     descending: bool,
     limit: int,
+    *,
+    walk: str | None = None,
 ) -> list[Grant]:
     ids = col(Grant.id)
     by = (order.desc(), ids.desc()) if descending else (order, ids)
-    if len(ranges) == 1:
-        return list(session.exec(select(Grant).where(*where, *ranges[0]).order_by(*by).limit(limit)).all())
+    if not ranges:
+        query = select(Grant).where(*where).order_by(*by).limit(limit)
+        if walk is not None:
+            return list(session.execute(_indexed_by(query, walk)).scalars().all())
+        return list(session.exec(query).all())
     # The first rows of each range, then the first of them all: the database sorts them, in its own collation.
-    firsts = [
-        select(ids.label("id"), key.label("k")).where(*where, *terms).order_by(*by).limit(limit).subquery().select()
-        for terms in ranges
-    ]
-    merged = union_all(*firsts).subquery()
-    then = (merged.c.k.desc(), merged.c.id.desc()) if descending else (merged.c.k, merged.c.id)
-    chosen = list(session.exec(select(merged.c.id).order_by(*then).limit(limit)).all())
+    # One range's query is compiled once and repeated as text with its own role and path: built as a thousand
+    # expression objects instead, the statement costs more than it takes to run (and feeds the garbage collector).
+    dialect = _NAMED[session.get_bind().dialect.name]
+    one: Any = select(ids.label("id"), key.label("k")).where(
+        *where, col(Grant.role) == bindparam("range_role", type_=String), col(Grant.path) == bindparam("range_path")
+    )
+    compiled = one.order_by(*by).limit(limit).compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    arm = str(compiled)
+    types = {name: bind.type for name, bind in compiled.binds.items()}
+    values: dict[str, Any] = {n: v for n, v in compiled.params.items() if not n.startswith("range_")}
+    arms = []
+    for n, (role, path) in enumerate(ranges):
+        values |= {f"range_role_{n}": role, f"range_path_{n}": path}
+        named = arm.replace(":range_role", f":range_role_{n}").replace(":range_path", f":range_path_{n}")
+        arms.append(f"SELECT * FROM ({named}) AS range_{n}")
+    direction = " DESC" if descending else ""
+    merged = f"SELECT id FROM ({' UNION ALL '.join(arms)}) AS firsts ORDER BY k{direction}, id{direction} LIMIT :first"
+    binds = [bindparam(n, v, type_=types.get(n, types.get(n.rsplit("_", 1)[0]))) for n, v in values.items()]
+    chosen = list(session.connection().execute(text(merged).bindparams(*binds), {"first": limit}).scalars())
     found = {g.id: g for g in session.exec(select(Grant).where(ids.in_(chosen))).all()}
     return [found[i] for i in chosen]
+
+
+def _indexed_by(query: Select[Any], index: str) -> Any:
+    """``query`` on SQLite, told which index to walk (``INDEXED BY``, which SQLAlchemy does not say): with no
+    statistics, SQLite takes an index on ``active`` for a selective one, whatever it is told otherwise."""
+    compiled = query.compile(dialect=_NAMED["sqlite"], compile_kwargs={"render_postcompile": True})
+    sql = str(compiled).replace("FROM grant", f"FROM grant INDEXED BY {index}", 1)
+    types = {name: bind.type for name, bind in compiled.binds.items()}
+    binds = [
+        bindparam(name, value, type_=types.get(name, types.get(name.rsplit("_", 1)[0])))
+        for name, value in compiled.params.items()
+    ]
+    return select(Grant).from_statement(text(sql).bindparams(*binds))
+
+
+_NAMED = {"sqlite": SQLiteDialect(paramstyle="named"), "postgresql": PGDialect(paramstyle="named")}  # type: ignore[no-untyped-call]
+"""Each database's SQL with ``:name`` parameters, as ``text()`` takes them."""
 
 
 def _count(session: Session, where: list[ColumnElement[bool]], cap: int) -> int:

@@ -121,7 +121,7 @@ def test_the_banner_in_oidc_mode_says_to_sign_in_and_make_a_token(tmp_path: Path
     assert "--as" not in said
     assert "open http://127.0.0.1:8000/, sign in as alan@example.com" in said
     assert "sign in as linus@example.com and approve it on Approvals" in said
-    assert "create a token on http://127.0.0.1:8000/tokens, then: lapse login && lapse catalog" in said
+    assert "CLI: lapse login (approve it in the browser), then: lapse catalog" in said
 
     elsewhere = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp_path, api_port=9001, oidc_issuer="https://login.example.com", oidc_client_id="x"

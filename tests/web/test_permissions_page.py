@@ -347,3 +347,40 @@ async def test_a_non_admin_is_refused_every_permissions_route(pages: httpx.Async
         method, path, data={"grant_id": "1"} if method == "POST" else None, headers=signed_in_as("alan@example.com")
     )
     assert response.status_code == 403 and "only admins can do this" in html(response)
+
+
+@pytest.mark.every_app_db
+@pytest.mark.parametrize("probe", [0, 1_000_000])
+@pytest.mark.parametrize("sort", [SortKey.SINCE, SortKey.USER, SortKey.ROLE])
+def test_expiring_before_under_another_order_reads_the_same_either_way(
+    ledger: Settings, monkeypatch: pytest.MonkeyPatch, probe: int, sort: SortKey
+) -> None:
+    """SQLite reads a small "expiring before" range whole and walks the order's index for a large one (the
+    ``PROBE`` between them moved here to take each way): the same grants, in the same order, on every page."""
+    monkeypatch.setattr("store.grant_pages.PROBE", probe)
+    with session_scope(ledger.db_url) as session:
+        for n in range(20):
+            session.add(
+                Grant(
+                    account=f"acct{n}",
+                    role=[READ, WRITE, DEPLOY][n % 3],
+                    user_email=None if n % 7 == 0 else f"u{n % 4}@example.com",
+                    path=["jit", "birthright"][n % 2],
+                    granted_at=NOW - timedelta(hours=n % 5),
+                    expires_at=None if n % 2 else NOW + timedelta(hours=n),
+                )
+            )
+    who, before = admin(ledger), NOW + timedelta(hours=15)
+    for filters in (GrantFilter(expiring_before=before), GrantFilter(expiring_before=before, integration="ledger")):
+        expected = [
+            g.id
+            for g in list_permissions(ledger, who, GrantFilter(), sort=sort, limit=100).grants
+            if g.expires_at is not None and g.expires_at < before
+        ]
+        seen, cursor = [], None
+        while True:
+            page = list_permissions(ledger, who, filters, sort=sort, cursor=cursor, limit=2)
+            seen += [g.id for g in page.grants]
+            if not (cursor := page.next_cursor):
+                break
+        assert seen == expected and len(expected) == 8
