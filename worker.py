@@ -32,6 +32,7 @@ from activities.discovery import DiscoveryActivities
 from activities.drift import DriftActivities
 from activities.grants import GrantActivities
 from activities.requests import RequestActivities
+from activities.reviews import ReviewActivities
 from activities.schedules import ScheduleActivities
 from store.audit_log import configure_audit
 from store.credentials import credential_cipher
@@ -44,6 +45,7 @@ from workflows.birthright import BirthrightSyncWorkflow
 from workflows.directory import DirectorySyncWorkflow
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
 from workflows.grants import GrantRevokeWorkflow
+from workflows.review import ReviewCampaignWorkflow
 
 WORKFLOWS: Sequence[type] = [
     AccessRequestWorkflow,
@@ -54,6 +56,7 @@ WORKFLOWS: Sequence[type] = [
     GrantRevokeWorkflow,
     ExpiryBackstopWorkflow,
     AuditCheckpointWorkflow,
+    ReviewCampaignWorkflow,
 ]
 
 SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
@@ -94,6 +97,7 @@ def build_worker(
         *DriftActivities(settings.db_url, connectors=connectors).all(),
         *BirthrightActivities(settings.db_url, connectors=connectors).all(),
         *BackstopActivities(settings.db_url, connectors=connectors).all(),
+        *ReviewActivities(settings.db_url, connectors=connectors).all(),
         *AuditActivities(settings.db_url).all(),
         *DirectoryActivities(
             settings.db_url, org_file=settings.org_file, max_leavers=settings.directory_max_leavers

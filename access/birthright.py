@@ -81,14 +81,20 @@ class BirthrightPlan:
         }
 
 
+Exceptions = Mapping[tuple[str, str], set[str] | frozenset[str]]
+"""(policy, role) → the users that policy no longer grants the role to (an access review revoked it)."""
+
+
 def desired_grants(
     policies: Sequence[PolicySpec],
     members: Mapping[str, Iterable[str]],
     active_users: set[str] | frozenset[str],
     *,
     frozen_roles: set[str] | frozenset[str] = frozenset(),
+    exceptions: Exceptions | None = None,
 ) -> dict[str, dict[str, str]]:
-    """role → user → the first policy granting it, for active users only."""
+    """role → user → the first policy granting it, for active users only, but a policy's exceptions (another
+    policy may still grant the role to an excepted user)."""
     desired: dict[str, dict[str, str]] = {}
     group_sets: dict[str, frozenset[str]] = {}
     for policy in policies:
@@ -101,7 +107,8 @@ def desired_grants(
             if role in frozen_roles:
                 continue
             holders = desired.setdefault(role, {})
-            for user in users - holders.keys():
+            excepted = exceptions.get((policy.name, role), frozenset()) if exceptions else frozenset()
+            for user in users - holders.keys() - excepted:
                 holders[user] = policy.name
     return desired
 
@@ -113,14 +120,16 @@ def plan_birthright(
     current: Iterable[HeldGrant],
     *,
     frozen_roles: set[str] | frozenset[str] = frozenset(),
+    exceptions: Exceptions | None = None,
 ) -> BirthrightPlan:
     """Desired birthright grants versus ``current`` (active ``birthright`` grants) → what to change.
 
     ``members`` maps each group to its members' emails; ``active_users`` filters out leavers,
-    whose birthright grants are removed. Grants of ``frozen_roles`` are neither added nor removed.
+    whose birthright grants are removed. Grants of ``frozen_roles`` are neither added nor removed; a policy's
+    ``exceptions`` (an access review's revokes) are removed and not granted again by it.
     The result is sorted, so the same inputs always give the same plan.
     """
-    desired = desired_grants(policies, members, active_users, frozen_roles=frozen_roles)
+    desired = desired_grants(policies, members, active_users, frozen_roles=frozen_roles, exceptions=exceptions)
     plan = BirthrightPlan(frozen_roles=sorted(frozen_roles & {r for p in policies for r in p.roles}))
     held: dict[tuple[str, str], str | None] = {}
     for grant in current:
@@ -154,6 +163,8 @@ class PlanInputs:
     current: list[HeldGrant]
     grantable_roles: set[str]
     """Roles in the catalog that the target still has."""
+    exceptions: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """(policy, role) → users the policy no longer grants it to (``BirthrightException``: an access review)."""
 
     def plan(self, policies: Sequence[PolicySpec] | None = None) -> BirthrightPlan:
         """The plan for these policies (default: the stored ones) against the ledger as read."""
@@ -165,4 +176,5 @@ class PlanInputs:
             self.active_users,
             self.current,
             frozen_roles=named - self.grantable_roles,
+            exceptions=self.exceptions,
         )

@@ -1,6 +1,6 @@
 """Names shared by workflows, worker and starter: task queue, ids, activities, search attributes."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
@@ -49,6 +49,16 @@ AUDIT_CHECKPOINT = "audit-checkpoint"
 """The audit checkpoint's schedule id, and its runs' workflow id prefix."""
 CHECKPOINT_AUDIT_HEAD = "checkpoint_audit_head"
 
+BEGIN_REVIEW_CAMPAIGN = "begin_review_campaign"
+SNAPSHOT_REVIEW_BATCH = "snapshot_review_batch"
+OPEN_REVIEW_CAMPAIGN = "open_review_campaign"
+REMIND_REVIEWERS = "remind_reviewers"
+SWEEP_REVIEW_CAMPAIGN = "sweep_review_campaign"
+APPLY_REVIEW_DEFAULT = "apply_review_default"
+CARRY_OUT_REVIEW_BATCH = "carry_out_review_batch"
+SETTLE_REVIEW_BATCH = "settle_review_batch"
+CLOSE_REVIEW_CAMPAIGN = "close_review_campaign"
+
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 
 REQUEST_TASK_TIMEOUT = timedelta(seconds=4)
@@ -81,3 +91,18 @@ def discovery_id(integration: str) -> str:
 def grant_revoke_id(grant_id: int) -> str:
     """An admin's revoke of a birthright or external grant, from the permissions table."""
     return f"revoke-grant-{grant_id}"
+
+
+def review_schedule_id(definition: str) -> str:
+    """A recurring review definition's schedule (beside the sync schedules)."""
+    return f"review-{definition}"
+
+
+def review_campaign_id(definition: str, started_at: datetime) -> str:
+    """A campaign's id: its definition and its start (UTC, to the second)."""
+    return f"{definition}-{started_at.astimezone(UTC):%Y%m%dT%H%M%S}"
+
+
+def review_workflow_id(campaign_id: str) -> str:
+    """A campaign's workflow (``review-<campaign>``); a scheduled run starts it as a child."""
+    return f"review-{campaign_id}"

@@ -24,7 +24,7 @@ from store import groups as group_refs
 from store.audit_log import append_audit
 from store.db import lock
 from store.ledger import HELD, PROVISIONING, active_grants, claim_revoke, end, revoke_in_flight
-from store.tables import BirthrightItem, BirthrightPolicy, Grant, Membership, User
+from store.tables import BirthrightException, BirthrightItem, BirthrightPolicy, Grant, Membership, User
 
 ACTOR = "lapse"
 
@@ -235,10 +235,18 @@ def record(session: Session, item: BirthrightItem, claimed: Claimed) -> None:
 
 
 def _still_granted(session: Session, user: User, item: BirthrightItem) -> bool:
-    """Whether the item's policy still grants its role to a group the user is in (it may have changed mid-run)."""
+    """Whether the item's policy still grants its role to a group the user is in, and not by an exception (either
+    may have changed mid-run)."""
     policy = session.exec(select(BirthrightPolicy).where(BirthrightPolicy.name == item.policy)).first()
     if policy is None or item.role not in policy.roles:
         return False
+    excepted = select(BirthrightException.id).where(
+        BirthrightException.policy == item.policy,
+        BirthrightException.user_email == item.user_email,
+        BirthrightException.role == item.role,
+    )
+    if session.exec(excepted).first() is not None:
+        return False  # an access review revoked it since the plan was made
     # By the groups the policy's references name, never a namesake of another source.
     held = set(session.exec(select(Membership.group_id).where(Membership.user_id == user.id)))
     return not held.isdisjoint(group_refs.resolve(session, policy.groups).values())

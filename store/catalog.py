@@ -14,6 +14,7 @@ from store import groups
 from store.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
+    BirthrightException,
     BirthrightPolicy,
     Grant,
     Group,
@@ -164,6 +165,16 @@ def birthright_inputs(session: Session, also: Iterable[str] = ()) -> PlanInputs:
         )
     ]
     grantable = set(session.execute(sa_select(col(Role.path)).where(col(Role.missing).is_(False))).scalars())
+    exceptions: dict[tuple[str, str], set[str]] = {}
+    for policy, user, role in session.execute(
+        sa_select(col(BirthrightException.policy), col(BirthrightException.user_email), col(BirthrightException.role))
+    ):
+        exceptions.setdefault((policy, role), set()).add(user)
     return PlanInputs(
-        policies=policies, members=members, active_users=active, current=current, grantable_roles=grantable
+        policies=policies,
+        members=members,
+        active_users=active,
+        current=current,
+        grantable_roles=grantable,
+        exceptions=exceptions,
     )
