@@ -3,7 +3,8 @@
 This module holds the client (where the API is, the one call every command makes, errors that end the command),
 the requester's and approver's commands, and ``lapse run``. Signing in (``login``, ``logout``, the token kept
 for each API and who every call is made as) is in ``starter.cli_login``; the admins' commands (integrations,
-directory, birthright, audit, load-org) are in ``starter.cli_admin``.
+directory, birthright, audit, load-org) are in ``starter.cli_admin``; access reviews (``lapse reviews``) in
+``starter.cli_reviews``.
 """
 
 from __future__ import annotations
@@ -400,7 +401,7 @@ def run() -> None:
 
 
 # Signing in and the admins' commands register themselves on ``app``: imported last, since they use what is above.
-from starter import cli_admin, cli_login  # noqa: E402, F401
+from starter import cli_admin, cli_login, cli_reviews  # noqa: E402, F401
 
 
 def main() -> None:

@@ -143,9 +143,10 @@ def _browser_sign_in() -> str | None:
     device_code, code = str(started["device_code"]), str(started["user_code"])
     interval = max(1, int(started["interval"]))
     deadline = time.monotonic() + int(started["expires_in"])
-    typer.echo(f"To sign in, open {started['verification_uri']} in a browser signed in to Lapse and enter the code")
+    # Not verification_uri_complete: the page asks for the code all the same (a link's is a hint only, RFC 8628
+    # 5.4), and a person who types it is one who read it here, in their own terminal.
+    typer.echo(f"To sign in, open {started['verification_uri']} in a browser signed in to Lapse and type the code")
     typer.echo(f"\n    {code}\n")
-    typer.echo(f"or open {started['verification_uri_complete']}")
     typer.echo(f"Waiting for you to approve it there (for {int(started['expires_in']) // 60} minutes; Ctrl-C stops)…")
     try:
         while time.monotonic() < deadline:
@@ -204,11 +205,11 @@ def login(
     every command then sends it.
 
     By default through a browser: `lapse login` shows a URL and a code; open the URL in a browser signed in to
-    Lapse, check that the code is the same, and approve. The CLI then gets a new API token of yours, named `lapse
-    CLI on <this host>`, with your rights (read, request, approve, and admin for an admin), valid for the server's
-    default token lifetime (90 days unless set otherwise); revoke it on the API tokens page. With --paste or
-    `--token -`, use a token made there instead (`lapse login --token - < token-file` in a script). Never over
-    plain http to another machine."""
+    Lapse, type the code, check what is asked, and approve. The CLI then gets a new API token of yours, named `lapse
+    CLI on <this host>`, with your rights (read, request, approve; admin only if an admin ticks it there), valid for
+    the server's LAPSE_DEVICE_TOKEN_LIFETIME (30 days unless set otherwise); revoke it on the API tokens page.
+    With --paste or `--token -`, use a token made there instead (`lapse login --token - < token-file` in a
+    script). Never over plain http to another machine."""
     refuse_plain_http()
     if token == "-":
         token = sys.stdin.readline()

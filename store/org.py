@@ -1,4 +1,5 @@
-"""The organisation file: users, groups, integrations, approval workflows and their assignment, birthright policies.
+"""The organisation file: users, groups, integrations, approval workflows and their assignment, birthright policies,
+access review definitions.
 
 The run command loads the bundled demo organisation on first start; admins load their own
 through the API (``POST /api/org``, ``lapse load-org FILE``). Loading is idempotent: entries are
@@ -33,6 +34,7 @@ from pydantic import (
 
 from access.durations import Duration
 from access.limits import MAX_EMAIL, MAX_ITEMS, MAX_NAME, MAX_ROLE_PATH, MAX_TEXT, control_characters
+from access.reviews import ReviewDefinition
 from access.types import ApprovalPolicy, Model, Rule, Sensitivity
 from store import groups as group_refs
 from store.org_check import ConnectorCheck, Known, OpenReference, OrgProblem, check_references
@@ -49,6 +51,7 @@ LIMITS = {
     "approval_workflows": MAX_ITEMS,
     "assignments": 5_000,
     "birthright_policies": MAX_ITEMS,
+    "reviews": MAX_ITEMS,
 }
 """The most entries a section of one file may list: a file is stored in one transaction, holding the app DB's
 write lock meanwhile (about a millisecond per user), which must end well within the 30 s other writers wait."""
@@ -230,6 +233,9 @@ class OrgFile(Model):
     assignments: list[AssignmentEntry] = []
     birthright_policies: list[BirthrightPolicyEntry] = []
     """In order: a role two policies grant is attributed to the first."""
+    reviews: list[ReviewDefinition] = []
+    """Access review definitions, as ``POST /api/reviews/definitions`` takes them (checked once the rest of the
+    file is in: they may name its users, groups and roles)."""
 
     @field_validator(*LIMITS, mode="before")
     @classmethod

@@ -1,5 +1,5 @@
 """Loading a checked organisation file into the app DB: users, groups, integrations, workflows, birthright
-policies, in one transaction, and what the load changed (for its audit event)."""
+policies, review definitions, in one transaction, and what the load changed (for its audit event)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from sqlmodel import Session, col, delete, select
 from store import groups as group_refs
 from store.credentials_end import end_credentials
 from store.db import lock
-from store.org import BirthrightPolicyEntry, OrgFile, T, UserEntry
-from store.org_check import BIRTHRIGHT_LOCK, ConnectorCheck, Known, OpenReference
+from store.org import BirthrightPolicyEntry, OrgError, OrgFile, T, UserEntry
+from store.org_check import BIRTHRIGHT_LOCK, ConnectorCheck, Known, OpenReference, OrgProblem
+from store.review_definitions import definition_problems, save_definition
 from store.tables import (
     ApprovalAssignment,
     ApprovalWorkflow,
@@ -94,6 +95,7 @@ class Loaded:
     birthright_policies: Changed = field(default_factory=Changed)
     birthright_moved: list[str] = field(default_factory=list)
     """Policies the file does not name whose place in the order changed (they follow the file's)."""
+    reviews: Changed = field(default_factory=Changed)
 
     def changes(self) -> dict[str, Any]:
         """Per section, what was created and updated (the audit event's ``changes``); sections it left as they
@@ -107,6 +109,7 @@ class Loaded:
             "assignments": self.assignments.listed(),
             "birthright_policies": self.birthright_policies.listed()
             | ({"moved": self.birthright_moved} if self.birthright_moved else {}),
+            "reviews": self.reviews.listed(),
         }
         return {name: changed for name, changed in sections.items() if changed}
 
@@ -260,7 +263,22 @@ def load(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> Loade
         qualified = {(o.policy, o.given): o.reference for o in loaded.opened if o.given is not None}
         _load_birthright(session, org.birthright_policies, qualified, loaded)
     session.flush()
+    _load_reviews(session, org, loaded)
     return loaded
+
+
+def _load_reviews(session: Session, org: OrgFile, loaded: Loaded) -> None:
+    """The file's review definitions, checked against what the app DB now holds (the file's own users, groups
+    and roles included); a problem refuses the whole file, as any other does (the caller's transaction)."""
+    problems = [
+        OrgProblem(f"reviews.{i}.{where}".rstrip("."), f"reviews.{i} ({definition.name}): {message}")
+        for i, definition in enumerate(org.reviews)
+        for where, message in definition_problems(session, definition)
+    ]
+    if problems:
+        raise OrgError(problems)
+    for definition in org.reviews:
+        loaded.reviews.record(definition.name, save_definition(session, definition, source="file", by="org-file"))
 
 
 def _load_users(session: Session, entries: list[UserEntry], changes: UserChanges) -> None:

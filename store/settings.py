@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     """The longest an API token may be valid for."""
     token_default_lifetime: Duration = Field(default=timedelta(days=90))
     """How long an API token is valid for when its creator does not say."""
+    device_token_lifetime: Duration = Field(default=timedelta(days=30))
+    """How long the token ``lapse login`` gets through a browser (the device sign-in) is valid for: shorter than
+    others', since one click on a link sent by someone else must not hand them months of access."""
 
     approval_timeout: Duration = Field(default=timedelta(hours=24))
     """A request with no decision for this long ends as ``timed_out``."""
@@ -156,6 +159,8 @@ class Settings(BaseSettings):
     def _lifetimes(self) -> Settings:
         if self.token_default_lifetime > self.token_max_lifetime:
             raise ValueError("token_default_lifetime is longer than token_max_lifetime")
+        if self.device_token_lifetime > self.token_max_lifetime:
+            raise ValueError("device_token_lifetime is longer than token_max_lifetime")
         if self.session_idle > self.session_max:
             raise ValueError("session_idle is longer than session_max: a session would end at session_max anyway")
         return self

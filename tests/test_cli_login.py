@@ -299,7 +299,8 @@ async def test_login_through_a_browser_keeps_the_token_its_person_approved(
     code = _code(answered)
     where = answered["/auth/device"]["verification_uri"]  # where the API is served (no LAPSE_PUBLIC_URL here)
     assert where.endswith("/device") and f"open {where} in a browser" in signed_in.output
-    assert f"    {code}\n" in signed_in.output and f"or open {where}?user_code={code}" in signed_in.output
+    assert f"and type the code\n\n    {code}\n" in signed_in.output
+    assert "?user_code=" not in signed_in.output  # a link approves nothing by itself: the person types the code
     assert f"signed in to {API} as alan@example.com (token scopes: read, request, approve)" in signed_in.output
     assert waited == [device.INTERVAL]
     kept = _kept(config_home)[API]

@@ -4,6 +4,8 @@ decision already waiting."""
 
 from __future__ import annotations
 
+import ast
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,3 +128,42 @@ def test_the_inbox_migration_fills_the_inbox_with_what_already_waits(app_db: str
     linus = User(email="linus@example.com")
     waiting = requests.awaiting_decision(settings, linus)
     assert sorted(status.id for status in waiting.requests) == ["extending", "pending-one"]
+
+
+def test_the_inbox_migration_depends_on_no_code_of_lapses() -> None:
+    """A migration runs as it was written: one importing Lapse's code would change whenever that code does."""
+    source = (MIGRATIONS / "versions" / "0010_approval_inbox.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - sys.stdlib_module_names <= {"sqlalchemy", "alembic"}, imported
+
+
+@pytest.mark.every_app_db
+def test_the_inbox_migration_leaves_out_who_decided_and_who_approved_another_step(app_db: str) -> None:
+    """Two steps, distinct approvers: margaret approved the first, so the open second is linus's alone; a step
+    whose quorum is met waits for nobody; a status no model reads waits for nobody either."""
+    migrate(app_db)
+    command.downgrade(_config(app_db), "0009")
+    engine_for(app_db).dispose()
+    both = ["linus@example.com", "margaret@example.com"]
+    two_steps = _waiting("two-steps", RequestState.PENDING, both)
+    first = {**two_steps.status["steps"][0], "name": "first", "state": "approved", "eligible": both}
+    first["decisions"] = [
+        {"approver": "margaret@example.com", "approved": True, "comment": "", "at": "2026-12-01T09:00:00Z"}
+    ]
+    two_steps.status = {**two_steps.status, "steps": [first, {**two_steps.status["steps"][0], "eligible": both}]}
+    met = _waiting("quorum-met", RequestState.PENDING, both)
+    met.status = {**met.status, "steps": [{**met.status["steps"][0], "decisions": first["decisions"]}]}
+    unreadable = _waiting("unreadable", RequestState.PENDING, both)
+    unreadable.status = {"steps": "not a list of steps"}
+    with session_scope(app_db) as session:
+        session.add_all([two_steps, met, unreadable])
+    command.upgrade(_config(app_db), "head")
+    engine_for(app_db).dispose()
+    with session_scope(app_db, write=False) as session:
+        rows = session.exec(select(ApprovalInbox.request_id, ApprovalInbox.approver)).all()
+    assert sorted(tuple(row) for row in rows) == [("two-steps", "linus@example.com")]

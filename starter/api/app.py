@@ -23,10 +23,12 @@ from starter.api.routes import (
     integrations,
     org,
     requests,
+    reviews,
     tokens,
 )
 from starter.api.security import CrossSiteRequests, SecurityHeaders
 from starter.services.discovery import ensure_schedules
+from starter.services.reviews import ensure_review_schedules
 from starter.services.syncs import ensure_sync_schedules
 from starter.web import install as install_web_ui
 from starter.web.routes import auth as sign_in
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         # Idempotent: every replica may do it; a new integration gets its schedule when created.
         await ensure_schedules(app.state.client, app.state.settings)
         await ensure_sync_schedules(app.state.client, app.state.settings)
+        await ensure_review_schedules(app.state.client, app.state.settings)
         yield
 
     app = FastAPI(
@@ -176,6 +179,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         codec.router,
         org.router,
         tokens.router,
+        reviews.router,
     ):
         # Every operation may answer these (unreadable or oversized body, no caller, not allowed, invalid
         # input, Temporal unreachable); each router and route documents its own others.

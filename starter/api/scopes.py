@@ -34,6 +34,10 @@ ROUTE_SCOPES: dict[tuple[str, str], Needed] = {
     # Deciding.
     ("POST", "/api/requests/{request_id}/approve"): Scope.APPROVE,
     ("POST", "/api/requests/{request_id}/deny"): Scope.APPROVE,
+    # Reviewing (access review campaigns): deciding, as approving is.
+    ("POST", "/api/reviews/items/draft"): Scope.APPROVE,
+    ("POST", "/api/reviews/items/submit"): Scope.APPROVE,
+    ("POST", "/api/reviews/items/{item_id}/reassign"): Scope.APPROVE,
     # Tokens: a token cannot make tokens (a stolen one must not outlive itself), and may revoke itself.
     ("GET", "/api/me"): ANY,
     ("POST", "/api/tokens"): NO_TOKEN,
@@ -47,6 +51,9 @@ ROUTE_SCOPES: dict[tuple[str, str], Needed] = {
     ("POST", "/access/{request_id}/cancel"): Scope.REQUEST,
     ("POST", "/access/{request_id}/credentials"): Scope.REQUEST,
     ("POST", "/approvals/{request_id}"): Scope.APPROVE,
+    ("POST", "/reviews/decide"): Scope.APPROVE,
+    ("POST", "/reviews/submit"): Scope.APPROVE,
+    ("POST", "/reviews/items/{item_id}/reassign"): Scope.APPROVE,
     ("POST", "/tokens"): NO_TOKEN,  # the API tokens page: as POST /api/tokens
     ("POST", "/admin/service-accounts/{email}/tokens"): NO_TOKEN,
     ("POST", "/device"): NO_TOKEN,  # approving the CLI's sign-in makes a token: a person in a browser only

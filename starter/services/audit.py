@@ -22,6 +22,7 @@ from access.errors import Refusal
 from access.types import AuditEntry
 from activities.audit import latest_checkpoint
 from starter.services.authorization import require_admin
+from starter.services.fields import moment_of
 from store.audit_log import AuditReport, audit_refusal, audit_report, chain_id
 from store.db import session_scope
 from store.settings import Settings
@@ -93,11 +94,6 @@ class AuditCheck(BaseModel):
         )
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """Times without a zone are UTC, as everywhere in Lapse."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 def _selected(
     *,
     target: str | None,
@@ -112,9 +108,9 @@ def _selected(
     for column, value in ((AuditEvent.target, target), (AuditEvent.actor, actor), (AuditEvent.action, action)):
         if value is not None:
             query = query.where(column == value)
-    if (since := _utc(since)) is not None:
+    if (since := moment_of(since, "since")) is not None:
         query = query.where(col(AuditEvent.at) >= since)
-    if (until := _utc(until)) is not None:
+    if (until := moment_of(until, "until")) is not None:
         query = query.where(col(AuditEvent.at) < until)
     if before is not None:  # keyset paging: the page after the one that ended at ``before``
         query = query.where(col(AuditEvent.id) < before)
@@ -186,6 +182,7 @@ def audit_csv(
     text in pieces to stream: a header row, then one row per event, newest first, every cell quoted and no
     cell starting a formula (admins)."""
     require_admin(admin)  # now, not when the first piece is read: a refusal must come before any answer starts
+    since, until = moment_of(since, "since"), moment_of(until, "until")  # and so must a time out of range
 
     def pieces() -> Iterator[str]:
         buffer = io.StringIO()

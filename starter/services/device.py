@@ -10,6 +10,12 @@ and the CLI never sees the provider or Lapse's client secret.
 Neither code is stored: the device code (256 random bits, what the CLI holds) as its SHA-256, the user code
 (what the person types: 8 of 20 consonants, about 35 bits) as an HMAC under a key derived from Lapse's secret
 key, so that a copy of the app DB gives neither back.
+
+Against remote phishing (RFC 8628, 5.4: someone starts a sign-in and sends a person the link to approve it),
+a link's code is a hint, never enough: the person types the code their own terminal shows; its token lasts
+``device_token_lifetime`` (shorter than other tokens'), carries ``admin`` only when an admin ticks it (with a
+recent sign-in, where Lapse can tell), and the page warns when the sign-in was asked from another network than
+the approving browser's. Its bounds, and those on guessing codes, are in ``starter.services.device_limits``.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import delete, update
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from access.errors import Refusal, RefusalKind
 from access.types import AuditEntry
-from starter.services import tokens
+from starter.services import device_limits, tokens
+from starter.services.audit import refused
 from starter.services.oidc import derived_key
+from starter.services.recent_sign_in import SignIn, reauthenticate_url
 from starter.services.tokens import Scope, TokenCreate
 from store import catalog
 from store.audit_log import append_audit
@@ -49,11 +57,8 @@ SLOW_DOWN = 5
 MAX_INTERVAL = 60
 POLL_SLACK = timedelta(seconds=1)
 """A poll this much early still counts as on time: the network delays some polls more than others."""
-MAX_STARTED_PER_ADDRESS = 30
-"""Sign-ins one address may start in ``EXPIRES_IN``; behind a reverse proxy that hides the clients' addresses,
-the whole organisation shares it."""
-MAX_PENDING = 1000
-"""Sign-ins waiting at once, from everywhere: a bound on what anonymous callers can make the app DB hold."""
+ADMIN_SIGN_IN_WITHIN = timedelta(minutes=10)
+"""Approving with admin rights from a browser session (OIDC) needs a sign-in at the provider this recent."""
 KEEP_AFTER_EXPIRY = timedelta(days=1)
 """A finished or expired sign-in's row is deleted this long after its expiry (its audit events stay)."""
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -76,6 +81,8 @@ class DeviceAuthorization(BaseModel):
     """What the person compares (or types): ``XXXX-XXXX``."""
     verification_uri: str
     verification_uri_complete: str
+    """``verification_uri`` with the code in it (RFC 8628 compatibility): a hint only. The page opened with it
+    still asks for the code the terminal shows, so a link someone else sent approves nothing by a click."""
     expires_in: int
     interval: int
 
@@ -99,13 +106,6 @@ class DeviceTokenError(Exception):
         self.description = description
 
 
-class TooManySignIns(Refusal):
-    """More sign-ins started than ``MAX_STARTED_PER_ADDRESS`` or ``MAX_PENDING`` allow: try again later."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(RefusalKind.UNAVAILABLE, message, retry_after=retry_after)
-
-
 @dataclass(frozen=True)
 class DeviceRequest:
     """What the person approving is shown."""
@@ -118,7 +118,8 @@ class DeviceRequest:
     expires_at: datetime
     state: str
     scopes: list[Scope]
-    """What its token carries: the scopes fixed at its approval, else those an approval by the viewer gives."""
+    """What its token carries: the scopes fixed at its approval, else those an approval by the viewer gives
+    without ticking admin rights."""
 
 
 def _now() -> datetime:
@@ -142,9 +143,9 @@ def user_code_of(text: str) -> str | None:
     return f"{letters[:4]}-{letters[4:]}"
 
 
-def scopes_for(user: User) -> list[Scope]:
-    """What a CLI signed in by ``user`` may do: everything they may, admin rights for an admin included."""
-    return [Scope.READ, Scope.REQUEST, Scope.APPROVE, *([Scope.ADMIN] if user.is_admin else [])]
+def scopes_for(user: User, *, admin: bool = False) -> list[Scope]:
+    """What a CLI signed in by ``user`` may do: everything they may, admin rights only when asked for."""
+    return [Scope.READ, Scope.REQUEST, Scope.APPROVE, *([Scope.ADMIN] if admin else [])]
 
 
 # --- the CLI: starting, then polling --------------------------------------------------------------
@@ -152,13 +153,13 @@ def scopes_for(user: User) -> list[Scope]:
 
 def start(settings: Settings, body: DeviceStart, *, address: str, verification_uri: str) -> DeviceAuthorization:
     """A new sign-in for the CLI on ``body.client_name``, asked from ``address``; its person approves it at
-    ``verification_uri``. Refused (``TooManySignIns``) past the bounds above."""
+    ``verification_uri``. Refused (``TooManySignIns``) past ``device_limits``' bounds."""
     now = _now()
     device_code = secrets.token_urlsafe(32)
     with session_scope(settings.db_url) as session:
         gone = now - EXPIRES_IN - KEEP_AFTER_EXPIRY  # by created_at, which is indexed: every start runs this
         session.execute(delete(DeviceSignIn).where(col(DeviceSignIn.created_at) < gone))
-        _check_bounds(session, address, now)
+        device_limits.check_started(session, address, now, EXPIRES_IN)
         user_code = _new_user_code(settings, session)
         session.add(
             DeviceSignIn(
@@ -180,28 +181,6 @@ def start(settings: Settings, body: DeviceStart, *, address: str, verification_u
         expires_in=int(EXPIRES_IN.total_seconds()),
         interval=INTERVAL,
     )
-
-
-def _check_bounds(session: Session, address: str, now: datetime) -> None:
-    recent = now - EXPIRES_IN
-    started = session.exec(
-        select(func.count())
-        .select_from(DeviceSignIn)
-        .where(DeviceSignIn.address == address, col(DeviceSignIn.created_at) > recent)
-    ).one()
-    if started >= MAX_STARTED_PER_ADDRESS:
-        raise TooManySignIns(
-            f"{started} sign-ins were started from {address} in the last {EXPIRES_IN.seconds // 60} minutes, "
-            "the most allowed: try again in a minute",
-            retry_after=60,
-        )
-    waiting = session.exec(
-        select(func.count())
-        .select_from(DeviceSignIn)
-        .where(DeviceSignIn.state == "pending", col(DeviceSignIn.expires_at) > now)
-    ).one()
-    if waiting >= MAX_PENDING:
-        raise TooManySignIns(f"{waiting} sign-ins are waiting for approval, the most allowed: try again later", 60)
 
 
 def _new_user_code(settings: Settings, session: Session) -> str:
@@ -251,7 +230,11 @@ def exchange(settings: Settings, device_code: str) -> DeviceToken:
         sign_in = row
     if person is None:
         raise DeviceTokenError("access_denied", f"{sign_in.decided_by} is no longer a Lapse user")
-    body = TokenCreate(name=f"lapse CLI on {sign_in.client_name}", scopes=[Scope(s) for s in sign_in.scopes])
+    body = TokenCreate(
+        name=f"lapse CLI on {sign_in.client_name}",
+        scopes=[Scope(s) for s in sign_in.scopes],
+        expires_in=settings.device_token_lifetime,
+    )
     try:
         created = tokens.create_token(settings, person, body)
     except Refusal as refusal:  # no longer active, no longer an admin, too many tokens: the code is used up
@@ -265,7 +248,7 @@ def exchange(settings: Settings, device_code: str) -> DeviceToken:
     )
 
 
-# --- the person: looking, then deciding ----------------------------------------------------------
+# --- the person: typing the code, looking, then deciding ----------------------------------------
 
 
 def _person(user: User) -> None:
@@ -275,7 +258,7 @@ def _person(user: User) -> None:
         )
 
 
-def _find(settings: Settings, session: Session, user_code: str) -> tuple[str, DeviceSignIn]:
+def _code(user_code: str) -> str:
     code = user_code_of(user_code)
     if code is None:
         raise Refusal(
@@ -284,21 +267,52 @@ def _find(settings: Settings, session: Session, user_code: str) -> tuple[str, De
             "shows it",
             field="user_code",
         )
-    row = session.exec(select(DeviceSignIn).where(DeviceSignIn.user_hash == _user_hash(settings, code))).first()
+    return code
+
+
+def _check_link(code: str, link_code: str | None) -> None:
+    """Refuse a typed code that is not the one in the link the page was opened with (compared in constant time:
+    the link may be someone else's, and how long the comparison takes must not tell anything of it)."""
+    if not link_code:
+        return
+    linked = user_code_of(link_code) or ""
+    if not hmac.compare_digest(code.encode(), linked.encode()):
+        raise Refusal(
+            RefusalKind.INVALID,
+            f"the code you typed, {code}, is not the one in the link you opened: if your terminal shows {code}, "
+            "approve it now; if you did not run `lapse login` yourself, someone may have sent you that link to get "
+            "you to sign their CLI in as you: ignore it",
+            field="user_code",
+        )
+
+
+def _find(settings: Settings, user: User, user_code: str) -> tuple[str, DeviceSignIn]:
+    """The sign-in with ``user_code``, as ``user`` may look it up: refused for a while after too many unknown
+    codes (``device_limits``), whatever the code."""
+    code = _code(user_code)
+    now = _now()
+    with session_scope(settings.db_url, write=False) as session:
+        device_limits.check_unknown_codes(session, user, now)
+        row = session.exec(select(DeviceSignIn).where(DeviceSignIn.user_hash == _user_hash(settings, code))).first()
     if row is None:
+        device_limits.record_unknown_code(settings, user, now)
         raise Refusal(
             RefusalKind.NOT_FOUND,
             f"there is no sign-in with the code {code}: check it against what `lapse login` shows",
             field="user_code",
         )
-    if row.state == "pending" and row.expires_at <= _now():
-        raise Refusal(
-            RefusalKind.GONE,
-            f"the sign-in with the code {code} expired (after {EXPIRES_IN.seconds // 60} minutes): run `lapse login` "
-            "again for a new code",
-            field="user_code",
-        )
+    if row.state == "pending" and row.expires_at <= now:
+        raise _expired(code)
     return code, row
+
+
+def _expired(code: str) -> Refusal:
+    return Refusal(
+        RefusalKind.GONE,
+        f"the sign-in with the code {code} expired (after {EXPIRES_IN.seconds // 60} minutes): run `lapse login` "
+        "again for a new code",
+        field="user_code",
+    )
 
 
 def _shown(code: str, row: DeviceSignIn, scopes: list[Scope]) -> DeviceRequest:
@@ -319,32 +333,80 @@ def _decided(code: str, row: DeviceSignIn) -> Refusal:
     return Refusal(RefusalKind.CONFLICT, f"the sign-in with the code {code} {done} already", field="user_code")
 
 
-def look_up(settings: Settings, user: User, user_code: str) -> DeviceRequest:
-    """The waiting sign-in with ``user_code``, as ``user`` (a person) would approve it."""
+def look_up(settings: Settings, user: User, user_code: str, *, link_code: str | None = None) -> DeviceRequest:
+    """The waiting sign-in with ``user_code`` (typed by ``user``, a person), as they would approve it; refused
+    when the page was opened with a link for another code (``link_code``)."""
     _person(user)
-    with session_scope(settings.db_url, write=False) as session:
-        code, row = _find(settings, session, user_code)
+    _check_link(_code(user_code), link_code)
+    code, row = _find(settings, user, user_code)
     if row.state != "pending":
         raise _decided(code, row)
     return _shown(code, row, scopes_for(user))
 
 
-def decide(settings: Settings, user: User, user_code: str, *, approve: bool) -> DeviceRequest:
-    """Approve (the CLI's next poll gets a token of ``user``'s) or deny the waiting sign-in with ``user_code``;
-    audited either way."""
+def _require_recent_sign_in(settings: Settings, user: User, sign_in: SignIn | None, row: DeviceSignIn) -> None:
+    """Admin rights for a CLI need a recent sign-in from a browser session (OIDC), which knows when its person
+    last authenticated; the SSO proxy's header cannot tell, so it is taken as it is."""
+    if sign_in is None or sign_in.via != "session" or sign_in.within(ADMIN_SIGN_IN_WITHIN, now=_now()):
+        return
+    url = reauthenticate_url(ADMIN_SIGN_IN_WITHIN, "/device")
+    minutes = ADMIN_SIGN_IN_WITHIN.seconds // 60
+    refusal = Refusal(
+        RefusalKind.REAUTHENTICATE,
+        f"signing a CLI in with admin rights needs a sign-in at most {minutes} minutes old and yours is older: sign "
+        f"in again at {url}, then type the code again (the CLI waits until its code expires)",
+        extra={"reauthenticate_url": url, "max_age": int(ADMIN_SIGN_IN_WITHIN.total_seconds())},
+    )
+    raise refused(settings, user.email, "device_sign_in.approve", f"device:{row.id}", refusal)
+
+
+def decide(
+    settings: Settings,
+    user: User,
+    user_code: str,
+    *,
+    approve: bool,
+    admin: bool = False,
+    sign_in: SignIn | None = None,
+) -> DeviceRequest:
+    """Approve (the CLI's next poll gets a token of ``user``'s; with ``admin`` rights only when asked for, by an
+    admin signed in recently enough: ``sign_in``) or deny the waiting sign-in with ``user_code``; audited either
+    way. Of two decisions at the same moment, one wins and the other is refused."""
     _person(user)
+    if approve and admin and not user.is_admin:
+        raise Refusal(
+            RefusalKind.FORBIDDEN, f"{user.email} is not an admin: a CLI signed in as them cannot have admin rights"
+        )
+    code, row = _find(settings, user, user_code)
+    if row.state != "pending":
+        raise _decided(code, row)
+    if approve and admin:
+        _require_recent_sign_in(settings, user, sign_in, row)
     now = _now()
+    scopes = scopes_for(user, admin=admin) if approve else []
+    state = "approved" if approve else "denied"
     with session_scope(settings.db_url) as session:
-        code, row = _find(settings, session, user_code)
-        if row.state != "pending":
-            raise _decided(code, row)
-        scopes = scopes_for(user) if approve else []
-        row.state = "approved" if approve else "denied"
-        row.decided_by = user.email
-        row.decided_at = now
-        row.scopes = [s.value for s in scopes]
-        session.add(row)
-        details = {"client_name": row.client_name, "address": row.address, "scopes": row.scopes}
-        action = "device_sign_in.approved" if approve else "device_sign_in.denied"
+        # Only a sign-in still waiting: of two decisions at the same moment, the second changes nothing.
+        claimed = session.execute(
+            update(DeviceSignIn)
+            .where(
+                col(DeviceSignIn.id) == row.id,
+                col(DeviceSignIn.state) == "pending",
+                col(DeviceSignIn.expires_at) > now,
+            )
+            .values(state=state, decided_by=user.email, decided_at=now, scopes=[s.value for s in scopes])
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise _lost(code, session.get(DeviceSignIn, row.id))
+        details = {"client_name": row.client_name, "address": row.address, "scopes": [s.value for s in scopes]}
+        action = f"device_sign_in.{state}"
         append_audit(session, [AuditEntry(actor=user.email, action=action, target=f"device:{row.id}", details=details)])
-        return _shown(code, row, scopes)
+    row.state, row.decided_by, row.decided_at = state, user.email, now
+    return _shown(code, row, scopes)
+
+
+def _lost(code: str, row: DeviceSignIn | None) -> Refusal:
+    """Why a decision changed nothing: another one landed first, or the sign-in expired meanwhile."""
+    if row is None or row.state == "pending":
+        return _expired(code)
+    return _decided(code, row)

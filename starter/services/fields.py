@@ -7,10 +7,12 @@ reaches the app DB, a workflow's history, a log line or a terminal. A refusal is
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, StringConstraints, WithJsonSchema
 
+from access.errors import Refusal, RefusalKind
 from access.limits import MAX_EMAIL, MAX_NAME, MAX_ROLE_PATH, MAX_TEXT, control_characters
 
 _PLAIN_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
@@ -65,6 +67,48 @@ Email = Annotated[
     str, StringConstraints(max_length=MAX_EMAIL), AfterValidator(plain_text), _schema(MAX_EMAIL, _PLAIN_PATTERN)
 ]
 """An email address: at most ``MAX_EMAIL`` characters, no control characters."""
+
+MAX_CURSOR = 4096
+"""The longest page cursor: one holds a sort key (a role path, an email) of up to ``MAX_ROLE_PATH`` characters,
+encoded."""
+
+Cursor = Annotated[
+    str, StringConstraints(max_length=MAX_CURSOR), AfterValidator(plain_text), _schema(MAX_CURSOR, _PLAIN_PATTERN)
+]
+"""A page cursor Lapse made (opaque; validated again by whoever reads it): at most ``MAX_CURSOR`` characters."""
+
+FIRST_YEAR, LAST_YEAR = 1, 9998
+"""The years a time a caller sends may fall in, once in UTC: no app DB stores a time past year 9999, and the
+year's margin keeps a day's arithmetic on it (or another zone's view of it) from overflowing."""
+
+
+def utc_moment(value: datetime) -> datetime:
+    """A time a caller sent, in UTC (one without a zone is UTC, as everywhere in Lapse); a ``ValueError`` for
+    one outside the years ``FIRST_YEAR`` to ``LAST_YEAR``, which no database could compare with anything."""
+    try:
+        moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        moment = None
+    if moment is None or not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise ValueError(
+            f"{value.isoformat()} is out of range: give a time in the years {FIRST_YEAR} to {LAST_YEAR} (UTC)"
+        )
+    return moment
+
+
+Moment = Annotated[datetime, AfterValidator(utc_moment)]
+"""A time (ISO 8601; without a zone, UTC), converted to UTC and within the years ``FIRST_YEAR`` to ``LAST_YEAR``."""
+
+
+def moment_of(value: datetime | None, field: str) -> datetime | None:
+    """``utc_moment`` for a service's argument ``field``: a 422 naming it."""
+    if value is None:
+        return None
+    try:
+        return utc_moment(value)
+    except ValueError as error:
+        raise Refusal(RefusalKind.INVALID, f"{field}: {error}", field=field) from None
+
 
 MAX_ID = 2**31 - 1
 """The largest numeric id (a grant's): the app DB's integer columns hold no more."""

@@ -22,6 +22,7 @@ from access.types import AuditEntry
 from activities.connectors import built, check_config
 from starter.services.authorization import require_admin
 from starter.services.discovery import discover_now, ensure_schedules
+from starter.services.review_runs import upsert_review_schedule
 from starter.services.syncs import ensure_sync_schedules, trigger_now
 from store.audit_log import append_audit
 from store.db import session_scope
@@ -90,7 +91,7 @@ class OrgLoaded(BaseModel):
     they grant nothing. ``GET /api/org/open-references`` lists those still open, and those that run did not
     bring as ``unresolved``."""
     schedules: list[str]
-    """The discovery schedules, now up to date."""
+    """The discovery schedules and the file's recurring review definitions' (``review-<name>``), now up to date."""
     started: list[str]
     """What ran or was started, in order: ``discovery-<name>`` (run and waited for, and succeeded),
     ``directory-sync``, ``birthright-sync``."""
@@ -155,6 +156,10 @@ async def load_org_file(settings: Settings, client: Client, actor: User, org: Or
     try:
         result.schedules = await ensure_schedules(client, settings)
         await ensure_sync_schedules(client, settings)
+        for review in org.reviews:  # a recurring definition's schedule; a one-off's, if it had one, goes
+            await upsert_review_schedule(client, settings, review)
+            if review.schedule is not None:
+                result.schedules.append(review.schedule_id)
         # Discovery first, waited for: the birthright sync the directory sync ends with then finds the roles.
         undiscovered = sorted({o.reference.split("/", 1)[0] for o in opened if o.kind == "role"})
         outcomes = await asyncio.gather(*(_discover(client, settings, name) for name in undiscovered))
@@ -203,4 +208,5 @@ def _counts(org: OrgFile) -> dict[str, int]:
         "approval_workflows": len(org.approval_workflows),
         "assignments": len(org.assignments),
         "birthright_policies": len(org.birthright_policies),
+        "reviews": len(org.reviews),
     }

@@ -15,9 +15,9 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -26,6 +26,7 @@ from access.errors import Refusal, RefusalKind
 from access.grants import GrantPath
 from starter.services import grants
 from starter.services.authorization import require_admin
+from starter.services.fields import Moment, utc_moment
 from starter.services.grants import GrantOut, RevokedOut
 from starter.services.recent_sign_in import SignIn
 from store.db import session_scope
@@ -40,11 +41,6 @@ REVOKES_AT_ONCE = 4
 """Revokes of one selection running at the same time: the targets are called one grant at a time each."""
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A time given without a zone is UTC, as every time the pages show is."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 class GrantFilter(BaseModel):
     """What the table shows: active grants matching every filter given."""
 
@@ -57,8 +53,8 @@ class GrantFilter(BaseModel):
     role: str | None = None
     """A role path or the start of one: ``ledger`` or ``ledger/prod-db`` match every role under it."""
     path: GrantPath | None = None
-    expiring_before: Annotated[datetime | None, AfterValidator(_utc)] = None
-    """Grants ending before this moment; standing grants never do."""
+    expiring_before: Moment | None = None
+    """Grants ending before this moment (UTC without a zone); standing grants never do."""
 
     @classmethod
     def asked(cls, **given: str) -> GrantFilter:
@@ -133,7 +129,9 @@ def _cursor(sort: SortKey, descending: bool, last: Grant) -> str:
     key = getattr(last, _COLUMNS[sort].key)
     if isinstance(key, datetime):
         key = key.astimezone(UTC).isoformat()
-    text = json.dumps([sort.value, "desc" if descending else "asc", key is None, key, last.id], separators=(",", ":"))
+    position = [sort.value, "desc" if descending else "asc", key is None, key, last.id]
+    # UTF-8, not \u escapes: a role path of MAX_ROLE_PATH characters of any script stays within MAX_CURSOR.
+    text = json.dumps(position, separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -153,9 +151,10 @@ def _read_cursor(cursor: str, sort: SortKey, descending: bool) -> Position:
             if not isinstance(key, str) or len(key) > 1000:
                 raise ValueError("not a position")
             if sort in _TIMES:
-                position.key = datetime.fromisoformat(key)
-                if position.key.tzinfo is None:
+                moment = datetime.fromisoformat(key)
+                if moment.tzinfo is None:
                     raise ValueError("a time without its zone")
+                position.key = utc_moment(moment)  # one no database can compare with is no position either
     except (ValueError, TypeError, UnicodeDecodeError, binascii.Error, ValidationError):
         raise Refusal(
             RefusalKind.INVALID,

@@ -39,7 +39,7 @@ from access.requests import (
 from access.types import RequestPlan
 from starter.services.audit import refused
 from starter.services.authorization import require_request_reader
-from starter.services.recent_sign_in import SignIn, require_recent_sign_in
+from starter.services.recent_sign_in import SignIn, require_recent_sign_in, require_recent_to_request
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
@@ -152,27 +152,44 @@ def _plan(settings: Settings, requester: User, role_path: str, duration: timedel
 
 
 async def create_request(
-    client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
+    client: Client,
+    settings: Settings,
+    requester: User,
+    *,
+    role: str,
+    duration: timedelta,
+    justification: str,
+    sign_in: SignIn,
 ) -> RequestStatus:
-    """Validate a request against its policy and start its workflow; nothing starts if it is refused.
+    """Validate a request against its policy and start its workflow; nothing starts if it is refused. One the
+    policy approves at once, under a workflow that says ``reauthenticate_within``, needs a sign-in that recent.
 
     When more requests are being started than the workers record, a new one is turned away at once
     (unavailable, with a time to retry after) rather than held: nothing is started for it.
     """
     async with _admitted(settings):
         return await _create_request(
-            client, settings, requester, role=role, duration=duration, justification=justification
+            client, settings, requester, role=role, duration=duration, justification=justification, sign_in=sign_in
         )
 
 
 async def _create_request(
-    client: Client, settings: Settings, requester: User, *, role: str, duration: timedelta, justification: str
+    client: Client,
+    settings: Settings,
+    requester: User,
+    *,
+    role: str,
+    duration: timedelta,
+    justification: str,
+    sign_in: SignIn,
 ) -> RequestStatus:
     try:
         # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
         plan = await asyncio.to_thread(_plan, settings, requester, role, duration, justification)
     except Refusal as refusal:
         raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
+    if not plan.steps and plan.reauthenticate_within is not None:  # approved at once: as fresh as an extension
+        await asyncio.to_thread(require_recent_to_request, settings, sign_in, requester, plan, role)
     request_id = new_request_id()
     input = AccessRequestInput(
         id=request_id,
@@ -397,8 +414,8 @@ async def extend(
     status = await asyncio.to_thread(stored_status, settings, request_id)
     assert status is not None  # ``_judge_extension`` found it
     doing = f"asking to extend request {request_id}"
-    await asyncio.to_thread(
-        require_recent_sign_in, settings, sign_in, actor, status, action="grant.extend", doing=doing
+    await asyncio.to_thread(  # the window the request started under, or the policy's now where stricter
+        require_recent_sign_in, settings, sign_in, actor, status, action="grant.extend", doing=doing, plan=arg.plan
     )
     return await send_update(
         client, settings, actor.email, request_id, AccessRequestWorkflow.extend, arg, "grant.extend"

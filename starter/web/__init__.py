@@ -16,10 +16,12 @@ from starter.web.routes import (
     admin_birthright,
     admin_directory,
     admin_integrations,
+    admin_reviews,
     approvals,
     catalog,
     grants,
     requests,
+    reviews,
     tokens,
 )
 
@@ -27,6 +29,7 @@ ROUTERS = (
     catalog.router,
     access.router,
     approvals.router,
+    reviews.router,
     requests.router,
     grants.router,
     tokens.router,
@@ -34,6 +37,7 @@ ROUTERS = (
     admin_birthright.router,
     admin_directory.router,
     admin_audit.router,
+    admin_reviews.router,
 )
 
 

@@ -50,6 +50,18 @@ ADMIN_ROUTES = [
     ("POST", "/api/service-accounts"),
     ("POST", "/api/service-accounts/{email}/tokens"),
     ("DELETE", "/api/service-accounts/{email}"),
+    ("GET", "/api/reviews/definitions"),
+    ("POST", "/api/reviews/definitions"),
+    ("GET", "/api/reviews/definitions/{name}"),
+    ("PUT", "/api/reviews/definitions/{name}"),
+    ("DELETE", "/api/reviews/definitions/{name}"),
+    ("POST", "/api/reviews/preview"),
+    ("GET", "/api/reviews/definitions/{name}/preview"),
+    ("POST", "/api/reviews/definitions/{name}/start"),
+    ("GET", "/api/reviews/campaigns"),
+    ("GET", "/api/reviews/campaigns/{campaign_id}"),
+    ("POST", "/api/reviews/campaigns/{campaign_id}/close"),
+    ("GET", "/api/reviews/campaigns/{campaign_id}/report.csv"),
 ]
 """Every route only admins may call."""
 
@@ -59,6 +71,7 @@ EXAMPLES = {
     "{role}": "read",
     "{grant_id}": "1",
     "{email}": "ci@example.com",
+    "{campaign_id}": "quarterly-20260101T000000",
 }
 
 

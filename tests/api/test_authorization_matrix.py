@@ -141,6 +141,25 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("POST", "/codec/decode"): ADMIN,
     ("POST", "/api/org"): ADMIN,
     ("GET", "/api/org/open-references"): ADMIN,
+    # Access reviews: definitions and campaigns (admins); reviewing (every reviewer, deciding as approving is).
+    ("GET", "/api/reviews/definitions"): ADMIN,
+    ("POST", "/api/reviews/definitions"): ADMIN,
+    ("GET", "/api/reviews/definitions/{name}"): ADMIN,
+    ("PUT", "/api/reviews/definitions/{name}"): ADMIN,
+    ("DELETE", "/api/reviews/definitions/{name}"): ADMIN,
+    ("POST", "/api/reviews/preview"): ADMIN,
+    ("GET", "/api/reviews/definitions/{name}/preview"): ADMIN,
+    ("POST", "/api/reviews/definitions/{name}/start"): ADMIN,
+    ("GET", "/api/reviews/campaigns"): ADMIN,
+    ("GET", "/api/reviews/campaigns/{campaign_id}"): ADMIN,
+    ("POST", "/api/reviews/campaigns/{campaign_id}/close"): ADMIN,
+    ("GET", "/api/reviews/campaigns/{campaign_id}/report.csv"): ADMIN,
+    ("GET", "/api/reviews/mine"): READ,
+    ("GET", "/api/reviews/items"): READ,
+    ("POST", "/api/reviews/items/draft"): APPROVE,
+    ("POST", "/api/reviews/items/submit"): APPROVE,
+    ("GET", "/api/reviews/items/{item_id}/reviewers"): READ,
+    ("POST", "/api/reviews/items/{item_id}/reassign"): APPROVE,
     # The web UI.
     ("GET", "/"): READ,
     ("POST", "/requests/preview"): READ,
@@ -185,6 +204,22 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("GET", "/admin/audit"): ADMIN,
     ("GET", "/admin/audit/verify"): ADMIN,
     ("GET", "/admin/audit.csv"): ADMIN,
+    ("GET", "/reviews"): READ,
+    ("POST", "/reviews/decide"): APPROVE,
+    ("POST", "/reviews/submit"): APPROVE,
+    ("GET", "/reviews/items/{item_id}/reassign"): READ,
+    ("POST", "/reviews/items/{item_id}/reassign"): APPROVE,
+    ("GET", "/admin/reviews"): ADMIN,
+    ("GET", "/admin/reviews/new"): ADMIN,
+    ("GET", "/admin/reviews/definitions/{name}"): ADMIN,
+    ("POST", "/admin/reviews/preview"): ADMIN,
+    ("POST", "/admin/reviews/save"): ADMIN,
+    ("POST", "/admin/reviews/definitions/{name}/start"): ADMIN,
+    ("POST", "/admin/reviews/definitions/{name}/delete"): ADMIN,
+    ("GET", "/admin/reviews/campaigns/{campaign_id}"): ADMIN,
+    ("POST", "/admin/reviews/campaigns/{campaign_id}/close"): ADMIN,
+    ("GET", "/admin/reviews/campaigns/{campaign_id}/report"): ADMIN,
+    ("GET", "/admin/reviews/campaigns/{campaign_id}/report.csv"): ADMIN,
 }
 
 EXAMPLES = {
@@ -196,6 +231,8 @@ EXAMPLES = {
     "{email}": "nobody-sa@example.com",
     "{token_id}": "0000000000000000",
     "{operation}": "decode",
+    "{item_id}": "999999",
+    "{campaign_id}": "nope-20260101T000000",
 }
 
 PEOPLE = {

@@ -51,6 +51,7 @@ async def test_an_admin_loads_a_file_and_what_it_implies_starts(api: Api, settin
         "approval_workflows": 0,
         "assignments": 1,
         "birthright_policies": 1,
+        "reviews": 0,
     }
     assert loaded["applied"] and loaded["open_references"] == [] and loaded["notes"] == []
     assert loaded["started"] == ["birthright-sync"]

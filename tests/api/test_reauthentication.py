@@ -271,3 +271,71 @@ async def test_a_window_out_of_bounds_is_refused_naming_the_field(
     async with client(offline_app(settings)) as http:
         response = await ada.call(http, "POST", "/api/org", json=body)
     assert says in problem(response, 422, "approval_workflows.0.reauthenticate_within")
+
+
+# --- a grant approved at once is an extension in effect ------------------------------------------------------
+
+READ_ROLE = "ledger/payments-api/read"
+QUICK_LOOK = {
+    "name": "quick look",
+    "when": {"duration_at_most": "PT1H"},
+    "max_duration": "PT1H",
+    "justification": False,
+}
+LONGER_READ = {
+    "name": "longer read",
+    "steps": [{"name": "manager", "approvers": [{"kind": "manager"}]}],
+    "max_duration": "PT8H",
+}
+
+
+def read_only(window: str | None) -> dict[str, Any]:
+    """The demo's ``read-only`` workflow (a short look at once, a longer one by the manager), with ``window``."""
+    workflow = {"name": "read-only", "description": "Short looks are automatic.", "rules": [QUICK_LOOK, LONGER_READ]}
+    return {"approval_workflows": [{**workflow, "reauthenticate_within": window}]}
+
+
+async def test_a_request_approved_at_once_needs_a_recent_sign_in(http: httpx.AsyncClient, settings: Settings) -> None:
+    """Grants may overlap: one more grant of a role held, approved at once, would extend it with no fresh sign-in."""
+    load_into(settings, read_only("PT10M"))
+    body = {"role": READ_ROLE, "duration": "PT30M", "justification": "look"}
+    response = await signed_in(settings, KEN, ago=timedelta(hours=1)).call(http, "POST", "/api/requests", json=body)
+    problem(response, 401)
+    refusal = response.json()
+    assert refusal["type"] == REAUTHENTICATION and refusal["max_age"] == 600, refusal
+    url = urlsplit(refusal["reauthenticate_url"])
+    assert parse_qs(url.query) == {"max_age": ["600"], "next": [f"/?role={READ_ROLE.replace('/', '%2F')}"]}
+    detail = problem(
+        await token_caller(mint(settings, KEN, "request")).call(http, "POST", "/api/requests", json=body), 403
+    )
+    assert "API token" in detail and "read-only" in detail
+    assert {(e.actor, e.target) for e in refused_events(settings, "request.create")} == {(KEN, READ_ROLE)}
+
+    # The catalog's form takes the browser to sign in again, back to the form with the role chosen.
+    form = {"role": READ_ROLE, "duration": "PT30M", "justification": "look"}
+    stale = signed_in(settings, KEN, ago=timedelta(hours=1))
+    page = await stale.call(http, "POST", "/requests", data=form, follow_redirects=False)
+    assert page.status_code == 401 and page.headers["refresh"].startswith(
+        "0; url=/auth/login?max_age=600&next=%2F%3Frole"
+    ), page.text
+    assert await ok(http, signed_in(settings, KEN, ago=timedelta(minutes=1)), "GET", "/api/requests") == []  # none made
+
+    made = await ok(http, signed_in(settings, KEN, ago=timedelta(minutes=1)), "POST", "/api/requests", body)
+    await state_of(http, settings, made["id"], "active")
+    # A request that waits for approvers needs none: they sign in afresh to approve it.
+    await ask(http, settings)
+
+
+async def test_asking_to_extend_takes_the_stricter_of_the_requests_window_and_the_policys_now(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    request_id = await ask(http, settings, role=READ_ROLE)  # read-only asks for no recent sign-in: granted at once
+    assert (await state_of(http, settings, request_id, "active"))["reauthenticate_within"] is None
+    load_into(settings, read_only("PT10M"))  # made stricter since
+
+    extend = f"/api/requests/{request_id}/extend"
+    body = {"duration": "PT30M", "justification": "a longer look"}
+    stale_ken = signed_in(settings, KEN, ago=timedelta(hours=1))
+    sign_in_again(await stale_ken.call(http, "POST", extend, json=body), request_id)
+    assert refused_events(settings, "grant.extend")
+    await ok(http, signed_in(settings, KEN, ago=timedelta(minutes=1)), "POST", extend, body)

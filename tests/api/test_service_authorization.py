@@ -28,18 +28,32 @@ from sqlmodel import func, select
 
 from access.errors import Refusal, RefusalKind
 from starter.api import deps
-from starter.services import audit, authorization, birthright, directory, grants, integrations
+from starter.services import (
+    audit,
+    authorization,
+    birthright,
+    directory,
+    grants,
+    integrations,
+    review_campaigns,
+    reviews,
+)
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import AuditEvent, User
 from tests.conftest import make_settings
 
-ADMIN_MODULES = (audit, birthright, directory, integrations)
+ADMIN_MODULES = (audit, birthright, directory, integrations, reviews, review_campaigns)
 """Service modules whose every public function is for admins."""
 
-NOT_CALLER_ACTIONS: set[Callable[..., Any]] = {audit.refused}
-"""Public functions of those modules no caller invokes: ``refused`` records another service's refusal."""
+NOT_CALLER_ACTIONS: set[Callable[..., Any]] = {
+    audit.refused,
+    reviews.ensure_review_schedules,
+    review_campaigns.find_campaign,
+}
+"""Public functions of those modules no caller invokes: ``refused`` records another service's refusal; the API's
+start brings the review schedules up to date; ``find_campaign`` reads a row inside another function's session."""
 
 ROUTE_PACKAGES = ("starter.api.routes", "starter.web.routes")
 """Where the routers are: the API's, and the web UI's pages (whose ``PageAdmin`` runs ``AdminUser``)."""

@@ -59,11 +59,22 @@ ADMIN_SECTION_PAGES = [
     ("GET", "/admin/audit"),
     ("GET", "/admin/audit/verify"),
     ("GET", "/admin/audit.csv"),
+    ("GET", "/admin/reviews"),
+    ("GET", "/admin/reviews/new"),
+    ("GET", "/admin/reviews/definitions/{name}"),
+    ("POST", "/admin/reviews/preview"),
+    ("POST", "/admin/reviews/save"),
+    ("POST", "/admin/reviews/definitions/{name}/start"),
+    ("POST", "/admin/reviews/definitions/{name}/delete"),
+    ("GET", "/admin/reviews/campaigns/{campaign_id}"),
+    ("POST", "/admin/reviews/campaigns/{campaign_id}/close"),
+    ("GET", "/admin/reviews/campaigns/{campaign_id}/report"),
+    ("GET", "/admin/reviews/campaigns/{campaign_id}/report.csv"),
 ]
 """The integrations, birthright, directory and audit pages: admins only (``tests/web/test_pages.py``'s
 ``ADMIN_PAGES`` includes them)."""
 
-MENU = ["Permissions", "Integrations", "Birthright", "Directory", "Audit log"]
+MENU = ["Permissions", "Integrations", "Birthright", "Directory", "Audit log", "Access reviews"]
 
 
 # --- over HTTP: admins only ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest_asyncio
 from playwright.async_api import Page, expect
 from sqlmodel import select
 
+from access.limits import MAX_ROLE_PATH
 from starter.api.app import create_app
 from starter.services.permissions import MAX_SELECTION, GrantFilter, SortKey, list_permissions
 from store.db import session_scope
@@ -287,6 +288,26 @@ async def test_next_page_links_walk_the_whole_table(pages: httpx.AsyncClient, le
         found = re.search(r'href="([^"]+)" rel="next"', text)
         url = found[1] if found else ""
     assert len(seen) == 120 and len(set(seen)) == 120
+
+
+@pytest.mark.every_app_db
+@pytest.mark.parametrize("part", ["r" * 120, "𝔸" * (MAX_ROLE_PATH - 10)], ids=["130-chars", "longest-astral"])
+async def test_next_page_links_by_role_carry_long_role_paths(
+    pages: httpx.AsyncClient, ledger: Settings, part: str
+) -> None:
+    """A cursor holds the last row's role path: a long one (of any script) still makes a link that pages on."""
+    roles = [f"ledger/{part}/{n}" for n in range(2)]
+    with session_scope(ledger.db_url) as session:
+        for n in range(70):
+            session.add(Grant(account=f"a{n}", role=roles[n % 2], user_email=None, granted_at=NOW))
+    url, seen = "/admin/grants?sort=role", []
+    while url:
+        response = await pages.get(url.replace("&amp;", "&"), headers=signed_in_as(ADA))
+        assert response.status_code == 200, response.text
+        seen += ids_on(html(response))
+        found = re.search(r'href="([^"]+)" rel="next"', response.text)
+        url = found[1] if found else ""
+    assert len(seen) == 70 and len(set(seen)) == 70
 
 
 @pytest.mark.parametrize(

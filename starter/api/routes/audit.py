@@ -3,7 +3,6 @@ forged any of it (admins)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -13,15 +12,15 @@ from starter.api.deps import AdminUser, ClientDep, SettingsDep
 from starter.api.problems import responses
 from starter.services import audit
 from starter.services.audit import CSV_FILE, AuditCheck, AuditOut
-from starter.services.fields import MAX_ID, Email, Name, RolePath
+from starter.services.fields import MAX_ID, Email, Moment, Name, RolePath
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], responses=responses(401, 403))
 
 Target = Annotated[RolePath | None, Query(description="Only events about this target.")]
 Actor = Annotated[Email | None, Query(description="Only events by this person.")]
 Action = Annotated[Name | None, Query(description="Only events of this action.")]
-Since = Annotated[datetime | None, Query(description="Only events at or after this time (UTC unless it says).")]
-Until = Annotated[datetime | None, Query(description="Only events before this time (UTC unless it says).")]
+Since = Annotated[Moment | None, Query(description="Only events at or after this time (UTC unless it says).")]
+Until = Annotated[Moment | None, Query(description="Only events before this time (UTC unless it says).")]
 
 
 @router.get("", responses=responses(422))

@@ -39,11 +39,19 @@ class Extension(Model):
 
 @router.post("", status_code=201, responses=responses(403, 404, 409, 503))
 async def create_request(
-    body: RequestCreate, user: CurrentUser, settings: SettingsDep, client: ClientDep
+    body: RequestCreate, user: CurrentUser, sign_in: CallerSignIn, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
-    """Request a role for a while. Refused at once (4xx, nothing started) if the policy does not allow it."""
+    """Request a role for a while. Refused at once (4xx, nothing started) if the policy does not allow it, or if
+    the policy would approve it at once under a workflow that asks for a recent sign-in (``reauthenticate_within``:
+    as for an extension, a browser session signed in that recently; a 401 says where to sign in again)."""
     return await requests.create_request(
-        client, settings, user, role=body.role, duration=body.duration, justification=body.justification
+        client,
+        settings,
+        user,
+        role=body.role,
+        duration=body.duration,
+        justification=body.justification,
+        sign_in=sign_in,
     )
 
 

@@ -9,7 +9,7 @@ Times in the filter are UTC, as everywhere in the UI.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, TypedDict
 from urllib.parse import urlencode
 
@@ -20,7 +20,7 @@ from access.errors import Refusal, RefusalKind
 from starter.api.deps import ClientDep, SettingsDep
 from starter.services import audit
 from starter.services.audit import CSV_FILE, AuditCheck, AuditOut
-from starter.services.fields import MAX_ID, Email, Name, RolePath
+from starter.services.fields import MAX_ID, Email, Name, RolePath, moment_of
 from starter.web.rendering import PageAdmin, PageRoute, render
 
 router = APIRouter(prefix="/admin/audit", route_class=PageRoute, include_in_schema=False)
@@ -59,7 +59,7 @@ def _moment(text: str, field: str) -> datetime | None:
     except ValueError:
         message = f"{field}: {text.strip()!r} is not a time (give it as 2026-12-01T09:30, UTC)"
         raise Refusal(RefusalKind.INVALID, message, field=field) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return moment_of(moment, field)  # in UTC; a 422 for a time no database can compare with
 
 
 class Filters(TypedDict):

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from access.durations import parse_duration
 from access.errors import Refusal, RefusalKind
 from access.types import RequestPlan
-from starter.api.deps import ClientDep, SettingsDep
+from starter.api.deps import CallerSignIn, ClientDep, SettingsDep
 from starter.api.problems import STATUS
 from starter.services import catalog, preview, requests
 from starter.services.catalog import CatalogEntry
@@ -89,16 +89,26 @@ async def create_request(
     user: PageUser,
     settings: SettingsDep,
     client: ClientDep,
+    sign_in: CallerSignIn,
     role: Annotated[RolePath, Form()],
     duration: Annotated[str, Form(max_length=64)],
     justification: Annotated[FreeText, Form()] = "",
 ) -> RedirectResponse | HTMLResponse:
-    """Submit the request; refused, the form comes back with the reason and what was typed."""
+    """Submit the request; refused, the form comes back with the reason and what was typed (or, for want of a
+    recent sign-in, the browser goes to sign in again and comes back to the form)."""
     try:
         status = await requests.create_request(
-            client, settings, user, role=role, duration=_duration(duration), justification=justification
+            client,
+            settings,
+            user,
+            role=role,
+            duration=_duration(duration),
+            justification=justification,
+            sign_in=sign_in,
         )
     except Refusal as refusal:
+        if refusal.kind is RefusalKind.REAUTHENTICATE:
+            raise  # the page route sends the browser to sign in again
         entries = catalog.list_catalog(settings, user)
         return render(
             request,

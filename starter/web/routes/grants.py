@@ -14,7 +14,7 @@ from pydantic import Field
 from access.grants import GrantPath
 from starter.api.deps import CallerSignIn, ClientDep, SettingsDep
 from starter.services import grants, permissions
-from starter.services.fields import MAX_ID, Email, FreeText, Name, RolePath
+from starter.services.fields import MAX_ID, Cursor, Email, FreeText, Name, RolePath
 from starter.services.permissions import MAX_SELECTION, Effect, GrantFilter, SortKey
 from starter.web.rendering import PageAdmin, PageRoute, render
 
@@ -37,7 +37,7 @@ def grants_page(
     expiring_before: Annotated[Name, Query()] = "",
     sort: Annotated[SortKey, Query()] = SortKey.SINCE,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
-    cursor: Annotated[Name, Query()] = "",
+    cursor: Annotated[Cursor, Query()] = "",
     revoked: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     held: bool = False,
     returns: bool = False,
