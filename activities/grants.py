@@ -26,6 +26,7 @@ from access.grants import GrantPath, LedgerRevokeInput, LedgerRevokeResult
 from access.requests import RequestState, RequestStatus
 from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.liveness import heartbeating_async
 from activities.runs import request_run
 from activities.targets import as_activity_error, hold_integration, resolve_target
 from store.approval_inbox import keep_inbox
@@ -52,6 +53,10 @@ class GrantActivities:
 
         A birthright grant ended so is granted again by the next birthright sync while its policy applies.
         """
+        async with heartbeating_async():  # the workflow gives it a heartbeat timeout: a lost attempt is seen soon
+            return await self._revoke(input)
+
+    async def _revoke(self, input: LedgerRevokeInput) -> LedgerRevokeResult:
         request_id = await asyncio.to_thread(self._request_of, input.grant_id)
         comment = input.comment.strip()
         ending = Ending(actor=input.actor, action="grant.revoked", reason=comment)

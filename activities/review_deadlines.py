@@ -20,6 +20,7 @@ from access import names
 from access.review_runs import CampaignRef, DefaultInput, DefaultResult, SweepResult
 from access.reviews import CampaignState, DefaultDecision, ItemDecision, ItemOutcome, ItemState, ReviewDefinition
 from access.types import AuditEntry
+from activities.liveness import heartbeats
 from activities.review_rows import ACTOR, audit_target, campaign_of, pick
 from store import review_scope
 from store.audit_log import append_audit
@@ -37,6 +38,7 @@ class ReviewDeadlineActivities:
         return [self.sweep_review_campaign, self.apply_review_default]
 
     @activity.defn(name=names.SWEEP_REVIEW_CAMPAIGN)
+    @heartbeats
     def sweep_review_campaign(self, input: CampaignRef) -> SweepResult:
         """Hand the open items of reviewers who left to the fallback (``review.reassigned``), and close the
         items whose grant ended before anyone acted on them (``already_gone``)."""
@@ -102,6 +104,7 @@ class ReviewDeadlineActivities:
         return len(items)
 
     @activity.defn(name=names.APPLY_REVIEW_DEFAULT)
+    @heartbeats
     def apply_review_default(self, input: DefaultInput) -> DefaultResult:
         """What nobody decided (open items, drafts included) takes the default: kept, revoked (carried out with
         the rest), or escalated to the fallback reviewers with a new deadline. ``review.default`` /

@@ -31,6 +31,7 @@ from access.requests import EndInput
 from access.review_runs import ActInput, ActResult, SettleInput, SettleResult
 from access.reviews import ItemDecision, ItemOutcome, ItemState
 from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.liveness import heartbeating_async
 from activities.runs import request_run
 from store.db import session_scope
 from store.tables import AccessRequest, AuditEvent, BirthrightException, Grant, ReviewItem
@@ -71,8 +72,9 @@ class ReviewRevokeActivities:
     @activity.defn(name=names.CARRY_OUT_REVIEW_BATCH)
     async def carry_out_review_batch(self, input: ActInput) -> ActResult:
         """Carry out up to ``limit`` submitted revokes after ``after_id``; at close also settle every kept item."""
-        result, revokes = await asyncio.to_thread(self._claim, input)
-        await ask(activity.client(), activity.info().task_queue, revokes)
+        async with heartbeating_async():
+            result, revokes = await asyncio.to_thread(self._claim, input)
+            await ask(activity.client(), activity.info().task_queue, revokes)
         return result
 
     def _claim(self, input: ActInput) -> tuple[ActResult, list[Revoke]]:
@@ -159,8 +161,9 @@ class ReviewRevokeActivities:
     @activity.defn(name=names.SETTLE_REVIEW_BATCH)
     async def settle_review_batch(self, input: SettleInput) -> SettleResult:
         """Record the proof of the revokes that are done; ask again for those not done (idempotent)."""
-        result, again = await asyncio.to_thread(self._settle, input)
-        await ask(activity.client(), activity.info().task_queue, again)
+        async with heartbeating_async():
+            result, again = await asyncio.to_thread(self._settle, input)
+            await ask(activity.client(), activity.info().task_queue, again)
         return result
 
     def _settle(self, input: SettleInput) -> tuple[SettleResult, list[Revoke]]:

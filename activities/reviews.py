@@ -33,6 +33,7 @@ from access.review_runs import (
 from access.reviews import CampaignState, ItemState, ReviewDefinition
 from access.types import AuditEntry
 from activities.connectors import BUILT_IN, ConnectorFactory
+from activities.liveness import heartbeats
 from activities.review_deadlines import ReviewDeadlineActivities
 from activities.review_revokes import ReviewRevokeActivities
 from activities.review_rows import ACTOR, audit_target, campaign_of
@@ -77,6 +78,7 @@ class ReviewActivities:
         ]
 
     @activity.defn(name=names.BEGIN_REVIEW_CAMPAIGN)
+    @heartbeats
     def begin_review_campaign(self, input: BeginCampaignInput) -> CampaignPlan:
         """Record the campaign (``starting``) with its definition as it is now; again, the one recorded."""
         with session_scope(self._db_url) as session:
@@ -118,6 +120,7 @@ class ReviewActivities:
         )
 
     @activity.defn(name=names.SNAPSHOT_REVIEW_BATCH)
+    @heartbeats
     def snapshot_review_batch(self, input: SnapshotInput) -> SnapshotResult:
         """Snapshot the scope's grants after ``after_grant`` (by id, at most ``limit`` read), each with its
         reviewer, in one transaction: a retry starts after what an earlier attempt committed."""
@@ -178,6 +181,7 @@ class ReviewActivities:
         return SnapshotResult(last_grant=last if last is not None else after, items=len(rows), more=last is not None)
 
     @activity.defn(name=names.OPEN_REVIEW_CAMPAIGN)
+    @heartbeats
     def open_review_campaign(self, input: CampaignRef) -> OpenedCampaign:
         """Count the snapshot and open the campaign (``review.started``), or record that nothing was in scope
         (``empty``, ``review.empty``); again, the state recorded."""
@@ -231,6 +235,7 @@ class ReviewActivities:
             return OpenedCampaign(state=CampaignState(campaign.state), items=items, reviewers=campaign.reviewers)
 
     @activity.defn(name=names.REMIND_REVIEWERS)
+    @heartbeats
     def remind_reviewers(self, input: ReminderInput) -> int:
         """``review.reminder`` for each reviewer with open items (their count; a copy to their manager when the
         definition says so). Sent once per reminder: a retry finds it sent. Returns the reviewers reminded."""
@@ -284,6 +289,7 @@ class ReviewActivities:
             return len(events)
 
     @activity.defn(name=names.CLOSE_REVIEW_CAMPAIGN)
+    @heartbeats
     def close_review_campaign(self, input: CloseInput) -> None:
         """Close the campaign: every item is decided and carried out or being carried out (``review.closed``
         with the counts); again, nothing."""

@@ -437,6 +437,9 @@ class ReviewItem(SQLModel, table=True):
     __table_args__ = (
         Index("ix_reviewitem_reviewer_state", "reviewer", "state", "campaign_id", "id"),
         Index("ix_reviewitem_campaign_state", "campaign_id", "state", "id"),
+        # A reviewer's page grouped by holder, or by role: one range of one of these, keyset on (key, id).
+        Index("ix_reviewitem_reviewer_user", "reviewer", "user_email", "id"),
+        Index("ix_reviewitem_reviewer_role", "reviewer", "role", "id"),
         UniqueConstraint("campaign_id", "grant_id", name="uq_reviewitem_campaign_grant"),
     )
     id: int | None = Field(default=None, primary_key=True)

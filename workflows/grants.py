@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from access import names
     from access.grants import LedgerRevokeInput, LedgerRevokeResult
     from access.limits import HISTORY_EVENTS_BEFORE_CONTINUE
-    from workflows.access_request import REVOKE_FOREVER, REVOKE_PERMANENT_PAUSE
+    from workflows.access_request import REVOKE_FOREVER, REVOKE_PERMANENT_PAUSE, TARGET_HEARTBEAT_TIMEOUT
 
 
 @workflow.defn
@@ -32,6 +32,7 @@ class GrantRevokeWorkflow:
                     input,
                     result_type=LedgerRevokeResult,
                     start_to_close_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=TARGET_HEARTBEAT_TIMEOUT,  # lost with its worker: retried in seconds
                     retry_policy=REVOKE_FOREVER,
                 )
                 return result

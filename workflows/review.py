@@ -56,6 +56,10 @@ SWEEP_EVERY = timedelta(hours=1)
 SETTLE_WAIT_MAX = timedelta(minutes=10)
 """The longest wait between two looks at revokes still being carried out (they drain at the targets' rate)."""
 
+HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+"""The campaign's activities heartbeat every second: one lost with its worker is retried after this, not after
+its start-to-close timeout (minutes, for a snapshot's batch ten: the campaign stood still that long)."""
+
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 """Bookkeeping in the app DB: retried until it succeeds (a campaign must not end half done)."""
 
@@ -238,7 +242,7 @@ class ReviewCampaignWorkflow:
                 self._continue_if_long(run)
         asked = run.exceptions or revokes > 0
         if run.exceptions:
-            await self._act(names.TRIGGER_SYNC, TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC), bool)
+            await self._act(names.TRIGGER_SYNC, TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC), bool, beats=False)
             run.exceptions = False
         return asked
 
@@ -251,7 +255,9 @@ class ReviewCampaignWorkflow:
                 return
             if result.birthright_pending and result.settled == 0 and run.settle_wait >= SETTLE_WAIT_MAX:
                 # A birthright exception still held after many looks: the sync may have been skipped; ask again.
-                await self._act(names.TRIGGER_SYNC, TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC), bool)
+                await self._act(
+                    names.TRIGGER_SYNC, TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC), bool, beats=False
+                )
             await workflow.sleep(run.settle_wait)
             run.settle_wait = min(run.settle_wait * 2, SETTLE_WAIT_MAX)
             self._continue_if_long(run)
@@ -275,13 +281,21 @@ class ReviewCampaignWorkflow:
             )
 
     async def _act(
-        self, name: str, arg: object, result: type[Any] = type(None), *, within: timedelta | None = None
+        self,
+        name: str,
+        arg: object,
+        result: type[Any] = type(None),
+        *,
+        within: timedelta | None = None,
+        beats: bool = True,
     ) -> Any:
-        """An activity of the campaign, by name (its module uses the app DB), retried until it succeeds."""
+        """An activity of the campaign, by name (its module uses the app DB), retried until it succeeds; the
+        campaign's own activities heartbeat (``beats``), so one lost with its worker is retried within seconds."""
         return await workflow.execute_activity(
             name,
             arg,
             result_type=result,
             start_to_close_timeout=within or timedelta(minutes=2),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT if beats else None,
             retry_policy=RETRY,
         )

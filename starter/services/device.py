@@ -1,7 +1,7 @@
 """Signing the CLI in through a browser: RFC 8628's device authorization flow, hosted by Lapse itself.
 
 ``lapse login`` asks for a sign-in (``start``) and shows its person a short code and a URL; the person opens the
-URL in a browser signed in to Lapse the usual way (OIDC or the SSO proxy), checks the code and what is asked,
+URL in a browser signed in to Lapse the usual way (OIDC or the SSO proxy), types the code, checks what is asked,
 and approves or denies it (``decide``); meanwhile the CLI polls (``exchange``), and after an approval its next
 poll gets a new API token of the person's, once. Lapse hosts the flow rather than the identity provider, so it
 works with every provider (most offer no device flow, or one Lapse's client may not use) and behind the proxy,

@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from access.errors import Refusal
 from access.reviews import CampaignState, ItemState
-from starter.services import review_items
+from starter.services import review_decisions, review_items
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import AuditEvent, ReviewItem
@@ -197,7 +197,7 @@ async def test_closed_campaigns_and_past_deadlines_take_no_decision(settings: Se
     )
     linus = user(settings, "linus@example.com")
     with pytest.raises(Refusal) as refused:
-        review_items.draft(settings, linus, review_items.DraftIn(items=ids, decision="keep"))  # type: ignore[arg-type]
+        review_decisions.draft(settings, linus, review_decisions.DraftIn(items=ids, decision="keep"))  # type: ignore[arg-type]
     assert refused.value.kind.value == "Conflict"
     assert review_items.my_items(settings, linus).items == []  # a closed campaign's items are not to do
     escalated = campaign(
@@ -207,7 +207,7 @@ async def test_closed_campaigns_and_past_deadlines_take_no_decision(settings: Se
         state=CampaignState.ESCALATED,
     )
     with pytest.raises(Refusal, match="past its deadline"):
-        review_items.draft(settings, linus, review_items.DraftIn(items=escalated, decision="keep"))  # type: ignore[arg-type]
+        review_decisions.draft(settings, linus, review_decisions.DraftIn(items=escalated, decision="keep"))  # type: ignore[arg-type]
 
 
 async def test_bulk_bounds_are_enforced(settings: Settings, http: httpx.AsyncClient) -> None:

@@ -11,24 +11,13 @@ from pydantic import BaseModel
 
 from access.grants import GrantPath
 from access.reviews import CampaignState, ReviewDefinition, ReviewPreview
-from starter.api.deps import AdminUser, ClientDep, CurrentUser, SettingsDep
+from starter.api.deps import AdminUser, CallerSignIn, ClientDep, CurrentUser, SettingsDep
 from starter.api.problems import responses
-from starter.services import review_campaigns, review_items, review_report, reviews
+from starter.services import review_campaigns, review_decisions, review_items, review_report, reviews
 from starter.services.fields import MAX_ID, Email, Name, RolePath
 from starter.services.review_campaigns import CampaignDetail, CampaignOut
-from starter.services.review_items import (
-    MAX_PAGE,
-    PAGE,
-    CampaignOfMine,
-    DraftIn,
-    Group,
-    ItemOut,
-    ItemsPage,
-    ReassignIn,
-    Shown,
-    SubmitIn,
-    Submitted,
-)
+from starter.services.review_decisions import DraftIn, ReassignIn, SubmitIn, Submitted
+from starter.services.review_items import MAX_PAGE, PAGE, CampaignOfMine, Group, ItemOut, ItemsPage, Shown
 from starter.services.reviews import CampaignStarted, DefinitionOut
 
 router = APIRouter(prefix="/api/reviews", tags=["reviews"], responses=responses(401, 403, 422))
@@ -194,23 +183,28 @@ def my_items(
 def draft(body: DraftIn, user: CurrentUser, settings: SettingsDep) -> dict[str, int]:
     """Hold a decision (``keep``, or ``revoke`` with a comment) on items, as a draft until you submit; ``null``
     clears the drafts. One comment for every item named."""
-    return {"drafted": review_items.draft(settings, user, body)}
+    return {"drafted": review_decisions.draft(settings, user, body)}
 
 
 @router.post("/items/submit", responses=responses(404, 409))
-async def submit(body: SubmitIn, user: CurrentUser, settings: SettingsDep, client: ClientDep) -> Submitted:
+async def submit(
+    body: SubmitIn, user: CurrentUser, settings: SettingsDep, client: ClientDep, sign_in: CallerSignIn
+) -> Submitted:
     """Submit your drafts (those of ``items``, or all): each becomes a decision, audited, changeable until the
-    campaign closes or the item is acted on."""
-    return await review_items.submit(client, settings, user, body)
+    campaign closes or the item is acted on. Revoking a JIT grant whose request's approval workflow says
+    `reauthenticate_within` ends someone else's grant: it needs a browser sign-in that recent (a 401
+    `reauthentication-required` problem names where to sign in again; an API token is refused), and short of one
+    nothing is recorded."""
+    return await review_decisions.submit(client, settings, user, body, sign_in=sign_in)
 
 
 @router.get("/items/{item_id}/reviewers", responses=responses(404, 409))
 def reviewers(item_id: ItemParam, user: CurrentUser, settings: SettingsDep) -> list[str]:
     """Who you may hand the item to."""
-    return review_items.reviewers_for(settings, user, item_id)
+    return review_decisions.reviewers_for(settings, user, item_id)
 
 
 @router.post("/items/{item_id}/reassign", responses=responses(404, 409))
 def reassign(item_id: ItemParam, body: ReassignIn, user: CurrentUser, settings: SettingsDep) -> ItemOut:
     """Hand the item to another eligible reviewer (never its holder); they decide it instead."""
-    return review_items.reassign(settings, user, item_id, body)
+    return review_decisions.reassign(settings, user, item_id, body)

@@ -2,8 +2,9 @@
 filtered; keep or revoke many at once with one comment (held as drafts), then submit; hand one to another
 eligible reviewer.
 
-Over the same services as ``/api/reviews/items`` (``starter.services.review_items``), which never show anyone
-their own access nor let them decide it.
+Over the same services as ``/api/reviews/items`` (``starter.services.review_items`` and ``review_decisions``),
+which never show anyone their own access nor let them decide it. Submitting a revoke that needs a recent sign-in
+takes the browser to sign in again (``PageRoute``), back to the drafts.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pydantic import ValidationError
 from access.errors import Refusal, RefusalKind
 from access.grants import GrantPath
 from access.reviews import ItemDecision
-from starter.api.deps import ClientDep, SettingsDep
-from starter.services import review_items
+from starter.api.deps import CallerSignIn, ClientDep, SettingsDep
+from starter.services import review_decisions, review_items
 from starter.services.fields import MAX_ID, Email, FreeText, Name, RolePath
-from starter.services.review_items import MAX_BULK, DraftIn, Group, ReassignIn, Shown, SubmitIn
+from starter.services.review_decisions import DraftIn, ReassignIn, SubmitIn
+from starter.services.review_items import MAX_BULK, Group, Shown
 from starter.web.rendering import PageRoute, PageUser, render
 
 router = APIRouter(prefix="/reviews", route_class=PageRoute, include_in_schema=False)
@@ -46,7 +48,7 @@ def reviews_page(
 ) -> HTMLResponse:
     filters = {"group": group, "state": state, "campaign": campaign, "holder": holder, "role": role}
     filters["path"] = path.value if path else None
-    page = review_items.my_items(
+    page, campaigns = review_items.my_reviews(
         settings, user, group=group, shown=state, campaign=campaign or None, holder=holder or None,
         role=role or None, path=path, after=after,
     )  # fmt: skip
@@ -55,7 +57,7 @@ def reviews_page(
         request,
         "reviews.html",
         page=page,
-        campaigns=review_items.my_campaigns(settings, user),
+        campaigns=campaigns,
         filters=filters,
         here=f"/reviews?{urlencode(kept | ({'after': after} if after else {}))}",
         next_url=f"/reviews?{urlencode(kept | {'after': page.next_after})}" if page.next_after else None,
@@ -84,7 +86,7 @@ def decide(
         body = DraftIn(items=items, decision=None if decision == "clear" else ItemDecision(decision), comment=comment)
     except ValidationError as error:
         raise Refusal(RefusalKind.INVALID, f"items: {error.errors()[0]['msg']}", field="items") from None
-    n = review_items.draft(settings, user, body)
+    n = review_decisions.draft(settings, user, body)
     said = {"keep": "keep", "revoke": "revoke", "clear": "no draft"}[decision]
     to = _back(back)
     joiner = "&" if "?" in to else "?"
@@ -97,10 +99,11 @@ async def submit(
     user: PageUser,
     settings: SettingsDep,
     client: ClientDep,
+    sign_in: CallerSignIn,
     back: Annotated[str, Form(max_length=2000)] = "/reviews",
 ) -> RedirectResponse:
     """Submit every draft of mine, as ``POST /api/reviews/items/submit``."""
-    result = await review_items.submit(client, settings, user, SubmitIn())
+    result = await review_decisions.submit(client, settings, user, SubmitIn(), sign_in=sign_in)
     message = f"{result.decided} decision{'s' if result.decided != 1 else ''} recorded."
     if result.notes:
         message += " They are carried out at the campaign's close."
@@ -112,8 +115,8 @@ async def submit(
 @router.get("/items/{item_id}/reassign", response_class=HTMLResponse)
 def reassign_page(request: Request, item_id: ItemParam, user: PageUser, settings: SettingsDep) -> HTMLResponse:
     """Who the item may be handed to, to choose from."""
-    item = review_items.my_item(settings, user, item_id)
-    eligible = review_items.reviewers_for(settings, user, item_id)
+    item = review_decisions.my_item(settings, user, item_id)
+    eligible = review_decisions.reviewers_for(settings, user, item_id)
     return render(request, "reviews_reassign.html", item=item, eligible=eligible)
 
 
@@ -126,6 +129,6 @@ def reassign(
     comment: Annotated[FreeText, Form()] = "",
 ) -> RedirectResponse:
     """Hand the item to another eligible reviewer, as ``POST /api/reviews/items/{item_id}/reassign``."""
-    moved = review_items.reassign(settings, user, item_id, ReassignIn(to=to, comment=comment))
+    moved = review_decisions.reassign(settings, user, item_id, ReassignIn(to=to, comment=comment))
     message = f"Item {item_id} ({moved.role} of {moved.user or moved.account}) is now {to}'s to review."
     return RedirectResponse(f"/reviews?{urlencode({'done': message})}", status_code=303)
