@@ -2,7 +2,8 @@
 
 Builds the app DB directly in bulk (the items a campaign's snapshot would hold: 100,000 over 500 reviewers, the
 bench's reviewer holding ``--mine`` of them, holders among 5,000 users), on SQLite and on a real PostgreSQL
-(``harness.postgres``), runs ``ANALYZE`` (a database in use has its statistics), then measures the server time, through the app over ASGI (no network), of
+(``harness.postgres``), runs ``ANALYZE`` (a database in use has its statistics), then measures the server time,
+through the app over ASGI (no network), of
 
 1. ``GET /api/reviews/items`` (50, grouped by person), a page deep in the list (``after=``), grouped by role;
 2. the ``/reviews`` page (the same 50, rendered);
