@@ -178,3 +178,17 @@ class PlanInputs:
             frozen_roles=named - self.grantable_roles,
             exceptions=self.exceptions,
         )
+
+    def excepted(self, policies: Sequence[PolicySpec] | None = None) -> list[PlanItem]:
+        """The grants these policies would make but for an exception: each active member of a policy's groups
+        an access review took one of its roles from (another policy may still grant it: see ``plan``)."""
+        policies = self.policies if policies is None else policies
+        found: list[PlanItem] = []
+        for policy in policies:
+            members: set[str] = set()
+            for group in policy.groups:
+                members |= self.members.get(group, set())
+            for role in policy.roles:
+                for user in sorted(self.exceptions.get((policy.name, role), set()) & members & self.active_users):
+                    found.append(PlanItem(user, role, policy.name))
+        return sorted(found, key=lambda i: (i.policy, i.role, i.user))

@@ -96,3 +96,31 @@ def test_leavers_are_left_out_at_scale() -> None:
     granted = {(i.user, i.role) for i in plan.add}
     assert len(granted) == len(plan.add) > 100_000  # one grant per user and role
     assert not {i.user for i in plan.add} - active
+
+
+def test_an_exception_removes_exactly_its_user_role_and_policy_and_another_policy_still_grants_it() -> None:
+    """An access review revoked ken's and barbara's ``git/repos/read`` from engineering-baseline: ken loses it
+    (and keeps the policy's other role); barbara keeps it through platform (her on-call group), relabelled. The
+    review's engine then marks barbara's item ``revoke_failed``, saying platform also grants it
+    (tests/activities/test_review_settle.py)."""
+    full = plan_birthright([ENG, PLATFORM], MEMBERS, ACTIVE, [])
+    current = [HeldGrant(i.user, i.role, i.policy) for i in full.add]
+    exceptions = {("engineering-baseline", "git/repos/read"): {"ken@x", "barbara@x"}}
+
+    plan = plan_birthright([ENG, PLATFORM], MEMBERS, ACTIVE, current, exceptions=exceptions)
+    assert plan.remove == [PlanItem("ken@x", "git/repos/read", "engineering-baseline")]
+    assert plan.relabel == [Relabel("barbara@x", "git/repos/read", "engineering-baseline", "platform")]
+    assert plan.add == []
+
+    fresh = plan_birthright([ENG, PLATFORM], MEMBERS, ACTIVE, [], exceptions=exceptions)
+    added = {(i.user, i.role): i.policy for i in fresh.add}
+    assert ("ken@x", "git/repos/read") not in added
+    assert added[("ken@x", "wiki/space/edit")] == "engineering-baseline"
+    assert added[("barbara@x", "git/repos/read")] == "platform"
+    assert added[("alan@x", "git/repos/read")] == "engineering-baseline"  # nobody else's access moves
+    assert len(fresh.add) == len(full.add) - 1
+
+    # An exception on a policy that does not grant the role, or for another role, changes nothing.
+    unrelated = {("platform", "wiki/space/edit"): {"ken@x"}, ("engineering-baseline", "k8s/prod/view"): {"alan@x"}}
+    same = plan_birthright([ENG, PLATFORM], MEMBERS, ACTIVE, current, exceptions=unrelated)
+    assert not (same.add or same.remove or same.relabel)

@@ -9,7 +9,8 @@ and the CLI never sees the provider or Lapse's client secret.
 
 Neither code is stored: the device code (256 random bits, what the CLI holds) as its SHA-256, the user code
 (what the person types: 8 of 20 consonants, about 35 bits) as an HMAC under a key derived from Lapse's secret
-key, so that a copy of the app DB gives neither back.
+key, so that a copy of the app DB gives neither back. (A little over 400 lines: the flow's three steps and the
+checks each makes against phishing belong together; its rate limits are in ``device_limits``.)
 
 Against remote phishing (RFC 8628, 5.4: someone starts a sign-in and sends a person the link to approve it),
 a link's code is a hint, never enough: the person types the code their own terminal shows; its token lasts

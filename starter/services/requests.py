@@ -2,6 +2,9 @@
 
 The policy decides (``access.policy``); this module gathers its inputs, starts the workflow or sends
 it an update, and audits what it refuses. Ending a grant is ``starter.services.grants``'s.
+
+A little over 400 lines: the checks an update needs before it is sent (the caller still eligible, a recent
+enough sign-in under ``reauthenticate_within``) stay beside the updates they guard.
 """
 
 from __future__ import annotations

@@ -218,3 +218,32 @@ async def test_bulk_bounds_are_enforced(settings: Settings, http: httpx.AsyncCli
     assert too_many.status_code == 422 and "items" in too_many.text
     unknown = await http.post("/api/reviews/items/draft", json={"items": [999999], "decision": "keep"}, headers=LINUS)
     assert unknown.status_code == 404 and "999999" in unknown.json()["detail"]
+
+
+async def test_pages_walk_every_item_once_holders_first_then_accounts_with_no_user(
+    settings: Settings, http: httpx.AsyncClient
+) -> None:
+    """The databases sort NULLs apart: accounts no user is linked to come after everyone's, on both, by any page."""
+    reviewer = "linus@example.com"
+    made = campaign(
+        settings,
+        [
+            item(None, "ledger/prod-db/read", reviewer, grant=1),
+            item("barbara@example.com", "ledger/prod-db/read", reviewer, grant=2),
+            item("alan@example.com", "ledger/prod-db/write", reviewer, grant=3),
+            item(None, "ledger/payments-api/read", reviewer, grant=4),
+            item("alan@example.com", "ledger/payments-api/read", reviewer, grant=5),
+        ],
+    )
+    by_user = [made[2], made[4], made[1], made[0], made[3]]
+    by_role = [made[3], made[4], made[0], made[1], made[2]]  # payments-api/read, prod-db/read, prod-db/write
+    for group, expected in (("user", by_user), ("role", by_role)):
+        for limit in (1, 2, 3, 5):
+            seen, after = [], None
+            while True:
+                params: dict[str, Any] = {"group": group, "limit": limit} | ({"after": after} if after else {})
+                page = (await http.get("/api/reviews/items", params=params, headers=LINUS)).json()
+                seen += [i["id"] for i in page["items"]]
+                if (after := page["next_after"]) is None:
+                    break
+            assert seen == expected, (group, limit)
