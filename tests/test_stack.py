@@ -128,10 +128,8 @@ def test_the_banner_in_oidc_mode_says_to_sign_in_and_make_a_token(tmp_path: Path
     )
     said = stack.try_banner(elsewhere, None)
     assert "--as" not in said and "alan@example.com" not in said  # a real provider: nobody is a demo user there
-    assert (
-        "lapse --api http://127.0.0.1:9001 login (approve it in the browser), then: lapse --api http://127.0.0.1:9001 catalog"
-        in said
-    )
+    api = "lapse --api http://127.0.0.1:9001"
+    assert f"{api} login (approve it in the browser), then: {api} catalog" in said
 
 
 def test_the_banner_in_proxy_mode_keeps_as(tmp_path: Path) -> None:
