@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web histories clean
+.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ bench-web: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench.signin --json bench/results-signin-$$(date -u +%F).json
 	$(BIN)/python -m bench.approvals
 	$(BIN)/python -m bench.permissions
+
+# Access reviews: starting a 100,000-item campaign on a real stack, and the reviewers' pages and bulk decisions.
+bench-reviews: $(VENV)/.dev system-deps
+	$(BIN)/python -m bench.reviews --out bench/results-reviews-$$(date -u +%F).json
+	$(BIN)/python -m bench.review_pages
 
 histories: $(VENV)/.dev
 	$(BIN)/python -m tests.histories.record $(TAG)
