@@ -101,8 +101,7 @@ def test_leavers_are_left_out_at_scale() -> None:
 def test_an_exception_removes_exactly_its_user_role_and_policy_and_another_policy_still_grants_it() -> None:
     """An access review revoked ken's and barbara's ``git/repos/read`` from engineering-baseline: ken loses it
     (and keeps the policy's other role); barbara keeps it through platform (her on-call group), relabelled. The
-    review's engine then marks barbara's item ``revoke_failed``, saying platform also grants it
-    (tests/activities/test_review_settle.py)."""
+    review's engine then marks barbara's item ``revoke_failed``, saying platform also grants it."""
     full = plan_birthright([ENG, PLATFORM], MEMBERS, ACTIVE, [])
     current = [HeldGrant(i.user, i.role, i.policy) for i in full.add]
     exceptions = {("engineering-baseline", "git/repos/read"): {"ken@x", "barbara@x"}}

@@ -255,9 +255,7 @@ class ReviewCampaignWorkflow:
                 return
             if result.birthright_pending and result.settled == 0 and run.settle_wait >= SETTLE_WAIT_MAX:
                 # A birthright exception still held after many looks: the sync may have been skipped; ask again.
-                await self._act(
-                    names.TRIGGER_SYNC, TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC), bool, beats=False
-                )
+                await self._act(names.TRIGGER_SYNC, TriggerInput(schedule_id=names.BIRTHRIGHT_SYNC), bool, beats=False)
             await workflow.sleep(run.settle_wait)
             run.settle_wait = min(run.settle_wait * 2, SETTLE_WAIT_MAX)
             self._continue_if_long(run)

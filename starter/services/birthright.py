@@ -17,13 +17,14 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from access import names
-from access.birthright import BirthrightPlan, PolicySpec
+from access.birthright import BirthrightPlan, PlanItem, PolicySpec
 from access.errors import Refusal, RefusalKind
 from access.grants import GrantPath, birthright_barred
 from access.limits import MAX_ITEMS
 from access.types import AuditEntry
 from activities.connectors import built
 from starter.services.authorization import require_admin
+from starter.services.birthright_exceptions import ExceptionOut, exceptions_by_policy
 from starter.services.fields import FreeText, Name, RolePath
 from starter.services.syncs import SyncStateOut, next_run, sync_state, trigger_now
 from store import catalog
@@ -71,6 +72,8 @@ class PolicyOut(BaseModel):
     description: str
     grants: int
     """Active birthright grants attributed to this policy."""
+    exceptions: list[ExceptionOut] = []
+    """The users it no longer grants a role to: an access review revoked it."""
 
 
 class CreateChange(BaseModel):
@@ -111,6 +114,9 @@ class PreviewOut(BaseModel):
     """``policy``: the policy the lost grant was made under."""
     relabels: list[PreviewItem]
     """Grants kept, now accounted for by ``policy``."""
+    excepted: list[PreviewItem] = []
+    """Not granted by ``policy`` because of an exception on it (an access review revoked it); another policy
+    may still grant the role (then it is in no other list)."""
     counts: dict[str, Any]
     """``add``, ``remove``, ``relabel`` in all, and ``by_policy`` and ``by_role``."""
     truncated: bool
@@ -175,8 +181,11 @@ def _check_order(session: Session, names_: list[str], *, field: str) -> list[Bir
     return [policies[n] for n in names_]
 
 
-def _out(policy: BirthrightPolicy, grants: dict[str, int]) -> PolicyOut:
+def _out(
+    policy: BirthrightPolicy, grants: dict[str, int], exceptions: dict[str, list[ExceptionOut]] | None = None
+) -> PolicyOut:
     return PolicyOut(
+        exceptions=(exceptions or {}).get(policy.name, []),
         name=policy.name,
         position=policy.position,
         groups=list(policy.groups),
@@ -223,14 +232,14 @@ def list_policies(settings: Settings, admin: User) -> list[PolicyOut]:
     """The policies in order: a role two policies grant is attributed to the first."""
     require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
-        grants = _grant_counts(session)
-        return [_out(p, grants) for p in _ordered(session)]
+        grants, exceptions = _grant_counts(session), exceptions_by_policy(session)
+        return [_out(p, grants, exceptions) for p in _ordered(session)]
 
 
 def get_policy(settings: Settings, admin: User, name: str) -> PolicyOut:
     require_admin(admin)
     with session_scope(settings.db_url, write=False) as session:
-        return _out(_find(session, name), _grant_counts(session))
+        return _out(_find(session, name), _grant_counts(session), exceptions_by_policy(session, name))
 
 
 async def create_policy(client: Client, settings: Settings, admin: User, new: PolicyIn) -> PolicyOut:
@@ -328,11 +337,12 @@ def preview(settings: Settings, admin: User, change: Change, *, limit: int) -> P
             by_name = {s.name: s for s in specs}
             specs = [by_name[p.name] for p in _check_order(session, change.names, field="names")]
         inputs = catalog.birthright_inputs(session, also={group for spec in specs for group in spec.groups})
-    return _preview(inputs.plan(specs), limit)
+    return _preview(inputs.plan(specs), limit, inputs.excepted(specs))
 
 
-def _preview(plan: BirthrightPlan, limit: int) -> PreviewOut:
+def _preview(plan: BirthrightPlan, limit: int, excepted: list[PlanItem]) -> PreviewOut:
     return PreviewOut(
+        excepted=[PreviewItem(user=i.user, role=i.role, policy=i.policy) for i in excepted[:limit]],
         gains=[PreviewItem(user=i.user, role=i.role, policy=i.policy) for i in plan.add[:limit]],
         losses=[PreviewItem(user=i.user, role=i.role, policy=i.policy) for i in plan.remove[:limit]],
         relabels=[PreviewItem(user=r.user, role=r.role, policy=r.policy) for r in plan.relabel[:limit]],

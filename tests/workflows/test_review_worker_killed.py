@@ -71,7 +71,7 @@ class KillableWorker:
     async def start(self) -> None:
         (self.markers / "ready").unlink(missing_ok=True)
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; its readiness is polled
                 [sys.executable, "-m", "tests.workflows.killable_worker", str(self.config)],
                 cwd=ROOT,
                 stdout=log,
@@ -136,12 +136,16 @@ def define(settings: Settings, **fields: Any) -> None:
             )
         )
         for email in HOLDERS:  # found in the target, made outside Lapse
-            session.add(Grant(account=email, role=READ, user_email=email, path="external", granted_at=datetime.now(UTC)))
+            session.add(
+                Grant(account=email, role=READ, user_email=email, path="external", granted_at=datetime.now(UTC))
+            )
 
 
 def items(settings: Settings, campaign_id: str) -> dict[str, ReviewItem]:
     with session_scope(settings.db_url, write=False) as session:
-        return {i.user_email or "": i for i in session.exec(select(ReviewItem).where(ReviewItem.campaign_id == campaign_id))}
+        return {
+            i.user_email or "": i for i in session.exec(select(ReviewItem).where(ReviewItem.campaign_id == campaign_id))
+        }
 
 
 def decide_revoke(settings: Settings, campaign_id: str, holders: list[str]) -> None:
@@ -157,7 +161,9 @@ def decide_revoke(settings: Settings, campaign_id: str, holders: list[str]) -> N
 
 def audit(settings: Settings, *actions: str) -> list[AuditEvent]:
     with session_scope(settings.db_url, write=False) as session:
-        return list(session.exec(select(AuditEvent).where(col(AuditEvent.action).in_(actions)).order_by(col(AuditEvent.id))))
+        return list(
+            session.exec(select(AuditEvent).where(col(AuditEvent.action).in_(actions)).order_by(col(AuditEvent.id)))
+        )
 
 
 async def test_a_worker_killed_during_the_snapshot_and_during_revokes_repeats_nothing_and_loses_nothing(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from access.limits import MAX_ITEMS
 from starter.api.deps import AdminUser, ClientDep, SettingsDep
 from starter.api.problems import responses
-from starter.services import birthright
+from starter.services import birthright, birthright_exceptions
 from starter.services.birthright import Change, PolicyIn, PolicyOut, PolicyUpdate, PreviewOut
 from starter.services.fields import Name
 from starter.services.syncs import SyncStateOut
@@ -53,6 +53,18 @@ async def update_policy(
 async def delete_policy(name: NameParam, admin: AdminUser, settings: SettingsDep, client: ClientDep) -> None:
     """Delete a policy; the sync removes the grants no other policy accounts for, at once."""
     await birthright.delete_policy(client, settings, admin, name)
+
+
+@router.delete("/policies/{name}/exceptions/{exception_id}", status_code=204, responses=responses(404))
+async def remove_exception(
+    name: NameParam,
+    exception_id: Annotated[int, Path(description="The exception's id (in the policy's `exceptions`).")],
+    admin: AdminUser,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> None:
+    """Remove an exception an access review made: the policy grants the role to the user again, at once."""
+    await birthright_exceptions.remove_exception(client, settings, admin, name, exception_id)
 
 
 @router.post("/policies/order", responses=responses(413))

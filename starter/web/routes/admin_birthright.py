@@ -22,7 +22,7 @@ from access.errors import Refusal, RefusalKind
 from access.limits import MAX_ITEMS
 from starter.api.deps import ClientDep, SettingsDep
 from starter.api.problems import STATUS
-from starter.services import birthright
+from starter.services import birthright, birthright_exceptions
 from starter.services.birthright import (
     Change,
     CreateChange,
@@ -146,9 +146,12 @@ async def birthright_page(
     saved: Annotated[Name, Query()] = "",
     deleted: Annotated[Name, Query()] = "",
     synced: bool = False,
+    unexcepted: Annotated[str, Query(max_length=1000)] = "",
 ) -> HTMLResponse:
     notice = None
-    if saved:
+    if unexcepted:
+        notice = f"The exception was removed: {unexcepted} gets the role again from the birthright sync, now."
+    elif saved:
         notice = f"Policy {saved} was saved; the birthright sync applies it now."
     elif deleted:
         notice = f"Policy {deleted} was deleted; the birthright sync removes what no other policy accounts for."
@@ -186,6 +189,19 @@ async def sync_now(admin: PageAdmin, settings: SettingsDep, client: ClientDep) -
     """Run the birthright sync now, as ``POST /api/birthright/sync`` does."""
     await birthright.sync_now(client, settings, admin)
     return RedirectResponse("/admin/birthright?synced=true#sync", status_code=303)
+
+
+@router.post("/policies/{name}/exceptions/{exception_id}/remove")
+async def remove_exception(
+    name: NameParam, exception_id: int, admin: PageAdmin, settings: SettingsDep, client: ClientDep
+) -> RedirectResponse:
+    """Remove an exception an access review made, as ``DELETE /api/birthright/policies/{name}/exceptions/{id}``
+    does: the policy grants the role again."""
+    policy = birthright.get_policy(settings, admin, name)
+    removed = next((e for e in policy.exceptions if e.id == exception_id), None)
+    await birthright_exceptions.remove_exception(client, settings, admin, name, exception_id)
+    who = f"{removed.user} ({removed.role})" if removed else "the user"
+    return RedirectResponse(f"/admin/birthright?{urlencode({'unexcepted': who})}#exceptions", status_code=303)
 
 
 # --- one policy: edit, preview, save --------------------------------------------------------------
