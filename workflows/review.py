@@ -14,7 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -62,6 +63,10 @@ its start-to-close timeout (minutes, for a snapshot's batch ten: the campaign st
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 """Bookkeeping in the app DB: retried until it succeeds (a campaign must not end half done)."""
+
+
+SAME_SECOND_RUNS = 20
+"""How many runs of one definition may start within the same second (each a campaign id of its own)."""
 
 
 @workflow.defn
@@ -145,14 +150,29 @@ class ReviewCampaignWorkflow:
     async def _start_scheduled(self, input: ReviewCampaignInput) -> CampaignResult:
         """A scheduled run names the campaign by its start and runs it as ``review-<campaign>``, waiting for it
         (so the schedule's overlap policy skips a run while one is open). Closing this run leaves it going."""
-        campaign_id = names.review_campaign_id(input.definition, workflow.now())
-        result: CampaignResult = await workflow.execute_child_workflow(
-            ReviewCampaignWorkflow.run,
-            ReviewCampaignInput(definition=input.definition, started_by=input.started_by, campaign_id=campaign_id),
-            id=names.review_workflow_id(campaign_id),
-            parent_close_policy=ParentClosePolicy.ABANDON,
+        base = names.review_campaign_id(input.definition, workflow.now())
+        for attempt in range(1, SAME_SECOND_RUNS + 1):
+            # Another run of the definition started in the same second (a trigger right after a scheduled run,
+            # or a start by hand): its id is taken, for good, so this one is the next of that second.
+            campaign_id = base if attempt == 1 else f"{base}-{attempt}"
+            try:
+                handle = await workflow.start_child_workflow(
+                    ReviewCampaignWorkflow.run,
+                    ReviewCampaignInput(
+                        definition=input.definition, started_by=input.started_by, campaign_id=campaign_id
+                    ),
+                    id=names.review_workflow_id(campaign_id),
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                )
+            except WorkflowAlreadyStartedError:
+                continue
+            result: CampaignResult = await handle
+            return result
+        raise ApplicationError(
+            f"{SAME_SECOND_RUNS} campaigns of {input.definition!r} started in the second {base[-15:]}: no more",
+            non_retryable=True,
         )
-        return result
 
     async def _review(self, run: CampaignRun) -> None:
         """One turn of an open campaign: whatever is due now, then sleep until the next thing is."""
