@@ -27,6 +27,7 @@ ADMIN_ROUTES = [
     ("GET", "/api/birthright/policies/{name}"),
     ("PUT", "/api/birthright/policies/{name}"),
     ("DELETE", "/api/birthright/policies/{name}"),
+    ("DELETE", "/api/birthright/policies/{name}/exceptions/{exception_id}"),
     ("POST", "/api/birthright/policies/order"),
     ("POST", "/api/birthright/preview"),
     ("POST", "/api/birthright/sync"),

@@ -53,6 +53,7 @@ ADMIN_SECTION_PAGES = [
     ("GET", "/admin/birthright/policies/{name}"),
     ("POST", "/admin/birthright/preview"),
     ("POST", "/admin/birthright/save"),
+    ("POST", "/admin/birthright/policies/{name}/exceptions/{exception_id}/remove"),
     ("GET", "/admin/directory"),
     ("GET", "/admin/directory/live"),
     ("POST", "/admin/directory/sync"),
