@@ -26,24 +26,19 @@ import json
 import os
 import random
 import shutil
-import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from sqlalchemy import insert, text
 from sqlmodel import col, select
 
 from access.requests import Decision, RequestState, RequestStatus, StepState, StepStatus
 from access.types import Approver, ApproverKind
-from harness.postgres import PostgresServer
+from bench.pages import app_db, time_get
 from starter.api.app import create_app
 from store.approval_inbox import deciders
 from store.db import engine_for, migrate, session_scope
@@ -202,30 +197,6 @@ def build(url: str, *, requests: int, open_: int, requesters: int, seed: int) ->
     return {"requests": made, "open_for_approver": mine, "build_s": round(time.perf_counter() - started, 1)}
 
 
-def _ms(samples: list[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
-    return {
-        "calls": len(samples),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(p95 * 1000, 2),
-        "max_ms": round(ordered[-1] * 1000, 2),
-    }
-
-
-async def _time(http: httpx.AsyncClient, path: str, calls: int, *, check: Any) -> dict[str, Any]:
-    headers = {"X-Forwarded-Email": APPROVER}
-    for _ in range(3):  # warm: the first calls fill caches every later call finds full
-        check(await http.get(path, headers=headers))
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        response = await http.get(path, headers=headers)
-        samples.append(time.perf_counter() - started)
-        check(response)
-    return _ms(samples)
-
-
 def _api_page(response: httpx.Response) -> None:
     assert response.status_code == 200, response.text
     assert 0 < len(response.json()) <= 100, response.headers
@@ -257,32 +228,22 @@ async def measure(url: str, data_dir: Path, calls: int, deep: str) -> dict[str, 
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://lapse.bench") as http:
         results = {
-            "api_first_page": await _time(http, "/api/approvals", calls, check=_api_page),
-            "api_deep_page": await _time(http, f"/api/approvals?after={deep}", calls, check=_api_page),
-            "page_first": await _time(http, "/approvals", calls, check=_cards),
-            "page_deep": await _time(http, f"/approvals?after={deep}", calls, check=_cards),
+            "api_first_page": await time_get(
+                http, "/api/approvals", calls, headers={"X-Forwarded-Email": APPROVER}, check=_api_page
+            ),
+            "api_deep_page": await time_get(
+                http, f"/api/approvals?after={deep}", calls, headers={"X-Forwarded-Email": APPROVER}, check=_api_page
+            ),
+            "page_first": await time_get(
+                http, "/approvals", calls, headers={"X-Forwarded-Email": APPROVER}, check=_cards
+            ),
+            "page_deep": await time_get(
+                http, f"/approvals?after={deep}", calls, headers={"X-Forwarded-Email": APPROVER}, check=_cards
+            ),
         }
     found, took = await asyncio.to_thread(python_filter, url)
     results["before_inbox_python_filter"] = {"found": found, "one_call_ms": round(took * 1000, 1)}
     return results
-
-
-@contextmanager
-def backend(name: str, data_dir: Path) -> Iterator[str]:
-    if name == "sqlite":
-        yield f"sqlite:///{data_dir / 'lapse.db'}"
-        return
-    server = PostgresServer().start()
-    try:
-        database = f"bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(server.dsn(), autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {database}")
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/{database}"
-        yield url
-        for engine in (engine_for(url), engine_for(url, writer=True), engine_for(url, writer=False)):
-            engine.dispose()
-    finally:
-        server.stop()
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -301,7 +262,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.backends:
         data_dir = Path(tempfile.mkdtemp(prefix=f"lapse-bench-approvals-{name}-"))
         try:
-            with backend(name, data_dir) as url:
+            with app_db(name, data_dir) as url:
                 built = build(url, requests=args.requests, open_=args.open, requesters=requesters, seed=args.seed)
                 print(f"{name}: built {built}", flush=True)
                 with session_scope(url, write=False) as session:

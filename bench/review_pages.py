@@ -24,26 +24,21 @@ import json
 import os
 import random
 import shutil
-import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from sqlalchemy import insert, text
 from sqlmodel import col, select
 
 from access.reviews import ReviewDefinition
 from access.types import Approver, ApproverKind
-from harness.postgres import PostgresServer
+from bench.pages import app_db, time_get
 from starter.api.app import create_app
-from store.db import engine_for, migrate, session_scope
+from store.db import migrate, session_scope
 from store.settings import Settings
 from store.tables import ReviewCampaign, ReviewItem, User
 
@@ -128,30 +123,7 @@ def build(url: str, *, items: int, mine: int, seed: int) -> None:
         session.execute(text("ANALYZE"))
 
 
-def _ms(samples: list[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
-    return {
-        "calls": len(samples),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(p95 * 1000, 2),
-        "max_ms": round(ordered[-1] * 1000, 2),
-    }
-
-
 HEADERS = {"X-Forwarded-Email": REVIEWER}
-
-
-async def _time(http: httpx.AsyncClient, path: str, calls: int, check: Any) -> dict[str, Any]:
-    for _ in range(3):
-        check(await http.get(path, headers=HEADERS))
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        response = await http.get(path, headers=HEADERS)
-        samples.append(time.perf_counter() - started)
-        check(response)
-    return _ms(samples)
 
 
 def _items(response: httpx.Response) -> None:
@@ -178,10 +150,16 @@ async def measure(url: str, data_dir: Path, calls: int) -> dict[str, Any]:
                 await http.get("/api/reviews/items", params={"limit": PAGE, "after": deep}, headers=HEADERS)
             ).json()["next_after"]
         results = {
-            "api_first_page": await _time(http, f"/api/reviews/items?limit={PAGE}", calls, _items),
-            "api_deep_page": await _time(http, f"/api/reviews/items?limit={PAGE}&after={deep}", calls, _items),
-            "api_by_role": await _time(http, f"/api/reviews/items?limit={PAGE}&group=role", calls, _items),
-            "page_first": await _time(http, "/reviews", calls, _page),
+            "api_first_page": await time_get(
+                http, f"/api/reviews/items?limit={PAGE}", calls, headers=HEADERS, check=_items
+            ),
+            "api_deep_page": await time_get(
+                http, f"/api/reviews/items?limit={PAGE}&after={deep}", calls, headers=HEADERS, check=_items
+            ),
+            "api_by_role": await time_get(
+                http, f"/api/reviews/items?limit={PAGE}&group=role", calls, headers=HEADERS, check=_items
+            ),
+            "page_first": await time_get(http, "/reviews", calls, headers=HEADERS, check=_page),
         }
         with session_scope(url, write=False) as session:
             chosen = list(
@@ -210,24 +188,6 @@ async def measure(url: str, data_dir: Path, calls: int) -> dict[str, Any]:
     return results
 
 
-@contextmanager
-def backend(name: str, data_dir: Path) -> Iterator[str]:
-    if name == "sqlite":
-        yield f"sqlite:///{data_dir / 'lapse.db'}"
-        return
-    server = PostgresServer().start()
-    try:
-        database = f"bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(server.dsn(), autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {database}")
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/{database}"
-        yield url
-        for engine in (engine_for(url), engine_for(url, writer=True), engine_for(url, writer=False)):
-            engine.dispose()
-    finally:
-        server.stop()
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -242,7 +202,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.backends:
         data_dir = Path(tempfile.mkdtemp(prefix=f"lapse-bench-reviews-{name}-"))
         try:
-            with backend(name, data_dir) as url:
+            with app_db(name, data_dir) as url:
                 started = time.perf_counter()
                 await asyncio.to_thread(build, url, items=args.items, mine=args.mine, seed=args.seed)
                 measured = await measure(url, data_dir, args.calls)
