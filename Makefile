@@ -45,7 +45,7 @@ system-deps:
 	fi
 
 test: lint system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 # The API fuzz suite, large: schemathesis over the OpenAPI document (`make test` runs it small).
 FUZZ_EXAMPLES ?= 100

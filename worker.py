@@ -26,11 +26,13 @@ from access import names
 from activities.audit import AuditActivities
 from activities.backstop import BackstopActivities
 from activities.birthright import BirthrightActivities
+from activities.break_glass import BreakGlassActivities
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.directory import DirectoryActivities
 from activities.discovery import DiscoveryActivities
 from activities.drift import DriftActivities
 from activities.grants import GrantActivities
+from activities.notify.dispatcher import Dispatcher
 from activities.requests import RequestActivities
 from activities.reviews import ReviewActivities
 from activities.schedules import ScheduleActivities
@@ -42,6 +44,7 @@ from workflows.access_request import AccessRequestWorkflow
 from workflows.audit import AuditCheckpointWorkflow
 from workflows.backstop import ExpiryBackstopWorkflow
 from workflows.birthright import BirthrightSyncWorkflow
+from workflows.break_glass import BreakGlassReviewWorkflow
 from workflows.directory import DirectorySyncWorkflow
 from workflows.discovery import ConnectionTestWorkflow, DiscoveryWorkflow
 from workflows.grants import GrantRevokeWorkflow
@@ -57,6 +60,7 @@ WORKFLOWS: Sequence[type] = [
     ExpiryBackstopWorkflow,
     AuditCheckpointWorkflow,
     ReviewCampaignWorkflow,
+    BreakGlassReviewWorkflow,
 ]
 
 SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
@@ -99,6 +103,7 @@ def build_worker(
         *BackstopActivities(settings.db_url, connectors=connectors).all(),
         *ReviewActivities(settings.db_url, connectors=connectors).all(),
         *AuditActivities(settings.db_url).all(),
+        *BreakGlassActivities(settings.db_url).all(),
         *DirectoryActivities(
             settings.db_url, org_file=settings.org_file, max_leavers=settings.directory_max_leavers
         ).all(),
@@ -127,7 +132,9 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    # Notifications go out from beside the worker: the outbox's rows are sent with retries, so the workflows
+    # never wait for a chat or mail server (activities/notify/dispatcher.py).
+    async with worker, Dispatcher(settings.db_url, settings):
         logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
         await stop.wait()
 

@@ -13,8 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 
 from access.errors import Refusal, RefusalKind
+from access.limits import MAX_REMINDERS
 from access.requests import Decision, ExtensionState, RequestState, RequestStatus, StepState, StepStatus
-from access.types import RequestPlan
+from access.types import Approver, RequestPlan
 
 
 class RoundKind(StrEnum):
@@ -61,7 +62,24 @@ class Reresolved:
 
 def planned_steps(plan: RequestPlan) -> list[StepStatus]:
     """A round's steps as the policy planned them, none open yet."""
-    return [StepStatus(name=s.name, approvers=s.approvers, quorum=s.quorum, eligible=s.eligible) for s in plan.steps]
+    return [
+        StepStatus(
+            name=s.name,
+            approvers=s.approvers,
+            quorum=s.quorum,
+            eligible=s.eligible,
+            remind_after=s.remind_after,
+            remind_every=s.remind_every,
+            escalate_after=s.escalate_after,
+            escalate_to=s.escalate_to,
+        )
+        for s in plan.steps
+    ]
+
+
+def deciders(step: StepStatus) -> list[Approver]:
+    """The approvers ``step`` names now: its own, and once it escalated, those it escalated to."""
+    return step.approvers + step.escalate_to if step.escalated_at is not None else step.approvers
 
 
 def approved_by(step: StepStatus, person: str) -> bool:
@@ -152,12 +170,12 @@ class ApprovalRound:
         index, step = next((i, s) for i, s in enumerate(self.steps) if s.state is StepState.OPEN)
         step.decisions.append(decision)
         if not decision.approved:
-            step.state = StepState.DENIED
+            close(step, StepState.DENIED)
             return Decided(step, outcome=RoundOutcome.DENIED)
         if step.approvals < step.quorum:
             return Decided(step)
         if index + 1 == len(self.steps):
-            step.state = StepState.APPROVED
+            close(step, StepState.APPROVED)
             return Decided(step, outcome=RoundOutcome.APPROVED)
         return Decided(step, following=self.steps[index + 1])
 
@@ -170,7 +188,7 @@ class ApprovalRound:
         following = decided.following
         assert following is not None
         following.eligible = eligible
-        decided.step.state = StepState.APPROVED
+        close(decided.step, StepState.APPROVED)
         free = self.free_approvers(following, distinct=distinct)
         if len(free) < following.quorum:
             return (
@@ -226,4 +244,61 @@ def _short_of(step: StepStatus, needed: int, available: list[str], *, gone: list
 def _open(step: StepStatus, at: datetime) -> StepStatus:
     step.state = StepState.OPEN
     step.opened_at = at
+    first_reminder = step.remind_after or step.remind_every
+    step.next_reminder_at = at + first_reminder if first_reminder is not None else None
+    step.escalate_at = at + step.escalate_after if step.escalate_after is not None else None
     return step
+
+
+def close(step: StepStatus, state: StepState) -> None:
+    """End ``step`` in ``state``: no reminder is due for it any more."""
+    step.state = state
+    step.next_reminder_at = None
+
+
+# --- reminders and escalation ------------------------------------------------------------------
+
+
+class TimerKind(StrEnum):
+    REMINDER = "reminder"
+    ESCALATION = "escalation"
+
+
+@dataclass(frozen=True)
+class StepTimer:
+    """What is due next on an open step, and when."""
+
+    at: datetime
+    kind: TimerKind
+
+
+def next_timer(step: StepStatus | None) -> StepTimer | None:
+    """The next reminder or escalation of ``step``, whichever comes first; None for a step that is not
+    awaiting approvals (decided, or met its quorum while the next step is being resolved) or has none due.
+    An escalation due with a reminder comes first, so the reminder reaches those it added."""
+    if step is None or step.state is not StepState.OPEN or step.approvals >= step.quorum:
+        return None
+    due = []
+    if step.escalate_at is not None and step.escalated_at is None:
+        due.append(StepTimer(step.escalate_at, TimerKind.ESCALATION))
+    if step.next_reminder_at is not None:
+        due.append(StepTimer(step.next_reminder_at, TimerKind.REMINDER))
+    return min(due, key=lambda timer: timer.at) if due else None
+
+
+def remind(step: StepStatus, at: datetime) -> int:
+    """Count a reminder of ``step`` sent ``at``, and say when the next is due (``remind_every`` later, up
+    to ``MAX_REMINDERS``); returns the reminder's number."""
+    step.reminders += 1
+    again = step.remind_every is not None and step.reminders < MAX_REMINDERS
+    step.next_reminder_at = at + step.remind_every if again and step.remind_every is not None else None
+    return step.reminders
+
+
+def escalate(step: StepStatus, people: list[str], *, requester: str, at: datetime) -> list[str]:
+    """Let ``people`` (those ``escalate_to`` names, resolved now) decide ``step`` too; returns who was added.
+    The requester never is; the distinct-approver rule holds for them as for anyone eligible."""
+    added = [person for person in people if person not in step.eligible and person != requester]
+    step.eligible = [*step.eligible, *added]
+    step.escalated_at = at
+    return added

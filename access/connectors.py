@@ -76,6 +76,10 @@ class HeldRole:
     role: str
     email: str | None = None
     """The account's email when the target knows it (a directory's ``mail``); else the account rule links it."""
+    last_used: datetime | None = None
+    """When the account was last seen using its access, for targets that can tell (an optional capability): a
+    PostgreSQL login with a live session now, Active Directory's ``lastLogonTimestamp``. None: the target
+    cannot tell, and reviewers read "unknown". A login's use counts for every role it holds in the target."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class Connector(Protocol):
     def discover(self) -> Discovery: ...
 
     def list_grants(self, roles: Iterable[DiscoveredRole]) -> Iterable[HeldRole]:
-        """Who holds each of ``roles`` now."""
+        """Who holds each of ``roles`` now, and when each account was last seen in use where the target can tell."""
         ...
 
     def grant(self, account: str, target: Target, expires_at: datetime | None) -> Credentials | None:

@@ -48,6 +48,9 @@ class DiscoveryResult(Model):
     """Of those, birthright grants ended here: the birthright sync (started at once) grants them again."""
     unlinked_accounts: int = 0
     """Accounts holding a role that match no Lapse user."""
+    grants_in_use: int = 0
+    """Grants in the target whose account it says was used (a live session now, a last logon): each one's
+    ``last_used_at`` moves forward, for reviewers. Targets that cannot tell report none."""
     drift: list[DriftItem] = []
     """External grants of JIT-only roles to revoke (the integration enforces JIT-only)."""
     remediated: int = 0

@@ -29,6 +29,11 @@ MIN_REAUTHENTICATE = timedelta(minutes=1)
 provider faster than they can decide."""
 MAX_REAUTHENTICATE = timedelta(days=1)
 """The longest ``reauthenticate_within`` a policy may ask for: longer asks for nothing a session does not give."""
+MIN_REMIND_EVERY = timedelta(minutes=1)
+"""The shortest ``remind_every`` an approval step may ask for: reminders closer together are noise."""
+MAX_REMINDERS = 100
+"""Reminders one step sends at most: each is a timer and a record in the request's history, which no
+policy may grow without bound (a pending request never continues as new)."""
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body the API reads; anything larger is a 413."""
 HISTORY_EVENTS_BEFORE_CONTINUE = 2000

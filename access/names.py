@@ -59,6 +59,8 @@ CARRY_OUT_REVIEW_BATCH = "carry_out_review_batch"
 SETTLE_REVIEW_BATCH = "settle_review_batch"
 CLOSE_REVIEW_CAMPAIGN = "close_review_campaign"
 
+RECORD_BREAK_GLASS_REVIEW = "record_break_glass_review"
+
 BOOKKEEPING_TIMEOUT = timedelta(seconds=10)
 
 REQUEST_TASK_TIMEOUT = timedelta(seconds=4)
@@ -81,6 +83,11 @@ def start_search_attributes(requester: str, role: str) -> TypedSearchAttributes:
             SearchAttributePair(STATE, "pending"),
         ]
     )
+
+
+def break_glass_workflow_id(request_id: str) -> str:
+    """An emergency request's post-hoc review, started by the request's run once the grant is made."""
+    return f"break-glass-{request_id}"
 
 
 def discovery_id(integration: str) -> str:

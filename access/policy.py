@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from access.durations import format_duration
 from access.errors import Refusal, RefusalKind
+from access.on_call import is_provider_ref
 from access.types import ApprovalPolicy, Approver, ApproverKind, PolicyContext, RequestPlan, Rule, StepPlan
 
 
@@ -72,7 +73,33 @@ def _conditions_hold(rule: Rule, context: PolicyContext) -> bool:
     when = rule.when
     if when.groups and not groups.intersection(when.groups):
         return False
-    return not (when.on_call and not groups.intersection(when.on_call))
+    return not (when.on_call and not _on_call_met(rule, context))
+
+
+def _on_call_met(rule: Rule, context: PolicyContext) -> list[str]:
+    """The rule's on-call references the requester meets: a provider's rotation they are on call for now
+    (``Requester.on_call``), or a group they are in; a provider reference is never taken for a group."""
+    requester = context.requester
+    return [
+        ref
+        for ref in rule.when.on_call
+        if (ref in requester.on_call if is_provider_ref(ref) else ref in requester.groups)
+    ]
+
+
+def on_call_refs(policy: ApprovalPolicy | None, context: PolicyContext) -> list[str]:
+    """The on-call provider references whose answer could change this requester's rule: those named by the
+    rules whose group condition the requester meets. Empty (no provider to ask) for most policies."""
+    groups = set(context.requester.groups)
+    return sorted(
+        {
+            ref
+            for rule in (policy.rules if policy else [])
+            if not rule.when.groups or groups.intersection(rule.when.groups)
+            for ref in rule.when.on_call
+            if is_provider_ref(ref)
+        }
+    )
 
 
 def _longest(rule: Rule) -> timedelta:
@@ -135,6 +162,10 @@ def evaluate_policy(
                 approvers=step.approvers,
                 quorum=step.quorum,
                 eligible=eligible,
+                remind_after=step.remind_after,
+                remind_every=step.remind_every,
+                escalate_after=step.escalate_after,
+                escalate_to=step.escalate_to,
             )
         )
     if rule.distinct_approvers and not _distinct_people_suffice(steps):
@@ -152,6 +183,7 @@ def evaluate_policy(
         steps=steps,
         distinct_approvers=rule.distinct_approvers,
         reauthenticate_within=policy.reauthenticate_within,
+        on_call=_on_call_met(rule, context),
     )
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from access.durations import Duration
-from access.types import Approver, AuditEntry, Model, RequestPlan
+from access.types import Approver, AuditEntry, BreakGlassPlan, Model, RequestPlan
 
 # --- a request as the workflow knows it --------------------------------------------------
 
@@ -62,6 +62,19 @@ class StepStatus(Model):
     decisions: list[Decision] = []
     state: StepState = StepState.WAITING
     opened_at: datetime | None = None
+    remind_after: Duration | None = None
+    remind_every: Duration | None = None
+    escalate_after: Duration | None = None
+    escalate_to: list[Approver] = []
+    """The step's reminders and escalation, as its plan said (``access.types.Step``)."""
+    reminders: int = 0
+    """Reminders sent so far."""
+    next_reminder_at: datetime | None = None
+    """When the next reminder goes out, while the step is open and one is due."""
+    escalate_at: datetime | None = None
+    """When the step escalates (or escalated) to ``escalate_to``, once it is open."""
+    escalated_at: datetime | None = None
+    """When it did: from then on ``escalate_to``'s people are among ``eligible``."""
 
     @property
     def approvals(self) -> int:
@@ -114,6 +127,11 @@ class RequestStatus(Model):
     login: str | None = None
     """The login made for this grant alone (ephemeral credentials); its requester fetches the password
     once from ``POST /api/requests/{id}/credentials``."""
+    warned_for: datetime | None = None
+    """The end its holder was last warned of (``grant.expiring_soon``): an extension that moves the end warns
+    again before the new one."""
+    break_glass: BreakGlassPlan | None = None
+    """An emergency request's review plan (granted at once, reviewed afterwards: ``access.break_glass``)."""
 
     def open_step(self) -> StepStatus | None:
         """The step awaiting decisions now, if any (the round's rules are in ``access.approval``)."""
@@ -160,6 +178,9 @@ class AccessRequestInput(Model):
     created_at: datetime
     resume: Resume | None = None
     """Set when the run continues as new: the approval round is over and the grant was made."""
+    expiry_warning: Duration | None = None
+    """The organisation's lead time for the expiring-soon warning (``notifications.expiry_warning``); None:
+    the default rule (``access.notifications.warning_lead``)."""
 
 
 class RequestAck(Model):
@@ -183,6 +204,8 @@ class EndInput(Model):
 
     actor: str
     is_admin: bool = False
+    condemned: bool = False
+    """A reviewer of an emergency grant condemned it: the workflow lets them revoke it if its plan names them."""
     comment: str = ""
     request_id: str | None = None
     """The request this is for (see ``DecisionInput.request_id``)."""

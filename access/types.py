@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from access.durations import Duration, format_duration
-from access.limits import MAX_REAUTHENTICATE, MIN_REAUTHENTICATE
+from access.limits import MAX_REAUTHENTICATE, MIN_REAUTHENTICATE, MIN_REMIND_EVERY
 
 
 class Model(BaseModel):
@@ -66,11 +66,37 @@ class Approver(Model):
 
 
 class Step(Model):
-    """One approval step: ``quorum`` distinct eligible people must approve it."""
+    """One approval step: ``quorum`` distinct eligible people must approve it.
+
+    While it waits, its approvers can be reminded (``remind_after``, then every ``remind_every``) and, after
+    ``escalate_after``, the people ``escalate_to`` names may decide it too. The request's approval timeout
+    still ends it as ``timed_out``."""
 
     name: str = ""
     approvers: list[Approver] = Field(min_length=1)
     quorum: int = Field(default=1, ge=1)
+    remind_after: Duration | None = None
+    """Remind the approvers this long after the step opens (``PT1H``); None: no first reminder of its own
+    (``remind_every`` alone reminds first after ``remind_every``)."""
+    remind_every: Duration | None = None
+    """Then remind them again this often, at least ``MIN_REMIND_EVERY`` apart, until the step is decided."""
+    escalate_after: Duration | None = None
+    """This long after the step opens, the people ``escalate_to`` names may decide it too."""
+    escalate_to: list[Approver] = Field(default=[], max_length=50)
+    """The fallback approvers (a manager, a named group, a user); never the requester."""
+
+    @model_validator(mode="after")
+    def _timers(self) -> Step:
+        if self.remind_every is not None and self.remind_every < MIN_REMIND_EVERY:
+            raise ValueError(
+                f"remind_every is {format_duration(self.remind_every)}: reminders must be at least "
+                f"{format_duration(MIN_REMIND_EVERY)} apart"
+            )
+        if self.escalate_after is not None and not self.escalate_to:
+            raise ValueError("escalate_after needs escalate_to: the approvers the step escalates to")
+        if self.escalate_to and self.escalate_after is None:
+            raise ValueError("escalate_to needs escalate_after: how long the step waits before it escalates")
+        return self
 
 
 class Conditions(Model):
@@ -79,7 +105,9 @@ class Conditions(Model):
     groups: list[str] = []
     """The requester is a member of at least one of these groups (group references, see ``store.groups``)."""
     on_call: list[str] = []
-    """The requester is on call in one of these rotations (modelled as groups for now; group references)."""
+    """The requester is on call now in one of these rotations: ``pagerduty:<schedule id>``,
+    ``pagerduty:service:<service id>`` (its escalation policy's first level), ``opsgenie:<schedule name>``, or
+    a group reference (a rotation kept as a group). See ``access.on_call``."""
     duration_at_most: Duration | None = None
     """The requested duration is at most this long."""
 
@@ -134,6 +162,9 @@ class Requester(Model):
     """The manager's email, when the manager is an active user."""
     groups: list[str] = []
     """The policy's group references the requester is a member of (through the one group each names)."""
+    on_call: list[str] = []
+    """The policy's on-call provider references (``pagerduty:…``, ``opsgenie:…``) the requester is on call for
+    now, read from the provider before evaluation (``activities.oncall``); one it could not read is not here."""
 
 
 class RoleFacts(Model):
@@ -161,6 +192,11 @@ class StepPlan(Model):
     quorum: int
     eligible: list[str]
     """Who could decide this step when the plan was made (never the requester)."""
+    remind_after: Duration | None = None
+    remind_every: Duration | None = None
+    escalate_after: Duration | None = None
+    escalate_to: list[Approver] = []
+    """The step's reminders and escalation, as its rule says (``Step``)."""
 
 
 class RequestPlan(Model):
@@ -175,6 +211,43 @@ class RequestPlan(Model):
     """One person's decision counts for one step only (the rule's ``distinct_approvers``)."""
     reauthenticate_within: Duration | None = None
     """The workflow's ``reauthenticate_within``: deciding, extending or revoking needs a sign-in this recent."""
+    break_glass: BreakGlassPlan | None = None
+    """Set for an emergency request (rule ``break-glass``): granted at once, reviewed afterwards."""
+    on_call: list[str] = []
+    """The rule's ``when.on_call`` references the requester met (on call now, or in the group): why it applied."""
+
+
+class BreakGlass(Model):
+    """A role's emergency access: its holder may be granted it at once, without approval, for a short, capped time,
+    and the grant is reviewed afterwards (``access.break_glass``)."""
+
+    max_duration: Duration = timedelta(hours=1)
+    """The longest emergency grant; a longer ask is refused, naming this cap."""
+    review_within: Duration = timedelta(hours=24)
+    """How long the skipped approvers have to confirm or condemn it; unreviewed after that, it is escalated."""
+    notify: list[str] | None = Field(default=None, max_length=50)
+    """Group references told loudly at once (and when it is condemned or goes unreviewed); None: the group
+    ``security``, if there is one."""
+
+    @model_validator(mode="after")
+    def _positive(self) -> BreakGlass:
+        if self.max_duration <= timedelta(0) or self.review_within <= timedelta(0):
+            raise ValueError("break_glass: max_duration and review_within must be longer than zero")
+        return self
+
+
+class BreakGlassPlan(Model):
+    """What an emergency request's plan adds: who reviews it afterwards, who is told, and by when."""
+
+    reviewers: list[str]
+    """The people the role's normal rule would have asked to approve (the skipped approvers), never the requester;
+    an admin may decide too."""
+    notify: list[str]
+    """The members of the role's ``notify`` groups when the request was made."""
+    review_within: Duration
+    """The review's deadline, counted from the grant."""
+    skipped_rule: str
+    """The rule that would have applied without the emergency."""
 
 
 class AuditEntry(Model):

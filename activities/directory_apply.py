@@ -54,6 +54,7 @@ def apply_source(session: Session, source: Source, changes: Changes, *, max_leav
                 col(User.email),
                 col(User.name),
                 col(User.manager_email),
+                col(User.department),
                 col(User.active),
                 col(User.source),
                 col(User.external_id),
@@ -74,6 +75,7 @@ def apply_source(session: Session, source: Source, changes: Changes, *, max_leav
                     "email": user.email,
                     "name": user.name,
                     "manager_email": user.manager_email,
+                    "department": user.department,
                     "active": active,
                     "is_admin": False,
                     "source": source.name,
@@ -86,6 +88,7 @@ def apply_source(session: Session, source: Source, changes: Changes, *, max_leav
         wanted = {
             "name": user.name,
             "manager_email": user.manager_email,
+            "department": user.department,
             "active": active,
             "source": source.name,
             "external_id": user.external_id or None,

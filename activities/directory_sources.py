@@ -76,6 +76,7 @@ def read_org_file(path: Path) -> DirectorySnapshot:
             name=entry.name,
             manager_email=entry.manager.strip().lower() if entry.manager else None,
             disabled=not entry.active,
+            department=(entry.department or "").strip() or None,
         )
         for entry in org.users
     )

@@ -3,7 +3,8 @@
 Discovery compares what the target says with the grants ledger: a grant in the target that
 no Lapse grant covers is recorded with path ``external``; on a JIT-only role it is drift,
 audited, and handed back to the workflow to revoke (``activities.drift``) where the integration
-enforces JIT-only.
+enforces JIT-only. Where the connector can tell when an account was last used (a live PostgreSQL
+session, AD's last logon), the account's active grants on the integration carry it (``last_used_at``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class ActiveGrant(NamedTuple):
     user_email: str | None
     request_id: str | None
     policy: str | None
+    last_used_at: datetime | None
 
 
 def _disputed(session: Session, prefix: str, held: list[HeldRole]) -> set[str]:
@@ -154,6 +156,7 @@ def _reconcile(
                     Grant.user_email,
                     Grant.request_id,
                     Grant.policy,
+                    Grant.last_used_at,
                 )
             )
         ).where(col(Grant.role).startswith(prefix, autoescape=True), col(Grant.active).is_(True))
@@ -170,12 +173,21 @@ def _reconcile(
     link = _linker(session, connector, held)
     unlinked: set[str] = set()
     new_rows: list[dict[str, Any]] = []
+    used: list[dict[str, Any]] = []
     for (account, path), entry in sorted(target_has.items()):
         covering = active.get((account, path), [])
         # A Lapse grant knows its user even where no rule could (an ephemeral login per grant).
         user = link(entry) or next((g.user_email for g in covering if g.user_email), None)
         if user is None:
             unlinked.add(account)
+        if entry.last_used is not None:
+            result.grants_in_use += 1
+            # Only ever forward: a directory's replicated last logon may lag what an earlier run saw.
+            used += [
+                {"id": g.id, "last_used_at": entry.last_used}
+                for g in covering
+                if g.last_used_at is None or g.last_used_at < entry.last_used
+            ]
         if covering:
             continue
         new_rows.append(
@@ -186,6 +198,7 @@ def _reconcile(
                 "path": GrantPath.EXTERNAL,
                 "active": True,
                 "granted_at": now,
+                "last_used_at": entry.last_used,
             }
         )
         role = roles.get(path)
@@ -206,6 +219,8 @@ def _reconcile(
                 result.drift.append(DriftItem(account=account, role=path, user=user))
     if new_rows:
         session.execute(insert(Grant), new_rows)
+    if used:
+        session.execute(update(Grant), used)
     result.external_found = len(new_rows)
     result.unlinked_accounts = len(unlinked)
 

@@ -20,13 +20,16 @@ from temporalio.exceptions import ApplicationError
 from access import names, policy
 from access.connectors import Connector, ConnectorError, Credentials, Target
 from access.grants import GrantPath
+from access.notifications import needs_admins, notices_for
 from access.requests import GrantInput, GrantResult, RecordInput, ResolveInput, RevokeInput, RevokeResult
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.connectors.ledger import LedgerConnector
 from activities.grants import Ending, drop_credentials, record_ending, revoke_grant_by_id
 from activities.liveness import heartbeating
+from activities.notify.settings import stored_routes
 from activities.targets import as_activity_error, hold_integration, resolve_target
 from store import catalog
+from store import notifications as outbox
 from store.approval_inbox import keep_inbox
 from store.audit_log import append_audit
 from store.db import lock, session_scope
@@ -110,6 +113,8 @@ class RequestActivities:
                     grant.expires_at = status.expires_at
                     session.add(grant)
             append_audit(session, input.events)
+            if input.seq is not None:  # inside the step's dedup: its notices are queued once, with its events
+                _queue_notices(session, input)
 
     @activity.defn(name=names.RESOLVE_APPROVERS)
     def resolve_approvers(self, input: ResolveInput) -> list[str]:
@@ -357,6 +362,19 @@ class RequestActivities:
         integration, target, connector = resolve_target(session, path, self._connectors)
         hold_integration(session, integration.name)
         return target, connector
+
+
+def _queue_notices(session: Session, input: RecordInput) -> None:
+    """Queue who is told what about this step (``access.notifications``) in the step's own transaction: a
+    primary-key read of the routes, then, only when something is configured and notifies, one read of the
+    recipients' channel choices and one insert."""
+    routes = stored_routes(session)
+    if routes.empty or not input.events:
+        return
+    assert input.seq is not None
+    admins = outbox.admins(session) if needs_admins(input.events) else []
+    notices = notices_for(input.status, input.events, input.seq, admins)
+    outbox.queue(session, notices, routes, now=datetime.now(UTC))
 
 
 def _seal(

@@ -223,20 +223,29 @@ class ReviewRevokeActivities:
         return result, again
 
     def _policy_moved(self, session: Session, item: ReviewItem, grant: Grant) -> bool:
-        """A birthright grant another policy now accounts for: the exception cannot take it away (failed)."""
+        """A birthright grant the sync will not take away (failed): another policy now accounts for it, or the
+        exception was removed before the sync acted on it. False while an exception on its policy awaits the sync.
+
+        Any exception for the user and role counts, not only the one this item made: an earlier campaign's may
+        have been there already (the claim then makes none), and waiting for one of our own would never end."""
         excepted = session.exec(
-            select(BirthrightException.policy).where(
-                BirthrightException.user_email == item.user_email,
-                BirthrightException.role == item.role,
-                BirthrightException.item_id == item.id,
+            select(BirthrightException).where(
+                BirthrightException.user_email == item.user_email, BirthrightException.role == item.role
             )
-        ).first()
-        if excepted is None or grant.policy == excepted:
-            return False
+        ).all()
+        if any(exception.policy == grant.policy for exception in excepted):
+            return False  # the sync has yet to act on it
         item.state, item.outcome = ItemState.DONE, ItemOutcome.REVOKE_FAILED
-        item.error = (
-            f"birthright policy {grant.policy!r} also grants it: the exception on {excepted!r} does not take it away"
-        )
+        if excepted:
+            policy = next((e.policy for e in excepted if e.item_id == item.id), excepted[0].policy)
+            item.error = (
+                f"birthright policy {grant.policy!r} also grants it: the exception on {policy!r} does not take it away"
+            )
+        else:
+            item.error = (
+                f"the exception was removed before the birthright sync acted on it: policy {grant.policy!r} still "
+                "grants it"
+            )
         session.add(item)
         return True
 

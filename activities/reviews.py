@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from temporalio import activity
@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from access import names
 from access.durations import format_duration
+from access.grants import GrantPath
 from access.review_runs import (
     BeginCampaignInput,
     CampaignPlan,
@@ -36,7 +37,7 @@ from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.liveness import heartbeats
 from activities.review_deadlines import ReviewDeadlineActivities
 from activities.review_revokes import ReviewRevokeActivities
-from activities.review_rows import ACTOR, audit_target, campaign_of
+from activities.review_rows import ACTOR, INSERT_SNAPSHOT_ITEMS, audit_target, campaign_of, snapshot_item
 from store import review_scope
 from store.audit_log import append_audit
 from store.db import session_scope
@@ -130,55 +131,17 @@ class ReviewActivities:
                 sa_select(func.max(col(ReviewItem.grant_id))).where(col(ReviewItem.campaign_id) == campaign.id)
             ).scalar()
             after = max(input.after_grant, done or 0)
-            grants, last = review_scope.scoped_grants(session, definition.scope, after_id=after, limit=input.limit)
+            batch = review_scope.scoped_grants(session, definition.scope, after_id=after, limit=input.limit)
             resolver = review_scope.ReviewerResolver(session, definition)
-            reasons = _justifications(session, [g.request_id for g in grants if g.path == "jit" and g.request_id])
-        rows: list[dict[str, Any]] = []
-        for grant in grants:
-            reviewer, _ = resolver.reviewer(grant.user_email, grant.role)
-            if grant.path == "birthright":
-                justification = f"birthright policy {grant.policy!r}"
-            elif grant.path == "jit":
-                justification = reasons.get(grant.request_id or "", "")
-            else:
-                justification = "found in the target: made outside Lapse"
-            rows.append(
-                {
-                    "campaign_id": campaign.id,
-                    "grant_id": grant.id,
-                    "user_email": grant.user_email,
-                    "account": grant.account,
-                    "role": grant.role,
-                    "path": grant.path,
-                    "policy": grant.policy,
-                    "request_id": grant.request_id,
-                    "justification": justification[:2000],
-                    "granted_at": grant.granted_at,
-                    "expires_at": grant.expires_at,
-                    "manager_email": resolver.manager_of(grant.user_email),
-                    "holder_active": resolver.active(grant.user_email),
-                    "last_used": None,  # no connector reports use yet: "unknown"
-                    "reviewer": reviewer or "",  # nobody at all: the default decides it at the deadline
-                    "fallback": resolver.fallback(grant.user_email, grant.role),
-                    "escalated": False,
-                    "state": ItemState.OPEN.value,
-                    "draft": None,
-                    "draft_comment": "",
-                    "decision": None,
-                    "comment": "",
-                    "decided_by": None,
-                    "decided_at": None,
-                    "by_default": False,
-                    "outcome": None,
-                    "acted_at": None,
-                    "proof": {},
-                    "error": None,
-                }
+            reasons = _justifications(
+                session, [g.request_id for g in batch.grants if g.path == GrantPath.JIT and g.request_id]
             )
+        rows = [snapshot_item(campaign.id, grant, resolver, reasons) for grant in batch.grants]
         if rows:
             with session_scope(self._db_url) as session:
-                session.execute(insert(ReviewItem), rows)
-        return SnapshotResult(last_grant=last if last is not None else after, items=len(rows), more=last is not None)
+                session.execute(INSERT_SNAPSHOT_ITEMS, rows)
+        last = batch.last if batch.last is not None else after
+        return SnapshotResult(last_grant=last, items=len(rows), more=batch.more)
 
     @activity.defn(name=names.OPEN_REVIEW_CAMPAIGN)
     @heartbeats

@@ -1,5 +1,6 @@
 """``lapse reviews``: access reviews from the command line — a reviewer's items, drafts, submitting, reassigning;
-and, for admins, definitions (from a YAML or JSON file), previews, campaigns, closing early and the report.
+and, for admins, definitions (from a YAML or JSON file), previews, campaigns, closing early, the report, and the
+birthright exceptions reviews made (listing and removing them).
 
 Registered on ``starter.cli.app`` when that module is imported; every call goes through ``cli._call``, the one
 client (the report's CSV through ``cli._send``, as it is not JSON).
@@ -34,7 +35,8 @@ def _show_item(item: dict[str, Any]) -> None:
     typer.echo(f"{item['id']}  {holder}  {item['role']}  {item['path']}  since {when(item['since'])}, {until}")
     inactive = "" if item["active"] else ", NO LONGER ACTIVE"
     manager = f"manager {item['manager']}, " if item["manager"] else ""
-    typer.echo(f"    {item['granted_by']}; {manager}last used {item['last_used_said']}{inactive}")
+    department = f"{item['department']} department, " if item.get("department") else ""
+    typer.echo(f"    {item['granted_by']}; {department}{manager}last used {item['last_used_said']}{inactive}")
     if item["path"] == "birthright":
         typer.echo(f"    revoking: {item['revoking_means']}")
     decided = []
@@ -284,3 +286,59 @@ def report(
     else:
         out.write_text(text, newline="")
     typer.echo(f"sha256 {digest} (matches its last line){f': wrote {out}' if out else ''}", err=True)
+
+
+# --- birthright exceptions (admins) -----------------------------------------------------------------
+
+exceptions_app = typer.Typer()  # its help is the callback's: what it shows with no command
+reviews_app.add_typer(exceptions_app, name="exceptions")
+
+
+def _exceptions(policy: str | None) -> list[dict[str, Any]]:
+    """Every exception (or one policy's), each with its ``policy``: the policies' own lists, in policy order."""
+    if policy is not None:
+        policies = [cli._call("GET", f"/api/birthright/policies/{policy}")]
+    else:
+        policies = cli._call("GET", "/api/birthright/policies")
+    return [{"policy": p["name"], **e} for p in policies for e in p["exceptions"]]
+
+
+def _show_exception(e: dict[str, Any]) -> None:
+    typer.echo(f"{e['id']}  {e['policy']}  {e['user']}  {e['role']}")
+    campaign = f"in campaign {e['campaign_id']}" if e["campaign_id"] else "not by a campaign"
+    # A review's exception's comment starts by naming its campaign, said just before: the reviewer's words only.
+    said = e["comment"].removeprefix(f"access review {e['campaign_id']}").removeprefix(": ")
+    comment = f": {said}" if said else ""
+    typer.echo(f"    made by {e['created_by']} {when(e['created_at'])}, {campaign}{comment}")
+
+
+@exceptions_app.callback(invoke_without_command=True)
+def exceptions(
+    ctx: typer.Context,
+    policy: Annotated[str | None, typer.Option(help="Only this birthright policy's.")] = None,
+) -> None:
+    """The birthright exceptions access reviews made, by policy (admins): each policy no longer grants the role to
+    the user; who made it, when, in which campaign, why. `lapse reviews exceptions delete ID` removes one."""
+    if ctx.invoked_subcommand is None:
+        output(_exceptions(policy), _show_exception)
+
+
+@exceptions_app.command("delete")
+def delete_exception(
+    exception_id: Annotated[int, typer.Argument(help="The exception's id (from `lapse reviews exceptions`).")],
+    policy: Annotated[str | None, typer.Option(help="Its policy (found from the id when not given).")] = None,
+) -> None:
+    """Remove an exception (admins): its policy grants the role to the user again, the birthright sync at once."""
+    found = next((e for e in _exceptions(policy) if e["id"] == exception_id), None)
+    if found is None:
+        where = f"birthright policy {policy!r} has no" if policy is not None else "no birthright policy has"
+        cli._fail(f"{where} exception {exception_id}: `lapse reviews exceptions` lists them")
+    path = f"/api/birthright/policies/{found['policy']}/exceptions/{exception_id}"
+    cli._call("DELETE", path, none_on=(204,))
+    if cli._state["json"]:
+        output({"deleted": exception_id, "policy": found["policy"], "user": found["user"], "role": found["role"]})
+        return
+    typer.echo(
+        f"removed exception {exception_id}: {found['policy']} grants {found['role']} to {found['user']} again "
+        "(the birthright sync, started now, grants it)"
+    )

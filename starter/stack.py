@@ -26,7 +26,7 @@ from access.names import SEARCH_ATTRIBUTES
 from starter.demo_provider import CLIENT_ID as DEMO_CLIENT_ID
 from starter.demo_provider import CLIENT_SECRET_ENV as DEMO_CLIENT_SECRET_ENV
 from starter.demo_provider import demo_provider, demo_refused, demo_users
-from starter.services.org import checked_connector
+from starter.services.org import checked_connector, checked_section
 from store.codec import CodecKeyError, codec_keys
 from store.db import migrate, session_scope, shown_url
 from store.org import DEMO_ORG, OrgFile
@@ -51,7 +51,8 @@ def prepare_database(settings: Settings) -> bool:
     with session_scope(settings.db_url) as session:
         if session.exec(select(User).limit(1)).first() is not None:
             return False
-        load_org(session, OrgFile.read(settings.org_file or DEMO_ORG), connectors=checked_connector)
+        org = OrgFile.read(settings.org_file or DEMO_ORG)
+        load_org(session, org, connectors=checked_connector, sections=checked_section)
         return True
 
 
@@ -338,6 +339,21 @@ def try_banner(settings: Settings, demo_issuer: str | None) -> str:
     return browser + f"     CLI: {lapse} login (approve it in the browser), then: {lapse} catalog\n"
 
 
+def catch_demo_mail(settings: Settings, cleanup: contextlib.ExitStack) -> str:
+    """With the demo organisation, catch the email Lapse sends (an SMTP server on 127.0.0.1 where the demo's
+    ``notifications.email`` points) as files until ``cleanup`` closes; the banner's line saying where."""
+    if settings.org_file is not None:
+        return ""
+    from activities.notify.catcher import demo_mail
+
+    directory, port = (settings.data_dir / "mail").resolve(), settings.demo_mail_port
+    try:
+        cleanup.enter_context(demo_mail(settings.db_url, directory, port=port))
+    except OSError as error:
+        return f"  (no mail caught: port {port} {error.strerror}; set LAPSE_DEMO_MAIL_PORT to a free one)\n"
+    return f"  Mail Lapse sent: {directory}/  (an .eml file per message; the demo sends no mail out)\n"
+
+
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
     loaded = prepare_database(settings)
@@ -376,6 +392,7 @@ def run_stack(settings: Settings) -> None:
     cleanup = contextlib.ExitStack()
     try:
         demo_issuer = demo_sign_in(settings, env, cleanup)
+        mail = catch_demo_mail(settings, cleanup)
         host, _, port = settings.temporal_address.rpartition(":")
         if settings.embedded_temporal:
             server = start("temporal", temporal_server_command(settings))
@@ -397,6 +414,7 @@ def run_stack(settings: Settings) -> None:
             f"  Temporal Web UI  http://localhost:{settings.temporal_ui_port}"
             f"{'' if settings.embedded_temporal else ' (your own server)'}\n"
             f"  logs             {logs.resolve()}/*.log\n"
+            f"{mail}"
             f"{try_banner(settings, demo_issuer)}"
             f"Press Ctrl-C to stop; state is kept in {settings.data_dir.resolve()}.\n",
             flush=True,

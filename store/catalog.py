@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from access.birthright import HeldGrant, PlanInputs, PolicySpec
 from access.grants import GrantPath
+from access.on_call import is_provider_ref
 from access.types import ApprovalPolicy, ApproverKind, PolicyContext, Requester, RoleFacts
 from store import groups
 from store.tables import (
@@ -100,10 +101,14 @@ def policy_for(session: Session, role: Role) -> ApprovalPolicy | None:
 
 
 def policy_context(session: Session, requester: User, role: Role, policy: ApprovalPolicy | None) -> PolicyContext:
-    """Everything ``evaluate_policy`` needs to know about this requester and role, as of now."""
+    """Everything ``evaluate_policy`` needs to know about this requester and role, as of now, but who is on
+    call at PagerDuty or Opsgenie: read over HTTP, it is added by ``activities.oncall.on_call_context``."""
     manager = find_user(session, requester.manager_email) if requester.manager_email else None
-    approvers = [
-        approver for rule in (policy.rules if policy else []) for step in rule.steps for approver in step.approvers
+    approvers = [  # a step's fallback approvers too: the step resolves them when it escalates
+        approver
+        for rule in (policy.rules if policy else [])
+        for step in rule.steps
+        for approver in step.approvers + step.escalate_to
     ]
     named_groups = {a.name for a in approvers if a.kind is ApproverKind.GROUP and a.name}
     named_users = {a.name for a in approvers if a.kind is ApproverKind.USER and a.name}
@@ -113,7 +118,13 @@ def policy_context(session: Session, requester: User, role: Role, policy: Approv
     # The policy names groups by reference; each names one group of one source, or nobody (unknown or
     # ambiguous). The requester is "in" a reference only through that very group, never a namesake, so
     # ``Requester.groups`` holds the policy's references the requester meets (what the conditions compare).
-    conditions = {ref for rule in (policy.rules if policy else []) for ref in rule.when.groups + rule.when.on_call}
+    # A ``when.on_call`` reference to PagerDuty or Opsgenie is no group: the caller asks the provider
+    # (``activities.oncall.on_call_context``) and sets ``Requester.on_call``.
+    conditions = {
+        ref
+        for rule in (policy.rules if policy else [])
+        for ref in rule.when.groups + [r for r in rule.when.on_call if not is_provider_ref(r)]
+    }
     resolved = groups.resolve(session, named_groups | conditions)
     held = group_ids_of(session, requester)
     matched = {ref for ref, group_id in resolved.items() if group_id in held}

@@ -35,7 +35,7 @@ from pydantic import (
 from access.durations import Duration
 from access.limits import MAX_EMAIL, MAX_ITEMS, MAX_NAME, MAX_ROLE_PATH, MAX_TEXT, control_characters
 from access.reviews import ReviewDefinition
-from access.types import ApprovalPolicy, Model, Rule, Sensitivity
+from access.types import ApprovalPolicy, BreakGlass, Model, Rule, Sensitivity
 from store import groups as group_refs
 from store.org_check import ConnectorCheck, Known, OpenReference, OrgProblem, check_references
 
@@ -106,6 +106,8 @@ class UserEntry(Model):
     email: Email
     name: Name = ""
     manager: Email | None = None
+    department: Name | None = None
+    """Shown to reviewers beside the manager; a directory that names departments sets its own users'."""
     admin: bool = False
     active: bool = True
     groups: list[Name] = Field(default=[], max_length=MAX_ITEMS)
@@ -148,6 +150,9 @@ class RoleEntry(Model):
     owners: list[Email] = Field(default=[], max_length=MAX_ITEMS)
     jit_only: bool = False
     """Only Lapse may grant it: discovery treats a grant made elsewhere as drift."""
+    break_glass: BreakGlass | None = None
+    """Emergency access: ``{max_duration: PT1H, review_within: PT24H, notify: [security]}`` lets its holder be
+    granted it at once, reviewed afterwards (``access.break_glass``)."""
 
     @field_validator("owners")
     @classmethod
@@ -200,6 +205,8 @@ class ApprovalWorkflowEntry(ApprovalPolicy):
                 lists.append((f"rules.{r}.steps.{s}.approvers", len(step.approvers)))
                 for a, approver in enumerate(step.approvers):
                     texts.append((f"rules.{r}.steps.{s}.approvers.{a}.name", approver.name or "", MAX_EMAIL))
+                for a, approver in enumerate(step.escalate_to):
+                    texts.append((f"rules.{r}.steps.{s}.escalate_to.{a}.name", approver.name or "", MAX_EMAIL))
             for where, text, limit in texts:
                 if len(text) > limit:
                     raise ValueError(f"{where} is {len(text)} characters long; at most {limit} are allowed")
@@ -236,6 +243,12 @@ class OrgFile(Model):
     reviews: list[ReviewDefinition] = []
     """Access review definitions, as ``POST /api/reviews/definitions`` takes them (checked once the rest of the
     file is in: they may name its users, groups and roles)."""
+    notifications: dict[str, Any] | None = None
+    """How Lapse reaches people (Slack, Teams, email, webhooks), kept whole: its model and check are the
+    senders' (``activities.notify.config.NotificationSettings``), passed to the loader as a ``SectionCheck``.
+    Not given: what is stored stays; ``{}``: nobody is notified."""
+    on_call: dict[str, Any] | None = None
+    """Where "is the requester on call now" is read (PagerDuty, Opsgenie), kept whole like ``notifications``."""
 
     @field_validator(*LIMITS, mode="before")
     @classmethod

@@ -29,7 +29,9 @@ from sqlmodel import Session, col, select
 from access import names
 from access.connectors import Connector
 from access.grants import birthright_barred
+from access.on_call import PROVIDERS, is_provider_ref, parse_rotation
 from store import groups as group_refs
+from store.notifications import ON_CALL, section
 from store.tables import ApprovalWorkflow, Group, Integration, Resource, Role, SyncState, User
 
 if TYPE_CHECKING:
@@ -97,6 +99,8 @@ class Known:
     integrations: dict[str, KnownIntegration] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)
     """Sources the directory sync has read (see ``synced_sources``)."""
+    on_call_providers: set[str] = field(default_factory=set)
+    """The on-call providers the stored ``on_call`` section sets up (``pagerduty``, ``opsgenie``)."""
 
     @classmethod
     def read(cls, session: Session) -> Known:
@@ -118,7 +122,13 @@ class Known:
                 for i in session.exec(select(Integration))
             },
             synced=synced_sources(session),
+            on_call_providers=on_call_providers(section(session, ON_CALL) or {}),
         )
+
+
+def on_call_providers(on_call: Mapping[str, Any]) -> set[str]:
+    """The providers an ``on_call`` section (as the file gives it) sets up."""
+    return {provider for provider in PROVIDERS if on_call.get(provider)}
 
 
 def synced_sources(session: Session) -> set[str]:
@@ -169,6 +179,7 @@ class _Check:
         synced = known.synced | {row.source for row in known.groups}
         self.unsynced = sorted(n for n, i in self.integrations.items() if i.directory and n not in synced)
         """Directories that have not synced yet: their first sync brings their groups."""
+        self.on_call_providers = known.on_call_providers
 
     def add(self, where: str, message: str) -> None:
         self.problems.append(OrgProblem(where, message))
@@ -229,27 +240,48 @@ class _Check:
                             self.add(
                                 f"{where}.resources.{r}.roles.{o}.owners", f"role {path}: owner {owner} is not a user"
                             )
+                    for ref in (role.break_glass.notify or []) if role.break_glass else []:
+                        if why := self.unknown_group(ref):
+                            self.add(f"{where}.resources.{r}.roles.{o}.break_glass.notify", f"role {path}: {why}")
 
     def _workflows(self) -> None:
         for w, workflow in enumerate(self.org.approval_workflows):
             for r, rule in enumerate(workflow.rules):
                 where = f"approval_workflows.{w}.rules.{r}"
                 for s, step in enumerate(rule.steps):
-                    for a, approver in enumerate(step.approvers):
+                    named = [("approvers", a, approver) for a, approver in enumerate(step.approvers)]
+                    named += [("escalate_to", a, approver) for a, approver in enumerate(step.escalate_to)]
+                    for key, a, approver in named:
                         if approver.kind == "group" and (why := self.unknown_group(approver.name or "")):
                             self.add(
-                                f"{where}.steps.{s}.approvers.{a}.name",
+                                f"{where}.steps.{s}.{key}.{a}.name",
                                 f"workflow {workflow.name}: {why}{self._unsynced(approver.name or '')}",
                             )
                         if approver.kind == "user" and (approver.name or "").lower() not in self.emails:
                             self.add(
-                                f"{where}.steps.{s}.approvers.{a}.name",
+                                f"{where}.steps.{s}.{key}.{a}.name",
                                 f"workflow {workflow.name}: unknown user {approver.name}",
                             )
                 for key, groups in (("groups", rule.when.groups), ("on_call", rule.when.on_call)):
                     for group in groups:
+                        if key == "on_call" and is_provider_ref(group):
+                            if why := self._on_call_problem(group):
+                                self.add(f"{where}.when.on_call", f"workflow {workflow.name}, rule {rule.name}: {why}")
+                            continue
                         if why := self.unknown_group(group):
                             self.add(f"{where}.when.{key}", f"workflow {workflow.name}: {why}{self._unsynced(group)}")
+
+    def _on_call_problem(self, ref: str) -> str | None:
+        """Why a ``pagerduty:``/``opsgenie:`` reference cannot be read: malformed, or its provider not set up."""
+        try:
+            provider = parse_rotation(ref).provider
+        except ValueError as error:
+            return str(error)
+        given = self.org.on_call  # the file's section replaces the stored one; none given: the stored one stays
+        providers = on_call_providers(given) if given is not None else self.on_call_providers
+        if provider not in providers:
+            return f"{ref!r} names {provider}, but the on_call section sets up no {provider} (on_call.{provider})"
+        return None
 
     def _birthright(self) -> None:
         seen: set[str] = set()

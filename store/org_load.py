@@ -3,14 +3,17 @@ policies, review definitions, in one transaction, and what the load changed (for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import insert
 from sqlmodel import Session, col, delete, select
 
 from store import groups as group_refs
+from store import notifications as outbox
 from store.credentials_end import end_credentials
 from store.db import lock
 from store.org import BirthrightPolicyEntry, OrgError, OrgFile, T, UserEntry
@@ -96,6 +99,8 @@ class Loaded:
     birthright_moved: list[str] = field(default_factory=list)
     """Policies the file does not name whose place in the order changed (they follow the file's)."""
     reviews: Changed = field(default_factory=Changed)
+    sections: list[str] = field(default_factory=list)
+    """The whole sections (``notifications``, ``on_call``) the file changed."""
 
     def changes(self) -> dict[str, Any]:
         """Per section, what was created and updated (the audit event's ``changes``); sections it left as they
@@ -110,6 +115,7 @@ class Loaded:
             "birthright_policies": self.birthright_policies.listed()
             | ({"moved": self.birthright_moved} if self.birthright_moved else {}),
             "reviews": self.reviews.listed(),
+            **{name: {"updated": True} for name in self.sections},
         }
         return {name: changed for name, changed in sections.items() if changed}
 
@@ -162,17 +168,26 @@ def _chunks(values: list[T]) -> Iterator[list[T]]:
         yield values[start : start + CHUNK]
 
 
-def load_org(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> list[OpenReference]:
+SectionCheck = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+"""Checks a whole section (``notifications``, ``on_call``) and returns it as stored, or raises ``ValueError``
+(pydantic's ValidationError is one) naming what is wrong. ``starter.services.org.checked_section`` is Lapse's."""
+
+SECTIONS = ("notifications", "on_call")
+
+
+def load_org(
+    session: Session, org: OrgFile, *, connectors: ConnectorCheck, sections: SectionCheck | None = None
+) -> list[OpenReference]:
     """Check the organisation file whole, then write it into the app DB, in the caller's transaction.
 
     The file may refer to users, groups, workflows and scopes already in the DB. Returns the birthright
     references left open until a first directory sync or discovery (see ``OrgFile.check``); ``load`` says
     what it changed too.
     """
-    return load(session, org, connectors=connectors).opened
+    return load(session, org, connectors=connectors, sections=sections).opened
 
 
-def load(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> Loaded:
+def load(session: Session, org: OrgFile, *, connectors: ConnectorCheck, sections: SectionCheck | None = None) -> Loaded:
     """``load_org``, saying what it created and updated per section.
 
     Holds the birthright policies' lock, as every change of them does (loading renumbers them), from before
@@ -218,6 +233,9 @@ def load(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> Loade
                         "description": role_entry.description,
                         "sensitivity": role_entry.sensitivity.value,
                         "jit_only": role_entry.jit_only,
+                        "break_glass": (
+                            role_entry.break_glass.model_dump(mode="json") if role_entry.break_glass else None
+                        ),
                     },
                 )
                 owners = sorted({owner.lower() for owner in role_entry.owners})
@@ -264,7 +282,36 @@ def load(session: Session, org: OrgFile, *, connectors: ConnectorCheck) -> Loade
         _load_birthright(session, org.birthright_policies, qualified, loaded)
     session.flush()
     _load_reviews(session, org, loaded)
+    _load_sections(session, org, sections, loaded)
     return loaded
+
+
+def _load_sections(session: Session, org: OrgFile, check: SectionCheck | None, loaded: Loaded) -> None:
+    """The file's whole sections (``notifications``, ``on_call``), checked by ``check`` when given (else only
+    as JSON objects: their readers check them again and ignore one they cannot read)."""
+    problems: list[OrgProblem] = []
+    bodies: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        body = getattr(org, name)
+        if body is None:
+            continue
+        try:
+            bodies[name] = check(name, body) if check is not None else dict(body)
+        except ValidationError as error:  # its locations and messages only: an input may be a pasted secret
+            problems += [
+                OrgProblem(
+                    ".".join([name, *(str(part) for part in e["loc"])]),
+                    f"{'.'.join([name, *(str(part) for part in e['loc'])])}: {e['msg']}",
+                )
+                for e in error.errors(include_input=False)
+            ]
+        except ValueError as error:
+            problems.append(OrgProblem(name, f"{name}: {error}"))
+    if problems:
+        raise OrgError(problems)
+    for name, body in bodies.items():
+        if outbox.save_section(session, name, body, "org-file", now=datetime.now(UTC)):
+            loaded.sections.append(name)
 
 
 def _load_reviews(session: Session, org: OrgFile, loaded: Loaded) -> None:
@@ -303,6 +350,7 @@ def _load_users(session: Session, entries: list[UserEntry], changes: UserChanges
                 (changes.reactivated if entry.active else changes.deactivated).append(email)
         user.name = entry.name
         user.manager_email = entry.manager
+        user.department = (entry.department or "").strip() or None
         user.active = entry.active
         user.is_admin = entry.admin
         session.add(user)

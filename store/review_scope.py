@@ -44,6 +44,8 @@ class ScopedGrant:
     request_id: str | None
     granted_at: datetime
     expires_at: datetime | None
+    last_used_at: datetime | None = None
+    """When discovery last saw it in use (``Grant.last_used_at``); None: unknown."""
 
 
 def _scope_query(session: Session, scope: ReviewScope) -> Any:
@@ -58,6 +60,7 @@ def _scope_query(session: Session, scope: ReviewScope) -> Any:
         col(Grant.request_id),
         col(Grant.granted_at),
         col(Grant.expires_at),
+        col(Grant.last_used_at),
     ).where(col(Grant.active).is_(True))
     if scope.integrations:
         query = query.where(or_(*(col(Grant.role).startswith(f"{i}/", autoescape=True) for i in scope.integrations)))
@@ -88,18 +91,32 @@ def _long_enough(grant: ScopedGrant, longer_than: timedelta | None) -> bool:
     return grant.expires_at - grant.granted_at > longer_than
 
 
-def scoped_grants(
-    session: Session, scope: ReviewScope, *, after_id: int = 0, limit: int | None = None
-) -> tuple[list[ScopedGrant], int | None]:
-    """The scope's grants with ids after ``after_id``, by id, and the last grant id looked at (None: none).
+@dataclass(frozen=True)
+class ScopeBatch:
+    """One batch of a scope's grants, by id."""
+
+    grants: list[ScopedGrant]
+    last: int | None
+    """The last grant id looked at, in scope or not (None: none was left)."""
+    more: bool
+    """Whether grants in scope are left after ``last``: a batch that ends the scope says so, so nobody asks for
+    an empty one after it."""
+
+
+def scoped_grants(session: Session, scope: ReviewScope, *, after_id: int = 0, limit: int | None = None) -> ScopeBatch:
+    """The scope's grants with ids after ``after_id``, by id.
 
     ``limit`` bounds the rows read, so a batch may hold fewer items than that (``jit_longer_than``)."""
     query = _scope_query(session, scope).where(col(Grant.id) > after_id).order_by(col(Grant.id))
     if limit is not None:
-        query = query.limit(limit)
+        limit = max(limit, 1)
+        query = query.limit(limit + 1)  # one more than asked: whether any is left after this batch
     rows = [ScopedGrant(*row) for row in session.execute(query)]  # type: ignore[arg-type]
+    more = limit is not None and len(rows) > limit
+    if more:
+        rows.pop()
     last = rows[-1].id if rows else None
-    return [g for g in rows if _long_enough(g, scope.jit_longer_than)], last
+    return ScopeBatch([g for g in rows if _long_enough(g, scope.jit_longer_than)], last, more)
 
 
 def _pick(people: Sequence[str], key: str) -> str:
@@ -191,7 +208,7 @@ class ReviewerResolver:
 
 def preview(session: Session, definition: ReviewDefinition) -> ReviewPreview:
     """What the definition would hold if started now: counts by path, reviewers, items going to the fallback."""
-    grants, _ = scoped_grants(session, definition.scope)
+    grants = scoped_grants(session, definition.scope).grants
     resolver = ReviewerResolver(session, definition)
     by_path: Counter[str] = Counter()
     reviewers: set[str] = set()

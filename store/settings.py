@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     """With the demo organisation, a PostgreSQL that answers here becomes the ``demo-pg`` integration
     (``off`` to skip). Workers read it from the environment, like any integration's secret: the one setting
     an integration's ``*_env`` may name (marked ``integration_secret``)."""
+    demo_mail_port: int = Field(default=2525, ge=0, le=65535)
+    """With the demo organisation, ``lapse run`` catches the email Lapse sends on this port of 127.0.0.1 (0: any
+    free port), keeping each message as a file in ``<data_dir>/mail`` (``activities/notify/catcher.py``)."""
     secret_env_prefix: str = Field(default="LAPSE_", min_length=1)
     """Integrations' ``*_env`` references may only name environment variables starting with this, and never
     one Lapse's own settings read (``LAPSE_SECRET_KEY``, ``LAPSE_DATABASE_URL``, … except ``demo_pg_dsn``)."""

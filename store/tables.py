@@ -43,6 +43,9 @@ class User(SQLModel, table=True):
     email: str = Field(unique=True, index=True)
     name: str = ""
     manager_email: str | None = None
+    department: str | None = None
+    """The department the identity source names (the organisation file's ``department:``, the directory's
+    ``department`` attribute); shown to reviewers beside the manager."""
     active: bool = True
     is_admin: bool = False
     source: str = "file"
@@ -133,6 +136,8 @@ class Role(SQLModel, table=True):
     """Only Lapse may grant it: a grant found in the target is drift (and revoked where enforced)."""
     missing: bool = False
     """The last discovery did not find the role in the target."""
+    break_glass: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """Its emergency access (an ``access.types.BreakGlass`` as JSON), or None: it cannot be asked for so."""
 
 
 class RoleOwner(SQLModel, table=True):
@@ -249,6 +254,9 @@ class Grant(SQLModel, table=True):
     being revoked). No target is called inside a transaction: see ``store.ledger``."""
     phase_at: datetime | None = Field(default=None, sa_column=_utc())
     """When the grant entered its phase; the expiry backstop looks at grants stuck in one."""
+    last_used_at: datetime | None = Field(default=None, sa_column=_utc())
+    """When discovery last saw the access in use, where its connector can tell (a PostgreSQL login with a live
+    session, AD's ``lastLogonTimestamp``); None: unknown. Reviewers see it."""
 
 
 class Credential(SQLModel, table=True):
@@ -498,3 +506,98 @@ class BirthrightException(SQLModel, table=True):
     comment: str = ""
     campaign_id: str | None = None
     item_id: int | None = None
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+
+class Notification(SQLModel, table=True):
+    """The notification outbox: one message for one channel, queued in the transaction that recorded its event
+    (``store.notifications``), sent by the workers' dispatcher with retries (``activities.notify``)."""
+
+    __table_args__ = (
+        Index("ix_notification_due", "state", "due_at", "id"),
+        Index("ix_notification_subject", "subject", "recipient", "kind"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=512)
+    """The notice's key and the channel: queueing the same event twice queues nothing twice."""
+    channel: str
+    """An ``access.notifications.Channel`` value."""
+    target: str = ""
+    """Which of the channel's destinations: a Slack channel or Teams/webhook name from the configuration; empty
+    for a person's direct message or email."""
+    kind: str
+    """An ``access.notifications.NoticeKind`` value."""
+    recipient: str | None = None
+    subject: str
+    """The request's (or campaign's) id: the request's page lists the notifications about it."""
+    notice: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """The ``access.notifications.Notice``, as JSON."""
+    state: str = "pending"
+    """``pending``, ``sent``, ``failed`` (gave up after its retries: recorded on the request and audited) or
+    ``skipped`` (nothing to send it to, e.g. a person Slack does not know)."""
+    attempts: int = 0
+    due_at: datetime = Field(sa_column=_utc(nullable=False))
+    """When it is next tried."""
+    claimed_until: datetime | None = Field(default=None, sa_column=_utc())
+    """A dispatcher is sending it until then; after, another may (its worker died)."""
+    created_at: datetime = Field(sa_column=_utc(nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=_utc())
+    error: str | None = None
+    """The last failure, in words."""
+    ref: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """What the channel made of it (a Slack message's ``channel`` and ``ts``), so a later event can update it."""
+
+
+class NotificationPreference(SQLModel, table=True):
+    """Which of the configured personal channels a person is told by; no row: every configured one."""
+
+    user_email: str = Field(primary_key=True)
+    channels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(sa_column=_utc(nullable=False))
+
+
+class ChatIdentity(SQLModel, table=True):
+    """A person's identity in a chat system (their Slack user id), learnt by email and kept: Slack's
+    ``users.lookupByEmail`` is rate limited, and an interaction names the Slack user, not the email."""
+
+    __table_args__ = (UniqueConstraint("channel", "external_id", name="uq_chatidentity_external"),)
+    user_email: str = Field(primary_key=True)
+    channel: str = Field(primary_key=True)
+    external_id: str
+    looked_up_at: datetime = Field(sa_column=_utc(nullable=False))
+
+
+class OrgSection(SQLModel, table=True):
+    """A section of the organisation file kept whole, as JSON: ``notifications`` and ``on_call`` (their models
+    are in ``activities.notify.config``; secrets in them are references only)."""
+
+    name: str = Field(primary_key=True)
+    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_by: str
+    updated_at: datetime = Field(sa_column=_utc(nullable=False))
+
+
+# --- break-glass -----------------------------------------------------------------------------
+
+
+class BreakGlassReview(SQLModel, table=True):
+    """An emergency grant's post-hoc review (``access.break_glass``), written by its review workflow's activity:
+    the admins' list flags the condemned and unreviewed ones, the request's page shows it."""
+
+    request_id: str = Field(primary_key=True)
+    requester: str = Field(index=True)
+    role: str
+    justification: str = ""
+    state: str = Field(index=True)
+    """``open``, ``confirmed``, ``condemned`` or ``unreviewed``."""
+    opened_at: datetime = Field(sa_column=_utc(nullable=False))
+    deadline: datetime = Field(sa_column=_utc(nullable=False))
+    reviewers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    notify: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    escalated_to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=_utc())
+    decided_by: str | None = None
+    decided_at: datetime | None = Field(default=None, sa_column=_utc())
+    comment: str = ""

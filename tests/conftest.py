@@ -48,6 +48,7 @@ from store.org import DEMO_ORG, OrgFile
 from store.org_load import load_org
 from store.settings import Settings
 from store.temporal import data_converter
+from tests.notify_fixtures import dispatcher, start_dispatcher  # noqa: F401 (fixtures for every test)
 from tests.support import eventually
 from worker import build_worker
 

@@ -334,3 +334,72 @@ def test_planned_steps_start_waiting_with_the_plans_people() -> None:
         ("owners", [FRANCES, RADIA], 2, StepState.WAITING),
     ]
     assert all(isinstance(s, StepStatus) and s.decisions == [] for s in steps)
+
+
+# --- reminders and escalation -----------------------------------------------------------------
+
+
+def _timed_step(**timers: object) -> StepStatus:
+    plan = RequestPlan(
+        policy="prod-db",
+        rule="admin",
+        max_duration=timedelta(hours=8),
+        steps=[StepPlan(name="m", approvers=[Approver(kind=ApproverKind.MANAGER)], quorum=1, eligible=[LINUS])],
+    )
+    plan.steps[0] = plan.steps[0].model_copy(update=timers)
+    return planned_steps(plan)[0]
+
+
+def test_a_step_without_reminders_or_escalation_has_no_timer() -> None:
+    from access.approval import next_timer
+
+    round = ApprovalRound(RoundKind.REQUEST, [_timed_step()], REQUESTER)
+    step = round.start(NOW)
+    assert step is not None and next_timer(step) is None
+
+
+def test_reminders_come_after_remind_after_then_every_remind_every_up_to_the_cap() -> None:
+    from access.approval import TimerKind, next_timer, remind
+    from access.limits import MAX_REMINDERS
+
+    round = ApprovalRound(
+        RoundKind.REQUEST, [_timed_step(remind_after=timedelta(hours=1), remind_every=timedelta(hours=4))], REQUESTER
+    )
+    step = round.start(NOW)
+    assert step is not None
+    timer = next_timer(step)
+    assert timer is not None and (timer.at, timer.kind) == (NOW + timedelta(hours=1), TimerKind.REMINDER)
+    assert remind(step, timer.at) == 1
+    assert step.next_reminder_at == NOW + timedelta(hours=5)
+    for _ in range(MAX_REMINDERS - 1):
+        remind(step, NOW)
+    assert step.reminders == MAX_REMINDERS and next_timer(step) is None  # no policy grows a history without end
+
+
+def test_escalation_comes_before_a_reminder_due_with_it_and_never_adds_the_requester() -> None:
+    from access.approval import TimerKind, escalate, next_timer
+
+    step = _timed_step(
+        remind_after=timedelta(hours=2),
+        escalate_after=timedelta(hours=2),
+        escalate_to=[Approver(kind=ApproverKind.GROUP, name="security")],
+    )
+    round = ApprovalRound(RoundKind.REQUEST, [step], REQUESTER)
+    round.start(NOW)
+    timer = next_timer(step)
+    assert timer is not None and timer.kind is TimerKind.ESCALATION
+    assert escalate(step, [ADA, REQUESTER, LINUS], requester=REQUESTER, at=timer.at) == [ADA]
+    assert step.eligible == [LINUS, ADA] and step.escalated_at == timer.at
+    assert round.refusal(ADA, distinct=True) is None  # the person escalated to may decide now
+    following = next_timer(step)
+    assert following is not None and following.kind is TimerKind.REMINDER
+
+
+def test_a_decided_step_is_reminded_no_more() -> None:
+    from access.approval import next_timer
+
+    round = ApprovalRound(RoundKind.REQUEST, [_timed_step(remind_every=timedelta(hours=1))], REQUESTER)
+    step = round.start(NOW)
+    assert step is not None and step.next_reminder_at == NOW + timedelta(hours=1)
+    round.decide(Decision(approver=LINUS, approved=True, at=NOW))
+    assert step.next_reminder_at is None and next_timer(step) is None

@@ -144,6 +144,8 @@ def test_the_readmes_organisation_file_examples_are_valid() -> None:
     blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
     assert len(blocks) >= 3
     for block in blocks:
+        if block.startswith("display_information:"):  # the Slack app's manifest, not an organisation file
+            continue
         org = OrgFile.model_validate(yaml.safe_load(block))
         for integration in org.integrations:
             check_config(integration.kind, integration.config)
@@ -499,3 +501,88 @@ def test_a_files_names_and_sizes_are_bounded_as_the_api_bounds_them() -> None:
             OrgFile.model_validate({section: [{}] * (limit + 1)})
         [error] = too_many.value.errors()
         assert error["loc"] == (section,) and f"one file may list at most {limit}" in error["msg"]
+
+
+def test_a_step_with_reminders_and_escalation_loads_and_its_plan_carries_them(db_url: str, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from access.policy import evaluate_policy
+    from access.types import Approver, ApproverKind
+
+    org = tmp_path / "reminders.yaml"
+    org.write_text(
+        """
+approval_workflows:
+  - name: nagging
+    rules:
+      - name: manager, then security
+        steps:
+          - name: manager
+            approvers: [{kind: manager}]
+            remind_after: PT1H
+            remind_every: PT4H
+            escalate_after: PT8H
+            escalate_to: [{kind: group, name: security}, {kind: user, name: Frances@example.com}]
+        max_duration: PT8H
+assignments:
+  - {workflow: nagging, scope: ledger/payments-api}
+"""
+    )
+    with session_scope(db_url) as session:
+        load_org(session, OrgFile.read(org), connectors=checked_connector)
+        role = catalog.find_role(session, "ledger/payments-api/deploy")
+        alan = catalog.find_user(session, "alan@example.com")
+        assert role is not None and alan is not None
+        policy = catalog.policy_for(session, role)
+        context = catalog.policy_context(session, alan, role, policy)
+    plan = evaluate_policy(policy, context, duration=timedelta(hours=1), justification="hotfix")
+    [step] = plan.steps
+    assert (step.remind_after, step.remind_every, step.escalate_after) == (
+        timedelta(hours=1),
+        timedelta(hours=4),
+        timedelta(hours=8),
+    )
+    assert step.escalate_to == [
+        Approver(kind=ApproverKind.GROUP, name="security"),
+        Approver(kind=ApproverKind.USER, name="frances@example.com"),
+    ]
+    # The escalation resolves its group when the step escalates: the policy's context knows its members.
+    assert context.group_members["security"]
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        ("{approvers: [{kind: manager}], remind_every: PT30S}", "reminders must be at least PT1M apart"),
+        ("{approvers: [{kind: manager}], escalate_after: PT8H}", "escalate_after needs escalate_to"),
+        ("{approvers: [{kind: manager}], escalate_to: [{kind: manager}]}", "escalate_to needs escalate_after"),
+        ("{approvers: [{kind: manager}], remind_after: PT0S}", "remind_after"),
+    ],
+)
+def test_a_steps_reminders_and_escalation_are_checked(tmp_path: Path, step: str, problem: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"approval_workflows:\n  - {{name: x, rules: [{{name: r, max_duration: PT1H, steps: [{step}]}}]}}\n")
+    with pytest.raises(OrgError, match=problem):
+        OrgFile.read(bad)
+
+
+def test_an_unknown_approver_to_escalate_to_is_named_in_its_place(db_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        """
+approval_workflows:
+  - name: nagging
+    rules:
+      - name: r
+        max_duration: PT1H
+        steps:
+          - approvers: [{kind: manager}]
+            escalate_after: PT1H
+            escalate_to: [{kind: user, name: nobody@example.com}]
+"""
+    )
+    with pytest.raises(OrgError) as refused, session_scope(db_url) as session:
+        load_org(session, OrgFile.read(bad), connectors=checked_connector)
+    [problem] = refused.value.problems
+    assert problem.field == "approval_workflows.0.rules.0.steps.0.escalate_to.0.name"
+    assert problem.message == "workflow nagging: unknown user nobody@example.com"

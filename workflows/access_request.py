@@ -13,13 +13,16 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.break_glass import open_review
 from workflows.deadline import Deadline
+from workflows.expiry_warning import ExpiryWarning
 from workflows.request_messages import RequestMessages
 from workflows.request_record import RequestRecord
+from workflows.step_timers import StepAlarms
 
 with workflow.unsafe.imports_passed_through():
     from access import limits, names
-    from access.approval import ApprovalRound, RoundOutcome, planned_steps
+    from access.approval import ApprovalRound, RoundOutcome, close, planned_steps
     from access.durations import format_duration
     from access.requests import (
         AccessRequestInput,
@@ -92,6 +95,7 @@ class AccessRequestWorkflow(RequestMessages):
                 distinct_approvers=input.plan.distinct_approvers,
                 # Data only, no command: histories from before this field replay alike (it is None there).
                 reauthenticate_within=input.plan.reauthenticate_within,
+                break_glass=input.plan.break_glass,  # data only, like the line above
                 steps=planned_steps(input.plan),
             )
         )
@@ -109,6 +113,10 @@ class AccessRequestWorkflow(RequestMessages):
         """The grant's end as last passed to the target, which may enforce it itself."""
         self._never_continue = False
         """A run from before continue-as-new existed, replaying: it never continues as new."""
+        self._alarms = StepAlarms(  # the open step's reminders and escalation (the request's round, extensions')
+            self._record, requester=input.requester, current_round=self._round, resolve=self._resolve
+        )
+        self._warning = ExpiryWarning(self._status, self._record, configured=input.expiry_warning)
 
     # --- the lifecycle ---------------------------------------------------------------------
 
@@ -135,6 +143,8 @@ class AccessRequestWorkflow(RequestMessages):
             if workflow.patched("compensate-failed-provision"):
                 return await self._revoke_then_end(failed=True)
             return await self._finish(RequestState.FAILED)
+        if input.plan.break_glass is not None:  # an emergency grant: its review opens now (new plans only)
+            await open_review(self._status, input.plan.break_glass)
         await self._hold()
         return await self._revoke_then_end()
 
@@ -161,14 +171,16 @@ class AccessRequestWorkflow(RequestMessages):
 
     async def _await_approval(self) -> RequestState | None:
         """Wait for the request's round to end: None once approved, else the state the request ends in.
-        Each step has ``approval_timeout`` to be decided."""
+        Each step has ``approval_timeout`` to be decided; its reminders and escalation come meanwhile."""
         round = ApprovalRound.request(self._status)
         if not round.steps:
             return None
         while self._approval is None and self._ending is None:
             step = round.open_step
             assert step is not None and step.opened_at is not None
-            remaining = step.opened_at + self._input.approval_timeout - workflow.now()
+            times_out_at = step.opened_at + self._input.approval_timeout
+            alarm = self._alarms.due(before=times_out_at)  # none (every step before them): waits as it always did
+            remaining = (alarm.at if alarm is not None else times_out_at) - workflow.now()
             try:
                 await workflow.wait_condition(
                     lambda step=step: (
@@ -179,7 +191,10 @@ class AccessRequestWorkflow(RequestMessages):
                     timeout=max(remaining, timedelta(0)),
                 )
             except TimeoutError:
-                step.state = StepState.EXPIRED
+                if alarm is not None:
+                    await self._alarms.ring(alarm)
+                    continue
+                close(step, StepState.EXPIRED)
                 self._failure = (
                     f"no decision on step {step.name!r} within {format_duration(self._input.approval_timeout)}"
                 )
@@ -221,8 +236,28 @@ class AccessRequestWorkflow(RequestMessages):
                 await self._move_end()  # then look again: extended again or revoked meanwhile
             elif self._history_is_long():
                 await self._continue_as_new(revoking=False)  # returns if an ending came, or never continues
-            elif await self._expiry.sleep(unless=lambda: self._ending is not None or self._history_is_long()):
+            elif await self._sleep_while_held():
                 return
+
+    async def _sleep_while_held(self) -> bool:
+        """Sleep toward the grant's end, waking on the way for the expiring-soon warning and an extension's
+        reminders and escalation (each only when one is due: none adds nothing). True once the end passed."""
+        end = self._expiry.at
+        alarm, warning = self._alarms.due(before=end), self._warning.due()
+        wake = min((t.at for t in (alarm, warning) if t is not None), default=None)
+
+        def woken() -> bool:  # an extension asked for meanwhile may bring an earlier reminder
+            return self._ending is not None or self._history_is_long() or self._alarms.due(before=end) != alarm
+
+        if wake is None:
+            return await self._expiry.sleep(unless=woken)
+        if wake > workflow.now() and not await self._expiry.sleep(until=wake, unless=woken):
+            return False
+        if warning is not None and warning.at <= workflow.now():
+            await self._warning.give(warning)
+        if alarm is not None and alarm.at <= workflow.now():
+            await self._alarms.ring(alarm)
+        return False
 
     async def _move_end(self) -> None:
         """After an extension, move the end the target enforces (an ephemeral login's expiry) too."""
@@ -295,6 +330,8 @@ class AccessRequestWorkflow(RequestMessages):
         for extension in status.extensions:
             if extension.state is ExtensionState.PENDING:
                 extension.state = ExtensionState.LAPSED
+        for step in [*status.steps, *(s for extension in status.extensions for s in extension.steps)]:
+            step.next_reminder_at = None  # an ended request reminds nobody
         ending = self._ending
         by, comment = (ending.actor, ending.comment) if ending else ("lapse", "")
         endings = {

@@ -35,12 +35,14 @@ class Deadline:
     def passed(self) -> bool:
         return self.remaining() <= timedelta(0)
 
-    async def sleep(self, *, unless: Callable[[], bool] = lambda: False) -> bool:
-        """Sleep toward the deadline. True once it has passed; False when woken early, by a move or by
-        ``unless()`` becoming true: the caller looks at what changed and sleeps again."""
+    async def sleep(self, *, until: datetime | None = None, unless: Callable[[], bool] = lambda: False) -> bool:
+        """Sleep toward the deadline, or toward ``until`` on the way there (a warning before the end). True once
+        it has passed; False when woken early, by a move or by ``unless()`` becoming true: the caller looks at
+        what changed and sleeps again."""
         self._moved = False
+        remaining = self.remaining() if until is None else until - workflow.now()
         try:
-            await workflow.wait_condition(lambda: self._moved or unless(), timeout=self.remaining())
+            await workflow.wait_condition(lambda: self._moved or unless(), timeout=remaining)
         except TimeoutError:
             return True
         return False

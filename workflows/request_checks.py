@@ -81,7 +81,9 @@ def check_cancel(status: RequestStatus, input: EndInput, *, ending: EndInput | N
 def check_revoke(status: RequestStatus, input: EndInput, *, ending: EndInput | None, strict: bool = False) -> None:
     if strict:
         _check_text("comment", input.comment)
-    if input.actor != status.requester and not input.is_admin:
+    # A reviewer condemning an emergency grant ends it too: the plan this run started with names them.
+    reviewer = input.condemned and status.break_glass is not None and input.actor in status.break_glass.reviewers
+    if input.actor != status.requester and not input.is_admin and not reviewer:
         raise refused(RefusalKind.FORBIDDEN, "only the requester or an admin can revoke a grant")
     if status.state not in (RequestState.PROVISIONING, RequestState.ACTIVE) or ending is not None:
         raise refused(

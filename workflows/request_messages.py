@@ -19,7 +19,7 @@ from workflows.request_record import RequestRecord
 
 with workflow.unsafe.imports_passed_through():
     from access import names
-    from access.approval import ApprovalRound, RoundKind, RoundOutcome, planned_steps
+    from access.approval import ApprovalRound, RoundKind, RoundOutcome, deciders, planned_steps
     from access.durations import format_duration
     from access.requests import (
         AccessRequestInput,
@@ -33,10 +33,9 @@ with workflow.unsafe.imports_passed_through():
         RequestState,
         RequestStatus,
         ResolveInput,
-        StepStatus,
     )
     from access.syncs import ReresolveInput
-    from access.types import AuditEntry
+    from access.types import Approver, AuditEntry
 
 
 class RequestMessages:
@@ -129,7 +128,7 @@ class RequestMessages:
         ]
         outcome = decided.outcome
         if decided.following is not None:
-            eligible = await self._resolve(decided.following)
+            eligible = await self._resolve(decided.following.approvers)
             failure = round.open_following(decided, eligible, distinct=self._distinct_approvers(), at=workflow.now())
             if failure is None:
                 events.append(self._record.step_opened(decided.following))
@@ -176,11 +175,11 @@ class RequestMessages:
         events.append(self._record.audit("lapse", "extension.refused", reason=reason))
         await self._record.write(events)
 
-    async def _resolve(self, step: StepStatus) -> list[str]:
-        """Who may decide ``step`` now, as the directory says (a local activity)."""
+    async def _resolve(self, approvers: list[Approver]) -> list[str]:
+        """Who ``approvers`` (a step's) are now, as the directory says (a local activity)."""
         eligible: list[str] = await workflow.execute_local_activity(
             names.RESOLVE_APPROVERS,
-            ResolveInput(requester=self._input.requester, role=self._input.role, approvers=step.approvers),
+            ResolveInput(requester=self._input.requester, role=self._input.role, approvers=approvers),
             result_type=list[str],
             start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
         )
@@ -298,7 +297,7 @@ class RequestMessages:
         if round is None or step is None:
             return
         try:
-            eligible = await self._resolve(step)
+            eligible = await self._resolve(deciders(step))  # those it escalated to stay, while eligible
         except ActivityError:
             return  # the next directory sync asks again
         if not round.is_same(self._round()) or not round.reresolves(step, eligible):

@@ -7,7 +7,7 @@ which the identity source (``ldap_directory``) shares.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -36,7 +36,8 @@ class LdapConnector(ConnectorBase):
     A user's account is the DN of the entry under users_base whose mail attribute is their
     email; the integration's ``account`` rule is not used, since the directory itself links
     people to entries. Granting adds the DN to the group's ``member``; revoking removes it,
-    writing ``placeholder_member`` when the last member of a ``groupOfNames`` goes.
+    writing ``placeholder_member`` when the last member of a ``groupOfNames`` goes. Where the directory is Active
+    Directory, each member's ``lastLogonTimestamp`` is when its access was last seen in use.
     """
 
     discovers = True
@@ -118,7 +119,8 @@ class LdapConnector(ConnectorBase):
         mail = self.config.mail_attribute
         held: list[HeldRole] = []
         with self._directory.connect() as connection:
-            users = {dn_key(user.dn): user for user in self._directory.users(connection)}
+            # AD's last logon comes with the users' search at no extra cost; other directories have none to give.
+            users = {dn_key(user.dn): user for user in self._directory.users(connection, [LAST_LOGON])}
             for group in self._directory.groups(connection, names=[role.name for role in by_name.values()]):
                 role = by_name.get((group.first("cn") or "").lower())
                 if role is None:
@@ -127,7 +129,10 @@ class LdapConnector(ConnectorBase):
                     user = users.get(dn_key(member))
                     # The user's DN as the directory spells it, so it equals what account_for returns.
                     account, email = (user.dn, (user.first(mail) or "").lower()) if user else (member, None)
-                    held.append(HeldRole(account=account, resource=role.resource, role=role.name, email=email))
+                    used = filetime(user.first(LAST_LOGON)) if user else None
+                    held.append(
+                        HeldRole(account=account, resource=role.resource, role=role.name, email=email, last_used=used)
+                    )
         return held
 
     def _group(self, connection: Any, target: Target, *, granting: bool = False) -> Entry:
@@ -180,6 +185,28 @@ class LdapConnector(ConnectorBase):
                 self._directory.modify(connection, group.dn, swap, tolerate={NO_SUCH_ATTRIBUTE})
             elif result == OBJECT_CLASS_VIOLATION:
                 raise PermanentError(f"the directory refused to remove the last member of {group.dn}")
+
+
+LAST_LOGON = "lastLogonTimestamp"
+"""Active Directory's last logon of a user, replicated to every domain controller (only every 9 to 14 days, so
+it says "used within about two weeks of this", never "not used since")."""
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+_FILETIME_NEVER = 0x7FFF_FFFF_FFFF_FFFF
+
+
+def filetime(value: str | None) -> datetime | None:
+    """A Windows FILETIME as AD writes one (100 ns intervals since 1601-01-01 UTC, in decimal) as a UTC time; None
+    where there is none: absent, malformed, 0 or the largest value (both "never")."""
+    try:
+        ticks = int((value or "").strip())
+    except ValueError:
+        return None
+    if ticks <= 0 or ticks >= _FILETIME_NEVER:
+        return None
+    try:
+        return _FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
+    except OverflowError:  # past the year 9999: not a real logon
+        return None
 
 
 _ALREADY_THERE = {VALUE_EXISTS, ENTRY_EXISTS}

@@ -56,6 +56,9 @@ class LdapConfig(ConnectorConfig):
     """Identity source: a user's display name (``cn`` when absent)."""
     manager_attribute: str = "manager"
     """Identity source: the DN of a user's manager."""
+    department_attribute: str | None = "department"
+    """Identity source: a user's department, shown to reviewers (AD's ``department``; an OpenLDAP
+    ``inetOrgPerson`` has ``departmentNumber`` or ``ou``); None reads none."""
     disabled_attribute: str | None = None
     """Identity source: marks disabled users. ``userAccountControl`` tests AD's ACCOUNTDISABLE bit;
     any other attribute marks a user disabled when present (e.g. ``pwdAccountLockedTime``) or,

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from access.limits import MAX_NAME
 from activities.connectors.base import ConnectorBase
 from activities.connectors.ldap_client import ENTRY_IDS, Entry, LdapClient, dn_key, entry_id
 from activities.connectors.ldap_config import LdapConfig
@@ -29,6 +30,8 @@ class DirectoryUser:
     disabled: bool
     external_id: str = ""
     """The entry's permanent identity (``entry_id``); empty for the organisation file's users."""
+    department: str | None = None
+    """The department the source names (the ``department_attribute``, the file's ``department:``)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class LdapDirectory(ConnectorBase):
         extra = [config.name_attribute, config.manager_attribute, "cn", *ENTRY_IDS]
         if config.disabled_attribute:
             extra.append(config.disabled_attribute)
+        if config.department_attribute:
+            extra.append(config.department_attribute)
         entries = self._directory.users(connection, extra)
         emails = {dn_key(entry.dn): (entry.first(config.mail_attribute) or "").lower() for entry in entries}
         users: dict[str, DirectoryUser] = {}
@@ -92,6 +97,7 @@ class LdapDirectory(ConnectorBase):
                 manager_email=emails.get(dn_key(manager)) if manager else None,
                 disabled=self._disabled(entry),
                 external_id=entry_id(entry),
+                department=_department(entry, config.department_attribute),
             )
         return users
 
@@ -118,3 +124,9 @@ class LdapDirectory(ConnectorBase):
                 member_emails=tuple(sorted(set(emails))),
                 external_id=entry_id(group),
             )
+
+
+def _department(entry: Entry, attribute: str | None) -> str | None:
+    """The entry's department, bounded as the organisation file bounds one; None when it names none."""
+    value = (entry.first(attribute) or "").strip() if attribute else ""
+    return " ".join(value.split())[:MAX_NAME] or None

@@ -1,7 +1,8 @@
 """The PostgreSQL connector: roles are NOLOGIN roles; a grant makes the account a member.
 
 Revoking also ends the account's live sessions: a session that ran ``SET ROLE`` keeps the
-role's rights after ``REVOKE`` until it ends.
+role's rights after ``REVOKE`` until it ends. Listing grants says which accounts have a session
+open now (``pg_stat_activity``): discovery records that as the access's last use.
 
 In ephemeral-credentials mode (``ephemeral: true``, as Vault's database secrets do it) each
 grant is a login role of its own, with a random password and ``VALID UNTIL`` the grant's end,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -141,7 +142,8 @@ class PostgresConnector(ConnectorBase):
         return Discovery(resources={resource: "PostgreSQL database"}, roles=roles, warnings=warnings)
 
     def list_grants(self, roles: Iterable[DiscoveredRole]) -> Iterable[HeldRole]:
-        """Direct members of the roles; role names are cluster-wide, so one query covers them all."""
+        """Direct members of the roles; role names are cluster-wide, so one query covers them all. A member with
+        a live session now is in use now (``last_used``): a session of a login uses every role it is a member of."""
         by_name = {role.name: role for role in roles}
         if not by_name:
             return []
@@ -152,7 +154,14 @@ class PostgresConnector(ConnectorBase):
                 "WHERE g.rolname = ANY(%s)",
                 (list(by_name),),
             ).fetchall()
-        return [HeldRole(account=member, resource=by_name[role].resource, role=role) for role, member in rows]
+            in_use = _in_session(connection, {str(member) for _, member in rows})
+        now = datetime.now(UTC)
+        return [
+            HeldRole(
+                account=member, resource=by_name[role].resource, role=role, last_used=now if member in in_use else None
+            )
+            for role, member in rows
+        ]
 
     def grant(self, account: str, target: Target, expires_at: datetime | None) -> Credentials | None:
         if len(account.encode()) > MAX_NAME:
@@ -340,6 +349,20 @@ def _privileged_roles(connection: psycopg.Connection[Any]) -> dict[str, str]:
         if reasons:
             result[name] = "; ".join(reasons)
     return result
+
+
+def _in_session(connection: psycopg.Connection[Any], logins: set[str]) -> set[str]:
+    """Which of ``logins`` have a session open now, in any database of the cluster. Lapse's own login is left out
+    (this connection, other workers', an app DB in the same cluster): its sessions are Lapse's, not the access's.
+    Any role may read who is connected (``pg_stat_activity.usename``); only what they run is hidden."""
+    if not logins:
+        return set()
+    rows = connection.execute(
+        "SELECT DISTINCT usename FROM pg_stat_activity "
+        "WHERE usename = ANY(%s) AND usename <> current_user AND pid <> pg_backend_pid()",
+        (sorted(logins),),
+    ).fetchall()
+    return {str(name) for (name,) in rows}
 
 
 def _until(expires_at: datetime | None) -> sql.Composable:

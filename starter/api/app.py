@@ -16,14 +16,17 @@ from starter.api.routes import (
     approvals,
     audit,
     birthright,
+    break_glass,
     catalog,
     codec,
     directory,
     grants,
     integrations,
+    notifications,
     org,
     requests,
     reviews,
+    slack,
     tokens,
 )
 from starter.api.security import CrossSiteRequests, SecurityHeaders
@@ -180,6 +183,9 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         org.router,
         tokens.router,
         reviews.router,
+        break_glass.router,
+        slack.router,
+        notifications.router,
     ):
         # Every operation may answer these (unreadable or oversized body, no caller, not allowed, invalid
         # input, Temporal unreachable); each router and route documents its own others.

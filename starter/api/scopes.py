@@ -38,11 +38,15 @@ ROUTE_SCOPES: dict[tuple[str, str], Needed] = {
     ("POST", "/api/reviews/items/draft"): Scope.APPROVE,
     ("POST", "/api/reviews/items/submit"): Scope.APPROVE,
     ("POST", "/api/reviews/items/{item_id}/reassign"): Scope.APPROVE,
+    # Reviewing an emergency (break-glass) grant afterwards: deciding, as approving is.
+    ("POST", "/api/requests/{request_id}/break-glass-review"): Scope.APPROVE,
     # Tokens: a token cannot make tokens (a stolen one must not outlive itself), and may revoke itself.
     ("GET", "/api/me"): ANY,
     ("POST", "/api/tokens"): NO_TOKEN,
     ("DELETE", "/api/tokens/{token_id}"): ANY,
     ("POST", "/api/service-accounts/{email}/tokens"): NO_TOKEN,
+    # Notifications: your own channels, as your own requests are yours (the organisation's: AdminUser).
+    ("PUT", "/api/me/notifications"): Scope.REQUEST,
     # The web UI's forms.
     ("POST", "/requests/preview"): Scope.READ,  # a dry run of the policy: nothing starts
     ("POST", "/requests"): Scope.REQUEST,
@@ -51,10 +55,12 @@ ROUTE_SCOPES: dict[tuple[str, str], Needed] = {
     ("POST", "/access/{request_id}/cancel"): Scope.REQUEST,
     ("POST", "/access/{request_id}/credentials"): Scope.REQUEST,
     ("POST", "/approvals/{request_id}"): Scope.APPROVE,
+    ("POST", "/requests/{request_id}/break-glass-review"): Scope.APPROVE,
     ("POST", "/reviews/decide"): Scope.APPROVE,
     ("POST", "/reviews/submit"): Scope.APPROVE,
     ("POST", "/reviews/items/{item_id}/reassign"): Scope.APPROVE,
     ("POST", "/tokens"): NO_TOKEN,  # the API tokens page: as POST /api/tokens
+    ("POST", "/notifications"): Scope.REQUEST,  # your channels: as PUT /api/me/notifications
     ("POST", "/admin/service-accounts/{email}/tokens"): NO_TOKEN,
     ("POST", "/device"): NO_TOKEN,  # approving the CLI's sign-in makes a token: a person in a browser only
 }

@@ -46,6 +46,9 @@ SIMPLE_TYPES = frozenset({*FORM_TYPES, "text/plain"})
 HSTS = ("strict-transport-security", "max-age=31536000")
 """Sent when ``public_url`` is https: browsers then never reach Lapse over plain http for a year."""
 PROXY_CSRF_KEY = b"lapse proxy csrf tokens"
+SLACK_INTERACTIONS = "/api/slack/interactions"
+"""Slack's button clicks: no browser sends them (and no browser credential counts there); Slack's signature over
+the body authenticates each one (``starter.services.slack_actions``), so no CSRF token is asked for."""
 
 HEADERS: dict[str, str] = {
     "Content-Security-Policy": (
@@ -168,7 +171,7 @@ class CrossSiteRequests:
         if request.method in SAFE_METHODS or bearer:
             await self.app(scope, receive, send)
             return
-        if self._codec_call(request, settings):
+        if self._codec_call(request, settings) or request.url.path == SLACK_INTERACTIONS:
             await self.app(scope, receive, send)
             return
         origin = headers.get("origin")

@@ -35,9 +35,12 @@ def require_admin(user: User) -> User:
 
 
 def require_request_reader(user: User, status: RequestStatus) -> None:
-    """A request is seen by its requester, anyone eligible for one of its steps (its extensions' too), and
-    admins: the status names who may approve, which is nobody else's business."""
+    """A request is seen by its requester, anyone eligible for one of its steps (its extensions' too), an emergency
+    grant's reviewers and those told of it, and admins: the status names who may approve, which is nobody else's
+    business."""
     approvers = {p for step in status.steps for p in step.eligible}
     approvers |= {p for ext in status.extensions for step in ext.steps for p in step.eligible}
+    if status.break_glass is not None:  # an emergency grant: those told of it and those who review it
+        approvers |= {*status.break_glass.reviewers, *status.break_glass.notify}
     if not (user.is_admin or user.email == status.requester or user.email in approvers):
         raise Refusal(RefusalKind.FORBIDDEN, "only the requester, its approvers and admins can see this request")

@@ -7,6 +7,8 @@ from sqlmodel import col, select
 
 from access.durations import Duration
 from access.policy import RuleOption, describe_options
+from access.types import BreakGlass
+from activities.oncall import on_call_context
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
@@ -23,6 +25,9 @@ class CatalogEntry(BaseModel):
     """Approving, extending or revoking under its workflow needs a sign-in at most this old (None: any)."""
     options: list[RuleOption]
     """The rules that apply to you, in order: up to how long, and whose approval it takes."""
+    break_glass: BreakGlass | None = None
+    """Its emergency access, when it allows it: ask with ``emergency: true`` to be granted at once, up to its
+    ``max_duration``, and reviewed afterwards."""
 
 
 def list_catalog(settings: Settings, user: User) -> list[CatalogEntry]:
@@ -33,7 +38,8 @@ def list_catalog(settings: Settings, user: User) -> list[CatalogEntry]:
             policy = catalog.policy_for(session, role)
             if policy is None:
                 continue
-            options = describe_options(policy, catalog.policy_context(session, user, role, policy))
+            context = on_call_context(settings, catalog.policy_context(session, user, role, policy), policy)
+            options = describe_options(policy, context)
             if options:
                 entries.append(
                     CatalogEntry(
@@ -43,6 +49,7 @@ def list_catalog(settings: Settings, user: User) -> list[CatalogEntry]:
                         approval_workflow=policy.name,
                         reauthenticate_within=policy.reauthenticate_within,
                         options=options,
+                        break_glass=BreakGlass.model_validate(role.break_glass) if role.break_glass else None,
                     )
                 )
     return entries

@@ -16,12 +16,13 @@ from access.discovery import ConnectionTestResult, DiscoveryResult
 from access.durations import Duration
 from access.errors import Refusal, RefusalKind
 from access.grants import GrantPath
-from access.types import AuditEntry, Sensitivity
+from access.types import AuditEntry, BreakGlass, Sensitivity
 from activities.connectors import check_config
 from starter.services import discovery
 from starter.services.authorization import require_admin
 from starter.services.fields import FreeText, Name, check_json
 from starter.services.grants import GrantOut
+from store import groups
 from store.audit_log import append_audit
 from store.catalog import role_owners
 from store.db import session_scope
@@ -83,12 +84,16 @@ class RoleOut(BaseModel):
     """Active grants of the role, by any path."""
     owners: list[str] = []
     """The role's owners' emails (approvers where a policy names the resource owner)."""
+    break_glass: BreakGlass | None = None
+    """Its emergency access (break-glass), or null: it allows none."""
 
 
 class RoleUpdate(BaseModel):
     jit_only: bool | None = None
     sensitivity: Sensitivity | None = None
     description: FreeText | None = None
+    break_glass: BreakGlass | None = None
+    """Allow emergency access (``{max_duration, review_within, notify}``); an explicit null takes it away."""
 
 
 def _find(session: Session, name: str) -> Integration:
@@ -130,6 +135,7 @@ def _role_out(role: Role, resource: Resource, holders: int, owners: list[str] | 
         missing=role.missing,
         holders=holders,
         owners=owners or [],
+        break_glass=BreakGlass.model_validate(role.break_glass) if role.break_glass is not None else None,
     )
 
 
@@ -254,6 +260,11 @@ def update_role(settings: Settings, admin: User, name: str, resource: str, role:
         if row is None:
             raise Refusal(RefusalKind.NOT_FOUND, f"there is no role {path!r}", field="role")
         changed = changes.model_dump(mode="json", exclude_none=True)
+        if "break_glass" in changes.model_fields_set:  # null too: it takes emergency access away
+            changed["break_glass"] = changes.break_glass.model_dump(mode="json") if changes.break_glass else None
+            unknown = groups.problems(session, changes.break_glass.notify or []) if changes.break_glass else {}
+            if unknown:
+                raise Refusal(RefusalKind.INVALID, "; ".join(unknown.values()), field="break_glass.notify")
         for key, value in changed.items():
             setattr(row, key, value)
         session.add(row)

@@ -20,6 +20,7 @@ from access.connectors import Connector
 from access.errors import Refusal, RefusalKind
 from access.types import AuditEntry
 from activities.connectors import built, check_config
+from activities.notify.config import check_notifications, check_on_call
 from starter.services.authorization import require_admin
 from starter.services.discovery import discover_now, ensure_schedules
 from starter.services.review_runs import upsert_review_schedule
@@ -79,6 +80,16 @@ class OpenReferenceOut(BaseModel):
         )
 
 
+def checked_section(name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """An organisation file's whole section (``notifications``, ``on_call``) as it is stored, checked by its
+    model (a ``ValueError`` says what is wrong): the section check the organisation file's loader takes."""
+    checks = {"notifications": check_notifications, "on_call": check_on_call}
+    if name not in checks:
+        raise ValueError(f"no section {name!r}")
+    checked: dict[str, Any] = checks[name](body).model_dump(mode="json", exclude_defaults=True)
+    return checked
+
+
 class OrgLoaded(BaseModel):
     """What loading an organisation file stored and started."""
 
@@ -115,7 +126,7 @@ def store_org(settings: Settings, actor: User, org: OrgFile) -> list[OpenReferen
     require_admin(actor)
     try:
         with session_scope(settings.db_url) as session:
-            loaded = load(session, org, connectors=checked_connector)
+            loaded = load(session, org, connectors=checked_connector, sections=checked_section)
             opened = loaded.opened
             details: dict[str, Any] = {"loaded": _counts(org), "sha256": org.sha256(), "changes": loaded.changes()}
             if opened:

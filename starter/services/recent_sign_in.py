@@ -37,7 +37,8 @@ SIGN_IN_PATH = "/auth/login"
 class SignIn:
     """How the caller proved who they are, as far as a sensitive decision needs to know."""
 
-    via: Literal["session", "token", "proxy"]
+    via: Literal["session", "token", "proxy", "chat"]
+    """``chat``: a button in a chat message (Slack), which vouches for who clicked and never for when they signed in."""
     auth_time: datetime | None = None
     """When the identity provider last authenticated the person (a session's); None: unknown, or not a session."""
 
@@ -131,6 +132,12 @@ def _refusal(sign_in: SignIn, window: timedelta, policy: str, page: str, doing: 
             RefusalKind.FORBIDDEN,
             f"{doing} needs a recent browser sign-in ({asks}, reauthenticate_within), which an API token cannot "
             f"vouch for: do it in the web UI, on {page}",
+        )
+    if sign_in.via == "chat":
+        return Refusal(
+            RefusalKind.FORBIDDEN,
+            f"{doing} needs a recent sign-in ({asks}, reauthenticate_within), which a chat button cannot vouch for: "
+            f"do it in the web UI, on {page}",
         )
     if sign_in.via == "proxy":
         return Refusal(

@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from access import names
+from access.approval import deciders
 from access.durations import format_duration
 from access.errors import Refusal, RefusalKind
 from access.policy import evaluate_policy, resolve_approvers
@@ -40,6 +41,8 @@ from access.requests import (
     RequestStatus,
 )
 from access.types import RequestPlan
+from activities.notify.settings import stored_settings
+from activities.oncall import on_call_context
 from starter.services.audit import refused
 from starter.services.authorization import require_request_reader
 from starter.services.recent_sign_in import SignIn, require_recent_sign_in, require_recent_to_request
@@ -151,6 +154,7 @@ def _plan(settings: Settings, requester: User, role_path: str, duration: timedel
             )
         approval = catalog.policy_for(session, role)
         context = catalog.policy_context(session, requester, role, approval)
+    context = on_call_context(settings, context, approval)  # PagerDuty/Opsgenie, with no DB session held
     return evaluate_policy(approval, context, duration=duration, justification=justification)
 
 
@@ -163,16 +167,26 @@ async def create_request(
     duration: timedelta,
     justification: str,
     sign_in: SignIn,
+    emergency: bool = False,
 ) -> RequestStatus:
     """Validate a request against its policy and start its workflow; nothing starts if it is refused. One the
     policy approves at once, under a workflow that says ``reauthenticate_within``, needs a sign-in that recent.
+    An ``emergency`` (break-glass) request is granted at once where its role allows it, and reviewed afterwards
+    (``starter.services.break_glass``).
 
     When more requests are being started than the workers record, a new one is turned away at once
     (unavailable, with a time to retry after) rather than held: nothing is started for it.
     """
     async with _admitted(settings):
         return await _create_request(
-            client, settings, requester, role=role, duration=duration, justification=justification, sign_in=sign_in
+            client,
+            settings,
+            requester,
+            role=role,
+            duration=duration,
+            justification=justification,
+            sign_in=sign_in,
+            emergency=emergency,
         )
 
 
@@ -185,10 +199,14 @@ async def _create_request(
     duration: timedelta,
     justification: str,
     sign_in: SignIn,
+    emergency: bool = False,
 ) -> RequestStatus:
+    from starter.services.break_glass import emergency_plan  # which reviews through this module's updates
+
     try:
         # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
-        plan = await asyncio.to_thread(_plan, settings, requester, role, duration, justification)
+        planner = emergency_plan if emergency else _plan
+        plan = await asyncio.to_thread(planner, settings, requester, role, duration, justification)
     except Refusal as refusal:
         raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
     if not plan.steps and plan.reauthenticate_within is not None:  # approved at once: as fresh as an extension
@@ -203,6 +221,7 @@ async def _create_request(
         plan=plan,
         approval_timeout=settings.approval_timeout,
         created_at=datetime.now(UTC),
+        expiry_warning=await asyncio.to_thread(_expiry_warning, settings),
     )
     start = WithStartWorkflowOperation(
         AccessRequestWorkflow.run,
@@ -232,6 +251,14 @@ async def _create_request(
         # who retries does not make a second request.
         raise await _start_failed(client, request_id, error) from None
     return status
+
+
+def _expiry_warning(settings: Settings) -> timedelta | None:
+    """The organisation's lead time for the expiring-soon warning (the org file's ``notifications``), or None
+    for the default rule."""
+    with session_scope(settings.db_url, write=False) as session:
+        stored = stored_settings(session)
+    return stored.expiry_warning if stored is not None else None
 
 
 async def _start_failed(client: Client, request_id: str, error: RPCError) -> Refusal:
@@ -369,7 +396,7 @@ def _still_eligible(settings: Settings, actor: User, request_id: str, action: st
         if requester is None or role is None:
             return
         context = catalog.policy_context(session, requester, role, catalog.policy_for(session, role))
-    if actor.email not in resolve_approvers(step.approvers, context):
+    if actor.email not in resolve_approvers(deciders(step), context):
         target = names.request_workflow_id(request_id)
         refusal = Refusal(
             RefusalKind.FORBIDDEN, f"{actor.email} is no longer an eligible approver for step {step.name!r}"

@@ -31,7 +31,7 @@ from access.types import AuditEntry
 from starter.services import review_runs
 from starter.services.fields import Email, FreeText
 from starter.services.recent_sign_in import SignIn, require_recent
-from starter.services.review_items import CHANGEABLE, LIVE, ItemIds, ItemOut, item_out, not_mine
+from starter.services.review_items import CHANGEABLE, LIVE, ItemIds, ItemOut, current, item_out, not_mine
 from store import review_scope
 from store.audit_log import append_audit
 from store.db import lock, session_scope
@@ -255,8 +255,8 @@ def my_item(settings: Settings, user: User, item_id: int) -> ItemOut:
     """One of the caller's items to decide now."""
     with session_scope(settings.db_url, write=False) as session:
         ((item, campaign),) = _mine(session, user, [item_id])
-        holder = session.exec(select(User.name, User.active).where(User.email == item.user_email)).first()
-    return item_out(item, campaign, *(holder or (None, None)))
+        now = current(session, item)
+    return item_out(item, campaign, now)
 
 
 def reviewers_for(settings: Settings, user: User, item_id: int) -> list[str]:
@@ -293,5 +293,4 @@ def reassign(settings: Settings, user: User, item_id: int, body: ReassignIn) -> 
             details["comment"] = body.comment
         event = AuditEntry(actor=user.email, action="review.item.reassigned", target=campaign.id, details=details)
         append_audit(session, [event])
-        holder = session.exec(select(User.name, User.active).where(User.email == item.user_email)).first()
-        return item_out(item, campaign, *(holder or (None, None)))
+        return item_out(item, campaign, current(session, item))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, or_, tuple_
@@ -27,7 +27,7 @@ from access.reviews import CampaignState, ItemDecision, ItemState
 from starter.services.fields import Email, Name
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import ReviewCampaign, ReviewItem, User
+from store.tables import Grant, ReviewCampaign, ReviewItem, User
 
 PAGE = 50
 """Items a page shows by default."""
@@ -64,9 +64,13 @@ class ItemOut(BaseModel):
     granted_by: str
     """The request's id and justification (JIT), the policy's name (birthright), or "found in the target"."""
     manager: str | None
+    department: str | None
+    """The holder's department as their identity source says now (the organisation file, the directory)."""
     active: bool
     """Whether the holder is an active user now (a leaver's access is an easy revoke)."""
     last_used: datetime | None
+    """When the access was last seen in use: the later of the snapshot's and what discovery has seen since.
+    None where no connector can tell (only PostgreSQL sessions and Active Directory logons are seen)."""
     last_used_said: str
     """``last_used`` as people read it, or "unknown" where no connector can tell."""
     revoking_means: str
@@ -124,14 +128,48 @@ def _revoking_means(item: ReviewItem) -> str:
     return "removes it in the target, now or when the campaign closes"
 
 
-def item_out(item: ReviewItem, campaign: ReviewCampaign, name: str | None, active: bool | None) -> ItemOut:
+class Current(NamedTuple):
+    """What an item shows as it is now rather than as its campaign snapshotted it: the holder as their identity
+    source says (None: no such user) and the grant's last use as discovery has seen it since."""
+
+    name: str | None = None
+    active: bool | None = None
+    department: str | None = None
+    used: datetime | None = None
+
+
+def with_current(query: Any) -> Any:
+    """``query`` (over ``ReviewItem``) with ``Current``'s columns added last: the item's holder (outer-joined by
+    email) and its grant (by its key: one lookup per item)."""
+    return (
+        query.add_columns(col(User.name), col(User.active), col(User.department), col(Grant.last_used_at))
+        .outerjoin(User, col(User.email) == ReviewItem.user_email)
+        .outerjoin(Grant, col(Grant.id) == ReviewItem.grant_id)
+    )
+
+
+def current(session: Session, item: ReviewItem) -> Current:
+    """One item's ``Current``, for the calls that show a single item."""
+    holder = session.exec(select(User.name, User.active, User.department).where(User.email == item.user_email))
+    name, active, department = holder.first() or (None, None, None)
+    used = session.exec(select(Grant.last_used_at).where(Grant.id == item.grant_id)).first()
+    return Current(name, active, department, used)
+
+
+def latest(*times: datetime | None) -> datetime | None:
+    """The latest of the times known; None if none is."""
+    return max((t for t in times if t is not None), default=None)
+
+
+def item_out(item: ReviewItem, campaign: ReviewCampaign, now: Current = Current()) -> ItemOut:
     deadline = campaign.escalation_deadline if item.escalated and campaign.escalation_deadline else campaign.deadline
+    last_used = latest(item.last_used, now.used)
     return ItemOut(
         id=item.id or 0,
         campaign=item.campaign_id,
         deadline=deadline,
         user=item.user_email,
-        user_name=name or "",
+        user_name=now.name or "",
         account=item.account,
         role=item.role,
         path=GrantPath(item.path),
@@ -139,9 +177,10 @@ def item_out(item: ReviewItem, campaign: ReviewCampaign, name: str | None, activ
         expires_at=item.expires_at,
         granted_by=_grant_origin(item),
         manager=item.manager_email,
-        active=item.holder_active if active is None else active,
-        last_used=item.last_used,
-        last_used_said=item.last_used.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if item.last_used else UNKNOWN,
+        department=now.department,
+        active=item.holder_active if now.active is None else now.active,
+        last_used=last_used,
+        last_used_said=last_used.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if last_used else UNKNOWN,
         revoking_means=_revoking_means(item),
         escalated=item.escalated,
         state=ItemState(item.state),
@@ -188,13 +227,10 @@ def _listed(
     role: str | None,
     path: GrantPath | None,
 ) -> SelectOfScalar[Any]:
-    """The caller's items in live campaigns that the filters keep, with their campaign and holder; unordered."""
-    query = (
-        select(ReviewItem, ReviewCampaign, User.name, User.active)
-        .join(ReviewCampaign, col(ReviewCampaign.id) == ReviewItem.campaign_id)
-        .outerjoin(User, col(User.email) == ReviewItem.user_email)
-        .where(ReviewItem.reviewer == email, col(ReviewCampaign.state).in_(LIVE), not_mine(email))
-    )
+    """The caller's items in live campaigns that the filters keep, with their campaign and ``Current``; unordered."""
+    query: SelectOfScalar[Any] = with_current(
+        select(ReviewItem, ReviewCampaign).join(ReviewCampaign, col(ReviewCampaign.id) == ReviewItem.campaign_id)
+    ).where(ReviewItem.reviewer == email, col(ReviewCampaign.state).in_(LIVE), not_mine(email))
     states = {"todo": CHANGEABLE, "open": ("open",), "decided": ("decided",), "done": ("done",)}.get(shown)
     if states is not None:
         query = query.where(col(ReviewItem.state).in_(states))
@@ -208,7 +244,7 @@ def _listed(
         query = query.where(or_(col(ReviewItem.role) == role, col(ReviewItem.role).startswith(role.rstrip("/") + "/")))
     if path is not None:
         query = query.where(ReviewItem.path == path.value)
-    return query  # type: ignore[return-value]
+    return query
 
 
 def _page_rows(session: Session, query: SelectOfScalar[Any], group: Group, after: str | None, n: int) -> list[Any]:
@@ -254,7 +290,7 @@ def _page(
     rows = _page_rows(session, query, group, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [item_out(item, c, name, active) for item, c, name, active in rows]
+    items = [item_out(item, c, Current(*now)) for item, c, *now in rows]
     next_after = None
     if more and rows:
         last: ReviewItem = rows[-1][0]

@@ -27,6 +27,7 @@ from access.types import AuditEntry
 from starter.services.audit import _cell as spreadsheet_text  # the audit export's formula neutraliser
 from starter.services.authorization import require_admin
 from starter.services.review_campaigns import find_campaign
+from starter.services.review_items import Current, latest, with_current
 from store.audit_log import append_audit
 from store.db import session_scope
 from store.settings import Settings
@@ -45,6 +46,7 @@ ITEM_COLUMNS = (
     "since",
     "expires_at",
     "manager",
+    "department",
     "holder_active",
     "last_used",
     "reviewer",
@@ -87,7 +89,8 @@ def _granted_by(item: ReviewItem) -> str:
     return "found in the target"
 
 
-def item_row(item: ReviewItem) -> list[str]:
+def item_row(item: ReviewItem, now: Current = Current()) -> list[str]:
+    """One item's row; the holder's department as their source says now, the last use as the item shows it."""
     event, ended = _proof(item.proof)
     return [
         str(item.id),
@@ -99,8 +102,9 @@ def item_row(item: ReviewItem) -> list[str]:
         _time(item.granted_at),
         _time(item.expires_at),
         item.manager_email or "",
+        now.department or "",
         "yes" if item.holder_active else "no",
-        _time(item.last_used) or "unknown",
+        _time(latest(item.last_used, now.used)) or "unknown",
         item.reviewer,
         "yes" if item.escalated else "no",
         item.state,
@@ -163,22 +167,22 @@ def _heading(session: Session, campaign: ReviewCampaign, *, by: str, at: datetim
     return rows
 
 
-def _items(settings: Settings, campaign_id: str) -> Iterator[ReviewItem]:
+def _items(settings: Settings, campaign_id: str) -> Iterator[tuple[ReviewItem, Current]]:
     after = 0
     while True:
         with session_scope(settings.db_url, write=False) as session:
             batch = list(
-                session.exec(
-                    select(ReviewItem)
+                session.execute(  # rows, not scalars: the item and its ``Current``
+                    with_current(select(ReviewItem))
                     .where(ReviewItem.campaign_id == campaign_id, col(ReviewItem.id) > after)
                     .order_by(col(ReviewItem.id))
                     .limit(BATCH)
                 )
             )
-        yield from batch
+        yield from ((item, Current(*now)) for item, *now in batch)
         if len(batch) < BATCH:
             return
-        after = batch[-1].id or 0
+        after = batch[-1][0].id or 0
 
 
 class _Writer:
@@ -227,8 +231,8 @@ def report_csv(settings: Settings, admin: User, campaign_id: str) -> Iterator[st
         writer = _Writer()
         yield writer.rows(heading)
         count, batch = 0, []
-        for item in _items(settings, campaign_id):
-            batch.append(item_row(item))
+        for item, now in _items(settings, campaign_id):
+            batch.append(item_row(item, now))
             count += 1
             if len(batch) == BATCH:
                 yield writer.rows(batch)
@@ -263,7 +267,7 @@ def report_page(settings: Settings, admin: User, campaign_id: str) -> PrintableR
     at, head, heading = _start(settings, campaign_id, admin.email)
     writer = _Writer()
     writer.rows(heading)
-    items = [item_row(item) for item in _items(settings, campaign_id)]
+    items = [item_row(item, now) for item, now in _items(settings, campaign_id)]
     for start in range(0, len(items), BATCH):
         writer.rows(items[start : start + BATCH])
     sha256 = writer.digest.hexdigest()

@@ -63,6 +63,7 @@ ADMIN_ROUTES = [
     ("GET", "/api/reviews/campaigns/{campaign_id}"),
     ("POST", "/api/reviews/campaigns/{campaign_id}/close"),
     ("GET", "/api/reviews/campaigns/{campaign_id}/report.csv"),
+    ("GET", "/api/break-glass"),
 ]
 """Every route only admins may call."""
 

@@ -70,6 +70,9 @@ ADMIN = Allowed("admin", Scope.ADMIN)
 READER = Allowed("reader", Scope.READ)
 REQUESTER = Allowed("requester", Scope.REQUEST)
 SESSION_ONLY = Allowed("session")
+SIGNED = Allowed("signed")
+"""Authenticated by a signature over the body (Slack's), never by a sign-in or a CSRF token: every caller here,
+who signs nothing, is a 401."""
 ADMIN_SESSION = Allowed("admin")
 
 MATRIX: dict[tuple[str, str], Allowed] = {
@@ -88,6 +91,8 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     # The CLI's sign-in through a browser: the CLI starts and polls it signed in as nobody; a person approves it.
     ("POST", "/auth/device"): PUBLIC,
     ("POST", "/auth/device/token"): PUBLIC,
+    # Slack's button clicks: Slack signs them; no person calls it.
+    ("POST", "/api/slack/interactions"): SIGNED,
     ("GET", "/device"): READ,
     ("POST", "/device"): SESSION_ONLY,  # approving makes a token: never with a token
     # Requesting and one's own requests.
@@ -113,6 +118,12 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("POST", "/api/service-accounts"): ADMIN,
     ("POST", "/api/service-accounts/{email}/tokens"): Allowed("admin", None),
     ("DELETE", "/api/service-accounts/{email}"): ADMIN,
+    # Notifications: the organisation's channels (admins), your own, and who was told what of a request.
+    ("GET", "/api/notifications/settings"): ADMIN,
+    ("PUT", "/api/notifications/settings"): ADMIN,
+    ("GET", "/api/me/notifications"): READ,
+    ("PUT", "/api/me/notifications"): REQUEST,
+    ("GET", "/api/requests/{request_id}/notifications"): READER,
     # Administration.
     ("POST", "/api/grants/{grant_id}/revoke"): ADMIN,
     ("GET", "/api/integrations"): ADMIN,
@@ -161,6 +172,11 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("POST", "/api/reviews/items/submit"): APPROVE,
     ("GET", "/api/reviews/items/{item_id}/reviewers"): READ,
     ("POST", "/api/reviews/items/{item_id}/reassign"): APPROVE,
+    # Break-glass: reviewing an emergency grant afterwards (deciding, as approving is; the review says who may), its
+    # review on the request (readers), every one (admins).
+    ("POST", "/api/requests/{request_id}/break-glass-review"): APPROVE,
+    ("GET", "/api/requests/{request_id}/break-glass-review"): READER,
+    ("GET", "/api/break-glass"): ADMIN,
     # The web UI.
     ("GET", "/"): READ,
     ("POST", "/requests/preview"): READ,
@@ -176,12 +192,15 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("POST", "/approvals/{request_id}"): APPROVE,
     ("GET", "/requests/{request_id}"): READER,
     ("GET", "/requests/{request_id}/live"): READER,
+    ("POST", "/requests/{request_id}/break-glass-review"): APPROVE,
+    ("GET", "/admin/break-glass"): ADMIN,
     ("GET", "/admin/grants"): ADMIN,
     ("POST", "/admin/grants/{grant_id}/revoke"): ADMIN,
     ("POST", "/admin/grants/impact"): ADMIN,
     ("POST", "/admin/grants/revoke-selected"): ADMIN,
     ("GET", "/tokens"): READ,
     ("POST", "/tokens"): SESSION_ONLY,  # a token makes no tokens
+    ("POST", "/notifications"): REQUEST,  # your channels, from the settings page's block
     ("POST", "/tokens/{token_id}/revoke"): SESSION_ONLY,
     ("POST", "/admin/service-accounts"): ADMIN,
     ("POST", "/admin/service-accounts/{email}/tokens"): Allowed("admin", None),
@@ -397,6 +416,8 @@ async def world(world_settings: Settings) -> AsyncIterator[World]:
 
 def expected(allowed: Allowed, caller: str, method: str) -> str:
     """``401``, ``403`` or ``through`` (the sign-in layer lets the call through); ``public``: the same for all."""
+    if allowed is SIGNED:  # before the CSRF check, which such a route is exempt from
+        return "401"
     if (method in UNSAFE and caller in NO_CSRF) or (method == "POST" and caller in PROXIED_NO_CSRF):
         # The CSRF check comes before anything else, public routes included. Behind the proxy, only what another
         # site's page can send without a preflight needs the token: a POST (of a form's type, or none).

@@ -61,6 +61,11 @@ LIKELY_DURATIONS = ["PT30S", "PT1H", "PT8H", "P1D", 60, 3600]
 """Durations some policy allows, so that some generated requests and extensions start real work."""
 
 
+_CALLER = "X-Forwarded-Email"
+_SIGNED_BY = {"/api/slack/interactions": "X-Slack-Signature"}
+"""Routes a signature authenticates, not a caller: their 401 names the signature's header."""
+
+
 def _problem_failures(response: httpx.Response) -> list[str]:
     """What is wrong with a 4xx answer as a problem document, if anything."""
     if response.status_code < 400 or response.status_code >= 500:
@@ -80,8 +85,8 @@ def _problem_failures(response: httpx.Response) -> list[str]:
         wrong.append(f"a {response.status_code} whose problem has no detail")
     elif response.status_code == 422 and not body.get("field"):
         wrong.append(f"a 422 naming no field: {body['detail']}")
-    elif response.status_code == 401 and body.get("field") != "X-Forwarded-Email":
-        wrong.append(f"a 401 not naming X-Forwarded-Email: {body}")
+    elif response.status_code == 401 and body.get("field") != _SIGNED_BY.get(response.request.url.path, _CALLER):
+        wrong.append(f"a 401 not naming {_SIGNED_BY.get(response.request.url.path, _CALLER)}: {body}")
     return wrong
 
 

@@ -74,9 +74,14 @@ async def test_a_manager_revokes_through_the_api_and_the_report_proves_it(
         lambda: ("alan@example.com", "ledger/prod-db/read") not in target.held, what="the revoke in the target"
     )
     assert ("barbara@example.com", "ledger/prod-db/write") in target.held
-    with session_scope(settings.db_url, write=False) as session:
-        alan = session.exec(select(Grant).where(Grant.user_email == "alan@example.com")).one()
-    assert not alan.active and alan.ended_at is not None
+
+    def alan() -> Grant:
+        with session_scope(settings.db_url, write=False) as session:
+            return session.exec(select(Grant).where(Grant.user_email == "alan@example.com")).one()
+
+    # The ledger records the end in its own transaction, just after the target's revoke returns.
+    ended = await eventually(alan, until=lambda grant: not grant.active, what="alan's grant to end in the ledger")
+    assert ended.ended_at is not None
 
     async def report() -> str:
         response = await api.call(ADA, "GET", f"/api/reviews/campaigns/{campaign}/report.csv")

@@ -1,7 +1,9 @@
 """Record workflow histories for the replay test: ``python -m tests.histories.record``.
 
 Run it when the workflow changes in a way worth pinning; keep the old files, since
-requests started under old code are still running somewhere.
+requests started under old code are still running somewhere. ``python -m tests.histories.record v5 timers``
+records only the reminders, escalation and expiring-soon scenarios, whose hours pass on the time-skipping
+server (``tests/workflows/timer_support.py``).
 """
 
 from __future__ import annotations
@@ -167,6 +169,18 @@ async def record(tag: str) -> None:
                 await env.client.get_schedule_handle(names.discovery_id("pg")).delete()
 
 
+async def record_timers(tag: str) -> None:
+    """The step timers and the expiry warning: hours of a request's life, recorded on the time-skipping server."""
+    from tests.workflows.conftest import start_time_skipping
+    from tests.workflows.timer_support import reminded_then_escalated, requests, warned_then_extended
+
+    async with await start_time_skipping() as env, requests(env) as running:
+        scenarios = {"reminded-escalated": reminded_then_escalated, "warned-extended": warned_then_extended}
+        for name, scenario in scenarios.items():
+            handle = await scenario(env, running)
+            await _save(env, handle.id, f"{tag}-{name}")
+
+
 async def _finished_run(env: WorkflowEnvironment, workflow_type: str) -> str:
     """The id of the newest finished run of a workflow type (the schedules name their runs)."""
 
@@ -193,6 +207,7 @@ async def _save(
 
 
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1] if len(sys.argv) > 1 else "v1"))
+    tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
+    asyncio.run(record_timers(tag) if sys.argv[2:] == ["timers"] else record(tag))
     sys.stdout.flush()
     os._exit(0)

@@ -71,11 +71,12 @@ ADMIN_SECTION_PAGES = [
     ("POST", "/admin/reviews/campaigns/{campaign_id}/close"),
     ("GET", "/admin/reviews/campaigns/{campaign_id}/report"),
     ("GET", "/admin/reviews/campaigns/{campaign_id}/report.csv"),
+    ("GET", "/admin/break-glass"),
 ]
 """The integrations, birthright, directory and audit pages: admins only (``tests/web/test_pages.py``'s
 ``ADMIN_PAGES`` includes them)."""
 
-MENU = ["Permissions", "Integrations", "Birthright", "Directory", "Audit log", "Access reviews"]
+MENU = ["Permissions", "Integrations", "Birthright", "Directory", "Audit log", "Access reviews", "Break-glass"]
 
 
 # --- over HTTP: admins only ----------------------------------------------------------------------

@@ -325,3 +325,58 @@ async def test_a_one_time_login_is_shown_once_and_never_cached(api: Api, setting
     assert '<code id="password">&lt;s3cret&gt;</code>' in html(shown) and "lapse_k1" in shown.text
     again = await api.http.post(path, headers=katherine)
     assert again.status_code == 410 and "already shown" in html(again) and "s3cret" not in again.text
+
+
+async def test_the_request_page_shows_a_steps_reminders_and_escalation(
+    demo: Settings, pages: httpx.AsyncClient
+) -> None:
+    from datetime import timedelta
+
+    from access.requests import RequestStatus, StepState, StepStatus
+    from access.types import Approver, ApproverKind
+    from store.tables import AccessRequest
+
+    opened = NOW - timedelta(hours=9)
+    step = StepStatus(
+        name="manager",
+        approvers=[Approver(kind=ApproverKind.MANAGER)],
+        quorum=1,
+        eligible=["linus@example.com", "grace@example.com"],
+        state=StepState.OPEN,
+        opened_at=opened,
+        remind_after=timedelta(hours=1),
+        remind_every=timedelta(hours=4),
+        escalate_after=timedelta(hours=8),
+        escalate_to=[Approver(kind=ApproverKind.GROUP, name="security")],
+        reminders=2,
+        next_reminder_at=opened + timedelta(hours=9),
+        escalate_at=opened + timedelta(hours=8),
+        escalated_at=opened + timedelta(hours=8),
+    )
+    status = RequestStatus(
+        id="remindedreq",
+        requester="alan@example.com",
+        role="ledger/payments-api/deploy",
+        duration=timedelta(hours=1),
+        justification="hotfix",
+        policy="manager-approval",
+        rule="manager",
+        created_at=opened,
+        steps=[step],
+    )
+    with session_scope(demo.db_url) as session:
+        session.add(
+            AccessRequest(
+                id=status.id,
+                requester=status.requester,
+                role=status.role,
+                state=status.state.value,
+                created_at=status.created_at,
+                status=status.model_dump(mode="json"),
+            )
+        )
+
+    page = html(await pages.get("/requests/remindedreq", headers=as_user("alan@example.com")))
+
+    assert "Reminded 2 times." in page and "Next reminder" in page
+    assert "Escalated" in page and "group:security" in page

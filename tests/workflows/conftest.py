@@ -25,6 +25,14 @@ TEST_SERVER = str(Path(sys.executable).parent / "temporal-test-server")
 @pytest_asyncio.fixture(scope="session")
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     """One time-skipping server for the run, with Lapse's search attributes and payload codec."""
+    env = await start_time_skipping()
+    yield env
+    with teardown("stopping the time-skipping test server"):
+        await env.shutdown()
+
+
+async def start_time_skipping() -> WorkflowEnvironment:
+    """A time-skipping server with Lapse's search attributes and payload codec (also for recording histories)."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=TEST_CONVERTER, test_server_existing_path=TEST_SERVER
     )
@@ -39,6 +47,4 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
             },
         )
     )
-    yield env
-    with teardown("stopping the time-skipping test server"):
-        await env.shutdown()
+    return env

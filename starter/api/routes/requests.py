@@ -25,6 +25,9 @@ class RequestCreate(Model):
     duration: Duration
     """ISO 8601 (``PT2H``) or seconds; counted from when access is granted."""
     justification: FreeText = ""
+    emergency: bool = False
+    """Break-glass: granted at once without approval, where the role allows it (a reason required, the duration
+    capped), then reviewed by the approvers skipped; see ``POST /api/requests/{id}/break-glass-review``."""
 
 
 class Comment(Model):
@@ -43,7 +46,10 @@ async def create_request(
 ) -> RequestStatus:
     """Request a role for a while. Refused at once (4xx, nothing started) if the policy does not allow it, or if
     the policy would approve it at once under a workflow that asks for a recent sign-in (``reauthenticate_within``:
-    as for an extension, a browser session signed in that recently; a 401 says where to sign in again)."""
+    as for an extension, a browser session signed in that recently; a 401 says where to sign in again).
+
+    With `emergency: true` (break-glass), a role that allows it is granted at once for at most its cap, the security
+    group and the skipped approvers are told, and a review opens; a role that does not is a 403 saying so."""
     return await requests.create_request(
         client,
         settings,
@@ -52,6 +58,7 @@ async def create_request(
         duration=body.duration,
         justification=body.justification,
         sign_in=sign_in,
+        emergency=body.emergency,
     )
 
 

@@ -28,6 +28,7 @@ from starter.services.birthright import (
     CreateChange,
     DeleteChange,
     PolicyIn,
+    PolicyOut,
     PolicyUpdate,
     PreviewOut,
     UpdateChange,
@@ -112,7 +113,9 @@ def _form_page(
     *,
     preview: PreviewOut | None = None,
     error: Refusal | None = None,
+    policy: PolicyOut | None = None,
 ) -> HTMLResponse:
+    """The policy form; with ``policy`` (editing it), a note of its exceptions, linked to where they are removed."""
     return render(
         request,
         "admin_birthright_policy.html",
@@ -120,6 +123,8 @@ def _form_page(
         form=form,
         preview=preview,
         error=error,
+        exceptions=policy.exceptions if policy else [],
+        position=policy.position if policy else None,
     )
 
 
@@ -223,7 +228,7 @@ def edit_policy(request: Request, name: NameParam, admin: PageAdmin, settings: S
         roles="\n".join(policy.roles),
         description=policy.description,
     )
-    return _form_page(request, form)
+    return _form_page(request, form, policy=policy)
 
 
 def _typed(

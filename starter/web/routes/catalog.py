@@ -93,6 +93,7 @@ async def create_request(
     role: Annotated[RolePath, Form()],
     duration: Annotated[str, Form(max_length=64)],
     justification: Annotated[FreeText, Form()] = "",
+    emergency: Annotated[bool, Form()] = False,
 ) -> RedirectResponse | HTMLResponse:
     """Submit the request; refused, the form comes back with the reason and what was typed (or, for want of a
     recent sign-in, the browser goes to sign in again and comes back to the form)."""
@@ -105,6 +106,7 @@ async def create_request(
             duration=_duration(duration),
             justification=justification,
             sign_in=sign_in,
+            emergency=emergency,
         )
     except Refusal as refusal:
         if refusal.kind is RefusalKind.REAUTHENTICATE:
@@ -119,7 +121,7 @@ async def create_request(
             sensitivities=sorted({e.sensitivity for e in entries}),
             q="",
             sensitivity="",
-            form={"role": role, "duration": duration, "justification": justification},
+            form={"role": role, "duration": duration, "justification": justification, "emergency": emergency},
             suggested=SUGGESTED_DURATIONS,
             error=refusal,
         )

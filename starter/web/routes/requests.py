@@ -13,9 +13,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from access import names
+from access.break_glass import BreakGlassReview, Verdict, VerdictInput, verdict_refusal
 from access.requests import ExtensionState, RequestState
 from starter.api.deps import SettingsDep
+from starter.services.break_glass import stored_review
 from starter.services.fields import Name
+from starter.services.notifications import notifications_about
 from starter.services.timeline import request_timeline
 from starter.web.rendering import PageRoute, PageUser, render, unchanged, version
 from store.settings import Settings
@@ -32,6 +35,8 @@ NOTICES = {
     "cancelled": "You withdrew the request.",
     "revoked": "You revoked the grant.",
     "ended": "You ended the request.",
+    "confirmed": "You confirmed this emergency access.",
+    "condemned": "You condemned this emergency access: it is flagged, and its grant revoked.",
 }
 """What a page reached after an action says about it (``?done=``); nothing else is ever shown from the URL."""
 
@@ -46,7 +51,9 @@ def _page(
     request: Request, user: User, settings: Settings, request_id: str, template: str, seen: str | None, notice: str
 ) -> Response:
     status, events = request_timeline(settings, user, request_id)
-    current = version(status, *events)
+    notifications = notifications_about(settings, request_id)  # the timeline checked who may see it
+    glass = stored_review(settings, request_id) if status.break_glass is not None else None
+    current = version(status, *events, *notifications, glass)
     if (same := unchanged(seen, current)) is not None:
         return same
     last = status.extensions[-1] if status.extensions else None
@@ -57,7 +64,7 @@ def _page(
         req=status,
         events=events,
         version=current,
-        live=not status.state.ended,
+        live=not status.state.ended or (glass is not None and not glass.decided_at),
         active=RequestState.ACTIVE,
         pending=RequestState.PENDING,
         pending_extension=last if last is not None and last.state is ExtensionState.PENDING else None,
@@ -65,7 +72,15 @@ def _page(
         notice=NOTICES.get(notice),
         can_decide=status.awaits_decision_from(user.email),
         mine=status.requester == user.email,
+        notifications=notifications,
+        glass=glass,
+        can_review=glass is not None and verdict_refusal(glass, _probe(glass, user)) is None,
     )
+
+
+def _probe(glass: BreakGlassReview, user: User) -> VerdictInput:
+    """A confirm by ``user``: whether they may review the emergency grant now."""
+    return VerdictInput(request_id=glass.request_id, actor=user.email, is_admin=user.is_admin, verdict=Verdict.CONFIRM)
 
 
 @router.get("/requests/{request_id}", response_class=HTMLResponse)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Path, Query, Request
@@ -23,6 +23,7 @@ from starter.api.deps import CallerIdentity, SettingsDep
 from starter.api.problems import STATUS
 from starter.services import tokens
 from starter.services.fields import Email, FreeText, Name
+from starter.services.notifications import my_notifications
 from starter.services.tokens import Scope, ServiceAccountCreate, TokenCreate, TokenCreated
 from starter.web.rendering import PageAdmin, PageRoute, PageUser, render
 from store.settings import Settings
@@ -99,6 +100,7 @@ def _page(
         max_days=_days(settings.token_max_lifetime),
         api_url=settings.external_url,
         notice=notice,
+        notify=my_notifications(settings, user),
     )
 
 
@@ -140,9 +142,12 @@ def tokens_page(
     revoked: Annotated[Name | None, Query()] = None,
     account: Annotated[Email | None, Query()] = None,
     deactivated: Annotated[Email | None, Query()] = None,
+    notifications: Annotated[Literal["saved"] | None, Query()] = None,
 ) -> HTMLResponse:
     notice = None
-    if revoked:
+    if notifications:
+        notice = "Your notification channels were saved."
+    elif revoked:
         notice = f"Token {revoked} was revoked: a call made with it is refused from now on."
     elif account:
         notice = f"Service account {account} was created: give it a token below."

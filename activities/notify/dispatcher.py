@@ -1,0 +1,324 @@
+"""The dispatcher: sends what the notification outbox holds, beside the worker, with retries.
+
+Rows are queued in the transaction that recorded their event (``store.notifications.queue``); this loop claims
+the due ones under a lease (so two workers never send the same row at once), hands each to its channel's
+:class:`Sender`, and marks it sent, skipped, due again after a growing pause, or failed. A failure that outlasts
+its retries is kept on the row (the request's page lists it) and audited (``notification.failed``), never
+silent. The workflows wait for none of this: a chat outage delays a message, never a grant or a revoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session
+
+from access import names
+from access.notifications import Channel, Notice
+from access.types import AuditEntry
+from activities.notify import DeliveryError, Outgoing, Sender, Sent
+from activities.notify.config import NotificationSettings
+from activities.notify.messages import links_for
+from activities.notify.settings import stored_settings
+from store import notifications as outbox
+from store.audit_log import append_audit
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import AccessRequest, Notification
+
+log = logging.getLogger(__name__)
+
+SenderKey = tuple[Channel, str]
+"""A sender's channel and destination name (empty: the channel's personal messages)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a failed send waits before the next try, and when Lapse gives up on it."""
+
+    first: timedelta = timedelta(seconds=1)
+    most: timedelta = timedelta(minutes=5)
+    attempts: int = 24
+    """Tries before giving up: with the pauses doubling from 1 s to 5 min, a little over an hour."""
+    give_up_after: timedelta | None = timedelta(hours=1, minutes=15)
+    """Give up sooner if a notice has been failing this long since it was queued."""
+
+    def pause(self, attempts: int, retry_after: float | None = None) -> timedelta:
+        """The pause after ``attempts`` failed tries; the channel's own ``Retry-After`` when it gave one."""
+        if retry_after is not None:
+            return min(timedelta(seconds=max(retry_after, 0)), self.most)
+        doublings: int = min(max(attempts - 1, 0), 30)
+        return min(self.first * (1 << doublings), self.most)
+
+
+def build_senders(
+    settings: NotificationSettings, db_url: str, *, broken: dict[SenderKey, str] | None = None
+) -> dict[SenderKey, Sender]:
+    """One sender per configured channel and destination. A sender that cannot be made (its module not
+    installed, its configuration refused) is left out and said in ``broken``: its rows are retried, then fail
+    visibly. Channel modules are imported here, lazily: each is its own, and a worker needs only the used ones."""
+    senders: dict[SenderKey, Sender] = {}
+    wanted: list[tuple[SenderKey, str, str, tuple[Any, ...]]] = []
+    if settings.email is not None:
+        wanted.append(((Channel.EMAIL, ""), "email", "EmailSender", (settings.email,)))
+    if settings.slack is not None:
+        wanted.append(((Channel.SLACK, ""), "slack", "SlackSender", (settings.slack, db_url)))
+    wanted += [((Channel.TEAMS, w.name), "teams", "TeamsSender", (w,)) for w in settings.teams]
+    wanted += [((Channel.WEBHOOK, w.name), "webhook", "WebhookSender", (w,)) for w in settings.webhooks]
+    for key, module, name, args in wanted:
+        try:
+            factory = getattr(importlib.import_module(f"activities.notify.{module}"), name)
+            senders[key] = factory(*args)
+        except Exception as error:  # one channel's trouble stops none of the others
+            why = f"the {key[0].value} sender could not be set up: {type(error).__name__}: {error}"
+            log.error("%s", why)
+            if broken is not None:
+                broken[key] = why
+    return senders
+
+
+class Dispatcher:
+    """Claims due outbox rows and sends them, ``concurrency`` at a time, until :meth:`stop`.
+
+    ``senders`` fixes the senders (tests); otherwise they are built from the stored ``notifications`` section
+    and rebuilt when it changes. :meth:`wake` (from any thread) ends the wait between polls: rows queued by this
+    process are sent at once, rows queued elsewhere within ``poll`` seconds.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        settings: Settings,
+        senders: Mapping[SenderKey, Sender] | None = None,
+        *,
+        backoff: Backoff | None = None,
+        concurrency: int = 16,
+        poll: float = 0.2,
+        lease: timedelta = timedelta(minutes=2),
+        send_timeout: float = 60.0,
+    ) -> None:
+        self._db_url = db_url
+        self._base_url = settings.external_url
+        self._fixed = senders is not None
+        self._senders: dict[SenderKey, Sender] = dict(senders or {})
+        self._broken: dict[SenderKey, str] = {}
+        self._version: datetime | None = None
+        self._checked_at: datetime | None = None
+        self.backoff = backoff or Backoff()
+        self._concurrency = concurrency
+        self._poll = poll
+        self._lease = lease
+        self._send_timeout = send_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken: asyncio.Event | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Dispatcher:
+        self._task = asyncio.create_task(self.run(), name="lapse-notification-dispatcher")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.stop()
+        if self._task is not None:
+            await self._task
+
+    def wake(self) -> None:
+        """Look for due rows now; safe from any thread."""
+        loop, woken = self._loop, self._woken
+        if loop is not None and woken is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(woken.set)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    async def run(self) -> None:
+        """Send until stopped; sends under way are finished (or left to their lease) before it returns."""
+        self._loop, self._woken = asyncio.get_running_loop(), asyncio.Event()
+        self._stopping = False
+        unlisten = outbox.listen(self.wake)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                self._woken.clear()  # before claiming: a wake while claiming means look again
+                try:
+                    await self._refresh_senders()
+                    room = self._concurrency - len(in_flight)
+                    rows = await asyncio.to_thread(self._claim, room) if room > 0 else []
+                except Exception:
+                    log.exception("the notification dispatcher could not read the outbox; trying again")
+                    rows = []
+                for row in rows:
+                    task = asyncio.create_task(self._deliver(row))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                # Until woken, a send finishes (room to claim more), or the next poll.
+                woken = asyncio.ensure_future(self._woken.wait())
+                await asyncio.wait({woken, *in_flight}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+        finally:
+            unlisten()
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=self._send_timeout)
+            await self._close_senders()
+            self._woken = None
+
+    async def drain(self) -> int:
+        """Send every row due now, once each, and return how many were handled (for tests and ``lapse``
+        commands that run no loop)."""
+        await self._refresh_senders()
+        handled = 0
+        while rows := await asyncio.to_thread(self._claim, self._concurrency):
+            await asyncio.gather(*(self._deliver(row) for row in rows))
+            handled += len(rows)
+        return handled
+
+    # --- senders -------------------------------------------------------------------------------
+
+    async def _refresh_senders(self) -> None:
+        """Rebuild the senders when the stored section changed (read at most once a second)."""
+        if self._fixed:
+            return
+        now = datetime.now(UTC)
+        if self._checked_at is not None and now - self._checked_at < timedelta(seconds=1):
+            return
+        self._checked_at = now
+        version, settings = await asyncio.to_thread(self._stored)
+        if version == self._version:
+            return
+        broken: dict[SenderKey, str] = {}
+        senders = build_senders(settings, self._db_url, broken=broken) if settings is not None else {}
+        await self._close_senders()
+        self._senders, self._broken, self._version = senders, broken, version
+
+    def _stored(self) -> tuple[datetime | None, NotificationSettings | None]:
+        with session_scope(self._db_url, write=False) as session:
+            row = outbox.section_row(session, outbox.NOTIFICATIONS)
+            return (row.updated_at if row else None), stored_settings(session)
+
+    async def _close_senders(self) -> None:
+        for sender in {id(s): s for s in self._senders.values()}.values():
+            try:
+                await sender.close()
+            except Exception:
+                log.exception("closing the %s sender failed", sender.channel)
+        if not self._fixed:
+            self._senders = {}
+
+    def _sender(self, channel: Channel, target: str) -> Sender | None:
+        return self._senders.get((channel, target)) or self._senders.get((channel, ""))
+
+    # --- one row -------------------------------------------------------------------------------
+
+    def _claim(self, limit: int) -> list[tuple[Notification, list[dict[str, Any]]]]:
+        with session_scope(self._db_url) as session:
+            rows = outbox.claim_due(session, now=datetime.now(UTC), lease=self._lease, limit=limit)
+            previous = outbox.previous_refs(session, rows)
+        return [(row, previous.get(row.id or 0, [])) for row in rows]
+
+    async def _deliver(self, claimed: tuple[Notification, list[dict[str, Any]]]) -> None:
+        row, previous = claimed
+        assert row.id is not None
+        channel = Channel(row.channel)
+        try:
+            notice = Notice.model_validate(row.notice)
+        except ValueError as error:  # queued by another version of Lapse, and unreadable to this one
+            await asyncio.to_thread(self._finish, row, "failed", f"the notice cannot be read: {error}", None)
+            return
+        sender = self._sender(channel, row.target)
+        if sender is None:
+            why = self._broken.get((channel, row.target)) or self._broken.get((channel, ""))
+            if why is None:
+                await asyncio.to_thread(self._finish, row, "skipped", f"{channel.value} is no longer configured", None)
+            else:
+                await asyncio.to_thread(self._failed, row, why, None, False)
+            return
+        outgoing = Outgoing(
+            id=row.id,
+            channel=channel,
+            target=row.target,
+            recipient=row.recipient,
+            notice=notice,
+            links=links_for(notice, self._base_url),
+            key=row.key,
+            previous=previous,
+        )
+        try:
+            sent: Sent = await asyncio.wait_for(sender.send(outgoing), timeout=self._send_timeout)
+        except DeliveryError as error:
+            await asyncio.to_thread(self._failed, row, str(error), error.retry_after, error.permanent)
+            return
+        except TimeoutError:
+            await asyncio.to_thread(self._failed, row, f"no answer within {self._send_timeout:g} s", None, False)
+            return
+        except Exception as error:  # a sender's bug: its message may hold a secret, so only its kind is kept
+            log.warning("the %s sender raised %s for notification %s", channel.value, type(error).__name__, row.id)
+            await asyncio.to_thread(self._failed, row, f"the sender failed ({type(error).__name__})", None, False)
+            return
+        if sent.skipped is not None:
+            await asyncio.to_thread(self._finish, row, "skipped", sent.skipped, None)
+        else:
+            await asyncio.to_thread(self._finish, row, "sent", None, sent.ref)
+
+    def _finish(self, row: Notification, state: str, why: str | None, ref: dict[str, Any] | None) -> None:
+        assert row.id is not None
+        now = datetime.now(UTC)
+        with session_scope(self._db_url) as session:
+            if state == "sent":
+                outbox.mark_sent(session, row.id, ref=ref or {}, now=now)
+            elif state == "skipped":
+                outbox.mark_skipped(session, row.id, why=why or "", now=now)
+            else:
+                self._give_up(session, row, why or "failed", row.attempts + 1, now)
+
+    def _failed(self, row: Notification, why: str, retry_after: float | None, permanent: bool) -> None:
+        """A failed try: due again after a pause, or given up (recorded and audited)."""
+        assert row.id is not None
+        now = datetime.now(UTC)
+        attempts = row.attempts + 1
+        backoff = self.backoff
+        too_long = backoff.give_up_after is not None and now - row.created_at >= backoff.give_up_after
+        with session_scope(self._db_url) as session:
+            if permanent or attempts >= backoff.attempts or too_long:
+                self._give_up(session, row, why, attempts, now)
+            else:
+                due = now + backoff.pause(attempts, retry_after)
+                outbox.mark_retry(session, row.id, why=why, attempts=attempts, due_at=due)
+
+    def _give_up(self, session: Session, row: Notification, why: str, attempts: int, now: datetime) -> None:
+        assert row.id is not None
+        outbox.mark_failed(session, row.id, why=why, attempts=attempts, now=now)
+        log.warning("gave up on notification %s (%s to %s): %s", row.id, row.kind, row.channel, why)
+        about_request = session.get(AccessRequest, row.subject) is not None
+        target = names.request_workflow_id(row.subject) if about_request else row.subject
+        where = row.target or row.recipient or ""
+        append_audit(
+            session,
+            [
+                AuditEntry(
+                    actor="lapse",
+                    action="notification.failed",
+                    target=target,
+                    reason=why[: outbox.MAX_ERROR],
+                    details={
+                        "channel": row.channel,
+                        "to": where,
+                        "kind": row.kind,
+                        "attempts": attempts,
+                        "notification": row.id,
+                    },
+                    at=now,
+                )
+            ],
+        )

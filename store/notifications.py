@@ -1,0 +1,337 @@
+"""The notification outbox: notices queued with the event that made them, claimed and marked by the dispatcher.
+
+A notice (``access.notifications.Notice``) becomes one row per channel and destination here, in the caller's
+transaction, so it is queued exactly when its event is recorded. The dispatcher (``activities.notify``) claims
+due rows under a lease, sends them, and marks each sent, skipped, due again later, or failed. Also here: a
+person's channel preference and whole organisation-file sections (``notifications``, ``on_call``) kept as JSON;
+their typed models live with the senders (``activities.notify.config``), which this layer may not import.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from access.notifications import PERSONAL_CHANNELS, Channel, Notice, NoticeKind
+from store.tables import Notification, NotificationPreference, OrgSection, User
+
+PENDING, SENT, FAILED, SKIPPED = "pending", "sent", "failed", "skipped"
+NOTIFICATIONS, ON_CALL = "notifications", "on_call"
+"""The organisation-file sections kept whole."""
+MAX_ERROR = 500
+"""The longest failure text kept on a row: enough to act on, never a whole response body."""
+INSERT_CHUNK = 500
+"""Rows per insert statement: within SQLite's bound on parameters, however large a group is told."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A shared destination a broadcast notice may go to: a Slack channel, a Teams webhook, a webhook.
+
+    Each filter given must match; an empty one matches everything."""
+
+    channel: Channel
+    target: str
+    """The configuration's name for it (the Slack channel, the Teams or webhook ``name``)."""
+    kinds: frozenset[NoticeKind]
+    workflows: frozenset[str] = frozenset()
+    integrations: frozenset[str] = frozenset()
+
+    def takes(self, notice: Notice) -> bool:
+        if notice.kind not in self.kinds:
+            return False
+        if self.workflows and notice.details.get("workflow") not in self.workflows:
+            return False
+        return not self.integrations or notice.role.partition("/")[0] in self.integrations
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where notices may go, as the ``notifications`` section configures it (``activities.notify.settings
+    .routes_of`` makes one): which personal channels exist, which a person gets when they chose none, and the
+    shared destinations broadcasts go to."""
+
+    personal: tuple[Channel, ...] = ()
+    """The personal channels configured (Slack with direct messages on, email)."""
+    defaults: tuple[Channel, ...] = ()
+    """The personal channels a person without a preference is told by (among ``personal``)."""
+    broadcasts: tuple[Destination, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        """Nothing configured: nothing to queue (and nothing to work out)."""
+        return not self.personal and not self.broadcasts
+
+
+NO_ROUTES = Routes()
+
+
+# --- queueing --------------------------------------------------------------------------------
+
+
+def queue(session: Session, notices: Sequence[Notice], routes: Routes, *, now: datetime) -> int:
+    """Queue ``notices`` in the session's transaction: one row per channel and destination each goes to.
+
+    A person's notice goes by their chosen channels among those configured, else by the defaults; a broadcast
+    (no recipient) to every destination whose filters take it. Rows whose key is queued already are skipped,
+    so queueing an event again queues nothing twice. Returns how many rows were added. A few statements
+    whatever the number of notices: one read of the recipients' preferences, one insert.
+    """
+    if not notices or routes.empty:
+        return 0
+    chosen = _preferences(session, {n.recipient for n in notices if n.recipient is not None}, routes)
+    rows: list[dict[str, Any]] = []
+    for notice in notices:
+        if notice.recipient is None:
+            targets = [(d.channel, d.target) for d in routes.broadcasts if d.takes(notice)]
+        else:
+            targets = [(channel, "") for channel in chosen.get(notice.recipient, routes.defaults)]
+        body = notice.model_dump(mode="json")
+        for channel, target in targets:
+            rows.append(
+                {
+                    "key": f"{notice.key}:{channel.value}:{target}",
+                    "channel": channel.value,
+                    "target": target,
+                    "kind": notice.kind.value,
+                    "recipient": notice.recipient,
+                    "subject": notice.subject,
+                    "notice": body,
+                    "state": PENDING,
+                    "attempts": 0,
+                    "due_at": now,
+                    "created_at": now,
+                    "ref": {},
+                }
+            )
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    added = 0
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        statement = insert(Notification).values(chunk).on_conflict_do_nothing(index_elements=["key"])
+        # What was added, by RETURNING: psycopg reports no row count for a multi-row insert.
+        added += len(session.execute(statement.returning(col(Notification.id))).all())
+    if added and not session.info.get(_WAKING):
+        session.info[_WAKING] = True
+        event.listen(session, "after_commit", _wake_on_commit, once=True)
+    return added
+
+
+# A dispatcher in this process is woken as soon as rows it may send are committed (others poll).
+_WAKING = "lapse.notifications.waking"
+_listeners: list[Callable[[], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def listen(wake: Callable[[], None]) -> Callable[[], None]:
+    """Call ``wake`` (from whichever thread commits) after each commit that queued rows; returns the function
+    that stops it. ``wake`` must be quick and thread-safe (``Dispatcher.wake``)."""
+    with _listeners_lock:
+        _listeners.append(wake)
+
+    def stop() -> None:
+        with _listeners_lock:
+            if wake in _listeners:
+                _listeners.remove(wake)
+
+    return stop
+
+
+def _wake_on_commit(session: Session) -> None:
+    session.info.pop(_WAKING, None)
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for wake in listeners:
+        wake()
+
+
+def _preferences(session: Session, people: set[str], routes: Routes) -> dict[str, tuple[Channel, ...]]:
+    """Each person's chosen channels among the configured ones (people with no preference are left out)."""
+    if not people or not routes.personal:
+        return {}
+    found = session.exec(select(NotificationPreference).where(col(NotificationPreference.user_email).in_(people)))
+    return {row.user_email: tuple(c for c in routes.personal if c.value in row.channels) for row in found}
+
+
+def admins(session: Session) -> list[str]:
+    """The active admins' emails: who is told of trouble (a failed grant, a revoke that keeps failing)."""
+    found = session.exec(
+        select(User.email).where(col(User.is_admin).is_(True), col(User.active).is_(True)).order_by(User.email)
+    )
+    return list(found)
+
+
+# --- a person's channels ---------------------------------------------------------------------
+
+
+def preference(session: Session, email: str) -> list[Channel] | None:
+    """The personal channels ``email`` chose, or None: they chose none (the defaults apply)."""
+    row = session.get(NotificationPreference, email)
+    if row is None:
+        return None
+    return [c for c in PERSONAL_CHANNELS if c.value in row.channels]
+
+
+def save_preference(session: Session, email: str, channels: Iterable[Channel] | None, *, now: datetime) -> None:
+    """Keep ``email``'s chosen channels (an empty list: none at all); None forgets the choice (the defaults)."""
+    row = session.get(NotificationPreference, email)
+    if channels is None:
+        if row is not None:
+            session.delete(row)
+        return
+    chosen = set(channels)
+    values = [c.value for c in PERSONAL_CHANNELS if c in chosen]
+    row = row or NotificationPreference(user_email=email, channels=values, updated_at=now)
+    row.channels, row.updated_at = values, now
+    session.add(row)
+
+
+# --- organisation-file sections --------------------------------------------------------------
+
+
+def section(session: Session, name: str) -> dict[str, Any] | None:
+    """A stored section of the organisation file (``notifications``, ``on_call``), or None if not given."""
+    row = session.get(OrgSection, name)
+    return dict(row.body) if row is not None else None
+
+
+def section_row(session: Session, name: str) -> OrgSection | None:
+    """The section's row, with who changed it last and when (a cache is keyed on ``updated_at``)."""
+    return session.get(OrgSection, name)
+
+
+def save_section(session: Session, name: str, body: dict[str, Any] | None, by: str, *, now: datetime) -> bool:
+    """Store a section as given (validated by the caller; secrets are references only); None removes it.
+    Returns whether anything changed."""
+    row = session.get(OrgSection, name)
+    if body is None:
+        if row is None:
+            return False
+        session.delete(row)
+        return True
+    if row is not None and row.body == body:
+        return False
+    row = row or OrgSection(name=name, body=body, updated_by=by, updated_at=now)
+    row.body, row.updated_by, row.updated_at = body, by, now
+    session.add(row)
+    return True
+
+
+# --- the dispatcher's side -------------------------------------------------------------------
+
+
+def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int) -> list[Notification]:
+    """Claim up to ``limit`` rows due now for ``lease``: each is this caller's until then.
+
+    A claimed row's ``due_at`` moves to the lease's end, so the index of due rows skips it while it is
+    being sent, and finds it again only if its sender never said how it went (its worker died). The update
+    re-checks ``due_at``, so of two dispatchers claiming the same row one gets it.
+    """
+    candidates = list(
+        session.exec(
+            select(Notification.id)
+            .where(Notification.state == PENDING, col(Notification.due_at) <= now)
+            .order_by(col(Notification.due_at), col(Notification.id))
+            .limit(limit)
+        )
+    )
+    if not candidates:
+        return []
+    until = now + lease
+    claimed = session.execute(
+        update(Notification)
+        .where(
+            col(Notification.id).in_(candidates),
+            col(Notification.state) == PENDING,
+            col(Notification.due_at) <= now,
+        )
+        .values(claimed_until=until, due_at=until)
+        .returning(col(Notification.id))
+    )
+    ids = [row[0] for row in claimed]
+    if not ids:
+        return []
+    rows = session.exec(select(Notification).where(col(Notification.id).in_(ids)).order_by(col(Notification.id)))
+    return list(rows)
+
+
+def previous_refs(session: Session, rows: Sequence[Notification]) -> dict[int, list[dict[str, Any]]]:
+    """For each personal row, what its channel made of the earlier notices sent about the same subject to the
+    same person (oldest first): a decision updates those messages. One query for all of ``rows``."""
+    personal = [r for r in rows if r.recipient is not None and r.id is not None]
+    if not personal:
+        return {}
+    subjects = {r.subject for r in personal}
+    recipients = {r.recipient for r in personal}
+    earlier = session.exec(
+        select(Notification)
+        .where(
+            col(Notification.subject).in_(subjects),
+            col(Notification.recipient).in_(recipients),
+            Notification.state == SENT,
+        )
+        .order_by(col(Notification.id))
+    )
+    by_thread: dict[tuple[str, str | None, str], list[tuple[int, dict[str, Any]]]] = {}
+    for row in earlier:
+        if row.ref and row.id is not None:
+            by_thread.setdefault((row.subject, row.recipient, row.channel), []).append((row.id, dict(row.ref)))
+    found: dict[int, list[dict[str, Any]]] = {}
+    for row in personal:
+        assert row.id is not None
+        thread = by_thread.get((row.subject, row.recipient, row.channel), [])
+        found[row.id] = [ref for ref_id, ref in thread if ref_id < row.id]
+    return found
+
+
+def mark_sent(session: Session, row_id: int, *, ref: dict[str, Any], now: datetime) -> None:
+    _finish(session, row_id, state=SENT, now=now, ref=ref, sent_at=now)
+
+
+def mark_skipped(session: Session, row_id: int, *, why: str, now: datetime) -> None:
+    _finish(session, row_id, state=SKIPPED, now=now, error=why[:MAX_ERROR])
+
+
+def mark_failed(session: Session, row_id: int, *, why: str, attempts: int, now: datetime) -> None:
+    """Given up: kept, with why, for the request's page (the caller audits it)."""
+    _finish(session, row_id, state=FAILED, now=now, error=why[:MAX_ERROR], attempts=attempts)
+
+
+def mark_retry(session: Session, row_id: int, *, why: str, attempts: int, due_at: datetime) -> None:
+    """Due again at ``due_at``: the failure is kept meanwhile, so the page shows what is being retried."""
+    session.execute(
+        update(Notification)
+        .where(col(Notification.id) == row_id, col(Notification.state) == PENDING)
+        .values(attempts=attempts, due_at=due_at, claimed_until=None, error=why[:MAX_ERROR])
+    )
+
+
+def _finish(session: Session, row_id: int, *, state: str, now: datetime, **values: Any) -> None:
+    values.setdefault("attempts", Notification.attempts + 1)
+    session.execute(
+        update(Notification)
+        .where(col(Notification.id) == row_id, col(Notification.state) == PENDING)
+        .values(state=state, claimed_until=None, due_at=now, **values)
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def about(session: Session, subject: str, *, limit: int = 500) -> list[Notification]:
+    """The notifications about a request (or campaign), oldest first: who was told what, and what failed."""
+    return list(
+        session.exec(
+            select(Notification).where(Notification.subject == subject).order_by(col(Notification.id)).limit(limit)
+        )
+    )

@@ -1,0 +1,162 @@
+"""Break-glass end to end, through the API and a real worker: an emergency request is granted at once with no
+approver, the security group and the skipped approvers are told loudly, a review opens, and a confirm closes it,
+a condemn revokes the grant and flags it, and silence past the deadline escalates and flags it.
+
+The demo's ``ledger/prod-db/write`` allows break-glass (cap PT1H, notify ``security``: ada and radia). Linus's
+normal rule there is "manager then owner": grace (his manager) and frances (the owner) are the skipped approvers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from access.notifications import NoticeKind
+from store import notifications as outbox
+from store.db import session_scope
+from store.settings import Settings
+from store.tables import AuditEvent, Notification
+from tests.conftest import Api, load_into
+from tests.support import eventually
+
+ROLE = "ledger/prod-db/write"
+REQUESTER, MANAGER, OWNER = "linus@example.com", "grace@example.com", "frances@example.com"
+SECURITY = ["ada@example.com", "radia@example.com"]
+NOTIFICATIONS = {
+    "email": {"host": "127.0.0.1", "port": 2525, "sender": "Lapse <lapse@example.com>", "security": "none"},
+    "default_channels": ["email"],
+}
+
+
+@pytest.fixture
+def told(settings: Settings) -> None:
+    """Email configured (nothing sends it here: the outbox rows are what the test reads)."""
+    with session_scope(settings.db_url) as session:
+        outbox.save_section(session, outbox.NOTIFICATIONS, NOTIFICATIONS, "test", now=datetime.now(UTC))
+
+
+async def emergency(api: Api, duration: str = "PT30M", *, user: str = REQUESTER) -> Any:
+    body = {"role": ROLE, "duration": duration, "justification": "prod is down, INC-42", "emergency": True}
+    return await api.ok(user, "POST", "/api/requests", body)
+
+
+async def review_of(api: Api, request_id: str, *, state: str = "open") -> Any:
+    return await eventually(
+        lambda: api.ok("ada@example.com", "GET", f"/api/requests/{request_id}/break-glass-review"),
+        until=lambda review: review is not None and review["state"] == state,
+        what=f"the break-glass review of {request_id} to be {state}",
+    )
+
+
+def notices(settings: Settings, request_id: str, kind: NoticeKind) -> dict[str, Any]:
+    """Who was queued a notice of ``kind`` about the request (by email), with the notice."""
+    with session_scope(settings.db_url, write=False) as session:
+        rows = session.exec(
+            select(Notification).where(Notification.subject == request_id, Notification.kind == kind.value)
+        ).all()
+        return {row.recipient: row.notice for row in rows if row.recipient}
+
+
+def audited(settings: Settings, request_id: str) -> list[str]:
+    with session_scope(settings.db_url, write=False) as session:
+        return list(
+            session.exec(
+                select(AuditEvent.action)
+                .where(AuditEvent.target == f"access-request-{request_id}")
+                .order_by(col(AuditEvent.id))
+            )
+        )
+
+
+async def test_an_emergency_is_granted_at_once_told_loudly_and_its_review_opens(
+    api: Api, settings: Settings, told: None
+) -> None:
+    created = await emergency(api)
+    assert created["rule"] == "break-glass" and created["steps"] == []
+    status = await api.wait_for(created["id"], "active")
+    assert status["break_glass"]["reviewers"] == [OWNER, MANAGER]
+    assert status["break_glass"]["notify"] == SECURITY
+
+    review = await review_of(api, created["id"])
+    assert review["reviewers"] == [OWNER, MANAGER] and review["requester"] == REQUESTER
+    loud = notices(settings, created["id"], NoticeKind.BREAK_GLASS)
+    assert sorted(loud) == sorted([*SECURITY, MANAGER, OWNER])
+    assert all(notice["details"]["loud"] for notice in loud.values())
+    assert sorted(notices(settings, created["id"], NoticeKind.BREAK_GLASS_REVIEW)) == [OWNER, MANAGER]
+    assert "break_glass.opened" in audited(settings, created["id"])
+    # The reviewers and the security group may open the request they were told of.
+    for person in (MANAGER, "radia@example.com"):
+        assert (await api.ok(person, "GET", f"/api/requests/{created['id']}"))["id"] == created["id"]
+
+    # Nobody reviews their own; a stranger may not; a condemn needs a reason.
+    path = f"/api/requests/{created['id']}/break-glass-review"
+    own = await api.call(REQUESTER, "POST", path, {"verdict": "confirm"})
+    assert own.status_code == 403 and "your own" in own.json()["detail"]
+    stranger = await api.call("ken@example.com", "POST", path, {"verdict": "confirm"})
+    assert stranger.status_code == 403
+    bare = await api.call(MANAGER, "POST", path, {"verdict": "condemn"})
+    assert bare.status_code == 422 and "comment" in bare.json()["detail"]
+
+    confirmed = await api.ok(MANAGER, "POST", path, {"verdict": "confirm", "comment": "seen in the incident"})
+    assert confirmed["state"] == "confirmed" and confirmed["decided_by"] == MANAGER
+    assert (await api.status(created["id"]))["state"] == "active"  # a confirmed emergency keeps its grant
+    again = await api.call(OWNER, "POST", path, {"verdict": "condemn", "comment": "late"})
+    assert again.status_code == 409
+    assert "break_glass.confirmed" in audited(settings, created["id"])
+
+
+async def test_a_condemned_emergency_is_revoked_flagged_and_escalated(api: Api, settings: Settings, told: None) -> None:
+    created = await emergency(api)
+    await review_of(api, created["id"])
+    path = f"/api/requests/{created['id']}/break-glass-review"
+    condemned = await api.ok(OWNER, "POST", path, {"verdict": "condemn", "comment": "no incident that day"})
+    assert condemned["state"] == "condemned"
+    assert condemned["escalated_to"] == sorted([*SECURITY, MANAGER])
+
+    ended = await api.wait_for(created["id"], "revoked")
+    assert ended["ended_by"] == OWNER and "no incident" in ended["end_reason"]
+    escalated = notices(settings, created["id"], NoticeKind.BREAK_GLASS_REVIEW)
+    assert set(escalated) >= {*SECURITY, MANAGER}
+    assert escalated[SECURITY[0]]["details"]["flagged"] is True
+    actions = audited(settings, created["id"])
+    assert actions.index("break_glass.condemned") < actions.index("grant.revoked")
+
+    listed = await api.ok("ada@example.com", "GET", "/api/break-glass")
+    assert listed[0]["request_id"] == created["id"] and listed[0]["state"] == "condemned"
+    flagged = await api.ok("ada@example.com", "GET", "/api/break-glass", flagged="true")
+    assert [r["request_id"] for r in flagged] == [created["id"]]
+    assert (await api.call(MANAGER, "GET", "/api/break-glass")).status_code == 403
+
+
+async def test_an_emergency_nobody_reviews_in_time_is_escalated_and_flagged(
+    api: Api, settings: Settings, told: None
+) -> None:
+    short = {"name": "write", "owners": [OWNER], "break_glass": {"max_duration": "PT1H", "review_within": "PT2S"}}
+    resources = [{"name": "prod-db", "roles": [short]}]
+    load_into(settings, {"integrations": [{"name": "ledger", "kind": "ledger", "resources": resources}]})
+
+    created = await emergency(api, "PT10M")
+    review = await review_of(api, created["id"], state="unreviewed")
+    assert review["decided_by"] is None and review["escalated_to"] == sorted([*SECURITY, MANAGER])
+    assert "break_glass.unreviewed" in audited(settings, created["id"])
+    escalated = notices(settings, created["id"], NoticeKind.BREAK_GLASS_REVIEW)
+    assert set(escalated) >= {*SECURITY, MANAGER} and escalated[MANAGER]["details"]["flagged"] is True
+    # Unreviewed is flagged, not revoked: the grant keeps its own end.
+    assert (await api.status(created["id"]))["state"] == "active"
+    late = await api.call(OWNER, "POST", f"/api/requests/{created['id']}/break-glass-review", {"verdict": "confirm"})
+    assert late.status_code == 409
+
+
+async def test_a_role_without_break_glass_refuses_an_emergency_and_the_cap_holds(api: Api) -> None:
+    body = {"role": "ledger/prod-db/read", "duration": "PT10M", "justification": "outage", "emergency": True}
+    refused = await api.call(REQUESTER, "POST", "/api/requests", body)
+    assert refused.status_code == 403
+    assert "does not allow emergency (break-glass) access" in refused.json()["detail"]
+
+    too_long = await api.call(REQUESTER, "POST", "/api/requests", {**body, "role": ROLE, "duration": "PT2H"})
+    assert too_long.status_code == 422 and "PT1H" in too_long.json()["detail"]
+    no_reason = await api.call(REQUESTER, "POST", "/api/requests", {**body, "role": ROLE, "justification": " "})
+    assert no_reason.status_code == 422 and "reason" in no_reason.json()["detail"]
