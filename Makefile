@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews histories clean
+.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews bench-notify histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,12 @@ bench-web: $(VENV)/.dev system-deps
 bench-reviews: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench.reviews --out bench/results-reviews-$$(date -u +%F).json
 	$(BIN)/python -m bench.review_pages
+
+# Notifications (issue 12), against a fake Slack: notice latency at 10 lifecycles/s, the lifecycle with
+# notifications off and on (alternating), and 10,000 expiring-soon warnings for grants ending in one minute.
+# About 35 minutes; needs a quiet machine.
+bench-notify: $(VENV)/.dev
+	$(BIN)/python -m bench.notifications --json bench/results-notify-$$(date -u +%F).json
 
 histories: $(VENV)/.dev
 	$(BIN)/python -m tests.histories.record $(TAG)

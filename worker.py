@@ -1,13 +1,16 @@
 """The Lapse worker: runs every workflow and activity on the task queue.
 
-Run it as ``python worker.py`` (``lapse run`` starts one for you); run several for more
-throughput or availability — Temporal spreads the work.
+Run it as ``lapse worker`` (or ``python -m worker``; ``lapse run`` starts one for you); run several for more
+throughput or availability — Temporal spreads the work. Each has an ops HTTP port for probes and metrics, and
+stops gracefully on SIGTERM (``serve``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import importlib
 import importlib.util
 import logging
 import os
@@ -17,7 +20,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
+from aiohttp import web
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -38,6 +43,9 @@ from activities.reviews import ReviewActivities
 from activities.schedules import ScheduleActivities
 from store.audit_log import configure_audit
 from store.credentials import credential_cipher
+from store.db import migrate
+from store.health import readiness, ready
+from store.logs import configure_logging
 from store.settings import Settings, get_settings
 from store.temporal import connect
 from workflows.access_request import AccessRequestWorkflow
@@ -120,25 +128,110 @@ def build_worker(
         max_concurrent_local_activities=32,
         # A worker that died leaves its sticky queue unpolled: its tasks go to the others after this.
         sticky_queue_schedule_to_start_timeout=settings.sticky_timeout,
+        # On shutdown (SIGTERM), running activities get this long to finish before they are cancelled.
+        graceful_shutdown_timeout=settings.shutdown_grace,
     )
 
 
-async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-    settings = get_settings()
+class OpsPort:
+    """The worker's small HTTP port for orchestrators and Prometheus: ``/healthz`` (alive), ``/readyz`` (Temporal
+    and the app DB answer, the schema is current, and the worker is polling), ``/metrics`` (with
+    ``LAPSE_METRICS_TOKEN`` set, only for ``Authorization: Bearer`` with it). None when ``ops_port`` is 0."""
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self._settings = settings
+        self._client = client
+        self._runner: web.AppRunner | None = None
+        self.polling = False
+        """Whether the Temporal worker is polling for tasks (``serve`` says)."""
+
+    async def __aenter__(self) -> OpsPort:
+        host, port = self._settings.ops_host, self._settings.ops_port
+        if port == 0:
+            return self
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except OSError as error:
+            await self._runner.cleanup()
+            raise SystemExit(
+                f"the worker's ops port {host}:{port} cannot be opened ({error.strerror}): set LAPSE_OPS_PORT to a "
+                "free port (each worker on a host needs its own), or 0 for none"
+            ) from None
+        logging.info("ops port at http://%s:%d (/healthz, /readyz, /metrics)", host, port)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        checks = await readiness(self._client, self._settings.db_url)
+        checks["polling"] = "ok" if self.polling else "the worker is not polling"
+        status = ready(checks)
+        body = {"status": "ready" if status else "not ready", "checks": checks}
+        return web.json_response(body, status=200 if status else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        token = self._settings.metrics_token
+        if token is not None:
+            scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+                return web.Response(status=401, text="the metrics need Authorization: Bearer <LAPSE_METRICS_TOKEN>\n")
+        try:
+            metrics: Any = importlib.import_module("activities.metrics")
+        except ModuleNotFoundError as error:
+            if error.name != "activities.metrics":
+                raise
+            return web.Response(status=503, text="metrics not built\n")
+        # Off the event loop: a scrape may read the app DB, and this loop runs the workflow tasks.
+        body, content_type = await asyncio.to_thread(metrics.exposition)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def serve(settings: Settings, *, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> None:
+    """Run one worker until SIGTERM or SIGINT: the Temporal worker, the notification dispatcher beside it, and the
+    ops HTTP port (``/healthz``, ``/readyz``, ``/metrics``; ``settings.ops_port``).
+
+    On the signal the worker stops polling and lets its running activities finish for up to
+    ``settings.shutdown_grace`` before cancelling them (Temporal gives a cancelled one to another worker), the
+    dispatcher stops claiming and finishes its sends under way, and the ops port closes last.
+    """
     client = await connect(settings)
-    worker = build_worker(client, settings)
+    worker = build_worker(client, settings, connectors=connectors)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # Notifications go out from beside the worker: the outbox's rows are sent with retries, so the workflows
     # never wait for a chat or mail server (activities/notify/dispatcher.py).
-    async with worker, Dispatcher(settings.db_url, settings):
+    async with OpsPort(settings, client) as ops, Dispatcher(settings.db_url, settings) as dispatcher, worker:
+        ops.polling = True
         logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
         await stop.wait()
+        ops.polling = False
+        logging.info("worker stopping: running activities have up to %s to finish", settings.shutdown_grace)
+        dispatcher.stop()  # stops claiming now; its sends under way finish while the worker drains
+    logging.info("worker stopped")
+
+
+def main() -> None:
+    """``lapse worker`` (and ``python -m worker``): log as the settings say, migrate if asked, then serve."""
+    settings = get_settings()
+    configure_logging(settings, "worker")
+    if settings.migrate_on_start:
+        migrate(settings.db_url)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
     os._exit(0)  # the Temporal client can abort the interpreter at exit (sdk-python #300)

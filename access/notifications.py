@@ -60,6 +60,8 @@ class NoticeKind(StrEnum):
     """A review campaign gave this person items to review."""
     REVIEW_REMINDER = "review_reminder"
     """A review campaign's deadline nears and this person has items open."""
+    TEST = "test"
+    """An admin's test of a channel or destination (the admin Notifications page): no request behind it."""
 
 
 class Notice(Model):
@@ -156,6 +158,8 @@ def _notices(
     action, actor = event.action, event.actor
     requester = status.requester
     told: list[tuple[NoticeKind, str]] = []
+    updates: list[str] = []
+    """People told nothing new whose earlier prompts must be updated (``update_only``: chat channels only)."""
     broadcast: NoticeKind | None = None
     step = _step(status, action, event.details.get("step"))
     if action in _ASKING:
@@ -172,6 +176,8 @@ def _notices(
             if step is not None and step.state is not StepState.OPEN:
                 # The step is over: the other approvers' messages say so, and lose their buttons.
                 told += [(NoticeKind.DECIDED, p) for p in step.eligible if p not in (actor, requester)]
+            # The decider's own prompt loses its buttons too (they decided here or anywhere else).
+            updates = [actor]
     elif action == "grant.provisioned":
         broadcast = NoticeKind.GRANTED
         told = [(broadcast, requester)]
@@ -184,12 +190,21 @@ def _notices(
             told = [(NoticeKind.ENDED, requester)]
         if action in _TROUBLE:
             told += [(NoticeKind.TROUBLE, admin) for admin in admins]
-    if broadcast is None and not told:
+        if action in _ENDINGS:
+            # Ended while someone could still decide (cancelled, timed out, a grant ended with its extension
+            # pending): their prompts say so, and lose their buttons.
+            updates = [p for p in _still_asked(status) if p != requester]
+    if broadcast is None and not told and not updates:
         return []
     details = _details(status, event, step)
     made: list[Notice] = []
     for kind, person in _unique(told):
         made.append(_notice(status, event, seq, kind, person, details))
+    told_people = {person for _, person in told}
+    only_updated = {**details, "update_only": True}
+    for person in dict.fromkeys(updates):
+        if person not in told_people:
+            made.append(_notice(status, event, seq, broadcast or NoticeKind.ENDED, person, only_updated))
     if broadcast is not None:
         made.append(_notice(status, event, seq, broadcast, None, details))
     return made
@@ -216,6 +231,13 @@ def _notice(
         at=event.at or status.created_at,
         details=details,
     )
+
+
+def _still_asked(status: RequestStatus) -> list[str]:
+    """Who was asked to decide a step that never got its decision (of the request or of an extension)."""
+    rounds = [status.steps, *(x.steps for x in status.extensions)]
+    asked = [s for steps in rounds for s in steps if s.state in (StepState.OPEN, StepState.EXPIRED)]
+    return [person for step in asked for person in step.eligible]
 
 
 def _step(status: RequestStatus, action: str, name: Any) -> StepStatus | None:

@@ -18,6 +18,7 @@ from temporalio.client import Client
 
 from access import names
 from access.checkpoint import AuditCheckpoint
+from activities.metrics_db import record_audit_check
 from store.audit_log import chain_id
 from store.db import session_scope
 from store.tables import AuditEvent
@@ -40,7 +41,9 @@ class AuditActivities:
         previous = await latest_checkpoint(activity.client(), activity.info().task_queue)
         if previous is not None and previous.chain != chain_id(self._db_url):
             previous = None  # the queue moved to another app DB: start its own checkpoint
-        return await asyncio.to_thread(self._next, previous)
+        checkpoint = await asyncio.to_thread(self._next, previous)
+        await asyncio.to_thread(record_audit_check, self._db_url, checkpoint.kept)  # lapse_audit_chain_ok
+        return checkpoint
 
     def _next(self, previous: AuditCheckpoint | None) -> AuditCheckpoint:
         chain = chain_id(self._db_url)

@@ -32,6 +32,7 @@ from access.syncs import (
     SyncInput,
 )
 from access.types import AuditEntry
+from activities import metrics
 from activities.birthright_items import ACTOR, BatchTargets, Refused, birthright_grants, call_target, claim, record
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.targets import as_activity_error
@@ -242,6 +243,7 @@ class BirthrightActivities:
             )
             state.finished_at = now
             state.error = input.error
+            began = state.started_at  # when the run was planned
             outcome = result.model_dump(mode="json", exclude={"run", "error"})
             state.summary = {**state.summary, **outcome}
             session.add(state)
@@ -258,4 +260,7 @@ class BirthrightActivities:
                     )
                 ],
             )
+        if input.error is None:
+            handled = result.added + result.removed + result.relabelled + result.failed
+            metrics.sync_finished("birthright", began, handled)
         return result

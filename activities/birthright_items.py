@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from access.connectors import Connector, RetryableError, Target
 from access.grants import GrantPath, birthright_barred
 from access.types import AuditEntry
+from activities import metrics
 from activities.connectors import ConnectorFactory
 from activities.connectors.ledger import LedgerConnector
 from activities.targets import hold_integration, resolve_target
@@ -201,6 +202,7 @@ def record(session: Session, item: BirthrightItem, claimed: Claimed) -> None:
             grant.phase = HELD
             grant.phase_at = now
             session.add(grant)
+            metrics.grant_took_effect(claimed.resolved.integration, GrantPath.BIRTHRIGHT)
             reason = f"birthright policy {item.policy!r}"
             if active_grants(session, account, item.role, besides_grant=grant_id):
                 reason += "; another active grant already gave this access"
@@ -217,6 +219,7 @@ def record(session: Session, item: BirthrightItem, claimed: Claimed) -> None:
             grant = session.get(Grant, grant_id)
             if grant is not None and grant.active:
                 end(session, grant, now)
+                metrics.grant_ended(claimed.resolved.integration, expires_at=grant.expires_at, began_at=grant.phase_at)
         revoked = sorted({a for _, a in claimed.calls})
         covered = sorted({a for _, a in claimed.covered} - set(revoked))
         for account, still_held in [(a, False) for a in revoked] + [(a, True) for a in covered]:

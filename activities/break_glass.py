@@ -9,7 +9,6 @@ emergency grant exactly when it is recorded, never twice, whatever a chat outage
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,11 +56,8 @@ class BreakGlassActivities:
             request = session.get(AccessRequest, review.request_id)
             status = RequestStatus.model_validate(request.status) if request is not None else None
             notices = _notices(review, input.action, workflow=status.policy if status else "", at=now)
-            routes = stored_routes(session)
-            loud = [n for n in notices if n.details.get("loud")]
-            # Loud: everyone without a choice of their own is told on every personal channel configured.
-            outbox.queue(session, loud, replace(routes, defaults=routes.personal), now=now)
-            outbox.queue(session, [n for n in notices if not n.details.get("loud")], routes, now=now)
+            # A loud notice goes by every personal channel configured, whatever its person chose (the queue's rule).
+            outbox.queue(session, notices, stored_routes(session), now=now)
         return review.escalated_to
 
 

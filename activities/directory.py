@@ -25,6 +25,7 @@ from access.connectors import ConnectorError
 from access.requests import RequestState, RequestStatus
 from access.syncs import ApprovalToReresolve, DirectorySyncResult, LeaverWork, Mover, RequestToEnd, SyncInput
 from access.types import AuditEntry
+from activities import metrics
 from activities.connectors.ldap_directory import LdapDirectory
 from activities.directory_apply import Changes, apply_source
 from activities.directory_sources import DirectoryReader, Source, read_sources
@@ -73,7 +74,9 @@ class DirectoryActivities:
             sources = read_sources(self._db_url, self._org_file, self._reader)
             activity.heartbeat()
             with session_scope(self._db_url) as session:
-                return _sync(session, sources, input.reason, started, max_leavers=self._max_leavers)
+                result = _sync(session, sources, input.reason, started, max_leavers=self._max_leavers)
+            metrics.sync_finished("directory", started, items=result.users)
+            return result
         except ConnectorError as error:
             self._failed(str(error))
             raise as_activity_error(error) from error

@@ -25,6 +25,7 @@ from access.connectors import Connector, ConnectorError, Discovery, HeldRole
 from access.discovery import ConnectionTestResult, DiscoveryResult, DriftItem, IntegrationInput
 from access.grants import GrantPath
 from access.types import AuditEntry
+from activities import metrics
 from activities.connectors import BUILT_IN, ConnectorFactory, connector_for
 from activities.targets import as_activity_error, integration_named
 from store.audit_log import append_audit
@@ -61,6 +62,7 @@ class DiscoveryActivities:
     def discover_integration(self, input: IntegrationInput) -> DiscoveryResult:
         """Read the target's resources, roles and grants, and bring the catalog and ledger in line."""
         name = input.integration
+        started = datetime.now(UTC)
         try:
             with session_scope(self._db_url, write=False) as session:
                 connector = connector_for(integration_named(session, name), self._connectors)
@@ -86,7 +88,9 @@ class DiscoveryActivities:
                 result = _reconcile(session, integration, connector, found, held, datetime.now(UTC))
                 if unresolved := unresolved_after(session, awaited, "the first discovery"):
                     append_audit(session, [unresolved])  # and listed as unresolved, no longer as waiting
-                return result
+            metrics.sync_finished("discovery", started, items=len(held))
+            metrics.grant_took_effect(name, GrantPath.EXTERNAL, result.external_found)
+            return result
         except ConnectorError as error:
             self._failed(input.integration, str(error))
             raise as_activity_error(error) from error

@@ -25,6 +25,7 @@ from access.connectors import ConnectorError
 from access.grants import GrantPath, LedgerRevokeInput, LedgerRevokeResult
 from access.requests import RequestState, RequestStatus
 from access.types import AuditEntry
+from activities import metrics
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.liveness import heartbeating_async
 from activities.runs import request_run
@@ -126,7 +127,9 @@ def revoke_grant_by_id(
         now = datetime.now(UTC)
         if not claim_revoke(session, grant, now):
             record_ending(session, grant, ending, still_held=True, now=now)
+            metrics.grant_ended(integration.name, expires_at=grant.expires_at, began_at=now)
             return _ledger_result(grant, still_held=True)
+        began_at = grant.phase_at  # the revoke's first claim
     try:
         connector.revoke(grant.account, target)
     except ConnectorError as error:
@@ -140,6 +143,7 @@ def revoke_grant_by_id(
             now = datetime.now(UTC)
             end(session, ended, now)
             record_ending(session, ended, ending, still_held=False, now=now)
+            metrics.grant_ended(integration.name, expires_at=ended.expires_at, began_at=began_at)
     return _ledger_result(grant, still_held=False)
 
 

@@ -7,6 +7,7 @@ A grant ended outside its request's run goes through ``activities.grants``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from access.connectors import Connector, ConnectorError, Credentials, Target
 from access.grants import GrantPath
 from access.notifications import needs_admins, notices_for
 from access.requests import GrantInput, GrantResult, RecordInput, ResolveInput, RevokeInput, RevokeResult
+from activities import metrics
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.connectors.ledger import LedgerConnector
 from activities.grants import Ending, drop_credentials, record_ending, revoke_grant_by_id
@@ -37,6 +39,7 @@ from store.ledger import HELD, PROVISIONING, REVOKING, active_grants, claim_revo
 from store.tables import AccessRequest, Credential, Grant, RequestStep
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MAX_ACCOUNT = 63
 """The longest name a per-grant account may have (PostgreSQL's identifier limit)."""
@@ -155,6 +158,7 @@ class RequestActivities:
             if _final_attempt(error):
                 self._take_back(input, f"provisioning failed: {error}", refused=not error.retryable)
             raise as_activity_error(error) from error
+        log.info("granted %s to %s", input.role, claim.account)
         with session_scope(self._db_url) as session:
             lock(session, claim.account, input.role)
             grant = session.get(Grant, claim.grant_id)
@@ -164,6 +168,7 @@ class RequestActivities:
                 if grant.phase == PROVISIONING:
                     now = datetime.now(UTC)
                     grant.phase = HELD
+                    metrics.grant_took_effect(claim.target.integration, GrantPath.JIT)
                     grant.phase_at = now
                     if (
                         input.duration is not None
@@ -227,6 +232,7 @@ class RequestActivities:
                 # Shared (the target already has it for another grant), or the ledger row is the grant
                 # itself: nothing to call, held at once.
                 grant.phase = HELD
+                metrics.grant_took_effect(target.integration, GrantPath.JIT)
                 grant.phase_at = now
                 call = False
             session.add(grant)
@@ -342,19 +348,23 @@ class RequestActivities:
                 return RevokeResult(revoked_at=ended_at, still_held=bool(others))
             if not claim_revoke(session, grant, now):
                 drop_credentials(session, input.request_id)
+                metrics.grant_ended(target.integration, expires_at=grant.expires_at, began_at=now)
                 return RevokeResult(revoked_at=now, still_held=True)
             if isinstance(connector, LedgerConnector):  # the row is the grant: nothing to call outside
                 end(session, grant, now)
+                metrics.grant_ended(target.integration, expires_at=grant.expires_at, began_at=now)
                 drop_credentials(session, input.request_id)
                 return RevokeResult(revoked_at=now, still_held=False)
-            grant_id = grant.id
+            grant_id, expires_at, began_at = grant.id, grant.expires_at, grant.phase_at  # phase_at: its first claim
         _call(lambda: connector.revoke(account, target))
+        log.info("revoked %s from %s", input.role, account)
         with session_scope(self._db_url) as session:
             lock(session, account, input.role)
             now = datetime.now(UTC)
             ended = session.get(Grant, grant_id)
             if ended is not None and ended.active:
                 end(session, ended, now)
+                metrics.grant_ended(target.integration, expires_at=expires_at, began_at=began_at)
             drop_credentials(session, input.request_id)  # never shown, and of no use now
             return RevokeResult(revoked_at=now, still_held=False)
 

@@ -20,7 +20,9 @@ from access import names
 from access.review_runs import CampaignRef, DefaultInput, DefaultResult, SweepResult
 from access.reviews import CampaignState, DefaultDecision, ItemDecision, ItemOutcome, ItemState, ReviewDefinition
 from access.types import AuditEntry
+from activities import review_notices
 from activities.liveness import heartbeats
+from activities.review_notices import MAX_LISTED
 from activities.review_rows import ACTOR, audit_target, campaign_of, pick
 from store import review_scope
 from store.audit_log import append_audit
@@ -101,6 +103,16 @@ class ReviewDeadlineActivities:
                 for reviewer, counts in sorted(moved.items())
             ],
         )
+        # The fallback reviewers are told what came to them, in this transaction: a retry finds nothing left to
+        # move. Another leaver's items, in a later sweep, are another event (keyed by the sweep's time).
+        given: Counter[str] = Counter()
+        for counts in moved.values():
+            given.update({person: n for person, n in counts.items() if person != "nobody"})
+        review_notices.queue_assigned(
+            session, campaign, definition, given, reason=review_notices.Reason.REVIEWER_LEFT,
+            seq=now.strftime("%Y%m%dT%H%M%S%f"), deadline=campaign.escalation_deadline or campaign.deadline,
+            now=now, routes=review_notices.routes(session), details={"left": sorted(moved)[:MAX_LISTED]},
+        )  # fmt: skip
         return len(items)
 
     @activity.defn(name=names.APPLY_REVIEW_DEFAULT)
@@ -191,6 +203,12 @@ class ReviewDeadlineActivities:
                 for reviewer, count in sorted(to.items())
             ],
         )
+        # The fallback reviewers are told, once: the campaign escalates once, and a retry finds nothing left.
+        review_notices.queue_assigned(
+            session, campaign, ReviewDefinition.model_validate(campaign.body), to,
+            reason=review_notices.Reason.ESCALATED, seq="0",
+            deadline=input.escalation_deadline, now=now, routes=review_notices.routes(session),
+        )  # fmt: skip
         return len(items)
 
 

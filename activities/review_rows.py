@@ -4,8 +4,10 @@ snapshot writes."""
 
 from __future__ import annotations
 
+import gc
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Table, false, literal_column, null
@@ -90,3 +92,20 @@ def snapshot_item(
         "reviewer": reviewer or "",  # nobody at all: the default decides it at the deadline
         "fallback": resolver.fallback(grant.user_email, grant.role),
     }
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a snapshot's batch is read, resolved and written.
+
+    Tens of thousands of rows, each a few new containers, set off thousands of collections (a few of them over
+    the worker's whole heap): a fifth of a batch's time. The rows make no reference cycles, so reference counting
+    frees them as before; only cycles made meanwhile, anywhere in the worker, wait the second or so until the
+    collector runs again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:  # another batch's thread that paused it first turns it back on
+            gc.enable()

@@ -33,11 +33,19 @@ from access.review_runs import (
 )
 from access.reviews import CampaignState, ItemState, ReviewDefinition
 from access.types import AuditEntry
+from activities import review_notices
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.liveness import heartbeats
 from activities.review_deadlines import ReviewDeadlineActivities
 from activities.review_revokes import ReviewRevokeActivities
-from activities.review_rows import ACTOR, INSERT_SNAPSHOT_ITEMS, audit_target, campaign_of, snapshot_item
+from activities.review_rows import (
+    ACTOR,
+    INSERT_SNAPSHOT_ITEMS,
+    audit_target,
+    campaign_of,
+    collection_paused,
+    snapshot_item,
+)
 from store import review_scope
 from store.audit_log import append_audit
 from store.db import session_scope
@@ -125,21 +133,22 @@ class ReviewActivities:
     def snapshot_review_batch(self, input: SnapshotInput) -> SnapshotResult:
         """Snapshot the scope's grants after ``after_grant`` (by id, at most ``limit`` read), each with its
         reviewer, in one transaction: a retry starts after what an earlier attempt committed."""
-        with session_scope(self._db_url, write=False) as session:
-            campaign, definition = campaign_of(session, input.campaign_id)
-            done = session.execute(
-                sa_select(func.max(col(ReviewItem.grant_id))).where(col(ReviewItem.campaign_id) == campaign.id)
-            ).scalar()
-            after = max(input.after_grant, done or 0)
-            batch = review_scope.scoped_grants(session, definition.scope, after_id=after, limit=input.limit)
-            resolver = review_scope.ReviewerResolver(session, definition)
-            reasons = _justifications(
-                session, [g.request_id for g in batch.grants if g.path == GrantPath.JIT and g.request_id]
-            )
-        rows = [snapshot_item(campaign.id, grant, resolver, reasons) for grant in batch.grants]
-        if rows:
-            with session_scope(self._db_url) as session:
-                session.execute(INSERT_SNAPSHOT_ITEMS, rows)
+        with collection_paused():
+            with session_scope(self._db_url, write=False) as session:
+                campaign, definition = campaign_of(session, input.campaign_id)
+                done = session.execute(
+                    sa_select(func.max(col(ReviewItem.grant_id))).where(col(ReviewItem.campaign_id) == campaign.id)
+                ).scalar()
+                after = max(input.after_grant, done or 0)
+                batch = review_scope.scoped_grants(session, definition.scope, after_id=after, limit=input.limit)
+                resolver = review_scope.ReviewerResolver(session, definition)
+                reasons = _justifications(
+                    session, [g.request_id for g in batch.grants if g.path == GrantPath.JIT and g.request_id]
+                )
+            rows = [snapshot_item(campaign.id, grant, resolver, reasons) for grant in batch.grants]
+            if rows:
+                with session_scope(self._db_url) as session:
+                    session.execute(INSERT_SNAPSHOT_ITEMS, rows)
         last = batch.last if batch.last is not None else after
         return SnapshotResult(last_grant=last, items=len(rows), more=batch.more)
 
@@ -154,15 +163,12 @@ class ReviewActivities:
                 return OpenedCampaign(
                     state=CampaignState(campaign.state), items=campaign.items, reviewers=campaign.reviewers
                 )
-            items, reviewers, unassigned = session.execute(
-                sa_select(
-                    func.count(),
-                    func.count(func.distinct(col(ReviewItem.reviewer))),
-                    func.count().filter(col(ReviewItem.reviewer) == ""),
-                ).where(col(ReviewItem.campaign_id) == campaign.id)
-            ).one()
+            # One grouped pass counts the snapshot and says what each reviewer is told they were given.
+            per_reviewer = review_notices.items_per_reviewer(session, campaign.id)
+            unassigned = per_reviewer.pop("", 0)
+            items = sum(per_reviewer.values()) + unassigned
             now = datetime.now(UTC)
-            campaign.items, campaign.reviewers = items, reviewers - (1 if unassigned else 0)
+            campaign.items, campaign.reviewers = items, len(per_reviewer)
             details: dict[str, Any] = {
                 "definition": definition.name,
                 "started_by": campaign.started_by,
@@ -193,6 +199,12 @@ class ReviewActivities:
                     details=details,
                     at=now,
                 )
+                # In the transaction that opens the campaign (its items are the reviewers' from now on): one
+                # notice per reviewer, queued once (a retry finds the campaign open and returns above).
+                review_notices.queue_assigned(
+                    session, campaign, definition, per_reviewer, reason=review_notices.Reason.STARTED, seq="0",
+                    deadline=campaign.deadline, now=now, routes=review_notices.routes(session),
+                )  # fmt: skip
             session.add(campaign)
             append_audit(session, [entry])
             return OpenedCampaign(state=CampaignState(campaign.state), items=items, reviewers=campaign.reviewers)
@@ -249,6 +261,12 @@ class ReviewActivities:
                     )
                 )
             append_audit(session, events)
+            # With its audit events, once (a retry finds them above): each reviewer with items open, and the
+            # copies to their managers.
+            review_notices.queue_reminders(
+                session, campaign, definition, {r: n for r, n in counts}, managers, label=input.label, now=now,
+                routes=review_notices.routes(session),
+            )  # fmt: skip
             return len(events)
 
     @activity.defn(name=names.CLOSE_REVIEW_CAMPAIGN)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import secrets
 import shutil
@@ -28,7 +29,8 @@ from starter.demo_provider import CLIENT_SECRET_ENV as DEMO_CLIENT_SECRET_ENV
 from starter.demo_provider import demo_provider, demo_refused, demo_users
 from starter.services.org import checked_connector, checked_section
 from store.codec import CodecKeyError, codec_keys
-from store.db import migrate, session_scope, shown_url
+from store.db import lock, migrate, session_scope, shown_url
+from store.logs import configure_logging
 from store.org import DEMO_ORG, OrgFile
 from store.org_load import load_org
 from store.settings import Settings
@@ -44,11 +46,16 @@ def temporal_cli() -> str:
     return found
 
 
+FIRST_LOAD = "lapse:first-load"
+"""The lock (PostgreSQL; SQLite's write lock does as much) under which a first start loads the organisation."""
+
+
 def prepare_database(settings: Settings) -> bool:
     """Migrate the app DB; load the organisation file if no users exist yet. True if loaded."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.db_url)
     with session_scope(settings.db_url) as session:
+        lock(session, FIRST_LOAD)  # two starting at once: the second waits, then finds the users loaded
         if session.exec(select(User).limit(1)).first() is not None:
             return False
         org = OrgFile.read(settings.org_file or DEMO_ORG)
@@ -134,6 +141,7 @@ def add_demo_postgres(settings: Settings) -> bool:
         }
     )
     with session_scope(settings.db_url) as session:
+        lock(session, FIRST_LOAD)
         if session.exec(select(Integration).where(Integration.name == DEMO_PG)).first() is None:
             load_org(session, org, connectors=checked_connector)
     return True
@@ -242,11 +250,12 @@ WORKER_COMMAND = [sys.executable, "-m", "worker"]
 
 
 def api_command(settings: Settings) -> list[str]:
-    """uvicorn serving the API. ``--no-proxy-headers``: the client address the API sees (and checks against
-    ``LAPSE_TRUSTED_PROXIES``) is the connection's real peer, never what an ``X-Forwarded-For`` header claims
-    (uvicorn believes that header from 127.0.0.1 by default, so any local client could name another address)."""
+    """uvicorn serving the API, logging as ``lapse api`` does. ``--no-proxy-headers``: the client address the API
+    sees (and checks against ``LAPSE_TRUSTED_PROXIES``) is the connection's real peer, never what an
+    ``X-Forwarded-For`` header claims (uvicorn believes that header from 127.0.0.1 by default, so any local client
+    could name another address)."""
     return [
-        sys.executable, "-m", "uvicorn", "starter.api.app:app",
+        sys.executable, "-m", "uvicorn", "starter.api.app:logged_app", "--factory",
         "--host", settings.api_host, "--port", str(settings.api_port), "--log-level", "warning",
         "--no-proxy-headers",
     ]  # fmt: skip
@@ -356,6 +365,8 @@ def catch_demo_mail(settings: Settings, cleanup: contextlib.ExitStack) -> str:
 
 def run_stack(settings: Settings) -> None:
     """Start everything, print where it is, and stop it all cleanly on Ctrl-C."""
+    configure_logging(settings, "run")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the demo's mail catcher: a line per connection
     loaded = prepare_database(settings)
     print(f"app DB ready ({shown_url(settings.db_url)}){'; demo organisation loaded' if loaded else ''}", flush=True)
     try:  # made now, before the processes that share it start; a malformed LAPSE_CODEC_KEY stops here
@@ -369,6 +380,12 @@ def run_stack(settings: Settings) -> None:
         print(f"local PostgreSQL not connected (the demo goes on without {DEMO_PG}): {why}", flush=True)
     logs = settings.data_dir
     env = {**os.environ, "LAPSE_DATA_DIR": str(settings.data_dir.resolve())}
+    ops = ""
+    if settings.ops_port and port_open(settings.ops_host, settings.ops_port):
+        env["LAPSE_OPS_PORT"] = "0"  # taken (another Lapse?): the worker goes without rather than fail to start
+        ops = f"  (no worker ops port: {settings.ops_host}:{settings.ops_port} is taken; set LAPSE_OPS_PORT)\n"
+    elif settings.ops_port:
+        ops = f"  Worker health    http://{settings.ops_host}:{settings.ops_port}/readyz  (and /metrics)\n"
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     commands: dict[str, list[str]] = {}
@@ -414,6 +431,7 @@ def run_stack(settings: Settings) -> None:
             f"  Temporal Web UI  http://localhost:{settings.temporal_ui_port}"
             f"{'' if settings.embedded_temporal else ' (your own server)'}\n"
             f"  logs             {logs.resolve()}/*.log\n"
+            f"{ops}"
             f"{mail}"
             f"{try_banner(settings, demo_issuer)}"
             f"Press Ctrl-C to stop; state is kept in {settings.data_dir.resolve()}.\n",

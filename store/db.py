@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import threading
@@ -11,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import ArgumentError
 from sqlmodel import Session
@@ -106,12 +107,88 @@ def lock(session: Session, *keys: str, shared: bool = False) -> None:
         session.execute(text(f"SELECT {function}(:key)"), {"key": int.from_bytes(digest, "big", signed=True)})
 
 
+MIGRATION_LOCK = "lapse:migrate"
+"""The advisory lock (PostgreSQL) every process takes around migrating, so that of several starting at once
+one migrates and the others wait, then find the schema current."""
+
+
 def migrate(url: str) -> None:
-    """Bring the app DB schema to the latest Alembic revision."""
+    """Bring the app DB schema to the latest Alembic revision; safe from several processes at once.
+
+    PostgreSQL: under a session advisory lock (released by the server if this process dies); SQLite: under an
+    exclusive ``flock`` on ``<db>.migrate.lock`` beside the file.
+    """
     from alembic import command
+
+    with _migration_lock(url):
+        before = schema_revision(url)
+        if before == schema_head():
+            _current.add(url)
+            return
+        log.info("migrating the app DB (%s) from %s to %s", shown_url(url), before or "nothing", schema_head())
+        command.upgrade(_alembic_config(url), "head")
+    _current.add(url)
+
+
+_current: set[str] = set()
+"""App DBs seen at the head revision by this process: a schema never goes back, so ``/readyz`` asks once."""
+
+
+def schema_current(url: str) -> bool:
+    """Whether the app DB's schema is at the latest migration this code knows (asked once it is)."""
+    if url in _current:
+        return True
+    if schema_revision(url) == schema_head():
+        _current.add(url)
+        return True
+    return False
+
+
+def schema_revision(url: str) -> str | None:
+    """The app DB's Alembic revision; None before its first migration."""
+    with engine_for(url, writer=False).connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@cache
+def schema_head() -> str:
+    """The latest migration's revision."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "the migrations have no head"
+    return head
+
+
+def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "head")
+    return config
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        if not url.startswith("sqlite:///") or path in ("", ":memory:"):
+            yield  # an in-memory database belongs to one process
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.migrate.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
+        return
+    key = int.from_bytes(hashlib.blake2b(MIGRATION_LOCK.encode(), digest_size=8).digest(), "big", signed=True)
+    with engine_for(url).connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -76,6 +76,10 @@ NO_ROUTES = Routes()
 # --- queueing --------------------------------------------------------------------------------
 
 
+UPDATABLE = frozenset({Channel.SLACK})
+"""Channels whose messages Lapse updates after sending (an ``update_only`` notice goes to these alone)."""
+
+
 def queue(session: Session, notices: Sequence[Notice], routes: Routes, *, now: datetime) -> int:
     """Queue ``notices`` in the session's transaction: one row per channel and destination each goes to.
 
@@ -92,7 +96,12 @@ def queue(session: Session, notices: Sequence[Notice], routes: Routes, *, now: d
         if notice.recipient is None:
             targets = [(d.channel, d.target) for d in routes.broadcasts if d.takes(notice)]
         else:
-            targets = [(channel, "") for channel in chosen.get(notice.recipient, routes.defaults)]
+            channels = chosen.get(notice.recipient, routes.defaults)
+            if notice.details.get("loud"):  # break-glass: every personal channel, whatever the person chose
+                channels = routes.personal
+            elif notice.details.get("update_only"):  # nothing new to say: only a chat's earlier prompt changes
+                channels = tuple(c for c in channels if c in UPDATABLE)
+            targets = [(channel, "") for channel in channels]
         body = notice.model_dump(mode="json")
         for channel, target in targets:
             rows.append(
@@ -326,6 +335,20 @@ def _finish(session: Session, row_id: int, *, state: str, now: datetime, **value
 
 
 # --- reading -----------------------------------------------------------------------------------
+
+
+def purge(session: Session, *, before: datetime, limit: int = 1000) -> int:
+    """Delete up to ``limit`` rows sent or skipped before ``before`` (the outbox is not an archive: the audit
+    log is). Failed rows stay: they are the request's record of who was never told."""
+    done = (
+        select(col(Notification.id))
+        .where(col(Notification.state).in_((SENT, SKIPPED)), col(Notification.due_at) < before)
+        .limit(limit)
+    )
+    ids = list(session.exec(done).all())
+    if ids:
+        session.execute(delete(Notification).where(col(Notification.id).in_(ids)))
+    return len(ids)
 
 
 def about(session: Session, subject: str, *, limit: int = 500) -> list[Notification]:

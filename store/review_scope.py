@@ -31,7 +31,7 @@ SAMPLE = 20
 """Items a preview shows."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a snapshot's batch makes tens of thousands
 class ScopedGrant:
     """An active grant in a definition's scope, as the snapshot records it."""
 

@@ -133,7 +133,31 @@ class Settings(BaseSettings):
     """Origins allowed to call ``/codec/*`` from a browser (the Temporal Web UI); default: the embedded UI's
     ``http://localhost:<temporal_ui_port>`` and ``http://127.0.0.1:<temporal_ui_port>``."""
 
-    @field_validator("trusted_proxies", mode="before")
+    # --- running in production: health, metrics, logs, shutdown (``lapse api``, ``lapse worker``, ``lapse migrate``)
+    ops_host: str = "127.0.0.1"
+    """Where a worker's ops HTTP port (``/healthz``, ``/readyz``, ``/metrics``) listens: ``0.0.0.0`` for a
+    Prometheus on another host (the port serves nothing else)."""
+    ops_port: int = Field(default=9464, ge=0, le=65535)
+    """A worker's ops HTTP port; 0: none. Several workers on one host need one each."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line (``ts``, ``level``, ``logger``, ``process``, ``msg``, and ``request_id``,
+    ``workflow_id``, ``integration``, ``actor`` where known), for a log shipper."""
+    log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+    """The lowest level logged: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``."""
+    shutdown_grace: Duration = Field(default=timedelta(seconds=30))
+    """On SIGTERM a worker stops taking work and lets the activities it runs finish for up to this long before
+    cancelling them (Temporal retries a cancelled one elsewhere); the API lets its requests finish as long."""
+    metrics_token: SecretStr | None = None
+    """When set, the API's ``/metrics`` answers only ``Authorization: Bearer <this>``; when not, only callers
+    from the loopback address (not through a proxy) or ``metrics_networks``."""
+    metrics_networks: Annotated[list[str], NoDecode] = []
+    """Addresses and networks (``10.0.0.0/24``) that may read the API's ``/metrics`` without the token; a JSON
+    list or comma-separated."""
+    migrate_on_start: bool = True
+    """``lapse api`` and ``lapse worker`` bring the app DB's schema to the latest migration as they start (one at
+    a time, under a lock); off: the operator runs ``lapse migrate`` before starting new versions."""
+
+    @field_validator("trusted_proxies", "metrics_networks", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -15,6 +15,7 @@ from temporalio.converter import DataConverter, DefaultFailureConverterWithEncod
 
 from store.codec import LapseCodec, codec_keys
 from store.settings import Settings
+from store.temporal_metrics import metrics_runtime
 
 
 def data_converter(settings: Settings, *, accept_plaintext: bool | None = None) -> DataConverter:
@@ -48,4 +49,5 @@ async def connect(settings: Settings) -> Client:
         tls=tls,
         api_key=settings.temporal_api_key,
         data_converter=data_converter(settings),
+        runtime=metrics_runtime(),  # the SDK's metrics on this process's /metrics
     )

@@ -53,7 +53,13 @@ def _event(action: str, actor: str = "lapse", reason: str = "", **details: objec
 
 
 def _told(notices: list, kind: NoticeKind | None = None) -> set[str | None]:  # type: ignore[type-arg]
-    return {n.recipient for n in notices if kind is None or n.kind is kind}
+    """Who is told something new (not only an update of an earlier chat prompt)."""
+    return {n.recipient for n in notices if (kind is None or n.kind is kind) and not n.details.get("update_only")}
+
+
+def _updated(notices: list) -> set[str | None]:  # type: ignore[type-arg]
+    """Whose earlier chat prompts are updated, with nothing new sent to them."""
+    return {n.recipient for n in notices if n.details.get("update_only")}
 
 
 def test_an_opened_step_asks_each_eligible_approver_and_broadcasts_once() -> None:
@@ -91,6 +97,7 @@ def test_a_decision_that_closes_the_step_tells_the_requester_and_updates_the_oth
     notices = notices_for(status, events, 4)
 
     assert _told(notices, NoticeKind.DECIDED) == {REQUESTER, FRANCES, None}
+    assert _updated(notices) == {LINUS}, "the decider's own prompt loses its buttons, with nothing new sent"
     assert len([n for n in notices if n.recipient is None]) == 1, "the round's own end adds no second broadcast"
     told = next(n for n in notices if n.recipient == REQUESTER)
     assert told.details["approved"] is True and told.details["comment"] == "fine" and told.actor == LINUS
@@ -101,6 +108,17 @@ def test_a_decision_leaving_the_step_open_does_not_take_the_other_approvers_butt
     step.decisions = [Decision(approver=LINUS, approved=True, at=NOW)]
     notices = notices_for(_status(step), [_event("request.approved", LINUS, step="owners", approvals="1/2")], 4)
     assert _told(notices) == {REQUESTER, None}
+    assert _updated(notices) == {LINUS}, "only the decider's own prompt is closed"
+
+
+def test_a_pending_request_that_ends_closes_the_prompts_of_those_still_asked() -> None:
+    cancelled = _status(_step("owners", [LINUS, FRANCES]), state=RequestState.CANCELLED)
+    notices = notices_for(cancelled, [_event("request.cancelled", REQUESTER, "not needed")], 3)
+    assert _told(notices) == {None} and _updated(notices) == {LINUS, FRANCES}
+
+    timed_out = _status(_step("owners", [LINUS], state=StepState.EXPIRED), state=RequestState.TIMED_OUT)
+    notices = notices_for(timed_out, [_event("request.timed_out", reason="no decision")], 3)
+    assert _told(notices) == {REQUESTER, None} and _updated(notices) == {LINUS}
 
 
 def test_a_denial_ends_the_request_with_one_message_to_the_requester() -> None:
@@ -135,7 +153,7 @@ def test_granted_expiring_and_ended_go_to_the_requester() -> None:
 def test_nobody_is_told_of_what_they_did_themselves() -> None:
     status = _status(state=RequestState.CANCELLED)
     notices = notices_for(status, [_event("request.cancelled", REQUESTER, "not needed")], 2)
-    assert _told(notices) == {None}
+    assert _told(notices) == {None} and _updated(notices) == set()
 
 
 def test_trouble_goes_to_the_admins() -> None:

@@ -19,6 +19,8 @@ from pydantic import ValidationError
 
 from access.connectors import Connector, PermanentError
 from activities.connectors.ledger import LedgerConnector
+from activities.metrics import metered
+from store import logs
 
 ConnectorFactory = Callable[[Mapping[str, Any]], Connector]
 """Builds a connector from an integration's configuration."""
@@ -69,7 +71,10 @@ class InvalidIntegration(PermanentError):
 def connector_for(integration: IntegrationSettings, connectors: Mapping[str, ConnectorFactory] = BUILT_IN) -> Connector:
     """A stored integration's connector (no I/O); an unknown kind or an invalid configuration raises
     InvalidIntegration, naming the integration and what is wrong. Activities get every connector here."""
-    return from_config(integration, lambda config: check_config(integration.kind, config, connectors))
+    logs.integration.set(integration.name)  # the activity's remaining log lines name it (store.logs)
+    connector = from_config(integration, lambda config: check_config(integration.kind, config, connectors))
+    # Its calls measured (activities.metrics); the ledger's, which call nothing outside, left as they are.
+    return connector if isinstance(connector, LedgerConnector) else metered(connector, integration.name)
 
 
 def from_config(integration: IntegrationSettings, factory: Callable[[Mapping[str, Any]], T]) -> T:

@@ -23,6 +23,7 @@ from sqlmodel import Session
 from access import names
 from access.notifications import Channel, Notice
 from access.types import AuditEntry
+from activities import metrics
 from activities.notify import DeliveryError, Outgoing, Sender, Sent
 from activities.notify.config import NotificationSettings
 from activities.notify.messages import links_for
@@ -34,6 +35,10 @@ from store.settings import Settings
 from store.tables import AccessRequest, Notification
 
 log = logging.getLogger(__name__)
+
+KEEP_SENT = timedelta(days=30)
+"""How long a sent or skipped row is kept (a request's page lists who was told what); failed rows are kept."""
+PURGE_EVERY = timedelta(hours=1)
 
 SenderKey = tuple[Channel, str]
 """A sender's channel and destination name (empty: the channel's personal messages)."""
@@ -111,6 +116,7 @@ class Dispatcher:
         self._broken: dict[SenderKey, str] = {}
         self._version: datetime | None = None
         self._checked_at: datetime | None = None
+        self._purged_at: datetime | None = None
         self.backoff = backoff or Backoff()
         self._concurrency = concurrency
         self._poll = poll
@@ -154,6 +160,7 @@ class Dispatcher:
                 self._woken.clear()  # before claiming: a wake while claiming means look again
                 try:
                     await self._refresh_senders()
+                    await self._purge_old()
                     room = self._concurrency - len(in_flight)
                     rows = await asyncio.to_thread(self._claim, room) if room > 0 else []
                 except Exception:
@@ -183,6 +190,20 @@ class Dispatcher:
             await asyncio.gather(*(self._deliver(row) for row in rows))
             handled += len(rows)
         return handled
+
+    async def _purge_old(self) -> None:
+        """Once an hour, forget rows sent or skipped more than ``KEEP_SENT`` ago (a chunk at a time)."""
+        now = datetime.now(UTC)
+        if self._purged_at is not None and now - self._purged_at < PURGE_EVERY:
+            return
+        self._purged_at = now
+
+        def purge() -> int:
+            with session_scope(self._db_url) as session:
+                return outbox.purge(session, before=now - KEEP_SENT)
+
+        if await asyncio.to_thread(purge):
+            self._purged_at = now - PURGE_EVERY + timedelta(seconds=10)  # more left, maybe: again soon
 
     # --- senders -------------------------------------------------------------------------------
 
@@ -277,8 +298,10 @@ class Dispatcher:
         with session_scope(self._db_url) as session:
             if state == "sent":
                 outbox.mark_sent(session, row.id, ref=ref or {}, now=now)
+                metrics.notification_handled(row.channel, "sent")
             elif state == "skipped":
                 outbox.mark_skipped(session, row.id, why=why or "", now=now)
+                metrics.notification_handled(row.channel, "skipped")
             else:
                 self._give_up(session, row, why or "failed", row.attempts + 1, now)
 
@@ -295,10 +318,12 @@ class Dispatcher:
             else:
                 due = now + backoff.pause(attempts, retry_after)
                 outbox.mark_retry(session, row.id, why=why, attempts=attempts, due_at=due)
+                metrics.notification_handled(row.channel, "retry")
 
     def _give_up(self, session: Session, row: Notification, why: str, attempts: int, now: datetime) -> None:
         assert row.id is not None
         outbox.mark_failed(session, row.id, why=why, attempts=attempts, now=now)
+        metrics.notification_handled(row.channel, "failed")
         log.warning("gave up on notification %s (%s to %s): %s", row.id, row.kind, row.channel, why)
         about_request = session.get(AccessRequest, row.subject) is not None
         target = names.request_workflow_id(row.subject) if about_request else row.subject

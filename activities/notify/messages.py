@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from access.notifications import Notice, NoticeKind
 from activities.notify import Links
@@ -75,18 +75,28 @@ def links_for(notice: Notice, base_url: str) -> Links:
     """The pages a notice's message links to, under ``base_url`` (``Settings.external_url``).
 
     A request's notices lead to its page (``/requests/<id>``, ``#extend`` for the extend form) and to the
-    approver's inbox; a review campaign's lead to the reviewer's page (``/reviews``)."""
+    approver's inbox; a review campaign's to the reviewer's page showing that campaign's items still to decide
+    (``/reviews?campaign=<id>``)."""
     base = base_url.rstrip("/")
-    if notice.kind in (NoticeKind.REVIEW_ASSIGNED, NoticeKind.REVIEW_REMINDER):
-        reviews = f"{base}/reviews"
+    if notice.kind in REVIEW_KINDS:
+        reviews = f"{base}/reviews?{urlencode({'campaign': notice.subject})}"
         return Links(request=reviews, approvals=reviews, extend=reviews)
+    if notice.kind is NoticeKind.TEST:  # no request behind it: back to the page it was sent from
+        page = f"{base}/admin/notifications"
+        return Links(request=page, approvals=page, extend=page)
     page = f"{base}/requests/{quote(notice.subject, safe='')}"
     return Links(request=page, approvals=f"{base}/approvals", extend=f"{page}#extend")
+
+
+REVIEW_KINDS = (NoticeKind.REVIEW_ASSIGNED, NoticeKind.REVIEW_REMINDER)
+"""A review campaign's notices: about a campaign (the subject), not a request; named by its description."""
 
 
 def message_for(notice: Notice, links: Links) -> Message:
     """What ``notice`` says: its title, sentence, fields and main link."""
     role = plain(notice.role or notice.subject, 100)
+    if notice.kind in REVIEW_KINDS:  # the campaign as people know it: its description, else its definition's name
+        role = plain(notice.details.get("description") or notice.details.get("definition") or notice.subject, 100)
     title, action, url = _HEADLINES[notice.kind](role, links)
     text = plain(notice.text, TEXT_LIMIT) or plain(_FALLBACK_TEXT[notice.kind], TEXT_LIMIT)
     return Message(plain(title, TITLE_LIMIT), text, fields_for(notice), action, url)
@@ -95,6 +105,8 @@ def message_for(notice: Notice, links: Links) -> Message:
 def fields_for(notice: Notice) -> tuple[tuple[str, str], ...]:
     """The facts a reader checks before acting, in the order they check them; empty ones are left out."""
     details = notice.details
+    if notice.kind in REVIEW_KINDS:
+        return _review_fields(notice)
     found: list[tuple[str, Any]] = [
         ("Role", notice.role),
         ("Requester", notice.requester),
@@ -109,6 +121,33 @@ def fields_for(notice: Notice) -> tuple[tuple[str, str], ...]:
     ]
     shown = [(label, plain(value)) for label, value in found if value not in (None, "")]
     return tuple((label, value) for label, value in shown if value)[:MAX_FIELDS]
+
+
+def _review_fields(notice: Notice) -> tuple[tuple[str, str], ...]:
+    """A campaign's facts: which one, how many items, by when, and why they came to this reader."""
+    details = notice.details
+    reports = details.get("reports") or {}
+    found: list[tuple[str, Any]] = [
+        ("Campaign", details.get("campaign") or notice.subject),
+        ("Items", details.get("items")),
+        ("Open", details.get("open")),
+        ("Due", _when(details.get("deadline"))),
+        ("Why", _REVIEW_REASONS.get(details.get("reason", ""), "")),
+        ("By", notice.actor if notice.actor not in ("", "lapse") else ""),
+        ("Role", details.get("role")),
+        ("Holder", details.get("holder")),
+        ("Their reports", ", ".join(f"{person} ({n} open)" for person, n in reports.items())),
+        ("Comment", details.get("comment")),
+    ]
+    shown = [(label, plain(value)) for label, value in found if value not in (None, "")]
+    return tuple((label, value) for label, value in shown if value)[:MAX_FIELDS]
+
+
+_REVIEW_REASONS = {
+    "escalated": "nobody decided them by the deadline: escalated to you",
+    "reviewer_left": "their reviewer left the organisation",
+    "reassigned": "handed over by their reviewer",
+}
 
 
 def _decision(details: dict[str, Any]) -> str:
@@ -153,10 +192,12 @@ _HEADLINES: dict[NoticeKind, Headline] = {
     NoticeKind.TROUBLE: _headline("Needs an admin: {role}", "Open the request", "request"),
     NoticeKind.BREAK_GLASS: _headline("BREAK-GLASS access granted: {role}", "Review it", "request"),
     NoticeKind.BREAK_GLASS_REVIEW: _headline("Break-glass review: {role}", "Review it", "request"),
-    NoticeKind.REVIEW_ASSIGNED: _headline("Access review: items to review", "Review", "request"),
-    NoticeKind.REVIEW_REMINDER: _headline("Access review: items still open", "Review", "request"),
+    NoticeKind.REVIEW_ASSIGNED: _headline("Access review, items to review: {role}", "Review your items", "request"),
+    NoticeKind.REVIEW_REMINDER: _headline("Reminder, access review items open: {role}", "Review your items", "request"),
+    NoticeKind.TEST: _headline("Test message from Lapse", "Open Lapse", "request"),
 }
-"""Per kind: the title (``{role}`` filled in), the main link's label and which of the Links it is."""
+"""Per kind: the title (``{role}`` filled in: a review campaign's description), the main link's label and which
+of the Links it is."""
 
 _FALLBACK_TEXT: dict[NoticeKind, str] = {
     NoticeKind.DECISION_NEEDED: "A request waits for your decision.",
@@ -171,5 +212,6 @@ _FALLBACK_TEXT: dict[NoticeKind, str] = {
     NoticeKind.BREAK_GLASS_REVIEW: "An emergency grant waits for its review.",
     NoticeKind.REVIEW_ASSIGNED: "An access review has items for you to review.",
     NoticeKind.REVIEW_REMINDER: "An access review's deadline nears and you have items open.",
+    NoticeKind.TEST: "A test message from Lapse: this channel works.",
 }
 """What a message says when its notice carries no sentence of its own."""

@@ -121,8 +121,12 @@ class SlackSender:
             return Sent(skipped=f"Slack has no user with the email {outgoing.recipient}")
         notice = outgoing.notice
         updated = 0
-        if notice.kind in CLOSING:
+        if notice.kind in CLOSING or notice.details.get("update_only"):
             updated = await self._close_prompts(web, outgoing)
+            if notice.details.get("update_only"):
+                if not updated:
+                    return Sent(skipped="no earlier prompt of theirs to update")
+                return Sent(ref={"updated": updated, "kind": notice.kind.value})
             if updated and notice.recipient != notice.requester:
                 # An approver's own prompt now says what was decided: no second message about it.
                 return Sent(ref={"updated": updated, "kind": notice.kind.value})

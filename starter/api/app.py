@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from access.limits import MAX_BODY_BYTES
 from starter.api import problems
+from starter.api.request_log import RequestLog
 from starter.api.routes import (
     approvals,
     audit,
@@ -21,6 +22,7 @@ from starter.api.routes import (
     codec,
     directory,
     grants,
+    health,
     integrations,
     notifications,
     org,
@@ -37,6 +39,7 @@ from starter.web import install as install_web_ui
 from starter.web.routes import auth as sign_in
 from starter.web.routes import device as device_sign_in
 from store.audit_log import configure_audit
+from store.logs import configure_logging
 from store.settings import Settings, get_settings
 from store.temporal import connect
 
@@ -160,8 +163,9 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         exact={"/api/org": org.MAX_FILE_BYTES},
     )
     build_middleware_stack = app.build_middleware_stack
-    # Outside even Starlette's server-error middleware, so that a 500 carries the security headers too.
-    app.build_middleware_stack = lambda: SecurityHeaders(build_middleware_stack())  # type: ignore[method-assign]
+    # Outside even Starlette's server-error middleware, so that a 500 carries the security headers too; the request
+    # log outside them all, so that every answer carries its request id and every line of it is logged with it.
+    app.build_middleware_stack = lambda: RequestLog(SecurityHeaders(build_middleware_stack()))  # type: ignore[method-assign]
     openapi = app.openapi
 
     def documented() -> dict[str, Any]:
@@ -191,10 +195,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         # input, Temporal unreachable); each router and route documents its own others.
         app.include_router(router, responses=problems.responses(400, 401, 403, 413, 422, 503))
 
-    @app.get("/healthz", tags=["health"])
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health.router)  # the probes: /healthz, /readyz, /metrics (no sign-in)
     if app.state.settings.auth == "oidc":  # behind an SSO proxy, the proxy signs people in and out
         app.include_router(sign_in.router)
     # The CLI's sign-in through a browser works in every mode: Lapse hosts it, whoever signs people in.
@@ -206,3 +207,11 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
 
 app = create_app()
 """For ``uvicorn starter.api.app:app``."""
+
+
+def logged_app() -> FastAPI:
+    """For ``uvicorn --factory starter.api.app:logged_app`` (``lapse run``): the API, its process logging as the
+    settings say (``store.logs``) rather than as uvicorn does."""
+    settings = get_settings()
+    configure_logging(settings, "api")
+    return create_app(settings)

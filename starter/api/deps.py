@@ -34,6 +34,7 @@ from starter.services.authorization import require_active_user, require_admin
 from starter.services.recent_sign_in import SignIn
 from starter.services.sessions import COOKIE_NAME, SessionInfo, session_user
 from starter.services.tokens import Scope, token_user
+from store.logs import note_actor
 from store.settings import Settings
 from store.tables import User
 
@@ -190,6 +191,7 @@ def _identity(
     _p: Annotated[object, Depends(_proxy)] = None,
 ) -> Identity:
     identity = identify(request, settings)
+    note_actor(identity.user.email)  # the request's remaining log lines name its caller
     if identity.scopes is not None:
         _check_scope(request, settings, identity)
     return identity

@@ -26,8 +26,9 @@ from temporalio.service import RPCError
 from access.durations import parse_duration
 from access.errors import Refusal, RefusalKind
 from access.grants import GrantPath
-from access.reviews import CampaignState, ItemDecision, ItemState
+from access.reviews import CampaignState, ItemDecision, ItemState, ReviewDefinition
 from access.types import AuditEntry
+from activities import review_notices
 from starter.services import review_runs
 from starter.services.fields import Email, FreeText
 from starter.services.recent_sign_in import SignIn, require_recent
@@ -291,6 +292,17 @@ def reassign(settings: Settings, user: User, item_id: int, body: ReassignIn) -> 
         details = {"item": item.id, "role": item.role, "user": item.user_email, "from": before, "to": to}
         if body.comment:
             details["comment"] = body.comment
-        event = AuditEntry(actor=user.email, action="review.item.reassigned", target=campaign.id, details=details)
+        now = datetime.now(UTC)
+        event = AuditEntry(
+            actor=user.email, action="review.item.reassigned", target=campaign.id, details=details, at=now
+        )
         append_audit(session, [event])
+        # The new reviewer is told, with the reassignment (keyed by the item and this moment: each hand-over once).
+        review_notices.queue_assigned(
+            session, campaign, ReviewDefinition.model_validate(campaign.body), {to: 1},
+            reason=review_notices.Reason.REASSIGNED, seq=f"{item.id}-{now:%Y%m%dT%H%M%S%f}",
+            deadline=(campaign.escalation_deadline if item.escalated else None) or campaign.deadline, now=now,
+            routes=review_notices.routes(session), actor=user.email,
+            details={"role": item.role, "holder": item.user_email or item.account, "comment": body.comment},
+        )  # fmt: skip
         return item_out(item, campaign, current(session, item))

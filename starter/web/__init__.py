@@ -16,6 +16,7 @@ from starter.web.routes import (
     admin_birthright,
     admin_directory,
     admin_integrations,
+    admin_notifications,
     admin_reviews,
     approvals,
     break_glass,
@@ -42,6 +43,7 @@ ROUTERS = (
     admin_directory.router,
     admin_audit.router,
     admin_reviews.router,
+    admin_notifications.router,
 )
 
 

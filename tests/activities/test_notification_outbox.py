@@ -212,3 +212,29 @@ async def test_drain_sends_what_is_due_without_a_running_loop(settings: Settings
     _queue(settings, _notice(NoticeKind.GRANTED, ALAN), _notice(NoticeKind.GRANTED, LINUS))
     assert await Dispatcher(settings.db_url, settings, {(Channel.EMAIL, ""): email}).drain() == 2
     assert sorted(o.recipient or "" for o in email.sent) == [ALAN, LINUS]
+
+
+def test_old_sent_and_skipped_rows_are_purged_and_failed_ones_kept(settings: Settings) -> None:
+    """The outbox is not an archive: rows sent or skipped long ago go; a failed one stays on its request."""
+    _queue(settings, *(_notice(NoticeKind.GRANTED, who, seq=1) for who in (ALAN, LINUS, ADA)))
+    alan, linus, ada = (r.id or 0 for r in _rows(settings))
+    long_ago = datetime.now(UTC) - timedelta(days=31)
+    with session_scope(settings.db_url) as session:
+        outbox.mark_sent(session, alan, ref={}, now=long_ago)
+        outbox.mark_skipped(session, linus, why="nobody by that email", now=long_ago)
+        outbox.mark_failed(session, ada, why="down", attempts=24, now=long_ago)
+        for row in session.exec(select(Notification)):
+            row.due_at = long_ago
+            session.add(row)
+    with session_scope(settings.db_url) as session:
+        assert outbox.purge(session, before=datetime.now(UTC) - timedelta(days=30)) == 2
+    assert [(r.recipient, r.state) for r in _rows(settings)] == [(ADA, outbox.FAILED)]
+
+
+def test_a_loud_notice_goes_by_every_personal_channel_whatever_the_person_chose(settings: Settings) -> None:
+    """Break-glass is told loudly: a preference for fewer channels (or none) does not quieten it."""
+    with session_scope(settings.db_url) as session:
+        outbox.save_preference(session, LINUS, [], now=NOW)  # chose to be told by nothing
+    loud = _notice(NoticeKind.BREAK_GLASS, LINUS).model_copy(update={"details": {"loud": True}})
+    _queue(settings, loud, _notice(NoticeKind.DECISION_NEEDED, LINUS, seq=2))
+    assert {(r.kind, r.channel) for r in _rows(settings)} == {("break_glass", "slack"), ("break_glass", "email")}

@@ -99,7 +99,11 @@ async def test_request_dms_approvers_a_button_approves_the_requester_is_told_and
         assert [b["action_id"] for b in message.buttons()] == [OPEN]  # nothing stale to click
         assert "Decided" in message.words() and "approved" in message.words()
         assert len(slack.dms_to(other)) == 1  # updated in place, not told twice
-    assert [u["via"] for u in linus.updates] == ["response_url"] and "You approved" in linus.words()
+    # The clicker's own prompt: replaced by the click's answer, and closed by the decision's notice too (in
+    # either order); no button is left on it either way.
+    assert "response_url" in [u["via"] for u in linus.updates]
+    assert [b["action_id"] for b in linus.buttons()] in ([], [OPEN])
+    assert len(slack.dms_to("linus@example.com")) == 1
 
 
 async def test_slack_down_for_a_while_delays_the_message_never_the_grant(

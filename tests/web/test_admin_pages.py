@@ -72,11 +72,25 @@ ADMIN_SECTION_PAGES = [
     ("GET", "/admin/reviews/campaigns/{campaign_id}/report"),
     ("GET", "/admin/reviews/campaigns/{campaign_id}/report.csv"),
     ("GET", "/admin/break-glass"),
+    ("GET", "/admin/notifications"),
+    ("POST", "/admin/notifications/test"),
+    ("GET", "/admin/notifications/outbox/{row_id}"),
+    ("GET", "/admin/notifications/preview"),
+    ("GET", "/admin/notifications/preview/email"),
 ]
 """The integrations, birthright, directory and audit pages: admins only (``tests/web/test_pages.py``'s
 ``ADMIN_PAGES`` includes them)."""
 
-MENU = ["Permissions", "Integrations", "Birthright", "Directory", "Audit log", "Access reviews", "Break-glass"]
+MENU = [
+    "Permissions",
+    "Integrations",
+    "Birthright",
+    "Directory",
+    "Audit log",
+    "Access reviews",
+    "Break-glass",
+    "Notifications",
+]
 
 
 # --- over HTTP: admins only ----------------------------------------------------------------------

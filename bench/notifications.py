@@ -1,0 +1,687 @@
+"""Notifications benchmark (issue 12): how soon a notice reaches Slack, what it costs the lifecycle, and whether
+10,000 expiring-soon warnings all arrive before their grants end.
+
+Starts its own stack as ``bench.lifecycle`` does (Temporal dev server, ``python -m worker`` with the notification
+dispatcher beside it, the API), and a fake Slack Web API in this process (``tests/fake_slack.py``); the
+organisation's ``notifications:`` section is set over the API (``PUT /api/notifications/settings``) to Slack
+direct messages against the fake Slack, or to nothing ("off"). Then:
+
+1. **Lifecycles, notifications off and on**: ``bench.lifecycle``'s driver (request, the manager approves, ledger
+   grant, ``--hold`` seconds, revoke) at ``--rate`` for ``--seconds``, ``--rounds`` times each way, alternating
+   (off, on, off, on…): throughput, approval-to-grant and revoke lag, on against off.
+2. **Latency** (the "on" rounds): for each Slack notice, from its event (the audit event's ``at``, carried by the
+   notice) to the fake Slack accepting the call (``chat.postMessage``; ``chat.update`` for an approver's prompt
+   that a decision closes), read from the outbox rows and the fake Slack's own record.
+3. **Expiring-soon warnings**: ``--grants`` automatic ledger grants (``ledger/prod-db/read``, no approval) spread
+   over the demo's people, each at least ``--min-duration`` (10 minutes: shorter grants get no warning), with
+   durations staggered so that every grant ends within the same minute; every warning must reach the fake Slack
+   before its grant ends. Takes ``--min-duration`` plus the creation time (about ``--grants`` / 20 s) at least.
+
+Run from the project root::
+
+    .venv/bin/python -m bench.notifications --rate 5 --seconds 10 --rounds 1 --grants 200   # smoke, ~13 min
+    .venv/bin/python -m bench.notifications --json bench/results-notify-$(date -u +%F).json  # full, ~35 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlmodel import col, func, select
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench.lifecycle import (
+    ADMIN,
+    AUTOMATIC_ROLE,
+    Api,
+    Lifecycle,
+    Stack,
+    _json_default,
+    _ms,
+    _num,
+    _temporal_version,
+    _verdict,
+    api_clients,
+    distribution,
+    percentile,
+    run_lapse,
+    summarize,
+)
+from starter.stack import temporal_server_command
+from store.db import session_scope
+from store.tables import Notification, User
+from tests.fake_slack import FakeSlack, Limits
+
+TOKEN_ENV = "LAPSE_BENCH_SLACK_TOKEN"
+SIGNING_ENV = "LAPSE_BENCH_SLACK_SIGNING_SECRET"
+TARGET_LATENCY_P99_S = 0.5
+TARGET_SLOWDOWN = 0.05
+MIN_WARNED_S = 600
+"""Grants shorter than 10 minutes get no warning (``access.notifications.NO_WARNING_UNDER``)."""
+MAX_AUTOMATIC_S = 3600
+"""``ledger/prod-db/read`` is granted without approval up to PT1H (demo ``read-only`` / ``quick look``)."""
+
+BENCH_LIMITS = Limits(
+    post_per_channel=1000.0, post_burst=1000, tier3_per_minute=1200, tier4_per_minute=2400, tier_burst=50
+)
+"""The fake Slack's rate limits here. ``chat.postMessage`` is limited per channel (about 1/s): the benchmark's few
+people stand for the thousands a real organisation's load spreads over, so each DM channel takes 1,000/s. The
+Tier 3 methods (``chat.update``, ``users.lookupByEmail``) are per workspace, documented as "50+ a minute": raised
+to 20/s, as 10 decisions a second need 10 updates a second (``--documented-limits`` keeps Slack's own)."""
+
+
+def section(slack: FakeSlack | None) -> dict[str, Any]:
+    """The ``notifications:`` section: Slack direct messages against the fake Slack, or nothing at all."""
+    if slack is None:
+        return {}
+    return {
+        "slack": {
+            "token_env": TOKEN_ENV,
+            "signing_secret_env": SIGNING_ENV,
+            "base_url": slack.base_url,
+            "direct_messages": True,
+        },
+        "default_channels": ["slack"],
+    }
+
+
+async def configure(api: Api, slack: FakeSlack | None) -> None:
+    response = await api.call(ADMIN, "PUT", "/api/notifications/settings", section(slack))
+    if response.status_code != 200:
+        raise RuntimeError(f"PUT /api/notifications/settings: {response.status_code} {response.text[:300]}")
+    await asyncio.sleep(2)  # the dispatcher re-reads the section at most once a second
+
+
+# --- what reached the fake Slack ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One Slack outbox row: its event's time and when the fake Slack took it (None: it did not)."""
+
+    subject: str
+    kind: str
+    recipient: str | None
+    state: str
+    method: str
+    """``chat.postMessage``, ``chat.update``, or ``-`` (skipped, failed, pending)."""
+    event_at: float
+    queued_at: float
+    """When the row was queued (in the transaction that recorded the event)."""
+    received_at: float | None
+    expires_at: float | None
+    attempts: int
+    why: str | None
+    """Why it was skipped or failed, or the last failure of a retried one."""
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.received_at is None else self.received_at - self.event_at
+
+
+class Clock:
+    """The fake Slack stamps calls with ``time.monotonic()``; events carry UTC wall time."""
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.monotonic()
+
+    def wall(self, monotonic: float) -> float:
+        return monotonic + self.offset
+
+
+def _ts(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def deliveries(db_url: str, slack: FakeSlack, clock: Clock, kinds: Sequence[str] = ()) -> list[Delivery]:
+    """Every Slack outbox row (of ``kinds``, if given), matched with the fake Slack's record of it: the message
+    its ``ref`` names, or for a closed prompt (``ref.updated``) the first ``chat.update`` of that person's earlier
+    prompt about the same request after the event."""
+    with session_scope(db_url, write=False) as session:
+        query = select(Notification).where(Notification.channel == "slack")
+        if kinds:
+            query = query.where(col(Notification.kind).in_(kinds))
+        rows = list(session.exec(query.order_by(col(Notification.id))))
+    updates: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for call in slack.calls_to("chat.update", ok=True):
+        updates[(str(call.args.get("channel")), str(call.args.get("ts")))].append(clock.wall(call.at))
+    prompts: dict[tuple[str, str | None], list[tuple[str, str]]] = defaultdict(list)
+    for row in rows:
+        if row.ref.get("prompt") and row.ref.get("ts"):
+            prompts[(row.subject, row.recipient)].append((row.ref["channel"], row.ref["ts"]))
+    found: list[Delivery] = []
+    for row in rows:
+        event_at = _ts(row.notice["at"]) or 0.0
+        received, method = None, "-"
+        if row.state == "sent" and row.ref.get("ts"):
+            message = slack.message(row.ref["channel"], row.ref["ts"])
+            received, method = (clock.wall(message.posted_at) if message else None), "chat.postMessage"
+        elif row.state == "sent" and row.ref.get("updated"):
+            times = [t for p in prompts[(row.subject, row.recipient)] for t in updates[p] if t >= event_at - 0.001]
+            received, method = (min(times) if times else None), "chat.update"
+        found.append(
+            Delivery(
+                subject=row.subject,
+                kind=row.kind,
+                recipient=row.recipient,
+                state=row.state,
+                method=method,
+                event_at=event_at,
+                queued_at=row.created_at.timestamp(),
+                received_at=received,
+                expires_at=_ts(row.notice.get("details", {}).get("expires_at")),
+                attempts=row.attempts,
+                why=row.error,
+            )
+        )
+    return found
+
+
+def pending(db_url: str, kinds: Sequence[str] = ()) -> int:
+    with session_scope(db_url, write=False) as session:
+        query = select(func.count()).select_from(Notification).where(Notification.state == "pending")
+        if kinds:
+            query = query.where(col(Notification.kind).in_(kinds))
+        return int(session.exec(query).one())
+
+
+async def settle(db_url: str, most_s: float = 60.0) -> int:
+    """Wait until the outbox holds nothing pending (at most ``most_s``); what is still pending."""
+    deadline = time.monotonic() + most_s
+    left = await asyncio.to_thread(pending, db_url)
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        left = await asyncio.to_thread(pending, db_url)
+    return left
+
+
+def latency_summary(found: Sequence[Delivery]) -> dict[str, Any]:
+    by: dict[str, list[float]] = defaultdict(list)
+    for d in found:
+        if d.latency_s is not None:
+            by[f"{d.kind} ({d.method})"].append(d.latency_s)
+    every = [v for d in found if (v := d.latency_s) is not None]
+    received = [d for d in found if d.received_at is not None]
+    return {
+        "rows": len(found),
+        "states": dict(Counter(d.state for d in found)),
+        "unmatched_sent": sum(1 for d in found if d.state == "sent" and d.received_at is None),
+        "retried": sum(1 for d in found if d.attempts > 1),
+        "latency_s": distribution(every),
+        "event_to_queued_s": distribution([d.queued_at - d.event_at for d in received]),
+        "queued_to_received_s": distribution([d.received_at - d.queued_at for d in received if d.received_at]),
+        "why_not_sent": dict(Counter(f"{d.state}: {d.why}" for d in found if d.state != "sent")),
+        "by_kind": {k: distribution(v) for k, v in sorted(by.items())},
+    }
+
+
+# --- 1 and 2: lifecycles off and on ----------------------------------------------------------------------------
+
+
+async def run_rounds(
+    api: Api,
+    client: Client,
+    stack: Stack,
+    slack: FakeSlack,
+    clock: Clock,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    records: dict[str, list[Lifecycle]] = {"off": [], "on": []}
+    latencies: list[Delivery] = []
+    if args.warmup > 0:
+        # The first seconds of a fresh stack are slow (imports, caches, the first Slack lookups): not measured.
+        await configure(api, slack)
+        say(f"warm-up: {args.warmup:g} s at {args.rate:g}/s, notifications on (not counted)…")
+        await run_lapse(api, client, argparse.Namespace(**{**vars(args), "seconds": args.warmup, "history_samples": 0}))
+        await settle(stack.settings.db_url)
+    for index in range(args.rounds * 2):
+        mode = ("off", "on")[index % 2]
+        await configure(api, slack if mode == "on" else None)
+        say(
+            f"round {index + 1}/{args.rounds * 2}, notifications {mode}: {round(args.rate * args.seconds)} lifecycles "
+            f"at {args.rate:g}/s…"
+        )
+        calls_before = len(slack.calls)
+        lapse = await run_lapse(api, client, args)
+        left = await settle(stack.settings.db_url)
+        subjects = {r.request_id for r in lapse["records"] if r.request_id}
+        found = [d for d in deliveries(stack.settings.db_url, slack, clock) if d.subject in subjects]
+        run = {
+            "mode": mode,
+            "summary": lapse["summary"],
+            "still_pending": left,
+            "slack_calls": dict(Counter(f"{c.method} {c.status}" for c in slack.calls[calls_before:])),
+        }
+        if mode == "on":
+            run["notifications"] = latency_summary(found)
+            latencies += found
+        runs.append(run)
+        records[mode] += lapse["records"]
+        summary = lapse["summary"]
+        say(
+            f"  {summary['throughput']['completed']} completed, {summary['throughput']['steady'] or 0:.2f}/s; "
+            f"{len(found)} Slack notices"
+        )
+        await asyncio.sleep(2)
+    pooled = {mode: summarize(recs, []) for mode, recs in records.items()}
+    return {
+        "runs": runs,
+        "pooled": pooled,
+        "notifications": latency_summary(latencies),
+        "comparison": compare(runs, pooled),
+    }
+
+
+def compare(runs: Sequence[dict[str, Any]], pooled: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """On against off: mean steady throughput over the rounds, pooled latencies; each as on/off - 1."""
+
+    def mean_throughput(mode: str) -> float | None:
+        values = [r["summary"]["throughput"]["steady"] for r in runs if r["mode"] == mode]
+        values = [v for v in values if v]
+        return sum(values) / len(values) if values else None
+
+    figures: dict[str, Any] = {}
+    off, on = mean_throughput("off"), mean_throughput("on")
+    figures["throughput"] = {"off": off, "on": on, "change": (on / off - 1) if on and off else None}
+    for key in ("approval_to_grant_s", "revoke_lag_s"):
+        for stat in ("p50", "p99"):
+            a, b = pooled["off"][key][stat], pooled["on"][key][stat]
+            figures[f"{key} {stat}"] = {"off": a, "on": b, "change": (b / a - 1) if a and b else None}
+    return figures
+
+
+# --- 3: expiring-soon warnings -----------------------------------------------------------------------------------
+
+
+async def create_grants(
+    api: Api, people: Sequence[str], ends_at: float, args: argparse.Namespace, say: Callable[[str], None]
+) -> tuple[list[str], dict[str, Any]]:
+    """``--grants`` automatic grants, each timed (whole seconds, counted from the grant) to end at ``ends_at``."""
+    gate = asyncio.Semaphore(args.concurrency)
+    recent: list[float] = []
+    ids: list[str] = []
+    errors: Counter[str] = Counter()
+    refused = 0
+    floor = 0
+    started = time.monotonic()
+
+    async def create(index: int) -> None:
+        nonlocal refused, floor
+        async with gate:
+            for _attempt in range(20):
+                delay = percentile(recent[-32:], 50) or 0.0
+                duration = round(ends_at - time.time() - delay)
+                if duration < args.min_duration:
+                    floor += 1
+                    duration = args.min_duration
+                body = {"role": AUTOMATIC_ROLE, "duration": duration, "justification": "expiry warning benchmark"}
+                sent = time.monotonic()
+                try:
+                    response = await api.call(people[index % len(people)], "POST", "/api/requests", body)
+                except httpx.HTTPError as error:
+                    errors[type(error).__name__] += 1
+                    await asyncio.sleep(1)
+                    continue
+                if response.status_code == 503:  # admission: nothing started, come back later
+                    refused += 1
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                    continue
+                recent.append(time.monotonic() - sent)
+                if response.status_code == 201:
+                    ids.append(response.json()["id"])
+                else:
+                    errors[f"create {response.status_code}"] += 1
+                return
+            errors["gave up after 20 tries"] += 1
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(30)
+            say(f"  {len(ids)} created in {time.monotonic() - started:.0f} s")
+
+    reporter = asyncio.create_task(progress())
+    try:
+        await asyncio.gather(*(create(i) for i in range(args.grants)))
+    finally:
+        reporter.cancel()
+    creating_s = time.monotonic() - started
+    return ids, {
+        "created": len(ids),
+        "creating_s": creating_s,
+        "rate": len(ids) / creating_s if creating_s > 0 else None,
+        "refused_503": refused,
+        "at_min_duration": floor,
+        "errors": dict(errors),
+        "create_response_s": distribution(recent),
+    }
+
+
+async def run_expiring(
+    api: Api, stack: Stack, slack: FakeSlack, clock: Clock, args: argparse.Namespace, say: Callable[[str], None]
+) -> dict[str, Any]:
+    await configure(api, slack)
+    db_url = stack.settings.db_url
+    with session_scope(db_url, write=False) as session:
+        people = list(session.exec(select(User.email).where(col(User.active).is_(True)).order_by(User.email)))
+    span = args.grants / args.expected_rate
+    ends_at = time.time() + span * 1.25 + 20 + args.min_duration
+    if ends_at - time.time() > MAX_AUTOMATIC_S:
+        raise RuntimeError(f"{args.grants} grants at {args.expected_rate:g}/s would need grants over an hour")
+    say(
+        f"expiring-soon: {args.grants} grants of {len(people)} people, all ending at "
+        f"{datetime.fromtimestamp(ends_at, UTC):%H:%M:%S} UTC ({(ends_at - time.time()) / 60:.1f} min from now)…"
+    )
+    ids, creation = await create_grants(api, people, ends_at, args, say)
+    say(f"  created {creation['created']} in {creation['creating_s']:.0f} s ({creation['rate'] or 0:.1f}/s)")
+
+    kinds = ["expiring_soon"]
+    wanted = set(ids)
+
+    def warned() -> int:
+        with session_scope(db_url, write=False) as session:
+            query = (
+                select(func.count())
+                .select_from(Notification)
+                .where(
+                    Notification.kind == "expiring_soon",
+                    Notification.channel == "slack",
+                    Notification.state != "pending",
+                )
+            )
+            return int(session.exec(query).one())
+
+    deadline = ends_at + args.grace
+    last_said = 0.0
+    while time.time() < deadline:
+        done = await asyncio.to_thread(warned)
+        if done >= len(wanted):
+            break
+        if time.monotonic() - last_said > 30:
+            last_said = time.monotonic()
+            say(f"  {done}/{len(wanted)} warnings handled; grants end in {ends_at - time.time():.0f} s")
+        await asyncio.sleep(2)
+    found = [d for d in deliveries(db_url, slack, clock, kinds) if d.subject in wanted]
+    ends = [d.expires_at for d in found if d.expires_at is not None]
+    received = [d for d in found if d.received_at is not None]
+    before = [
+        d for d in received if d.expires_at is not None and d.received_at is not None and d.received_at < d.expires_at
+    ]
+    margins = [d.expires_at - d.received_at for d in received if d.expires_at is not None and d.received_at]
+    return {
+        **creation,
+        "people": len(people),
+        "target_end": datetime.fromtimestamp(ends_at, UTC),
+        "ends_spread_s": (max(ends) - min(ends)) if ends else None,
+        "warnings_queued": len(found),
+        "warnings_received": len(received),
+        "received_before_end": len(before),
+        "never_warned": len(wanted - {d.subject for d in found}),
+        "states": dict(Counter(d.state for d in found)),
+        "retried": sum(1 for d in found if d.attempts > 1),
+        "lag_after_event_s": distribution([v for d in received if (v := d.latency_s) is not None]),
+        "margin_before_end_s": {**distribution(margins), "min": min(margins) if margins else None},
+        "warning_window_s": (max(d.event_at for d in found) - min(d.event_at for d in found)) if found else None,
+    }
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:+.1f}%"
+
+
+def _dist(d: dict[str, Any]) -> str:
+    return f"{_ms(d['p50'])} / {_ms(d['p99'])} / {_ms(d['max'])} (n={d['n']})"
+
+
+def report(figures: dict[str, Any]) -> str:
+    config = figures["config"]
+    lines = [
+        "",
+        "Lapse notifications benchmark (issue 12)",
+        f"  {config['temporal']}; {config['cpus']} CPUs; "
+        f"Python {config['python']}; fake Slack limits: {config['slack_limits']}",
+        "",
+    ]
+    rounds = figures.get("lifecycles")
+    if rounds:
+        lines.append(
+            f"Lifecycles: {config['rate']:g}/s for {config['seconds']:g} s, hold {config['hold']} s, "
+            f"{config['rounds']} round(s) each way, alternating off/on"
+        )
+        for i, run in enumerate(rounds["runs"], 1):
+            s = run["summary"]
+            lines.append(
+                f"  round {i} {run['mode']:>3}: {s['throughput']['completed']}/{s['lifecycles']} completed, steady "
+                f"{_num(s['throughput']['steady'])}/s; approval-to-grant p50/p99 {_ms(s['approval_to_grant_s']['p50'])}"
+                f" / {_ms(s['approval_to_grant_s']['p99'])}; revoke lag p50/p99 {_ms(s['revoke_lag_s']['p50'])} / "
+                f"{_ms(s['revoke_lag_s']['p99'])}"
+            )
+            if run["mode"] == "on":
+                n = run["notifications"]
+                lines.append(
+                    f"      Slack notices {n['rows']} {n['states']}, latency p50/p99/max {_dist(n['latency_s'])}"
+                )
+        row = "  {:<34} {:>12} {:>12} {:>9}   {}"
+        lines.append(row.format("", "off", "on", "change", f"target: within {TARGET_SLOWDOWN:.0%}"))
+        for name, c in rounds["comparison"].items():
+            fmt = _num if name == "throughput" else _ms
+            change = c["change"]
+            # Within 5%: throughput no more than 5% lower, latencies no more than 5% higher.
+            ok = None if change is None else (change >= -TARGET_SLOWDOWN if fmt is _num else change <= TARGET_SLOWDOWN)
+            lines.append(row.format(name, fmt(c["off"]), fmt(c["on"]), _pct(c["change"]), _verdict(ok)))
+        n = rounds["notifications"]
+        p99 = n["latency_s"]["p99"]
+        lines += [
+            "",
+            f"Notice latency, event -> fake Slack (all 'on' rounds): {n['rows']} rows {n['states']}, "
+            f"{n['retried']} retried, {n['unmatched_sent']} sent but not found",
+            f"  p50 / p99 / max: {_dist(n['latency_s'])}   target p99 <= {TARGET_LATENCY_P99_S * 1000:.0f} ms: "
+            f"{_verdict(None if p99 is None else p99 <= TARGET_LATENCY_P99_S)}",
+        ]
+        lines += [f"    {kind:<36} {_dist(d)}" for kind, d in n["by_kind"].items()]
+        lines += [
+            f"  event -> queued (the record's transaction) p50/p99/max: {_dist(n['event_to_queued_s'])}",
+            f"  queued -> fake Slack (the dispatcher)      p50/p99/max: {_dist(n['queued_to_received_s'])}",
+        ]
+        lines += [f"  not sent: {count} x {why}" for why, count in n["why_not_sent"].items()]
+    expiring = figures.get("expiring")
+    if expiring:
+        e = expiring
+        lines += [
+            "",
+            f"Expiring-soon: {e['created']} grants (of {config['grants']}) of {e['people']} people, at least "
+            f"{config['min_duration']} s each, ending at {e['target_end']:%H:%M:%S} UTC "
+            f"(spread {_num(e['ends_spread_s'])} s)",
+            f"  created in {e['creating_s']:.0f} s ({_num(e['rate'])}/s; {e['refused_503']} refused with 503 and "
+            f"retried; {e['at_min_duration']} at the minimum duration; errors {e['errors'] or 'none'})",
+            f"  warnings: {e['warnings_queued']} queued over {_num(e['warning_window_s'])} s, {e['warnings_received']} "
+            f"received, {e['never_warned']} grants never warned, states {e['states']}, {e['retried']} retried",
+            f"  lag, event -> fake Slack p50 / p99 / max: {_dist(e['lag_after_event_s'])}",
+            f"  margin before the grant's end p50 / min: {_num(e['margin_before_end_s']['p50'])} s / "
+            f"{_num(e['margin_before_end_s']['min'])} s",
+            f"  received before their grant ended: {e['received_before_end']}/{e['created']}   target all: "
+            f"{_verdict(e['created'] > 0 and e['received_before_end'] == e['created'])}",
+        ]
+    findings = figures.get("log_findings") or {}
+    lines.append("")
+    if findings:
+        lines.append(f"Log findings (kept in {config['data_dir']}):")
+        for name, found in findings.items():
+            lines.append(f"  {name}.log: {found['count']} line(s), e.g.")
+            lines += [f"    {line[:300]}" for line in found["examples"]]
+    else:
+        lines.append("Log findings: none (worker/api errors or warnings, Temporal errors)")
+    return "\n".join(lines)
+
+
+# --- main -----------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.notifications",
+        description="Benchmark Lapse's notifications against a fake Slack: latency and cost at a steady lifecycle "
+        "rate (off and on, alternating), and expiring-soon warnings for many grants ending together.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rate", type=float, default=10.0, help="lifecycles started per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long arrivals go on, per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds each way, off and on alternating (0: none)")
+    parser.add_argument("--hold", type=int, default=2, help="grant duration in the lifecycle rounds, seconds")
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds of lifecycles before the rounds, unmeasured"
+    )
+    parser.add_argument("--grants", type=int, default=10_000, help="grants ending in the same minute (0: none)")
+    parser.add_argument("--min-duration", type=int, default=MIN_WARNED_S, help="the shortest grant, seconds (>= 600)")
+    parser.add_argument(
+        "--expected-rate",
+        type=float,
+        default=15.0,
+        help="grants created per second, to time the common end (slower: some end later)",
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="grant creations in flight")
+    parser.add_argument("--grace", type=float, default=120.0, help="seconds after the end to wait for late warnings")
+    parser.add_argument(
+        "--documented-limits",
+        action="store_true",
+        help="the fake Slack enforces Slack's documented rate limits (1 post/s per channel)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="LAPSE_NAME=VALUE",
+        help="a setting for Lapse's worker and API (repeatable)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory (kept anyway on log findings)")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0 or args.hold < 1 or args.rounds < 0 or args.grants < 0:
+        parser.error("--rate and --seconds must be positive, --hold at least 1, --rounds and --grants not negative")
+    if args.min_duration < MIN_WARNED_S:
+        parser.error(f"--min-duration must be at least {MIN_WARNED_S} s: shorter grants get no warning")
+    for setting in args.set:
+        name, equals, _value = setting.partition("=")
+        if not (equals and name.startswith("LAPSE_")):
+            parser.error(f"--set {setting!r}: expected LAPSE_NAME=VALUE")
+    args.overrides = dict(setting.partition("=")[::2] for setting in args.set)
+    # bench.lifecycle's driver reads these.
+    args.poll, args.poll_max, args.timeout, args.history_samples = 0.25, 1.0, 120.0, 20
+    return args
+
+
+async def benchmark(
+    stack: Stack, slack: FakeSlack, args: argparse.Namespace, say: Callable[[str], None]
+) -> dict[str, Any]:
+    clock = Clock()
+    client = await Client.connect(stack.settings.temporal_address, data_converter=pydantic_data_converter)
+    figures: dict[str, Any] = {}
+    async with api_clients(stack.api_url, connections=256) as clients:
+        api = Api(clients)
+        if args.rounds:
+            figures["lifecycles"] = await run_rounds(api, client, stack, slack, clock, args, say)
+        if args.grants:
+            figures["expiring"] = await run_expiring(api, stack, slack, clock, args, say)
+        figures["http_errors"] = dict(api.errors)
+    figures["slack_calls"] = dict(Counter(f"{c.method} {c.status}" for c in slack.calls))
+    for run in figures.get("lifecycles", {}).get("runs", []):
+        run["summary"].pop("windows", None)
+    return figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    data_dir = Path(tempfile.mkdtemp(prefix="lapse-bench-notify-")).resolve()
+    limits = Limits() if args.documented_limits else BENCH_LIMITS
+    slack = FakeSlack(limits=limits)
+    code, keep = 1, args.keep
+    stack = Stack(data_dir, {TOKEN_ENV: slack.token, SIGNING_ENV: "bench-signing-secret", **args.overrides})
+    try:
+        slack.start()
+        say(f"starting Temporal dev server, worker and API in {data_dir}; fake Slack at {slack.url}…")
+        stack.start()
+        with session_scope(stack.settings.db_url, write=False) as session:
+            for email in session.exec(select(User.email)):
+                slack.add_user(email)
+        figures = asyncio.run(benchmark(stack, slack, args, say))
+        stack.stop()
+        findings = stack.log_findings()
+        keep = keep or bool(findings)
+        figures["log_findings"] = {
+            n: {"count": len(f), "examples": list(dict.fromkeys(f))[:5]} for n, f in findings.items()
+        }
+        figures["config"] = {
+            **{
+                k: getattr(args, k)
+                for k in ("rate", "seconds", "rounds", "hold", "grants", "min_duration", "expected_rate", "concurrency")
+            },
+            "settings": args.overrides,
+            "slack_limits": "Slack's documented" if args.documented_limits else repr(limits),
+            "temporal": _temporal_version(temporal_server_command(stack.settings)).replace("\n", " "),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_average": os.getloadavg(),
+            "data_dir": str(data_dir) if keep else None,
+        }
+        print(report(figures), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2, default=_json_default) + "\n")
+            print(f"\nfigures written to {args.json}", flush=True)
+        code = 0
+    except KeyboardInterrupt:
+        say("interrupted")
+        code = 130
+    except Exception as error:
+        say(f"benchmark failed: {type(error).__name__}: {error}")
+        keep, code = True, 1
+    finally:
+        stack.stop()
+        with contextlib.suppress(Exception):
+            slack.stop()
+        if keep:
+            say(f"logs kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench.notifications import main as _main
+
+    exit_code = _main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # the Temporal client can abort the interpreter at exit (sdk-python #300)
