@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews bench-notify histories clean
+.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews bench-notify screenshots histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,10 @@ bench-reviews: $(VENV)/.dev system-deps
 # About 35 minutes; needs a quiet machine.
 bench-notify: $(VENV)/.dev
 	$(BIN)/python -m bench.notifications --json bench/results-notify-$$(date -u +%F).json
+
+# The README's pictures of Lapse's messages (docs/screenshots/): the admin page's previews, in Chromium.
+screenshots: $(VENV)/.dev system-deps
+	$(BIN)/python -m bench.screenshots --out docs/screenshots
 
 histories: $(VENV)/.dev
 	$(BIN)/python -m tests.histories.record $(TAG)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from access import names
+from access.durations import format_duration
 from activities.audit import AuditActivities
 from activities.backstop import BackstopActivities
 from activities.birthright import BirthrightActivities
@@ -37,6 +39,7 @@ from activities.directory import DirectoryActivities
 from activities.discovery import DiscoveryActivities
 from activities.drift import DriftActivities
 from activities.grants import GrantActivities
+from activities.metrics import register_db_collector
 from activities.notify.dispatcher import Dispatcher
 from activities.requests import RequestActivities
 from activities.reviews import ReviewActivities
@@ -71,6 +74,8 @@ WORKFLOWS: Sequence[type] = [
     BreakGlassReviewWorkflow,
 ]
 
+log = logging.getLogger("lapse.worker")
+
 SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
 """The pure domain and pydantic are deterministic to import: the sandbox shares them instead of importing
 them afresh for every workflow run. Nothing else passes through (``tests/test_layers.py``)."""
@@ -84,11 +89,14 @@ def compile_workflow_modules() -> None:
     worker's CPU (bench/RESULTS.md). Where the directory is not writable, Python compiles as before.
     """
     modules = {workflow.__module__ for workflow in WORKFLOWS} | {"workflows", names.__name__}
-    for module in sorted(modules):
-        source = getattr(sys.modules.get(module), "__file__", None)
-        if source:
-            with contextlib.suppress(OSError, py_compile.PyCompileError):
-                py_compile.compile(source, cfile=importlib.util.cache_from_source(source), doraise=True)
+    sources = {getattr(sys.modules.get(module), "__file__", None) for module in modules}
+    # And every module of the package: the workflows' own imports (deadline, step timers...) are re-imported too.
+    package = getattr(sys.modules.get("workflows"), "__file__", None)
+    if package:
+        sources |= {str(path) for path in Path(package).parent.glob("*.py")}
+    for source in sorted(s for s in sources if s):
+        with contextlib.suppress(OSError, py_compile.PyCompileError):
+            py_compile.compile(source, cfile=importlib.util.cache_from_source(source), doraise=True)
 
 
 def build_worker(
@@ -163,7 +171,7 @@ class OpsPort:
                 f"the worker's ops port {host}:{port} cannot be opened ({error.strerror}): set LAPSE_OPS_PORT to a "
                 "free port (each worker on a host needs its own), or 0 for none"
             ) from None
-        logging.info("ops port at http://%s:%d (/healthz, /readyz, /metrics)", host, port)
+        log.info("ops port at http://%s:%d (/healthz, /readyz, /metrics)", host, port)
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -206,6 +214,7 @@ async def serve(settings: Settings, *, connectors: Mapping[str, ConnectorFactory
     dispatcher stops claiming and finishes its sends under way, and the ops port closes last.
     """
     client = await connect(settings)
+    register_db_collector(settings.db_url)  # the app DB's gauges on the ops port's /metrics
     worker = build_worker(client, settings, connectors=connectors)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -215,12 +224,13 @@ async def serve(settings: Settings, *, connectors: Mapping[str, ConnectorFactory
     # never wait for a chat or mail server (activities/notify/dispatcher.py).
     async with OpsPort(settings, client) as ops, Dispatcher(settings.db_url, settings) as dispatcher, worker:
         ops.polling = True
-        logging.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+        log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
         await stop.wait()
         ops.polling = False
-        logging.info("worker stopping: running activities have up to %s to finish", settings.shutdown_grace)
+        grace = format_duration(settings.shutdown_grace)
+        log.info("worker stopping: running activities have up to %s to finish", grace)
         dispatcher.stop()  # stops claiming now; its sends under way finish while the worker drains
-    logging.info("worker stopped")
+    log.info("worker stopped")
 
 
 def main() -> None:

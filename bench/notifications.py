@@ -235,6 +235,18 @@ def latency_summary(found: Sequence[Delivery]) -> dict[str, Any]:
 # --- 1 and 2: lifecycles off and on ----------------------------------------------------------------------------
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time used so far by each of the stack's processes (``/proc``), and by this one (load generator and
+    fake Slack)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"bench": sum(os.times()[:2])}
+    for name, process in stack.children:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+            used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
 async def run_rounds(
     api: Api,
     client: Client,
@@ -261,14 +273,18 @@ async def run_rounds(
             f"at {args.rate:g}/s…"
         )
         calls_before = len(slack.calls)
+        cpu_before = cpu_seconds(stack)
         lapse = await run_lapse(api, client, args)
         left = await settle(stack.settings.db_url)
+        cpu = {name: used - cpu_before.get(name, 0.0) for name, used in cpu_seconds(stack).items()}
+        count = max(1, len(lapse["records"]))
         subjects = {r.request_id for r in lapse["records"] if r.request_id}
         found = [d for d in deliveries(stack.settings.db_url, slack, clock) if d.subject in subjects]
         run = {
             "mode": mode,
             "summary": lapse["summary"],
             "still_pending": left,
+            "cpu_ms_per_lifecycle": {name: used * 1000 / count for name, used in cpu.items()},
             "slack_calls": dict(Counter(f"{c.method} {c.status}" for c in slack.calls[calls_before:])),
         }
         if mode == "on":
@@ -306,7 +322,21 @@ def compare(runs: Sequence[dict[str, Any]], pooled: dict[str, dict[str, Any]]) -
         for stat in ("p50", "p99"):
             a, b = pooled["off"][key][stat], pooled["on"][key][stat]
             figures[f"{key} {stat}"] = {"off": a, "on": b, "change": (b / a - 1) if a and b else None}
+    for name in sorted({n for r in runs for n in r["cpu_ms_per_lifecycle"]}):
+        off_cpu, on_cpu = (
+            _mean([r["cpu_ms_per_lifecycle"].get(name) for r in runs if r["mode"] == m]) for m in ("off", "on")
+        )
+        figures[f"CPU ms per lifecycle: {name}"] = {
+            "off": off_cpu,
+            "on": on_cpu,
+            "change": (on_cpu / off_cpu - 1) if on_cpu and off_cpu else None,
+        }
     return figures
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    given = [v for v in values if v is not None]
+    return sum(given) / len(given) if given else None
 
 
 # --- 3: expiring-soon warnings -----------------------------------------------------------------------------------
@@ -439,6 +469,7 @@ async def run_expiring(
         "retried": sum(1 for d in found if d.attempts > 1),
         "lag_after_event_s": distribution([v for d in received if (v := d.latency_s) is not None]),
         "margin_before_end_s": {**distribution(margins), "min": min(margins) if margins else None},
+        "lead_s": distribution([d.expires_at - d.event_at for d in found if d.expires_at is not None]),
         "warning_window_s": (max(d.event_at for d in found) - min(d.event_at for d in found)) if found else None,
     }
 
@@ -477,6 +508,8 @@ def report(figures: dict[str, Any]) -> str:
                 f" / {_ms(s['approval_to_grant_s']['p99'])}; revoke lag p50/p99 {_ms(s['revoke_lag_s']['p50'])} / "
                 f"{_ms(s['revoke_lag_s']['p99'])}"
             )
+            if s["failures"]:
+                lines.append(f"      not completed: {dict(s['failures'])}")
             if run["mode"] == "on":
                 n = run["notifications"]
                 lines.append(
@@ -485,11 +518,15 @@ def report(figures: dict[str, Any]) -> str:
         row = "  {:<34} {:>12} {:>12} {:>9}   {}"
         lines.append(row.format("", "off", "on", "change", f"target: within {TARGET_SLOWDOWN:.0%}"))
         for name, c in rounds["comparison"].items():
-            fmt = _num if name == "throughput" else _ms
             change = c["change"]
+            if name.startswith("CPU"):  # what it costs, not a target
+                cpu = [_num(c[m], 1) for m in ("off", "on")]
+                lines.append(row.format(name, *cpu, _pct(change), ""))
+                continue
+            fmt = _num if name == "throughput" else _ms
             # Within 5%: throughput no more than 5% lower, latencies no more than 5% higher.
             ok = None if change is None else (change >= -TARGET_SLOWDOWN if fmt is _num else change <= TARGET_SLOWDOWN)
-            lines.append(row.format(name, fmt(c["off"]), fmt(c["on"]), _pct(c["change"]), _verdict(ok)))
+            lines.append(row.format(name, fmt(c["off"]), fmt(c["on"]), _pct(change), _verdict(ok)))
         n = rounds["notifications"]
         p99 = n["latency_s"]["p99"]
         lines += [
@@ -517,6 +554,7 @@ def report(figures: dict[str, Any]) -> str:
             f"retried; {e['at_min_duration']} at the minimum duration; errors {e['errors'] or 'none'})",
             f"  warnings: {e['warnings_queued']} queued over {_num(e['warning_window_s'])} s, {e['warnings_received']} "
             f"received, {e['never_warned']} grants never warned, states {e['states']}, {e['retried']} retried",
+            f"  lead (end - warning event) p50 / max: {_num(e['lead_s']['p50'])} s / {_num(e['lead_s']['max'])} s",
             f"  lag, event -> fake Slack p50 / p99 / max: {_dist(e['lag_after_event_s'])}",
             f"  margin before the grant's end p50 / min: {_num(e['margin_before_end_s']['p50'])} s / "
             f"{_num(e['margin_before_end_s']['min'])} s",
@@ -524,7 +562,8 @@ def report(figures: dict[str, Any]) -> str:
             f"{_verdict(e['created'] > 0 and e['received_before_end'] == e['created'])}",
         ]
     findings = figures.get("log_findings") or {}
-    lines.append("")
+    errors = figures.get("http_errors") or {}
+    lines += ["", "HTTP errors: " + (", ".join(f"{k}: {v}" for k, v in errors.items()) if errors else "none")]
     if findings:
         lines.append(f"Log findings (kept in {config['data_dir']}):")
         for name, found in findings.items():
@@ -625,7 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = Limits() if args.documented_limits else BENCH_LIMITS
     slack = FakeSlack(limits=limits)
     code, keep = 1, args.keep
-    stack = Stack(data_dir, {TOKEN_ENV: slack.token, SIGNING_ENV: "bench-signing-secret", **args.overrides})
+    # No ops port (its fixed default may be taken by another stack on this host).
+    own = {TOKEN_ENV: slack.token, SIGNING_ENV: "bench-signing-secret", "LAPSE_OPS_PORT": "0"}
+    stack = Stack(data_dir, {**own, **args.overrides})
     try:
         slack.start()
         say(f"starting Temporal dev server, worker and API in {data_dir}; fake Slack at {slack.url}…")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,8 +46,8 @@ BUDGET = 600_000
 """Bytes all pictures together may weigh: a README is read over slow links too."""
 
 
-async def photograph(page: Page, kind: str, channel: str, path: Path) -> int:
-    """Open the preview of ``kind`` on ``channel`` and save the message alone; its size in bytes."""
+async def photograph(page: Page, kind: str, channel: str, path: Path) -> None:
+    """Open the preview of ``kind`` on ``channel`` and save the message alone as ``path``."""
     response = await page.goto(f"/admin/notifications/preview?kind={kind}&channel={channel}")
     if response is None or response.status != 200:
         raise SystemExit(f"the preview of {kind} on {channel} answered {response.status if response else 'nothing'}")
@@ -65,11 +66,10 @@ async def photograph(page: Page, kind: str, channel: str, path: Path) -> int:
             "(frame, height) => frame.style.setProperty('height', height + 'px')", height + 8
         )
     await message.screenshot(path=path, type="png", animations="disabled")
-    return path.stat().st_size
 
 
-async def main(out: Path, width: int) -> int:
-    data = Path(tempfile.mkdtemp(prefix="lapse-screenshots-"))
+async def take(data: Path, out: Path, width: int) -> list[Path]:
+    """Serve Lapse over a new app DB in ``data`` and save each of ``SHOTS`` in ``out``; the files made."""
     port = free_port()
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -89,8 +89,7 @@ async def main(out: Path, width: int) -> int:
         if serving.done():
             serving.result()
         await asyncio.sleep(0.05)
-    out.mkdir(parents=True, exist_ok=True)
-    total = 0
+    made: list[Path] = []
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -104,14 +103,28 @@ async def main(out: Path, width: int) -> int:
             page = await context.new_page()
             for kind, channel in SHOTS:
                 path = out / f"{kind.replace('_', '-')}-{channel}.png"
-                size = await photograph(page, kind, channel, path)
-                total += size
-                print(f"{path}: {size / 1000:.0f} KB")
+                await photograph(page, kind, channel, path)
+                made.append(path)
             await browser.close()
     finally:
         server.should_exit = True
         await serving
-    print(f"{len(SHOTS)} pictures, {total / 1000:.0f} KB in all")
+    return made
+
+
+def main(out: Path, width: int) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(tempfile.mkdtemp(prefix="lapse-screenshots-"))
+    try:
+        made = asyncio.run(take(data, out, width))
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    total = 0
+    for path in made:
+        size = path.stat().st_size
+        total += size
+        print(f"{path}: {size / 1000:.0f} KB")
+    print(f"{len(made)} pictures, {total / 1000:.0f} KB in all")
     if total > BUDGET:
         print(f"more than {BUDGET / 1000:.0f} KB: make them smaller", file=sys.stderr)
         return 1
@@ -123,4 +136,4 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
     parser.add_argument("--width", type=int, default=800, help="the browser window's width in CSS pixels")
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(main(arguments.out, arguments.width)))
+    sys.exit(main(arguments.out, arguments.width))

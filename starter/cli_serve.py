@@ -8,6 +8,7 @@ any number of APIs and workers can run against one Temporal namespace and one ap
 from __future__ import annotations
 
 import os
+import signal
 from typing import Annotated
 
 import typer
@@ -96,6 +97,10 @@ def api(
         overrides["LAPSE_API_PORT"] = str(port)
     settings = _settings(**overrides)
     _prepare(settings, "api")
+    # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the handler it found: with
+    # this one, a stop it finished exits 0, as the worker's does, instead of dying of the signal.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
     uvicorn.run(
         "starter.api.app:create_app",
         factory=True,

@@ -58,6 +58,7 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s
 _KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'[^']*'|[^\s&'\"]+)", re.IGNORECASE)
 _STANDARD = {*vars(logging.makeLogRecord({})), "message", "asctime", "taskName", *CONTEXT_FIELDS}
 _STANDARD |= {"temporal_workflow", "temporal_activity"}  # the SDK's, flattened into workflow_id and activity_type
+_STANDARD |= {"color_message"}  # uvicorn's message again, with terminal colours
 
 
 class ContextFilter(logging.Filter):

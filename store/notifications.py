@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, update
+from sqlalchemy import delete, event, exists, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from access.notifications import PERSONAL_CHANNELS, Channel, Notice, NoticeKind
@@ -239,17 +240,35 @@ def save_section(session: Session, name: str, body: dict[str, Any] | None, by: s
 # --- the dispatcher's side -------------------------------------------------------------------
 
 
+def any_due(session: Session, *, now: datetime) -> bool:
+    """Whether any row is due now: a read, so an idle dispatcher's polls take no write lock."""
+    due = select(Notification.id).where(Notification.state == PENDING, col(Notification.due_at) <= now).limit(1)
+    return session.exec(due).first() is not None
+
+
 def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int) -> list[Notification]:
     """Claim up to ``limit`` rows due now for ``lease``: each is this caller's until then.
 
     A claimed row's ``due_at`` moves to the lease's end, so the index of due rows skips it while it is
     being sent, and finds it again only if its sender never said how it went (its worker died). The update
-    re-checks ``due_at``, so of two dispatchers claiming the same row one gets it.
+    re-checks ``due_at``, so of two dispatchers claiming the same row one gets it. A person's row waits for
+    their earlier rows about the same subject on the same channel (sent, skipped or given up first).
     """
+    # One person's messages about one subject on one channel go in order: a decision that updates an approver's
+    # prompt waits while the prompt itself is still being sent or retried (else it finds nothing to update, and
+    # the prompt lands later with live buttons).
+    earlier = aliased(Notification)
+    waiting_on_earlier = exists().where(
+        col(earlier.subject) == col(Notification.subject),
+        col(earlier.recipient) == col(Notification.recipient),
+        col(earlier.channel) == col(Notification.channel),
+        col(earlier.state) == PENDING,
+        col(earlier.id) < col(Notification.id),
+    )
     candidates = list(
         session.exec(
             select(Notification.id)
-            .where(Notification.state == PENDING, col(Notification.due_at) <= now)
+            .where(Notification.state == PENDING, col(Notification.due_at) <= now, ~waiting_on_earlier)
             .order_by(col(Notification.due_at), col(Notification.id))
             .limit(limit)
         )

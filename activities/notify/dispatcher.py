@@ -243,8 +243,12 @@ class Dispatcher:
     # --- one row -------------------------------------------------------------------------------
 
     def _claim(self, limit: int) -> list[tuple[Notification, list[dict[str, Any]]]]:
+        now = datetime.now(UTC)
+        with session_scope(self._db_url, write=False) as session:
+            if not outbox.any_due(session, now=now):
+                return []  # polls of an idle outbox only read: SQLite's one writer is the workflows' bookkeeping
         with session_scope(self._db_url) as session:
-            rows = outbox.claim_due(session, now=datetime.now(UTC), lease=self._lease, limit=limit)
+            rows = outbox.claim_due(session, now=now, lease=self._lease, limit=limit)
             previous = outbox.previous_refs(session, rows)
         return [(row, previous.get(row.id or 0, [])) for row in rows]
 

@@ -40,6 +40,8 @@ TIMEOUT = 10
 UNKNOWN_FOR = 600.0
 """Seconds an email Slack does not know is not looked up again (``users.lookupByEmail`` is Tier 3)."""
 MAX_UNKNOWN = 10_000
+KNOWN_FOR = 600.0
+"""Seconds a Slack id read from the DB (or learnt) is reused without reading it again."""
 
 PERMANENT = frozenset(
     {
@@ -90,6 +92,8 @@ class SlackSender:
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncWebClient | None = None
         self._unknown: dict[str, float] = {}
+        self._ids: dict[str, tuple[str, float]] = {}
+        """Slack ids read or learnt lately, by email, with when they go stale: no DB read per message."""
         """Emails Slack did not know, until when not to ask again."""
 
     async def close(self) -> None:
@@ -140,6 +144,7 @@ class SlackSender:
         except SlackApiError as error:
             code = _code(error)
             if direct and code in GONE and outgoing.recipient is not None:
+                self._ids.pop(outgoing.recipient, None)
                 await asyncio.to_thread(_forget, self.db_url, outgoing.recipient)
                 raise DeliveryError(f"Slack no longer knows the user kept for {outgoing.recipient} ({code})") from None
             raise _failure(error, "chat.postMessage") from None
@@ -174,10 +179,14 @@ class SlackSender:
     async def _user_id(self, web: AsyncWebClient, email: str) -> str | None:
         """The person's Slack user id: kept from before, else looked up by email (and kept); None if Slack
         does not know them."""
+        now = time.monotonic()
+        cached = self._ids.get(email)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         known = await asyncio.to_thread(_known, self.db_url, email)
         if known is not None:
+            self._keep(email, known, now)
             return known
-        now = time.monotonic()
         if self._unknown.get(email, 0.0) > now:
             return None
         try:
@@ -196,7 +205,13 @@ class SlackSender:
         if not isinstance(user_id, str) or not user_id or user.get("deleted") or user.get("is_bot"):
             return None
         await asyncio.to_thread(remember, self.db_url, email, user_id)
+        self._keep(email, user_id, now)
         return user_id
+
+    def _keep(self, email: str, user_id: str, now: float) -> None:
+        if len(self._ids) >= MAX_UNKNOWN:
+            self._ids.clear()
+        self._ids[email] = (user_id, now + KNOWN_FOR)
 
 
 # --- Slack's answers ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from access.limits import MAX_BODY_BYTES
+from activities.metrics import register_db_collector
 from starter.api import problems
 from starter.api.request_log import RequestLog
 from starter.api.routes import (
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     )
     app.state.settings = settings or get_settings()
     configure_audit(app.state.settings)  # the audit key and head checkpoint of its app DB
+    register_db_collector(app.state.settings.db_url)  # the app DB's gauges on /metrics
     app.state.client = client
     problems.install(app)
     # Inside the body limit (the CSRF check may read a form's bounded body); the headers outside everything.

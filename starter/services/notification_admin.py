@@ -67,6 +67,11 @@ class Destination:
     """A webhook's URL (not a secret; a Teams webhook's URL is, and is only referenced)."""
     secret: SecretCheck | None = None
 
+    @property
+    def every_kind(self) -> bool:
+        """Whether it takes every kind of notice events make (an admin's test goes anywhere it is sent)."""
+        return set(self.kinds) >= set(NoticeKind) - {NoticeKind.TEST}
+
 
 @dataclass(frozen=True)
 class OutboxRow:

@@ -10,7 +10,6 @@ themselves, so it draws an approximation of those from their JSON (:class:`Piece
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -25,6 +24,7 @@ from activities.notify.email import compose
 from activities.notify.messages import links_for
 from activities.notify.slack_blocks import notice_message
 from activities.notify.teams import card, envelope
+from starter.services.message_drawing import Piece, draw_adaptive_card, draw_slack
 
 PreviewChannel = Literal["email", "slack", "teams"]
 PREVIEW_CHANNELS: tuple[PreviewChannel, ...] = ("email", "slack", "teams")
@@ -136,34 +136,45 @@ _EVENTS: dict[NoticeKind, tuple[tuple[RequestState, StepState], AuditEntry]] = {
 }
 """The sample event behind each kind the request rules make, and the state its request is in then."""
 
+_INCIDENT = "INC-4711: payments failing, the invoices table is locked"
+_REVIEW_DUE = "2026-12-15T17:00:00+00:00"
+_BREAK_GLASS = {"state": "active", "deadline": "2026-12-02T12:00:00+00:00", "justification": _INCIDENT}
+_CAMPAIGN = {
+    "campaign": "quarterly-prod-20261201T000000",
+    "definition": "quarterly-prod",
+    "description": "Production databases, Q4",
+    "deadline": _REVIEW_DUE,
+}
 _MADE_ELSEWHERE: dict[NoticeKind, tuple[str, str, str, dict[str, Any]]] = {
     NoticeKind.BREAK_GLASS: (
-        "request.break_glass",
+        "break_glass.opened",
         REQUESTER,
-        f"{REQUESTER} used break-glass for {ROLE}: granted at once for 1h, without approval.",
-        {"reason": "INC-4711: payments failing, database locked", "state": "active"},
+        f"{REQUESTER} used emergency access (break-glass) to {ROLE} until 13:00 UTC, with no approval: "
+        f"“{_INCIDENT}”. Its review is due by 2026-12-02 12:00 UTC.",
+        {**_BREAK_GLASS, "loud": True},
     ),
     NoticeKind.BREAK_GLASS_REVIEW: (
-        "break_glass.review_opened",
-        "lapse",
-        f"{REQUESTER}'s emergency access to {ROLE} waits for your review: confirm or condemn it.",
-        {"reason": "INC-4711: payments failing, database locked", "state": "active"},
+        "break_glass.opened",
+        REQUESTER,
+        f"Review {REQUESTER}'s emergency access to {ROLE}: confirm or condemn it by 2026-12-02 12:00 UTC "
+        "(you would have approved it; it was granted without you).",
+        _BREAK_GLASS,
     ),
     NoticeKind.REVIEW_ASSIGNED: (
-        "review.assigned",
+        "review.started",
         "lapse",
-        "The campaign quarterly-prod gave you 12 permissions to review by 2026-12-15.",
-        {},
+        'The access review "Production databases, Q4" gives you 12 items to review by 2026-12-15 17:00 UTC.',
+        {**_CAMPAIGN, "reason": "started", "items": 12},
     ),
     NoticeKind.REVIEW_REMINDER: (
-        "review.reminded",
+        "review.reminder",
         "lapse",
-        "The campaign quarterly-prod ends 2026-12-15: 5 of your 12 permissions are still to review.",
-        {},
+        'You have 5 items open in the access review "Production databases, Q4", due 2026-12-15 17:00 UTC.',
+        {**_CAMPAIGN, "reminder": "P3D before the deadline", "open": 5},
     ),
-    NoticeKind.TEST: ("notification.tested", ADMIN, "", {}),
 }
-"""Kinds other parts of Lapse make (break-glass, reviews, the admin page's test): built here directly."""
+"""Kinds other parts of Lapse make (``activities.break_glass``, ``activities.review_notices``), as they word them:
+built here directly (their builders need a database)."""
 
 
 def sample_notice(kind: NoticeKind, *, personal: bool = True) -> Notice:
@@ -184,14 +195,14 @@ def sample_notice(kind: NoticeKind, *, personal: bool = True) -> Notice:
         key=f"sample:{kind.value}:{recipient or '*'}",
         kind=kind,
         recipient=recipient,
-        subject="quarterly-prod-20261201T000000" if review else REQUEST_ID,
+        subject=str(_CAMPAIGN["campaign"]) if review else REQUEST_ID,
         role="" if review else ROLE,
         requester="" if review else REQUESTER,
         actor=actor,
         action=action or f"sample.{kind.value}",
         text=text,
         at=SAMPLE_AT,
-        details={"workflow": "sensitive", **details},
+        details=details if review else {"workflow": "sensitive", **details},
     )
 
 
@@ -213,41 +224,6 @@ def channel_test_notice(sender: str, channel: Channel, target: str, *, subject: 
 
 
 # --- previews ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    """A stretch of text shown one way."""
-
-    text: str
-    bold: bool = False
-    large: bool = False
-
-
-Line = tuple[Run, ...]
-
-
-@dataclass(frozen=True)
-class Button:
-    label: str
-    style: str = "default"
-    """``primary``, ``danger`` or ``default``."""
-    url: str | None = None
-    """Where a link button goes (None: the button sends its action to Lapse)."""
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One part of a drawn chat message: a header, text, fields, buttons, a box around others, or a part Lapse
-    does not draw (named, so the preview never hides that it left something out)."""
-
-    type: Literal["header", "text", "fields", "buttons", "box", "other"]
-    lines: tuple[Line, ...] = ()
-    fields: tuple[tuple[Line, ...], ...] = ()
-    buttons: tuple[Button, ...] = ()
-    style: str = ""
-    children: tuple[Piece, ...] = ()
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -305,102 +281,3 @@ def email_preview(mail: EmailMessage) -> EmailPreview:
         html=html.get_content() if isinstance(html, EmailMessage) else "",
         text=text.get_content() if isinstance(text, EmailMessage) else "",
     )
-
-
-# --- drawing Slack's Block Kit and Teams' Adaptive Cards ------------------------------------------------------
-
-_BOLD = re.compile(r"\*([^*\n]+)\*")
-
-
-def mrkdwn(text: str) -> tuple[Line, ...]:
-    """Slack mrkdwn as lines of runs: ``*bold*`` and line breaks; the three escaped characters shown as typed
-    (the page escapes them again for HTML)."""
-    plain = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    lines: list[Line] = []
-    for line in plain.split("\n"):
-        parts = _BOLD.split(line)  # even: plain text, odd: what was between asterisks
-        lines.append(tuple(Run(part, bold=i % 2 == 1) for i, part in enumerate(parts) if part))
-    return tuple(lines)
-
-
-def _text_of(element: Any) -> str:
-    return str(element.get("text", "")) if isinstance(element, dict) else ""
-
-
-def draw_slack(blocks: list[dict[str, Any]]) -> tuple[Piece, ...]:
-    """Block Kit blocks as pieces: header, section text and fields, actions' buttons; anything else named."""
-    pieces: list[Piece] = []
-    for block in blocks:
-        kind = block.get("type")
-        if kind == "header":
-            pieces.append(Piece("header", lines=((Run(_text_of(block.get("text")), bold=True, large=True),),)))
-        elif kind == "section":
-            text = block.get("text")
-            if isinstance(text, dict):
-                lines = mrkdwn(_text_of(text)) if text.get("type") == "mrkdwn" else ((Run(_text_of(text)),),)
-                pieces.append(Piece("text", lines=lines))
-            if block.get("fields"):
-                pieces.append(Piece("fields", fields=tuple(mrkdwn(_text_of(f)) for f in block["fields"])))
-        elif kind == "actions":
-            buttons = [e for e in block.get("elements", []) if isinstance(e, dict) and e.get("type") == "button"]
-            pieces.append(
-                Piece(
-                    "buttons",
-                    buttons=tuple(
-                        Button(_text_of(b.get("text")), str(b.get("style", "default")), b.get("url")) for b in buttons
-                    ),
-                )
-            )
-        else:
-            pieces.append(Piece("other", note=f"a {kind} block, not drawn here"))
-    return tuple(pieces)
-
-
-_ACTION_STYLES = {"positive": "primary", "destructive": "danger"}
-
-
-def draw_adaptive_card(body: dict[str, Any]) -> tuple[Piece, ...]:
-    """An Adaptive Card as pieces: containers (with their style), rich text and text blocks, fact sets and its
-    ``Action.OpenUrl`` buttons; anything else named."""
-    pieces = [_card_element(element) for element in body.get("body", []) if isinstance(element, dict)]
-    actions = [a for a in body.get("actions", []) if isinstance(a, dict)]
-    if actions:
-        buttons = tuple(
-            Button(
-                str(a.get("title", "")),
-                _ACTION_STYLES.get(str(a.get("style")), "default"),
-                a.get("url") if a.get("type") == "Action.OpenUrl" else None,
-            )
-            for a in actions
-        )
-        pieces.append(Piece("buttons", buttons=buttons))
-    return tuple(pieces)
-
-
-def _card_element(element: dict[str, Any]) -> Piece:
-    kind = element.get("type")
-    if kind == "Container":
-        items = tuple(_card_element(i) for i in element.get("items", []) if isinstance(i, dict))
-        return Piece("box", style=str(element.get("style", "default")), children=items)
-    if kind == "RichTextBlock":
-        runs = tuple(
-            Run(str(r.get("text", "")), bold=r.get("weight") == "Bolder", large=r.get("size") in ("Medium", "Large"))
-            for r in element.get("inlines", [])
-            if isinstance(r, dict)
-        )
-        return Piece("text", lines=(runs,))
-    if kind == "TextBlock":
-        run = Run(
-            str(element.get("text", "")),
-            bold=element.get("weight") == "Bolder",
-            large=element.get("size") in ("Medium", "Large"),
-        )
-        return Piece("text", lines=((run,),))
-    if kind == "FactSet":
-        facts = tuple(
-            ((Run(str(f.get("title", "")), bold=True),), (Run(str(f.get("value", ""))),))
-            for f in element.get("facts", [])
-            if isinstance(f, dict)
-        )
-        return Piece("fields", fields=facts)
-    return Piece("other", note=f"a {kind} element, not drawn here")

@@ -238,3 +238,20 @@ def test_a_loud_notice_goes_by_every_personal_channel_whatever_the_person_chose(
     loud = _notice(NoticeKind.BREAK_GLASS, LINUS).model_copy(update={"details": {"loud": True}})
     _queue(settings, loud, _notice(NoticeKind.DECISION_NEEDED, LINUS, seq=2))
     assert {(r.kind, r.channel) for r in _rows(settings)} == {("break_glass", "slack"), ("break_glass", "email")}
+
+
+def test_a_persons_later_message_about_a_request_waits_for_the_earlier_one(settings: Settings) -> None:
+    """A decision closing an approver's Slack prompt must not be sent while the prompt itself is still retrying:
+    it would find nothing to update, and the prompt would land later with live buttons."""
+    _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS, seq=1), _notice(NoticeKind.DECIDED, LINUS, seq=2))
+    _queue(settings, _notice(NoticeKind.DECISION_NEEDED, ADA, seq=1, subject="req-2"))
+    first = min(r.id or 0 for r in _rows(settings) if r.recipient == LINUS)
+    with session_scope(settings.db_url) as session:  # Linus's prompt is retrying, due again later
+        outbox.mark_retry(session, first, why="rate limited", attempts=1, due_at=datetime.now(UTC) + timedelta(hours=1))
+        claimed = outbox.claim_due(session, now=datetime.now(UTC), lease=timedelta(minutes=1), limit=10)
+    assert {(r.recipient, r.kind) for r in claimed} == {(ADA, "decision_needed")}, "Linus's decision waits"
+
+    with session_scope(settings.db_url) as session:
+        outbox.mark_sent(session, first, ref={"ts": "1"}, now=datetime.now(UTC))
+        claimed = outbox.claim_due(session, now=datetime.now(UTC), lease=timedelta(minutes=1), limit=10)
+    assert [(r.recipient, r.kind) for r in claimed] == [(LINUS, "decided")]

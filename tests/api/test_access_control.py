@@ -64,6 +64,8 @@ ADMIN_ROUTES = [
     ("POST", "/api/reviews/campaigns/{campaign_id}/close"),
     ("GET", "/api/reviews/campaigns/{campaign_id}/report.csv"),
     ("GET", "/api/break-glass"),
+    ("GET", "/api/notifications/settings"),
+    ("PUT", "/api/notifications/settings"),
 ]
 """Every route only admins may call."""
 

@@ -82,6 +82,9 @@ MATRIX: dict[tuple[str, str], Allowed] = {
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
+    # Probes for orchestrators and Prometheus: no sign-in; /metrics by address or its own token (tests/ops).
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
     ("GET", "/static"): PUBLIC,
     ("OPTIONS", "/codec/{operation}"): PUBLIC,
     ("GET", "/auth/login"): PUBLIC,

@@ -5,8 +5,6 @@ and Teams drawn from their JSON); each through axe-core at 1280 and 360 px. Also
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 from playwright.async_api import expect
@@ -16,7 +14,7 @@ from activities.notify.catcher import MailCatcher
 from starter.api.security import proxy_csrf_token
 from starter.web.routes.admin_notifications import EMAIL_CSP
 from store.settings import Settings
-from tests.notify.receivers import read_mail, secrets_dir, smtp_server  # noqa: F401 (fixtures)
+from tests.notify.receivers import read_mail, secrets_dir, smtp_server
 from tests.notify_fixtures import RecordingSender, StartDispatcher, configure_notifications
 from tests.support import eventually
 from tests.web.conftest import check_accessibility
@@ -26,6 +24,8 @@ ADMIN = "ada@example.com"
 BOT_TOKEN = "xoxb-1234-never-shown-anywhere"
 TEAMS_URL = "https://example.webhook.office.com/workflows/abc?sig=never-shown-either"
 SIEM_SECRET = "siem-shared-secret-never-shown"
+
+__all__ = ["secrets_dir", "smtp_server"]  # fixtures
 
 
 def _section(smtp_port: int = 2525) -> dict[str, object]:
@@ -44,8 +44,9 @@ def _section(smtp_port: int = 2525) -> dict[str, object]:
     }
 
 
+@pytest.mark.usefixtures("secrets_dir")  # its own secrets directory, where the signing secret's file is not
 async def test_an_admin_sees_each_channel_and_tests_them_without_any_secret_shown(
-    as_user, settings: Settings, start_dispatcher: StartDispatcher, monkeypatch: pytest.MonkeyPatch, secrets_dir: Path
+    as_user, settings: Settings, start_dispatcher: StartDispatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LAPSE_TEST_SLACK_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("LAPSE_TEST_TEAMS_URL", TEAMS_URL)
@@ -75,7 +76,8 @@ async def test_an_admin_sees_each_channel_and_tests_them_without_any_secret_show
         assert email.sent[0].links.request.endswith("/admin/notifications")
 
         await page.get_by_role("button", name="Send a test to access-requests").click()
-        await expect(page.locator("table.destinations tr", has_text="access-requests").locator("mark.state-sent")).to_be_visible()
+        teams_row = page.locator("table.destinations tr", has_text="access-requests")
+        await expect(teams_row.locator("mark.state-sent")).to_be_visible()
         assert teams.told() == [(None, NoticeKind.TEST.value)]
 
         await page.get_by_role("button", name="Send a test to siem").click()
