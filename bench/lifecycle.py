@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from collections import Counter
     from collections.abc import AsyncIterator, Callable, Sequence
     from dataclasses import dataclass
+    from functools import partial
     from pathlib import Path
     from typing import Any
 
@@ -323,12 +324,18 @@ def project_root() -> Path:
 
 
 class Stack:
-    """A fresh Temporal dev server, app DB, worker and API in a temporary directory."""
+    """A fresh Temporal dev server, app DB, worker(s) and API in a temporary directory.
 
-    def __init__(self, data_dir: Path, overrides: dict[str, str] | None = None) -> None:
+    Each worker gets its own free ops port (``LAPSE_OPS_PORT``: the default 9464 would let only one worker per
+    host start); ``ops_ports`` maps a worker's name (``worker``, ``worker-2``, ...) to it.
+    """
+
+    def __init__(self, data_dir: Path, overrides: dict[str, str] | None = None, workers: int = 1) -> None:
         self.data_dir = data_dir
         self.overrides = overrides or {}
         """``LAPSE_*`` settings for the worker and API beyond the stack's own (``--set``)."""
+        self.workers = workers
+        self.ops_ports: dict[str, int] = {}
         self.settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             data_dir=data_dir,
@@ -357,13 +364,13 @@ class Stack:
         }
         return env | self.overrides
 
-    def _start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.data_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._env(),
+                env={**self._env(), **(env or {}), **self.overrides},
                 cwd=project_root(),
                 start_new_session=True,
             )
@@ -388,9 +395,14 @@ class Stack:
         server = self._start("temporal", temporal_server_command(settings))
         self._wait(lambda: port_open(host, int(port)), "the Temporal dev server", server)
         prepare_database(settings)
-        worker = self._start("worker", WORKER_COMMAND)
+        workers = []
+        for index in range(self.workers):
+            name = "worker" if index == 0 else f"worker-{index + 1}"
+            self.ops_ports[name] = free_port()
+            workers.append((name, self._start(name, WORKER_COMMAND, {"LAPSE_OPS_PORT": str(self.ops_ports[name])})))
         api = self._start("api", api_command(settings))
-        self._wait(lambda: "worker polling" in self.log("worker"), "the worker", worker)
+        for name, worker in workers:
+            self._wait(partial(self._polling, name), f"the {name}", worker)
 
         def api_ready() -> bool:
             with contextlib.suppress(httpx.HTTPError):
@@ -398,6 +410,9 @@ class Stack:
             return False
 
         self._wait(api_ready, "the API", api)
+
+    def _polling(self, worker: str) -> bool:
+        return "worker polling" in self.log(worker)
 
     def log(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"
@@ -415,7 +430,9 @@ class Stack:
             "api": re.compile(r"Traceback|ERROR|WARNING|Exception"),
             "temporal": re.compile(r'"level":"(error|fatal|panic)"|\blevel=(error|fatal)'),
         }
-        for name, regex in pattern.items():
+        names = [*pattern, *(name for name in self.ops_ports if name != "worker")]
+        for name in names:
+            regex = pattern[name if name in pattern else "worker"]
             lines = [line for line in self.log(name).splitlines() if regex.search(line)]
             if lines:
                 findings[name] = lines
@@ -684,7 +701,8 @@ def report(figures: dict[str, Any]) -> str:
         f"  {config['lifecycles']} lifecycles per run at {config['rate']:g}/s for {config['seconds']:g} s, "
         f"hold {config['hold']:g} s, status polled from approve + hold every {config['poll']:g} s "
         f"backing off to {config['poll_max']:g} s",
-        f"  {config['temporal']}; {config['cpus']} CPUs; Python {config['python']}",
+        f"  {config['temporal']}; {config['cpus']} CPUs; Python {config['python']}; "
+        f"{config.get('workers', 1)} worker process(es)",
         *([f"  settings: {' '.join(f'{k}={v}' for k, v in config['settings'].items())}"] if config["settings"] else []),
         "",
     ]
@@ -839,12 +857,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="LAPSE_NAME=VALUE",
         help="a setting for Lapse's worker and API, e.g. LAPSE_MAX_PENDING_SUBMITS=32 (repeatable)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (each with its own ops port)")
     parser.add_argument("--skip-bare", action="store_true", help="only run Lapse (and the burst)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (kept anyway on log findings)")
     args = parser.parse_args(argv)
-    if args.rate <= 0 or args.seconds <= 0 or args.hold < 1:
-        parser.error("--rate and --seconds must be positive, --hold at least 1")
+    if args.rate <= 0 or args.seconds <= 0 or args.hold < 1 or args.workers < 1:
+        parser.error("--rate and --seconds must be positive, --hold and --workers at least 1")
     for setting in args.set:
         name, equals, _value = setting.partition("=")
         if not (equals and name.startswith("LAPSE_")):
@@ -927,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     data_dir = Path(tempfile.mkdtemp(prefix="lapse-bench-")).resolve()
-    stack = Stack(data_dir, args.overrides)
+    stack = Stack(data_dir, args.overrides, workers=args.workers)
     code = 1
     keep = args.keep
     try:
@@ -951,6 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "burst": args.burst,
             "burst_hold": args.burst_hold,
             "settings": args.overrides,
+            "workers": args.workers,
             "temporal": _temporal_version(temporal_server_command(stack.settings)).replace("\n", " "),
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],

@@ -1,6 +1,6 @@
 """``lapse run``: the whole embedded stack — Temporal dev server, worker, API — in one command.
 
-A little over 400 lines: starting the pieces in order, the demo's PostgreSQL and identity provider, and the
+About 450 lines: starting the pieces in order, the demo's PostgreSQL and identity provider, and the
 banner that says what to open and why something was skipped belong to the one start-up sequence.
 """
 

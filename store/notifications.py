@@ -28,8 +28,6 @@ NOTIFICATIONS, ON_CALL = "notifications", "on_call"
 """The organisation-file sections kept whole."""
 MAX_ERROR = 500
 """The longest failure text kept on a row: enough to act on, never a whole response body."""
-INSERT_CHUNK = 500
-"""Rows per insert statement: within SQLite's bound on parameters, however large a group is told."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +123,12 @@ def queue(session: Session, notices: Sequence[Notice], routes: Routes, *, now: d
         return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    added = 0
-    for start in range(0, len(rows), INSERT_CHUNK):
-        chunk = rows[start : start + INSERT_CHUNK]
-        statement = insert(Notification).values(chunk).on_conflict_do_nothing(index_elements=["key"])
-        # What was added, by RETURNING: psycopg reports no row count for a multi-row insert.
-        added += len(session.execute(statement.returning(col(Notification.id))).all())
+    table = Notification.__table__  # type: ignore[attr-defined]
+    # One cached statement executed for every row (SQLAlchemy batches it into multi-row INSERTs itself): building
+    # a ``.values(chunk)`` statement compiles one bind parameter per cell, a second per 2,500 rows. What was
+    # added, by RETURNING: psycopg reports no row count for a multi-row insert.
+    statement = insert(table).on_conflict_do_nothing(index_elements=["key"]).returning(table.c.id)
+    added = len(session.execute(statement, rows).all())
     if added and not session.info.get(_WAKING):
         session.info[_WAKING] = True
         event.listen(session, "after_commit", _wake_on_commit, once=True)
