@@ -133,7 +133,19 @@ class Text(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         about = " ".join(f"{n}={v}" for n in CONTEXT_FIELDS if (v := getattr(record, n, None)) is not None)
         text = super().format(record)
-        return self._scrub(f"{text} [{about}]" if about else text)
+        message, newline, trace = text.partition("\n") if record.exc_info else (text, "", "")
+        # One event, one line: a caller's words (a request path, a comment) never start a line of their own and
+        # so can never pass for Lapse's (a traceback keeps its lines, after the escaped first one).
+        line = _escape_controls(message) + (f" [{about}]" if about else "")
+        return self._scrub(line + newline + trace)
+
+
+def _escape_controls(text: str) -> str:
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+QUIET_CLIENTS = ("httpx", "httpcore", "aiohttp.client", "slack_sdk")
+"""Loggers of HTTP clients kept at WARNING: their INFO lines name whole URLs, secrets included."""
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -173,4 +185,8 @@ def configure_logging(settings: Settings, process: str) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at each start
+    # HTTP clients log each request's full URL at INFO; a Teams Workflows or webhook URL carries its own signature
+    # (a secret Lapse resolves per send, so the scrubber cannot know it): they say only what went wrong.
+    for name in QUIET_CLIENTS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)

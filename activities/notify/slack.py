@@ -22,9 +22,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
-from access.connectors import ConnectorError
+from access.connectors import ConnectorError, PermanentError
 from access.notifications import Channel, NoticeKind
-from activities.connectors.secrets import secret
+from activities.connectors.secrets import check_host, secret
 from activities.notify import DeliveryError, Outgoing, Sent
 from activities.notify.config import SlackSettings
 from activities.notify.posting import MAX_RETRY_AFTER, retry_after
@@ -76,9 +76,17 @@ def bot_token(settings: SlackSettings) -> str:
 
 def web_client(settings: SlackSettings, token: str, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
     """A Web API client at ``settings.base_url`` (Slack's own unless given)."""
-    base = str(settings.base_url) if settings.base_url is not None else SLACK_API
-    base = base if base.endswith("/") else f"{base}/"
-    return AsyncWebClient(token=token, base_url=base, session=session, timeout=TIMEOUT)
+    return AsyncWebClient(token=token, base_url=slack_base(settings), session=session, timeout=TIMEOUT)
+
+
+def slack_base(settings: SlackSettings) -> str:
+    """The Web API's base URL. One the integration host policy (``LAPSE_INTEGRATION_HOSTS``) refuses is a
+    PermanentError: the bot token is sent nowhere else."""
+    if settings.base_url is None:
+        return SLACK_API
+    check_host(settings.base_url.host or "", field="notifications.slack.base_url")
+    base = str(settings.base_url)
+    return base if base.endswith("/") else f"{base}/"
 
 
 class SlackSender:
@@ -105,6 +113,9 @@ class SlackSender:
         if self._client is None:
             try:
                 token = bot_token(self.settings)
+                slack_base(self.settings)
+            except PermanentError as error:  # a base URL the host policy refuses: no retry changes that
+                raise DeliveryError(f"Slack is not set up on this worker: {error}", permanent=True) from None
             except ConnectorError as error:  # a missing token: an admin may set it while the retries last
                 raise DeliveryError(f"Slack is not set up on this worker: {error}") from None
             # One connection pool for every call: a new session per call would cost a TLS handshake each.

@@ -3,6 +3,7 @@ earlier prompts updated on a decision, and Slack's refusals and rate limits as t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from access.notifications import Channel, Notice, NoticeKind
+from activities.connectors.secrets import secret_policy, use_secret_policy
 from activities.notify import DeliveryError, Outgoing
 from activities.notify.config import SlackSettings
 from activities.notify.messages import links_for
@@ -233,3 +235,21 @@ async def test_long_words_stay_within_block_kits_limits(slack: FakeSlack, sender
     await sender.send(outgoing(long.model_copy(update={"text": "y" * 10_000, "role": "r" * 500})))
     [message] = slack.dms_to("alan@example.com")  # the fake refuses what Slack refuses: it was taken
     assert "x" * 400 in message.words()
+
+
+async def test_a_base_url_the_host_policy_refuses_gets_no_token(
+    slack: FakeSlack, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LAPSE_INTEGRATION_HOSTS`` holds for Slack too: an admin pointing ``base_url`` elsewhere (with any
+    ``LAPSE_`` secret as the "token") sends that secret nowhere; the send fails for good, saying why."""
+    policy = secret_policy()
+    use_secret_policy(dataclasses.replace(policy, hosts=("slack.com",)))
+    try:
+        refused = SlackSender(slack_settings(slack), db)
+        with pytest.raises(DeliveryError, match="base_url refused") as raised:
+            await refused.send(outgoing(notice(NoticeKind.GRANTED, "alan@example.com")))
+        assert raised.value.permanent
+        assert slack.calls == []
+        await refused.close()
+    finally:
+        use_secret_policy(policy)

@@ -121,3 +121,28 @@ def test_configure_logging_writes_the_format_asked_for(tmp_path: Path, capsys: p
 def test_a_log_level_is_checked_as_it_is_read() -> None:
     with pytest.raises(ValueError, match="log_level"):
         Settings(log_level="chatty")
+
+
+def test_a_text_line_cannot_be_forged_through_a_callers_words() -> None:
+    """A request path (or any caller's text) with a newline in it stays on its own line, escaped: nobody reading
+    the text log can be shown an "approve" line Lapse never wrote."""
+    forged = "GET /x\n2026-12-02 07:00:00,000 api INFO POST /api/requests/abc/approve 200 [actor=ceo@example.com]"
+    line = Text("api", Scrubber([])).format(_record("%s 404", forged))
+    assert "\n" not in line and "\\n2026-12-02" in line
+
+
+def test_http_clients_never_log_a_url_that_carries_a_signature(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Teams Workflows URL is its own secret (``sig=``): the HTTP clients' request lines stay out of the log."""
+    root = logging.getLogger()
+    kept = (list(root.handlers), root.level)
+    try:
+        logs.configure_logging(Settings(data_dir=tmp_path, log_level="info"), "worker")
+        for name in logs.QUIET_CLIENTS:
+            logging.getLogger(name).info("HTTP Request: POST https://prod.logic.azure.com/invoke?sig=SECRETSIG")
+        assert "SECRETSIG" not in capsys.readouterr().err
+    finally:
+        root.handlers[:] = kept[0]
+        root.setLevel(kept[1])
+        logging.captureWarnings(False)
