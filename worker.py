@@ -47,7 +47,7 @@ from activities.schedules import ScheduleActivities
 from store.audit_log import configure_audit
 from store.credentials import credential_cipher
 from store.db import migrate
-from store.health import readiness, ready
+from store.health import readiness, ready, scraper_allowed
 from store.logs import configure_logging
 from store.settings import Settings, get_settings
 from store.temporal import connect
@@ -144,7 +144,8 @@ def build_worker(
 class OpsPort:
     """The worker's small HTTP port for orchestrators and Prometheus: ``/healthz`` (alive), ``/readyz`` (Temporal
     and the app DB answer, the schema is current, and the worker is polling), ``/metrics`` (with
-    ``LAPSE_METRICS_TOKEN`` set, only for ``Authorization: Bearer`` with it). None when ``ops_port`` is 0."""
+    ``LAPSE_METRICS_TOKEN`` set, only for ``Authorization: Bearer`` with it; without, only for this machine and
+    ``LAPSE_METRICS_NETWORKS``, as the API's). None when ``ops_port`` is 0."""
 
     def __init__(self, settings: Settings, client: Client) -> None:
         self._settings = settings
@@ -189,11 +190,19 @@ class OpsPort:
         return web.json_response(body, status=200 if status else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        """Guarded as the API's: the token when ``LAPSE_METRICS_TOKEN`` is set, else this machine and
+        ``LAPSE_METRICS_NETWORKS`` only, not through a proxy (``store.health.scraper_allowed``)."""
         token = self._settings.metrics_token
         if token is not None:
             scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
                 return web.Response(status=401, text="the metrics need Authorization: Bearer <LAPSE_METRICS_TOKEN>\n")
+        elif not scraper_allowed(self._settings, request.remote, request.headers.keys()):
+            return web.Response(
+                status=403,
+                text="the metrics are served to this machine and LAPSE_METRICS_NETWORKS only, not through a proxy "
+                "(or with LAPSE_METRICS_TOKEN)\n",
+            )
         try:
             metrics: Any = importlib.import_module("activities.metrics")
         except ModuleNotFoundError as error:

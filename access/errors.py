@@ -38,6 +38,9 @@ class RefusalKind(StrEnum):
     """Lapse cannot take it now; try again later (503)."""
     TARGET_FAILED = "TargetFailed"
     """The target system Lapse called failed (502)."""
+    TOO_MANY = "TooMany"
+    """The caller has too many of something open (say, requests awaiting approval); try again after ``retry_after``
+    seconds, or once some have ended (429)."""
 
 
 class Refusal(Exception):
@@ -57,7 +60,7 @@ class Refusal(Exception):
         self.message = message
         self.field = field
         self.retry_after = retry_after
-        """Seconds to wait before trying again (``UNAVAILABLE`` only)."""
+        """Seconds to wait before trying again (``UNAVAILABLE`` and ``TOO_MANY`` only)."""
         self.extra = extra or {}
         """More for the caller to act on, such as the ``id`` of a request that may have started."""
 

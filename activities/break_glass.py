@@ -9,6 +9,7 @@ emergency grant exactly when it is recorded, never twice, whatever a chat outage
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from access.types import AuditEntry
 from activities.notify.settings import stored_routes
 from store import notifications as outbox
 from store.audit_log import append_audit
+from store.break_glass import HELD, emergencies, revocable_by
 from store.catalog import find_user
 from store.db import session_scope
 from store.tables import AccessRequest
@@ -51,11 +53,13 @@ class BreakGlassActivities:
                 return list(row.escalated_to)
             if review.state.flagged:
                 review = review.model_copy(update={"escalated_to": _escalation(session, review)})
+            revoking = _revoking(session, review) if review.state is ReviewState.CONDEMNED else None
             session.add(_row(review, row))
-            append_audit(session, [_audit(review, input.action)])
+            append_audit(session, [_audit(review, input.action, revoking)])
             request = session.get(AccessRequest, review.request_id)
             status = RequestStatus.model_validate(request.status) if request is not None else None
-            notices = _notices(review, input.action, workflow=status.policy if status else "", at=now)
+            workflow = status.policy if status else ""
+            notices = _notices(review, input.action, workflow=workflow, at=now, revoking=revoking)
             # A loud notice goes by every personal channel configured, whatever its person chose (the queue's rule).
             outbox.queue(session, notices, stored_routes(session), now=now)
         return review.escalated_to
@@ -69,6 +73,46 @@ def _escalation(session: Session, review: BreakGlassReview) -> list[str]:
     people = set(review.notify) | ({manager} if manager else set())
     people.discard(review.requester)
     return sorted(people) or [admin for admin in outbox.admins(session) if admin != review.requester]
+
+
+@dataclass(frozen=True)
+class Revoking:
+    """What condemning an emergency grant takes away: the requester's emergency grants of the role still held
+    (``store.break_glass``), those its condemner revokes now and those they may not (not among their reviewers)."""
+
+    revoked: list[str]
+    left: list[str]
+
+    def said(self, review: BreakGlassReview) -> str:
+        """The sentence saying so, for the condemn's notice."""
+        if not self.revoked and not self.left:
+            return "Its grant had already ended: there was nothing to revoke."
+        parts = []
+        if review.request_id in self.revoked:
+            parts.append("the grant is being revoked")
+        elif review.request_id not in self.left:
+            parts.append("its grant had already ended")
+        others = [r for r in self.revoked if r != review.request_id]
+        if others:
+            parts.append(f"their other emergency grants of the role ({', '.join(others)}) are being revoked too")
+        if self.left:
+            parts.append(
+                f"their emergency grants {', '.join(self.left)} of the role stay: {review.decided_by} is not among "
+                "their reviewers, so an admin must revoke them"
+            )
+        text = "; ".join(parts)
+        return text[0].upper() + text[1:] + "."
+
+
+def _revoking(session: Session, review: BreakGlassReview) -> Revoking:
+    """The held emergency grants the condemner's revoke takes (``starter.services.break_glass`` revokes the same
+    ones, by the same rule), and those it cannot."""
+    held = emergencies(session, review.requester, review.role, HELD)
+    decider = find_user(session, review.decided_by) if review.decided_by else None
+    is_admin = decider is not None and decider.is_admin
+    actor = review.decided_by or ""
+    revoked = [s.id for s in held if revocable_by(s, actor, is_admin=is_admin)]
+    return Revoking(revoked=revoked, left=[s.id for s in held if s.id not in revoked])
 
 
 def _row(review: BreakGlassReview, row: ReviewRow | None) -> ReviewRow:
@@ -96,12 +140,14 @@ def _row(review: BreakGlassReview, row: ReviewRow | None) -> ReviewRow:
     return row
 
 
-def _audit(review: BreakGlassReview, action: str) -> AuditEntry:
+def _audit(review: BreakGlassReview, action: str, revoking: Revoking | None) -> AuditEntry:
     details: dict[str, Any] = {"role": review.role, "deadline": review.deadline.isoformat()}
     if review.state is ReviewState.OPEN:
         details |= {"reviewers": review.reviewers, "notified": review.notify}
     if review.state.flagged:
         details |= {"flagged": True, "escalated_to": review.escalated_to}
+    if revoking is not None:
+        details |= {"revoking": revoking.revoked, "not_revoked": revoking.left}
     return AuditEntry(
         actor=review.decided_by or "lapse",
         action=action,
@@ -112,7 +158,9 @@ def _audit(review: BreakGlassReview, action: str) -> AuditEntry:
     )
 
 
-def _notices(review: BreakGlassReview, action: str, *, workflow: str, at: datetime) -> list[Notice]:
+def _notices(
+    review: BreakGlassReview, action: str, *, workflow: str, at: datetime, revoking: Revoking | None = None
+) -> list[Notice]:
     """What each of the review's moves tells whom (a broadcast, recipient None, for webhooks and channels too)."""
     who, role = review.requester, review.role
     by = f"{review.deadline:%Y-%m-%d %H:%M} UTC"
@@ -162,11 +210,20 @@ def _notices(review: BreakGlassReview, action: str, *, workflow: str, at: dateti
             text = f"{review.decided_by} confirmed {who}'s emergency access to {role}."
             return told(NoticeKind.BREAK_GLASS_REVIEW, [], text, verdict="confirm")
         case ReviewState.CONDEMNED:
+            revoking = revoking or Revoking(revoked=[], left=[])
             text = (
                 f"{review.decided_by} condemned {who}'s emergency access to {role}: “{review.comment}”. "
-                "The grant is being revoked."
+                + revoking.said(review)
             )
-            return told(NoticeKind.BREAK_GLASS_REVIEW, review.escalated_to, text, verdict="condemn", flagged=True)
+            return told(
+                NoticeKind.BREAK_GLASS_REVIEW,
+                review.escalated_to,
+                text,
+                verdict="condemn",
+                flagged=True,
+                revoking=revoking.revoked,
+                not_revoked=revoking.left,
+            )
         case ReviewState.UNREVIEWED:
             window = format_duration(review.deadline - review.opened_at)
             text = f"Nobody reviewed {who}'s emergency access to {role} within {window}: it is flagged."

@@ -34,6 +34,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ async def benchmark(args: argparse.Namespace, say: Callable[[str], None]) -> dic
     configs: dict[str, list[dict[str, Any]]] = {}
     bare_at: float | None = None
     for index, workers in enumerate(args.workers):
-        data_dir = Path(tempfile.mkdtemp(prefix=f"lapse-bench-scaling-{workers}w-")).resolve()
+        data_dir = await asyncio.to_thread(_temp_dir, f"lapse-bench-scaling-{workers}w-")
         stack = lifecycle.Stack(data_dir, args.overrides, workers=workers)
         keep = args.keep
         try:
@@ -168,18 +169,11 @@ async def benchmark(args: argparse.Namespace, say: Callable[[str], None]) -> dic
             await asyncio.to_thread(stack.start)
             client = await Client.connect(stack.settings.temporal_address, data_converter=pydantic_data_converter)
             if index == 0 and not args.skip_bare:
-
-                async def bare(ns: argparse.Namespace) -> dict[str, Any]:
-                    return await lifecycle.run_bare(client, ns)
-
+                bare = partial(lifecycle.run_bare, client)
                 configs["bare"] = await run_config(stack, "bare Temporal", bare, rates, None, args, say)
                 bare_at = saturation(configs["bare"])["saturates_at"]
             async with lifecycle.api_clients(stack.api_url, connections=256) as clients:
-                api = lifecycle.Api(clients)
-
-                async def lapse(ns: argparse.Namespace) -> dict[str, Any]:
-                    return await lifecycle.run_lapse(api, client, ns)
-
+                lapse = partial(lifecycle.run_lapse, lifecycle.Api(clients), client)
                 label = f"Lapse, {workers} worker(s)"
                 configs[f"lapse_{workers}"] = await run_config(stack, label, lapse, rates, bare_at, args, say)
         finally:
@@ -192,6 +186,10 @@ async def benchmark(args: argparse.Namespace, say: Callable[[str], None]) -> dic
             else:
                 shutil.rmtree(data_dir, ignore_errors=True)
     return {"configs": configs, "bare_saturates_at": bare_at, **comparison(configs, bare_at)}
+
+
+def _temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix)).resolve()
 
 
 def comparison(configs: dict[str, list[dict[str, Any]]], bare_at: float | None) -> dict[str, Any]:
@@ -298,7 +296,8 @@ def report(figures: dict[str, Any]) -> str:
     for name, found in figures["saturation"].items():
         at = found["saturates_at"]
         lines.append(
-            f"  {name}: " + (f"saturates at {at:g}/s" if at is not None else "kept up at every rate")
+            f"  {name}: "
+            + (f"saturates at {at:g}/s" if at is not None else "kept up at every rate")
             + f"; highest steady throughput {found['max_steady']:.2f}/s"
         )
     bare_at = figures["bare_saturates_at"]
@@ -317,7 +316,8 @@ def report(figures: dict[str, Any]) -> str:
             lines.append(f"    {name} at {chosen['rate']:g}/s: " + "; ".join(limit_reading(chosen)))
             ms = chosen["cpu"]["cpu_ms_per_lifecycle"]
             if ms:
-                lines.append("      CPU ms per completed lifecycle: " + ", ".join(f"{k} {v:.0f}" for k, v in ms.items()))
+                per = ", ".join(f"{k} {v:.0f}" for k, v in ms.items())
+                lines.append(f"      CPU ms per completed lifecycle: {per}")
     return "\n".join(lines)
 
 

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     """Requests one API process starts at once, each waiting on a worker to record it; beyond these, a new
     request is refused with 503 and ``Retry-After`` (nothing started) instead of queueing behind them."""
     admission_wait: timedelta = timedelta(milliseconds=500)
+    max_pending_per_requester: int = Field(default=20, ge=0)
+    """Requests one person (admins and service accounts too) may have awaiting approval at once; beyond these a
+    new one is refused with 429 and ``Retry-After``, so that nobody floods the approvers. Emergency (break-glass)
+    requests are not counted nor capped (one per role at a time). 0: no cap."""
     sticky_timeout: Duration = Field(default=timedelta(seconds=3))
     """How long a worker's cached workflow tasks wait for it before another worker replays them. Short
     hands a dead worker's grants on quickly; too short, and a busy worker's tasks time out and run twice,

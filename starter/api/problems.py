@@ -78,6 +78,7 @@ STATUS: dict[RefusalKind, int] = {
     RefusalKind.GONE: 410,
     RefusalKind.UNAVAILABLE: 503,
     RefusalKind.TARGET_FAILED: 502,
+    RefusalKind.TOO_MANY: 429,
 }
 """The HTTP status of each kind of refusal."""
 

@@ -1,17 +1,20 @@
 """Break-glass on behalf of an authenticated caller: plan an emergency request, review one afterwards, list them.
 
 The rules are ``access.break_glass``'s; ``starter.services.requests`` starts an emergency request like any other
-with the plan made here. A review's verdict goes to its ``BreakGlassReviewWorkflow`` as an update; a condemned
-emergency grant is then revoked at once, through the request's own revoke, as the person who condemned it.
+with the plan made here, unless its requester holds an emergency grant of the role already or had one condemned
+within its ``review_within`` (grants are counted per account and role: ``store.break_glass``). A review's verdict
+goes to its ``BreakGlassReviewWorkflow`` as an update; a condemned emergency grant is then revoked at once, with
+every other emergency grant of the role its requester holds, through each request's own revoke, as the person who
+condemned it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import case
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -25,14 +28,16 @@ from access.break_glass import (
     plan_break_glass,
     verdict_refusal,
 )
+from access.durations import format_duration
 from access.errors import Refusal, RefusalKind
 from access.limits import MAX_TEXT
-from access.requests import EndInput, RequestState
+from access.requests import EndInput, RequestStatus
 from access.types import BreakGlass, RequestPlan
 from starter.services.audit import refused
 from starter.services.authorization import require_admin, require_request_reader
 from starter.services.recent_sign_in import SignIn, require_recent_sign_in
 from starter.services.requests import send_update, stored_status
+from store import break_glass as stored_break_glass
 from store import catalog, groups
 from store.db import session_scope
 from store.settings import Settings
@@ -66,12 +71,42 @@ def emergency_plan(
                 field="role",
             )
         allowance = BreakGlass.model_validate(role.break_glass) if role.break_glass is not None else None
+        if allowance is not None:
+            _refuse_a_second(session, requester.email, role.path, allowance)
         approval = catalog.policy_for(session, role)
         context = catalog.policy_context(session, requester, role, approval)
         refs = (allowance.notify if allowance.notify is not None else [DEFAULT_NOTIFY]) if allowance else []
         resolved = groups.resolve(session, refs)
         notify = sorted({p for group_id in resolved.values() for p in catalog.active_members(session, group_id)})
     return plan_break_glass(approval, context, allowance, notify=notify, duration=duration, justification=justification)
+
+
+def _refuse_a_second(session: Session, requester: str, role: str, allowance: BreakGlass) -> None:
+    """Refuse an emergency request while the requester holds one of the role, or within ``review_within`` of one
+    being condemned: grants are counted per account and role, so a second one would outlive the first's
+    condemnation, and asking again at once would undo it."""
+    held = stored_break_glass.emergencies(session, requester, role)
+    if held:
+        open_one = held[0]
+        raise Refusal(
+            RefusalKind.CONFLICT,
+            f"you already have emergency request {open_one.id} for {role} ({open_one.state.value}); "
+            "it must end before you ask for emergency access to the role again",
+            field="role",
+            extra={"open_request": open_one.id},
+        )
+    window = allowance.review_within
+    condemned = stored_break_glass.last_condemned(session, requester, role, datetime.now(UTC) - window)
+    if condemned is not None and condemned.decided_at is not None:
+        again = condemned.decided_at + window
+        raise Refusal(
+            RefusalKind.CONFLICT,
+            f"your emergency access to {role} (request {condemned.request_id}) was condemned by "
+            f"{condemned.decided_by} at {condemned.decided_at:%Y-%m-%d %H:%M} UTC; no emergency request for it is "
+            f"taken before {again:%Y-%m-%d %H:%M} UTC ({format_duration(window)} later): request it the normal way",
+            field="role",
+            extra={"condemned_request": condemned.request_id},
+        )
 
 
 def allowance_of(settings: Settings, role_path: str) -> BreakGlass | None:
@@ -173,7 +208,7 @@ async def review(
         refusal = Refusal(RefusalKind.CONFLICT, f"the review of request {request_id} is {state}")
         raise await asyncio.to_thread(refused, settings, actor.email, action, target, refusal) from None
     if verdict is Verdict.CONDEMN:
-        await _revoke_condemned(client, settings, actor, request_id, comment)
+        await _revoke_condemned(client, settings, actor, decided, comment)
     return decided
 
 
@@ -184,21 +219,31 @@ def _recent_enough_to_confirm(settings: Settings, sign_in: SignIn, actor: User, 
         require_recent_sign_in(settings, sign_in, actor, status, action="break_glass.confirm", doing=doing)
 
 
-async def _revoke_condemned(client: Client, settings: Settings, actor: User, request_id: str, comment: str) -> None:
-    """Revoke a condemned emergency grant now, if it is still held (one that ended already has nothing to take)."""
-    status = await asyncio.to_thread(stored_status, settings, request_id)
-    if status is None or status.state not in (RequestState.PROVISIONING, RequestState.ACTIVE):
-        return
+async def _revoke_condemned(
+    client: Client, settings: Settings, actor: User, review: BreakGlassReview, comment: str
+) -> None:
+    """Revoke a condemned emergency grant now, with every other emergency grant of the role its requester still
+    holds (grants are counted per account and role: one left would keep the access), each through its request's
+    revoke, as ``actor``. One that ended already has nothing to take; one ``actor`` may not revoke (not among its
+    reviewers, no admin) stays, and the condemn's notice said so (``activities.break_glass``)."""
+    held = await asyncio.to_thread(_held_emergencies, settings, review)
     said = "break-glass condemned: "
-    arg = EndInput(
-        actor=actor.email,
-        is_admin=actor.is_admin,
-        condemned=True,
-        comment=said + comment[: MAX_TEXT - len(said)],
-        request_id=request_id,
-    )
-    try:
-        await send_update(client, settings, actor.email, request_id, AccessRequestWorkflow.revoke, arg, "grant.revoke")
-    except Refusal as refusal:
-        if refusal.kind is not RefusalKind.CONFLICT:  # a conflict: it ended meanwhile, as wanted
-            raise
+    reason = said + comment[: MAX_TEXT - len(said)]
+    for status in held:
+        if not stored_break_glass.revocable_by(status, actor.email, is_admin=actor.is_admin):
+            continue
+        arg = EndInput(actor=actor.email, is_admin=actor.is_admin, condemned=True, comment=reason, request_id=status.id)
+        update = AccessRequestWorkflow.revoke
+        try:
+            await send_update(client, settings, actor.email, status.id, update, arg, "grant.revoke")
+        except Refusal as refusal:
+            if refusal.kind is not RefusalKind.CONFLICT:  # a conflict: it ended meanwhile, as wanted
+                raise
+
+
+def _held_emergencies(settings: Settings, review: BreakGlassReview) -> list[RequestStatus]:
+    """The condemned request first if it is still held, then the requester's other held emergency grants of the
+    role."""
+    with session_scope(settings.db_url, write=False) as session:
+        held = stored_break_glass.emergencies(session, review.requester, review.role, stored_break_glass.HELD)
+    return sorted(held, key=lambda status: status.id != review.request_id)

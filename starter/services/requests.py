@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import literal, tuple_
+from sqlalchemy import func, literal, tuple_
 from sqlmodel import col, select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError as UpdateTimedOut
@@ -204,6 +204,8 @@ async def _create_request(
     from starter.services.break_glass import emergency_plan  # which reviews through this module's updates
 
     try:
+        if not emergency:  # an emergency asks no approver (and is one per role at a time): never held back
+            await asyncio.to_thread(_below_pending_cap, settings, requester)
         # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
         planner = emergency_plan if emergency else _plan
         plan = await asyncio.to_thread(planner, settings, requester, role, duration, justification)
@@ -251,6 +253,34 @@ async def _create_request(
         # who retries does not make a second request.
         raise await _start_failed(client, request_id, error) from None
     return status
+
+
+PENDING_RETRY_AFTER = 60
+"""Seconds a requester at the pending cap is told to wait: until an approver decides, which no one can foretell."""
+
+
+def _below_pending_cap(settings: Settings, requester: User) -> None:
+    """Refuse a new request from someone with ``max_pending_per_requester`` requests awaiting approval already, so
+    that nobody floods the approvers (admins and service accounts alike; 0: no cap). Requests being started at the
+    same moment are not counted yet: a burst may pass the cap by those the API is starting at once."""
+    cap = settings.max_pending_per_requester
+    if cap == 0:
+        return
+    with session_scope(settings.db_url, write=False) as session:
+        pending = session.exec(
+            select(func.count())
+            .select_from(AccessRequest)
+            .where(AccessRequest.requester == requester.email, AccessRequest.state == RequestState.PENDING.value)
+        ).one()
+    if pending >= cap:
+        raise Refusal(
+            RefusalKind.TOO_MANY,
+            f"you have {pending} requests awaiting approval, the most one person may "
+            f"(LAPSE_MAX_PENDING_PER_REQUESTER is {cap}): withdraw one (POST /api/requests/<id>/cancel) or wait "
+            "for a decision before asking again",
+            retry_after=PENDING_RETRY_AFTER,
+            extra={"limit": cap},
+        )
 
 
 def _expiry_warning(settings: Settings) -> timedelta | None:

@@ -71,6 +71,24 @@ async def test_requester_who_is_the_only_eligible_approver_is_told_at_creation(a
     assert "only eligible approver" in detail
 
 
+@pytest.mark.parametrize("settings_overrides", [{"max_pending_per_requester": 2}])
+async def test_a_requester_cannot_flood_the_approvers(api: Api, audit) -> None:
+    first = await api.request("alan@example.com", DEPLOY)
+    await api.request("alan@example.com", DEPLOY)
+    body = {"role": DEPLOY, "duration": "PT30S", "justification": "and another"}
+    response = await api.call("alan@example.com", "POST", "/api/requests", body)
+    detail = problem(response, 429, None)
+    assert "LAPSE_MAX_PENDING_PER_REQUESTER is 2" in detail and "2 requests awaiting approval" in detail
+    assert response.headers["Retry-After"] == "60" and response.json()["limit"] == 2
+    assert len(await api.ok("alan@example.com", "GET", "/api/requests")) == 2  # nothing started for it
+    assert [e.action for e in audit(DEPLOY)] == ["request.create.refused"]
+    # Someone else is not held back by it; and once one of alan's is withdrawn, he may ask again.
+    assert (await api.call("margaret@example.com", "POST", "/api/requests", body)).status_code == 201
+    await api.ok("alan@example.com", "POST", f"/api/requests/{first['id']}/cancel", {"comment": "not needed"})
+    await api.wait_for(first["id"], "cancelled")
+    assert (await api.call("alan@example.com", "POST", "/api/requests", body)).status_code == 201
+
+
 async def test_request_is_visible_to_requester_approvers_and_admins_only(api: Api) -> None:
     created = await api.request("alan@example.com", DEPLOY)
     for user in ("alan@example.com", "linus@example.com", "ada@example.com"):

@@ -15,16 +15,18 @@ import pytest
 from sqlmodel import col, select
 
 from access.notifications import NoticeKind
+from starter.services import break_glass as break_glass_service
 from store import notifications as outbox
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import AuditEvent, Notification
-from tests.conftest import Api, load_into
+from tests.conftest import Api, FakeTarget, load_into
 from tests.support import eventually
 
 ROLE = "ledger/prod-db/write"
 REQUESTER, MANAGER, OWNER = "linus@example.com", "grace@example.com", "frances@example.com"
 SECURITY = ["ada@example.com", "radia@example.com"]
+EMERGENCY = {"role": ROLE, "duration": "PT30M", "justification": "prod is down, INC-42", "emergency": True}
 NOTIFICATIONS = {
     "email": {"host": "127.0.0.1", "port": 2525, "sender": "Lapse <lapse@example.com>", "security": "none"},
     "default_channels": ["email"],
@@ -160,3 +162,62 @@ async def test_a_role_without_break_glass_refuses_an_emergency_and_the_cap_holds
     assert too_long.status_code == 422 and "PT1H" in too_long.json()["detail"]
     no_reason = await api.call(REQUESTER, "POST", "/api/requests", {**body, "role": ROLE, "justification": " "})
     assert no_reason.status_code == 422 and "reason" in no_reason.json()["detail"]
+
+
+async def test_a_second_emergency_is_refused_while_one_is_held_and_after_a_condemn(
+    api: Api, settings: Settings, target: FakeTarget
+) -> None:
+    first = await emergency(api)
+    await api.wait_for(first["id"], "active")
+    second = await api.call(REQUESTER, "POST", "/api/requests", EMERGENCY)
+    assert second.status_code == 409, second.text
+    assert first["id"] in second.json()["detail"] and second.json()["open_request"] == first["id"]
+    # A normal request of the role is not held up by it.
+    normal = await api.call(REQUESTER, "POST", "/api/requests", {**EMERGENCY, "emergency": False})
+    assert normal.status_code == 201, normal.text
+
+    await review_of(api, first["id"])
+    path = f"/api/requests/{first['id']}/break-glass-review"
+    await api.ok(OWNER, "POST", path, {"verdict": "condemn", "comment": "no incident"})
+    await api.wait_for(first["id"], "revoked")
+    assert not any(account == REQUESTER for account, _ in target.held)
+    again = await api.call(REQUESTER, "POST", "/api/requests", EMERGENCY)
+    assert again.status_code == 409, again.text
+    assert "condemned by frances@example.com" in again.json()["detail"]
+    assert again.json()["condemned_request"] == first["id"]
+
+
+async def test_a_condemn_ends_every_overlapping_emergency_grant_of_the_role(
+    api: Api, settings: Settings, target: FakeTarget, told: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await emergency(api)
+    await api.wait_for(first["id"], "active")
+    # Two overlapping emergency grants, as a race between two requests could still make.
+    with monkeypatch.context() as patched:
+        patched.setattr(break_glass_service, "_refuse_a_second", lambda *_: None)
+        second = await emergency(api, "PT45M")
+    await api.wait_for(second["id"], "active")
+    await review_of(api, first["id"])
+
+    path = f"/api/requests/{first['id']}/break-glass-review"
+    await api.ok(OWNER, "POST", path, {"verdict": "condemn", "comment": "no incident"})
+    for request in (first, second):
+        ended = await api.wait_for(request["id"], "revoked")
+        assert ended["ended_by"] == OWNER and "no incident" in ended["end_reason"]
+    assert not any(account == REQUESTER for account, _ in target.held)
+    told_of = notices(settings, first["id"], NoticeKind.BREAK_GLASS_REVIEW)[SECURITY[0]]
+    assert second["id"] in told_of["text"] and told_of["details"]["revoking"] == [first["id"], second["id"]]
+    with session_scope(settings.db_url, write=False) as session:
+        event = session.exec(select(AuditEvent).where(AuditEvent.action == "break_glass.condemned")).one()
+    assert event.details["revoking"] == [first["id"], second["id"]] and event.details["not_revoked"] == []
+
+
+async def test_a_condemn_of_an_ended_grant_says_nothing_was_revoked(api: Api, settings: Settings, told: None) -> None:
+    created = await emergency(api)
+    await review_of(api, created["id"])
+    await api.ok(REQUESTER, "POST", f"/api/requests/{created['id']}/revoke", {"comment": "done"})
+    await api.wait_for(created["id"], "revoked")
+    path = f"/api/requests/{created['id']}/break-glass-review"
+    await api.ok(OWNER, "POST", path, {"verdict": "condemn", "comment": "no incident"})
+    told_of = notices(settings, created["id"], NoticeKind.BREAK_GLASS_REVIEW)[SECURITY[0]]
+    assert "nothing to revoke" in told_of["text"] and told_of["details"]["revoking"] == []

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,18 +67,14 @@ def fleet(settings: Settings, directory: Path, *, workers: int, apis: int, **env
     worker_ports = [free_port() for _ in range(workers)]
     api_ports = [free_port() for _ in range(apis)]
     with contextlib.ExitStack() as stack:
+
+        def start(name: str, command: str, **port: str) -> Running:
+            return stack.enter_context(started(name, [LAPSE, command], process_env(settings, **env, **port), directory))
+
         running_workers = [
-            stack.enter_context(
-                started(f"worker-{n + 1}", [LAPSE, "worker"], process_env(settings, **env, LAPSE_OPS_PORT=str(port)), directory)
-            )
-            for n, port in enumerate(worker_ports)
+            start(f"worker-{n + 1}", "worker", LAPSE_OPS_PORT=str(p)) for n, p in enumerate(worker_ports)
         ]
-        running_apis = [
-            stack.enter_context(
-                started(f"api-{n + 1}", [LAPSE, "api"], process_env(settings, **env, LAPSE_API_PORT=str(port)), directory)
-            )
-            for n, port in enumerate(api_ports)
-        ]
+        running_apis = [start(f"api-{n + 1}", "api", LAPSE_API_PORT=str(p)) for n, p in enumerate(api_ports)]
         yield Fleet(
             running_workers,
             running_apis,
@@ -131,10 +128,12 @@ class Outcome:
     response: httpx.Response
     api: int
     """The API (index) that answered."""
-    failovers: int = 0
-    """Attempts that went to an API that refused the connection or cut it off (stopping), before this one."""
-    cut_off: int = 0
-    """Of those, attempts cut off after the request was sent: it may have been acted on."""
+    ambiguous: int = 0
+    """Earlier attempts that may have been acted on: cut off after the request was sent (an API stopping), or
+    answered 503 (busy, or Temporal too slow to confirm)."""
+
+    def body(self) -> dict[str, Any]:
+        return json_body(self.response)
 
 
 @dataclass
@@ -144,31 +143,43 @@ class Traffic:
 
     clients: list[httpx.AsyncClient]
     slots: list[asyncio.Semaphore]
+    answered: Counter[str] = field(default_factory=Counter)
+    """Answers by API (``api-1``...), and ``failover``: calls that went to another API than their preferred one."""
     notes: list[str] = field(default_factory=list)
+    stopping: set[int] = field(default_factory=set)
+    """The APIs (indexes) told to stop: answers they give from then on count as ``api-N drained``."""
 
     async def call(self, preferred: int, user: str, method: str, path: str, body: Any = None) -> Outcome:
-        failovers = cut_off = 0
-        for attempt in range(60):
-            index = (preferred + failovers) % len(self.clients)
+        moved = ambiguous = 0
+        for _attempt in range(60):
+            index = (preferred + moved) % len(self.clients)
             try:
                 async with self.slots[index]:
                     response = await self.clients[index].request(
                         method, path, json=body, headers={"X-Forwarded-Email": user}
                     )
             except httpx.ConnectError:  # nothing sent: that API is gone
-                failovers += 1
+                moved += 1
+                if moved % len(self.clients) == 0:  # none answers: a moment before the next round
+                    await asyncio.sleep(0.5)
                 continue
             except httpx.TransportError as error:  # sent, then cut off by an API stopping: ask another
-                failovers += 1
-                cut_off += 1
+                moved += 1
+                ambiguous += 1
                 self.notes.append(f"{method} {path} cut off at api-{index + 1}: {error!r}")
                 continue
-            if response.status_code == 503 and "id" not in _json(response):
-                # Refused before anything started (this API's submits are all in flight): later, as told.
+            if response.status_code == 503 and "id" not in json_body(response):
+                # Refused: a new request because this API's submits are all in flight (nothing started), anything
+                # else because Temporal did not confirm it in time (it may still be carried out). Again, as told.
+                ambiguous += path != "/api/requests"
                 await asyncio.sleep(min(5.0, float(response.headers.get("retry-after", "1"))))
                 continue
-            return Outcome(response, index, failovers, cut_off)
-        raise AssertionError(f"{method} {path} as {user}: no API gave an answer in {attempt + 1} attempts")
+            self.answered[f"api-{index + 1}"] += 1
+            self.answered["failover"] += index != preferred % len(self.clients)
+            if index in self.stopping:
+                self.answered[f"api-{index + 1} drained"] += 1
+            return Outcome(response, index, ambiguous)
+        raise AssertionError(f"{method} {path} as {user}: no API gave an answer in 60 attempts")
 
 
 @contextlib.asynccontextmanager
@@ -189,7 +200,9 @@ async def traffic(api_urls: Sequence[str]) -> AsyncIterator[Traffic]:
 
 
 async def each_with_halfway(
-    items: Sequence[Any], act: Callable[[int, Any], Awaitable[None]], halfway: Callable[[], Awaitable[None]]
+    items: Sequence[Any],
+    act: Callable[[int, Any], Awaitable[None]],
+    halfway: Callable[[], Coroutine[Any, Any, None]],
 ) -> None:
     """``act`` on every item at once (the APIs' slots bound what is in flight); ``halfway`` runs once half of them
     are done, while the rest are under way, and is waited for before this returns."""
@@ -203,13 +216,17 @@ async def each_with_halfway(
         if done == len(items) // 2:
             middle = asyncio.create_task(halfway())
 
-    await asyncio.gather(*(one(index, item) for index, item in enumerate(items)))
-    if middle is None:  # fewer than two items
-        middle = asyncio.create_task(halfway())
-    await middle
+    try:
+        await asyncio.gather(*(one(index, item) for index, item in enumerate(items)))
+    except BaseException:
+        if middle is not None:
+            middle.cancel()
+        raise
+    await (middle or halfway())  # with fewer than two items, at the end
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object, or {} (a 503 from a proxy or a stopping server may carry none)."""
     with contextlib.suppress(ValueError):
         body = response.json()
         if isinstance(body, dict):

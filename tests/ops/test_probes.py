@@ -1,14 +1,16 @@
-"""The API's probes: ``/readyz`` names what is not ready, ``/metrics`` answers only whom it is for, and every
-answer carries its request id."""
+"""The API's probes: ``/readyz`` names what is not ready, ``/metrics`` answers only whom it is for (and so does a
+worker's ops port's), and every answer carries its request id."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from alembic import command
 from temporalio.testing import WorkflowEnvironment
 
@@ -16,6 +18,7 @@ from starter.api.app import create_app
 from store.db import _alembic_config, migrate
 from store.settings import Settings
 from tests.api.identities import NoTemporal
+from worker import OpsPort
 
 
 def _client(app: Any, address: str = "127.0.0.1") -> httpx.AsyncClient:
@@ -103,6 +106,45 @@ async def test_with_a_token_the_metrics_need_it_from_everywhere(settings: Settin
     assert await _metrics(guarded, "127.0.0.1") == 401
     assert await _metrics(guarded, "10.1.2.3", {"Authorization": "Bearer wrong"}) == 401
     assert await _metrics(guarded, "10.9.9.9", {"Authorization": "Bearer scrape-me-0123456789"}) == 200
+
+
+async def test_the_networks_allowed_do_not_let_in_what_came_through_a_proxy(settings: Settings) -> None:
+    scrapers = settings.model_copy(update={"auth": "oidc", "metrics_networks": ["10.1.2.0/24"]})
+    assert await _metrics(scrapers, "10.1.2.3", {"X-Forwarded-For": "203.0.113.9"}) == 403
+    assert await _metrics(scrapers, "10.1.2.3", {"Forwarded": "for=203.0.113.9"}) == 403
+    # A proxy in the allowed network passes everyone's request on from its own address.
+    proxied = scrapers.model_copy(update={"auth": "proxy", "trusted_proxies": ["10.1.2.7"]})
+    assert await _metrics(proxied, "10.1.2.7") == 403
+    assert await _metrics(proxied, "10.1.2.3") == 200
+
+
+def _ops_metrics(settings: Settings, address: str, headers: dict[str, str] | None = None) -> Any:
+    """A worker's ops port's ``/metrics`` handler, called as if from ``address``."""
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda key, default=None: (address, 50000) if key == "peername" else default
+    request = make_mocked_request("GET", "/metrics", headers=headers, transport=transport)
+    return OpsPort(settings, client=NoTemporal())._metrics(request)  # type: ignore[arg-type]
+
+
+async def test_a_workers_metrics_answer_this_machine_and_the_networks_allowed_only(settings: Settings) -> None:
+    settings = settings.model_copy(update={"auth": "oidc"})
+    assert (await _ops_metrics(settings, "127.0.0.1")).status == 200
+    assert (await _ops_metrics(settings, "::1")).status == 200
+    refused = await _ops_metrics(settings, "10.1.2.3")
+    assert refused.status == 403 and "LAPSE_METRICS_NETWORKS" in refused.text
+    assert (await _ops_metrics(settings, "127.0.0.1", {"X-Forwarded-For": "203.0.113.9"})).status == 403
+    scrapers = settings.model_copy(update={"metrics_networks": ["10.1.2.0/24"]})
+    assert (await _ops_metrics(scrapers, "10.1.2.3")).status == 200
+    assert (await _ops_metrics(scrapers, "10.1.3.3")).status == 403
+    assert (await _ops_metrics(scrapers, "10.1.2.3", {"X-Real-IP": "203.0.113.9"})).status == 403
+
+
+async def test_a_workers_metrics_with_a_token_need_it_from_everywhere(settings: Settings) -> None:
+    token = Settings(metrics_token="scrape-me-0123456789").metrics_token  # type: ignore[arg-type]
+    guarded = settings.model_copy(update={"auth": "oidc", "metrics_token": token})
+    assert (await _ops_metrics(guarded, "127.0.0.1")).status == 401
+    bearer = {"Authorization": "Bearer scrape-me-0123456789"}
+    assert (await _ops_metrics(guarded, "10.9.9.9", bearer)).status == 200
 
 
 def test_metrics_networks_are_checked_as_they_are_read() -> None:

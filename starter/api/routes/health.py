@@ -2,30 +2,26 @@
 
 None asks who is calling: orchestrators and Prometheus sign in nowhere. ``/metrics`` is guarded by where the call
 comes from instead: with ``LAPSE_METRICS_TOKEN`` set, only ``Authorization: Bearer <token>`` (401 otherwise);
-without, only a caller on this machine that did not come through a proxy, or one in ``LAPSE_METRICS_NETWORKS``
-(403 otherwise). Behind a reverse proxy on the same host every visitor arrives from the loopback address: a
-request carrying forwarding headers, or from a ``LAPSE_TRUSTED_PROXIES`` address, is not taken for a local one.
+without, only a caller on this machine or in ``LAPSE_METRICS_NETWORKS`` that did not come through a proxy (403
+otherwise). Behind a reverse proxy every visitor arrives from the proxy's address: a request carrying forwarding
+headers, or from a ``LAPSE_TRUSTED_PROXIES`` address, is nobody's own (``store.health.scraper_allowed``).
 """
 
 from __future__ import annotations
 
 import hmac
 import importlib
-import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from access.errors import Refusal, RefusalKind
-from starter.api.deps import SettingsDep, trusted_proxy
-from store.health import readiness, ready
+from starter.api.deps import SettingsDep
+from store.health import readiness, ready, scraper_allowed
 from store.settings import Settings
 
 router = APIRouter(tags=["health"])
-
-FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
-
 
 @router.get("/healthz")
 def health() -> dict[str, str]:
@@ -78,23 +74,13 @@ def check_scraper(request: Request, settings: Settings) -> None:
             )
         return
     peer = request.client.host if request.client else None
-    if peer is not None and _in(peer, settings.metrics_networks):
-        return
-    forwarded = any(name in request.headers for name in FORWARDING_HEADERS)
-    if peer is not None and _in(peer, ["127.0.0.0/8", "::1"]) and not forwarded and not trusted_proxy(settings, peer):
+    if scraper_allowed(settings, peer, request.headers.keys()):
         return
     raise Refusal(
         RefusalKind.FORBIDDEN,
-        "the metrics are served to this machine and LAPSE_METRICS_NETWORKS only (or with LAPSE_METRICS_TOKEN)",
+        "the metrics are served to this machine and LAPSE_METRICS_NETWORKS only, not through a proxy "
+        "(or with LAPSE_METRICS_TOKEN)",
     )
-
-
-def _in(address: str, networks: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(network, strict=False) for network in networks)
 
 
 def exposition() -> Response:

@@ -40,7 +40,7 @@ class Extension(Model):
     justification: FreeText = ""
 
 
-@router.post("", status_code=201, responses=responses(403, 404, 409, 503))
+@router.post("", status_code=201, responses=responses(403, 404, 409, 429, 503))
 async def create_request(
     body: RequestCreate, user: CurrentUser, sign_in: CallerSignIn, settings: SettingsDep, client: ClientDep
 ) -> RequestStatus:
@@ -49,7 +49,11 @@ async def create_request(
     as for an extension, a browser session signed in that recently; a 401 says where to sign in again).
 
     With `emergency: true` (break-glass), a role that allows it is granted at once for at most its cap, the security
-    group and the skipped approvers are told, and a review opens; a role that does not is a 403 saying so."""
+    group and the skipped approvers are told, and a review opens; a role that does not is a 403 saying so, and one
+    the caller holds an emergency grant of already (or had one condemned lately) a 409.
+
+    A caller with `LAPSE_MAX_PENDING_PER_REQUESTER` requests awaiting approval already (20 unless configured) is
+    refused with 429 and `Retry-After` until some are decided or withdrawn."""
     return await requests.create_request(
         client,
         settings,
