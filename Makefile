@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews bench-notify screenshots histories clean
+.PHONY: run test lint system-deps fuzz chaos bench bench-connectors bench-birthright bench-web bench-reviews bench-notify soak bench-scaling screenshots histories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,19 @@ bench-reviews: $(VENV)/.dev system-deps
 # About 35 minutes; needs a quiet machine.
 bench-notify: $(VENV)/.dev
 	$(BIN)/python -m bench.notifications --json bench/results-notify-$$(date -u +%F).json
+
+# Operability (issue 13). The soak: 100,000 sleeping P7D grants held by the worker (its memory and the Temporal
+# server's DB per grant), then 1 hour at 5 lifecycles/s on top of them: about 2 hours; SOAK_ARGS to make it smaller
+# (e.g. SOAK_ARGS="--grants 2000 --soak-seconds 60"). Both need a quiet machine.
+SOAK_ARGS ?=
+soak: $(VENV)/.dev
+	$(BIN)/python -m bench.soak --json bench/results-soak-$$(date -u +%F).json $(SOAK_ARGS)
+
+# The lifecycle benchmark with 1, 2 and 3 worker processes at rising rates, bare Temporal at the same rates, and
+# where the limit is (CPU per process, schedule-to-start, the app DB's write lock): about 30-40 minutes.
+SCALING_ARGS ?=
+bench-scaling: $(VENV)/.dev
+	$(BIN)/python -m bench.scaling --json bench/results-scaling-$$(date -u +%F).json $(SCALING_ARGS)
 
 # The README's pictures of Lapse's messages (docs/screenshots/): the admin page's previews, in Chromium.
 screenshots: $(VENV)/.dev system-deps

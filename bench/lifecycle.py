@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     import os
     import random
     import re
+    import secrets
     import shutil
     import signal
     import socket
@@ -336,6 +337,9 @@ class Stack:
         """``LAPSE_*`` settings for the worker and API beyond the stack's own (``--set``)."""
         self.workers = workers
         self.ops_ports: dict[str, int] = {}
+        self.metrics_token = secrets.token_urlsafe(16)
+        """Scrapes of ``/metrics`` need it: the stack trusts the loopback address as its SSO proxy, so a caller
+        from this host is not taken to be the machine's own (``store.health.scraper_allowed``)."""
         self.settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             data_dir=data_dir,
@@ -361,6 +365,11 @@ class Stack:
             # The load generator signs in as the SSO proxy would, from this host.
             "LAPSE_AUTH": "proxy",
             "LAPSE_TRUSTED_PROXIES": "127.0.0.1,::1",
+            # No ops port unless ``start`` gives a worker its own (another stack on this host may hold 9464).
+            "LAPSE_OPS_PORT": "0",
+            "LAPSE_METRICS_TOKEN": self.metrics_token,
+            # One requester asks for everything here: the per-person cap on pending requests would refuse them.
+            "LAPSE_MAX_PENDING_PER_REQUESTER": "0",
         }
         return env | self.overrides
 

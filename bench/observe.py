@@ -110,10 +110,11 @@ _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)
 _LE = re.compile(r'le="([^"]+)"')
 
 
-def scrape(port: int, host: str = "127.0.0.1") -> str:
-    """A worker's ``/metrics`` text; empty if it does not answer."""
+def scrape(port: int, token: str | None = None, host: str = "127.0.0.1") -> str:
+    """A worker's ``/metrics`` text (``token``: its ``LAPSE_METRICS_TOKEN``); empty if it does not answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     with contextlib.suppress(httpx.HTTPError):
-        response = httpx.get(f"http://{host}:{port}/metrics", timeout=10)
+        response = httpx.get(f"http://{host}:{port}/metrics", headers=headers, timeout=10)
         if response.status_code == 200:
             return response.text
     return ""

@@ -20,7 +20,7 @@ probe writer in another process sees it (``bench.observe.WriteLockProbe``).
 Run from the project root::
 
     .venv/bin/python -m bench.scaling --workers 1,2 --rates 5,10 --seconds 10     # smoke
-    .venv/bin/python -m bench.scaling --json bench/results-scaling-$(date -u +%F).json   # full: ~1 h
+    .venv/bin/python -m bench.scaling --json bench/results-scaling-$(date -u +%F).json   # full: ~30-40 min
 """
 
 from __future__ import annotations
@@ -86,17 +86,21 @@ def _group(cpu: dict[str, float]) -> dict[str, float]:
 async def measured_round(
     stack: lifecycle.Stack, label: str, rate: float, run: Runner, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """One round of ``run`` at ``rate``, with the CPU, schedule-to-start and write-lock evidence around it."""
+    """One round of ``run`` at ``rate``, with the CPU, schedule-to-start and write-lock evidence around it.
+
+    Bare Temporal's worker runs in this process (its CPU is the ``bench`` figure) without metrics: its rounds
+    take no schedule-to-start (the stack's Lapse workers are idle then)."""
     ns = round_args(args, rate, args.seconds)
     lifecycles = max(1, round(rate * args.seconds))
     pids = {name: process.pid for name, process in stack.children}
-    ports = dict(stack.ops_ports)
-    before = {name: await asyncio.to_thread(scrape, port) for name, port in ports.items()}
+    ports = {} if label.startswith("bare") else dict(stack.ops_ports)
+    token = stack.metrics_token
+    before = {name: await asyncio.to_thread(scrape, port, token) for name, port in ports.items()}
     with WriteLockProbe(stack.settings.db_url) as probe:
         cpu = CpuWindow(pids).start()
         result = await run(ns)
         cpu.stop()
-    after = {name: await asyncio.to_thread(scrape, port) for name, port in ports.items()}
+    after = {name: await asyncio.to_thread(scrape, port, token) for name, port in ports.items()}
     summary = result["summary"]
     summary.pop("windows", None)
     waits: dict[str, Any] = {}
@@ -114,6 +118,7 @@ async def measured_round(
         "cpu": cpu.figures(completed),
         "cpu_percent_by_role": _group(cpu.percent()),
         "schedule_to_start_s": waits,
+        "workers_scraped": f"{sum(1 for text in after.values() if text)}/{len(ports)}",
         "write_lock_wait_s": {
             **lifecycle.distribution(probe.waits),
             "over_10ms": sum(1 for w in probe.waits if w > 0.01) / len(probe.waits) if probe.waits else None,
@@ -227,7 +232,7 @@ def limit_reading(result: dict[str, Any]) -> list[str]:
         notes.append(f"app DB write lock: probe wait p99 {lock['p99'] * 1000:.0f} ms")
     wft = result["schedule_to_start_s"]["workflow_task"]["p99"]
     if wft is not None and wft >= 0.5:
-        notes.append(f"workflow tasks wait {wft:.2f} s (p99) for a worker slot or poll")
+        notes.append(f"workflow tasks wait {wft:.2f} s (p99) before a worker picks them up")
     if cpu["bench"] >= 90:
         notes.append(f"the load generator itself uses {cpu['bench']:.0f}% of a core")
     return notes or ["no resource at its limit"]
@@ -251,8 +256,8 @@ def line(result: dict[str, Any]) -> str:
         f"steady {t['steady'] or 0:.2f}/s, revoke lag p99 {_ms(s['revoke_lag_s']['p99'])} ms, "
         f"WFT schedule-to-start p99 {_ms(wft['p99'])} ms, lock wait p99 {_ms(result['write_lock_wait_s']['p99'])} ms, "
         f"CPU% server {cpu['server']:.0f} workers {cpu['workers']:.0f} api {cpu['api']:.0f} bench {cpu['bench']:.0f}, "
-        f"machine {'—' if busy is None else f'{busy:.0%}'} busy, load {result['cpu']['load_average'][0]:.1f}"
-        + ("" if result["keeps_up"] else "  SATURATED")
+        f"machine {'—' if busy is None else f'{busy:.0%}'} busy, load {result['cpu']['load_average'][0]:.1f}, "
+        f"metrics of {result['workers_scraped']} workers" + ("" if result["keeps_up"] else "  SATURATED")
     )
 
 

@@ -60,6 +60,8 @@ STICKY_CACHE = "temporal_sticky_cache_size"
 SDK_DEFAULT_CACHE = 1000
 """temporalio's ``Worker(max_cached_workflows=...)`` default, which Lapse's worker keeps."""
 TARGET_BYTES_PER_GRANT = 1024
+MIN_GRANTS_TO_JUDGE = 10_000
+"""Grants past a full sticky cache needed to judge the per-grant target."""
 
 
 # --- the organisation ---------------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def states(db_url: str) -> dict[str, int]:
 
 def snapshot(stack: lifecycle.Stack) -> dict[str, Any]:
     """RSS of every process, each worker's sticky cache, and the two databases' sizes, now."""
-    caches = {name: gauge(scrape(port), STICKY_CACHE) for name, port in stack.ops_ports.items()}
+    caches = {name: gauge(scrape(port, stack.metrics_token), STICKY_CACHE) for name, port in stack.ops_ports.items()}
     return {
         "at": time.time(),
         "rss": {name: rss_bytes(process.pid) for name, process in stack.children},
@@ -305,8 +307,14 @@ def cost(
             "per_grant_bytes_endpoints": delta / later,
             "per_grant_bytes": _slope(post[1:]) if len(post) >= 4 else delta / later,
         }
-    judged = result.get("after_cache_full", {}).get("per_grant_bytes", result["workers_rss_per_grant_bytes"])
-    result["target_met"] = None if judged is None else judged <= TARGET_BYTES_PER_GRANT
+    # Judged only over enough grants past the cache that its last settling is noise: a few MiB of RSS either way
+    # is several KiB per grant over a few hundred grants.
+    after_full = result.get("after_cache_full")
+    result["target_met"] = (
+        after_full["per_grant_bytes"] <= TARGET_BYTES_PER_GRANT
+        if after_full is not None and after_full["grants"] >= MIN_GRANTS_TO_JUDGE
+        else None
+    )
     return result
 
 
@@ -424,7 +432,11 @@ def report(figures: dict[str, Any]) -> str:
                 f"{_mib(full['workers_rss_delta_bytes'])}; per grant {_bytes(full['per_grant_bytes'])} (slope), "
                 f"{_bytes(full['per_grant_bytes_endpoints'])} (first full sample to last)"
             )
-        verdict = {None: "n/a", True: "met", False: "MISSED"}[cost_["target_met"]]
+        verdict = {
+            None: f"n/a (needs {MIN_GRANTS_TO_JUDGE} grants after the sticky cache is full)",
+            True: "met",
+            False: "MISSED",
+        }[cost_["target_met"]]
         lines += [
             f"  target <= {TARGET_BYTES_PER_GRANT} B per sleeping grant in the worker: {verdict}",
             f"  Temporal dev server DB before / after: {_mib(before['temporal_db']['total'])} / "

@@ -5,7 +5,8 @@ client makes to connect, which every namespace's credentials may make), the app 
 schema is at the latest migration this code knows. What is not ready is named, without the error's text (the
 probe is public; the reason goes to the log).
 
-And who may read ``/metrics`` (the API's and a worker's ops port's) without ``LAPSE_METRICS_TOKEN``: ``scraper_allowed``.
+And who may read ``/metrics`` (the API's and a worker's ops port's) without ``LAPSE_METRICS_TOKEN``:
+``scraper_allowed``.
 """
 
 from __future__ import annotations

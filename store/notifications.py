@@ -75,6 +75,8 @@ NO_ROUTES = Routes()
 # --- queueing --------------------------------------------------------------------------------
 
 
+LOUD_HEAD_START = timedelta(hours=1)
+"""How much earlier a loud notice is due than others queued with it: sent first after an approvers' flood."""
 UPDATABLE = frozenset({Channel.SLACK})
 """Channels whose messages Lapse updates after sending (an ``update_only`` notice goes to these alone)."""
 
@@ -114,7 +116,8 @@ def queue(session: Session, notices: Sequence[Notice], routes: Routes, *, now: d
                     "notice": body,
                     "state": PENDING,
                     "attempts": 0,
-                    "due_at": now,
+                    # A loud notice (break-glass) jumps the queue: due "earlier", the claim's index order is kept.
+                    "due_at": now - LOUD_HEAD_START if notice.details.get("loud") else now,
                     "created_at": now,
                     "ref": {},
                 }

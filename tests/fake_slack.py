@@ -33,6 +33,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+TEAM = "T00000001"
+"""The fake workspace's id: the ``team`` of every click, and of every user unless ``add_user`` says another."""
 MAX_TEXT = 40_000
 """``chat.postMessage``'s ``text``: Slack truncates past this and calls it ``msg_too_long``."""
 MAX_BLOCKS = 50
@@ -227,17 +229,32 @@ class FakeSlack:
 
     # --- the workspace ------------------------------------------------------------------------------------
 
-    def add_user(self, email: str, name: str | None = None) -> str:
-        """A person in the workspace; returns their user id (``U…``)."""
+    def add_user(
+        self,
+        email: str,
+        name: str | None = None,
+        *,
+        confirmed: bool = True,
+        team: str = TEAM,
+        stranger: bool = False,
+        deleted: bool = False,
+        bot: bool = False,
+    ) -> str:
+        """A person in the workspace (or, with ``team``, another one's; ``stranger``: from a shared channel's other
+        workspace); ``confirmed`` is False for an email Slack has not confirmed. Returns their user id (``U…``)."""
         with self._lock:
             user_id = f"U{next(self._ids):08d}"
             self.users[user_id] = {
                 "id": user_id,
+                "team_id": team,
                 "name": name or email.split("@")[0],
-                "deleted": False,
-                "is_bot": False,
+                "deleted": deleted,
+                "is_bot": bot,
+                "is_email_confirmed": confirmed,
                 "profile": {"email": email, "real_name": name or email},
             }
+            if stranger:
+                self.users[user_id]["is_stranger"] = True
             return user_id
 
     def user_id(self, email: str) -> str | None:
@@ -303,9 +320,9 @@ class FakeSlack:
             action["value"] = button["value"]
         return {
             "type": "block_actions",
-            "user": {"id": user, "username": self.users[user]["name"], "team_id": "T00000001"},
+            "user": {"id": user, "username": self.users[user]["name"], "team_id": self.users[user]["team_id"]},
             "api_app_id": "A00000001",
-            "team": {"id": "T00000001", "domain": "lapse-test"},
+            "team": {"id": TEAM, "domain": "lapse-test"},
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
             "channel": {"id": message.channel},
             "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks},
@@ -356,7 +373,7 @@ class FakeSlack:
             "chat.update": self._update,
             "users.lookupByEmail": self._lookup,
             "users.info": self._info,
-            "auth.test": lambda _: {"user_id": "UBOT", "team_id": "T00000001", "bot_id": "B00000001"},
+            "auth.test": lambda _: {"user_id": "UBOT", "team_id": TEAM, "bot_id": "B00000001"},
         }
         handler = handlers.get(method)
         if handler is None:

@@ -5,9 +5,10 @@ the signature (an HMAC-SHA256 of ``v0:<timestamp>:<body>``, compared in constant
 last five minutes, so a click cannot be forged or replayed; anything else is refused (401) and audited. Slack wants
 its answer within three seconds, and a decision waits on the request's workflow, so the route answers at once and
 :func:`start` carries the click out in the background: the Slack user becomes the Lapse user with their email (kept
-in ``ChatIdentity`` when Lapse first messaged them, else asked of Slack with ``users.info``), the same services as
-the API decide for them, and what came of it replaces the message through the click's ``response_url`` (a refusal
-is a reply only the clicker sees). A button vouches for who clicked, never for a recent sign-in, so a workflow with
+in ``ChatIdentity`` when Lapse first messaged them, else asked of Slack with ``users.info``, taken only when Slack
+has confirmed it and the user belongs to the click's workspace), the same services as the API decide for them, and
+what came of it replaces the message through the click's ``response_url``, which must be Slack's (a refusal is a
+reply only the clicker sees). A button vouches for who clicked, never for a recent sign-in, so a workflow with
 ``reauthenticate_within`` refuses it; its messages carry links instead of such buttons anyway.
 """
 
@@ -21,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slack_sdk.errors import SlackApiError
@@ -63,6 +64,12 @@ _running: set[asyncio.Task[None]] = set()
 class _User(BaseModel):
     model_config = ConfigDict(extra="ignore")
     id: str = Field(min_length=1, max_length=64)
+    team_id: str = Field(default="", max_length=64)
+
+
+class _Team(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(default="", max_length=64)
 
 
 class _Action(BaseModel):
@@ -77,6 +84,7 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: str = Field(max_length=64)
     user: _User
+    team: _Team | None = None
     actions: list[_Action] = Field(default=[], max_length=25)
     response_url: str = Field(default="", max_length=3000)
 
@@ -90,6 +98,8 @@ class Click:
     """``lapse.approve``, ``lapse.deny`` or ``lapse.extend``."""
     request_id: str
     response_url: str
+    team: str = ""
+    """The workspace the click came from (the payload's ``team``): a person Slack names must belong to it."""
 
 
 # --- checking what Slack sent ---------------------------------------------------------------------------------
@@ -120,7 +130,28 @@ def accept(settings: Settings, body: bytes, timestamp: str | None, signature: st
         raise Refusal(RefusalKind.INVALID, f"Lapse has no button {action.action_id!r}", field="payload")
     if not action.value or not action.value.isalnum() or len(action.value) > 64 or not payload.response_url:
         raise Refusal(RefusalKind.INVALID, "the button names no request, or the click no response_url", field="payload")
-    return Click(payload.user.id, action.action_id, action.value, payload.response_url)
+    _check_response_url(slack, payload.response_url)
+    team = payload.team.id if payload.team is not None and payload.team.id else payload.user.team_id
+    return Click(payload.user.id, action.action_id, action.value, payload.response_url, team=team)
+
+
+SLACK_RESPONSES = "https://hooks.slack.com/"
+"""Where Slack's ``response_url``s are: the answer to a click goes there, and nowhere else."""
+
+
+def _check_response_url(slack: SlackSettings | None, url: str) -> None:
+    """Refuse a ``response_url`` that is not Slack's (or, with ``base_url`` set, a Slack stand-in's origin: its
+    scheme, host and port): the reply carries what came of the click, for the clicker's eyes."""
+    allowed = [SLACK_RESPONSES]
+    if slack is not None and slack.base_url:
+        parts = urlsplit(str(slack.base_url))
+        allowed.append(f"{parts.scheme}://{parts.netloc}/")
+    if not any(url.startswith(prefix) for prefix in allowed):
+        raise Refusal(
+            RefusalKind.INVALID,
+            f"the click's response_url is not Slack's (it must start {SLACK_RESPONSES})",
+            field="payload",
+        )
 
 
 def _slack_settings(settings: Settings) -> SlackSettings | None:
@@ -241,14 +272,19 @@ def _fields(status: RequestStatus) -> list[tuple[str, str]]:
 
 async def _clicker(settings: Settings, click: Click) -> User:
     """The active Lapse user whose email Slack has for the user who clicked; refused (audited) otherwise."""
+    target = names.request_workflow_id(click.request_id)
     email = await asyncio.to_thread(email_of, settings.db_url, click.slack_user)
     if email is None:
-        email = await _ask_slack(settings, click.slack_user)
+        try:
+            email = await _ask_slack(settings, click.slack_user, click.team)
+        except Refusal as not_vouched:
+            raise await asyncio.to_thread(
+                refused, settings, f"slack:{click.slack_user}", _action(click), target, not_vouched
+            ) from None
     user = await asyncio.to_thread(_person, settings, email) if email else None
     if user is None or not user.active:
         who = email or f"Slack user {click.slack_user}"
         refusal = Refusal(RefusalKind.FORBIDDEN, f"{who} is not an active person in Lapse: nothing was decided")
-        target = names.request_workflow_id(click.request_id)
         raise await asyncio.to_thread(refused, settings, f"slack:{click.slack_user}", _action(click), target, refusal)
     return user
 
@@ -258,8 +294,11 @@ def _person(settings: Settings, email: str) -> User | None:
         return catalog.find_user(session, email)
 
 
-async def _ask_slack(settings: Settings, slack_user: str) -> str | None:
-    """The email of a Slack user Lapse never messaged (``users.info``), kept for next time."""
+async def _ask_slack(settings: Settings, slack_user: str, team: str) -> str | None:
+    """The email of a Slack user Lapse never messaged (``users.info``), kept for next time; None if Slack does not
+    say. Refused (nothing decided) unless Slack vouches for the email (``is_email_confirmed``) of a person of the
+    workspace the click came from (not deleted, no bot, no stranger from a shared channel): anyone else could
+    set their profile's email to an approver's."""
     slack = _slack_settings(settings)
     if slack is None:
         return None
@@ -270,10 +309,28 @@ async def _ask_slack(settings: Settings, slack_user: str) -> str | None:
         return None
     user = answer.get("user") or {}
     email = (user.get("profile") or {}).get("email")
-    if not isinstance(email, str) or not email or user.get("deleted") or user.get("is_bot"):
+    if not isinstance(email, str) or not email:
         return None
+    why = _not_vouched_for(user, team)
+    if why is not None:
+        raise Refusal(RefusalKind.FORBIDDEN, f"Slack user {slack_user} {why}: nothing was decided")
     await asyncio.to_thread(remember, settings.db_url, email, slack_user)
     return email.strip().lower()
+
+
+def _not_vouched_for(user: dict[str, Any], team: str) -> str | None:
+    """Why Slack's ``users.info`` answer does not tie its user to its profile's email, or None."""
+    if user.get("deleted"):
+        return "is deactivated"
+    if user.get("is_bot"):
+        return "is a bot"
+    if user.get("is_stranger"):
+        return "is not a member of this workspace"
+    if user.get("is_email_confirmed") is not True:
+        return "has an email Slack has not confirmed"
+    if not team or user.get("team_id") != team:
+        return "is not a member of the workspace the click came from"
+    return None
 
 
 def _action(click: Click) -> str:

@@ -255,3 +255,13 @@ def test_a_persons_later_message_about_a_request_waits_for_the_earlier_one(setti
         outbox.mark_sent(session, first, ref={"ts": "1"}, now=datetime.now(UTC))
         claimed = outbox.claim_due(session, now=datetime.now(UTC), lease=timedelta(minutes=1), limit=10)
     assert [(r.recipient, r.kind) for r in claimed] == [(LINUS, "decided")]
+
+
+def test_a_loud_notice_is_claimed_before_a_flood_queued_earlier(settings: Settings) -> None:
+    """Break-glass must not wait behind a flood of ordinary requests' messages: it is claimed first."""
+    _queue(settings, *(_notice(NoticeKind.DECISION_NEEDED, LINUS, seq=n, subject=f"req-{n}") for n in range(30)))
+    loud = _notice(NoticeKind.BREAK_GLASS, ADA, subject="req-bg").model_copy(update={"details": {"loud": True}})
+    _queue(settings, loud)
+    with session_scope(settings.db_url) as session:
+        claimed = outbox.claim_due(session, now=datetime.now(UTC), lease=timedelta(minutes=1), limit=1)
+    assert [(r.recipient, r.kind) for r in claimed] == [(ADA, "break_glass")]

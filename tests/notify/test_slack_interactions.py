@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
+from access.errors import Refusal
 from access.notifications import Channel, Notice, NoticeKind
 from activities.notify import Outgoing
 from activities.notify.config import SlackSettings
@@ -207,6 +208,58 @@ async def test_someone_lapse_does_not_know_decides_nothing(
     assert message.updates == []  # margaret's message still stands
     assert (await api.status(created["id"]))["state"] == "pending"
     assert events(settings, "request.approve.refused", f"access-request-{created['id']}")
+
+
+@pytest.mark.parametrize(
+    ("impostor", "says"),
+    [
+        ({"confirmed": False}, "an email Slack has not confirmed"),
+        ({"team": "T0OTHER00"}, "not a member of the workspace the click came from"),
+        ({"stranger": True}, "not a member of this workspace"),
+        ({"bot": True}, "is a bot"),
+        ({"deleted": True}, "is deactivated"),
+    ],
+)
+async def test_a_slack_user_whose_email_slack_does_not_vouch_for_decides_nothing(
+    api: Api, slack: FakeSlack, settings: Settings, sender: SlackSender, impostor: dict[str, Any], says: str
+) -> None:
+    slack.add_user(MARGARET)
+    created = await api.request(KEN, DEPLOY, "PT1H")
+    message = await prompt(sender, slack, settings, NoticeKind.DECISION_NEEDED, MARGARET, created["id"])
+    # Someone else who set their Slack profile's email to margaret's clicks her button (a forwarded message).
+    other = slack.add_user(MARGARET, "mallory", **impostor)
+    payload = slack.click(message, APPROVE, by=MARGARET)
+    payload["user"] = {"id": other, "username": "mallory", "team_id": slack.users[other]["team_id"]}
+    body = interaction_body(payload)
+    assert (await api.http.post(PATH, content=body, headers=sign(SIGNING_SECRET, body))).status_code == 200
+    await slack_actions.settled()
+
+    [reply] = slack.responses
+    assert reply["response_type"] == "ephemeral" and says in reply["text"] and other in reply["text"]
+    assert message.updates == [] and (await api.status(created["id"]))["state"] == "pending"
+    [event] = events(settings, "request.approve.refused", f"access-request-{created['id']}")
+    assert event.actor == f"slack:{other}" and says in event.reason
+    with session_scope(settings.db_url, write=False) as session:  # not remembered as margaret's
+        assert not session.exec(select(ChatIdentity).where(ChatIdentity.external_id == other)).all()
+
+
+async def test_a_response_url_that_is_not_slacks_is_refused(
+    api: Api, slack: FakeSlack, settings: Settings, sender: SlackSender
+) -> None:
+    slack.add_user(MARGARET)
+    created = await api.request(KEN, DEPLOY, "PT1H")
+    message = await prompt(sender, slack, settings, NoticeKind.DECISION_NEEDED, MARGARET, created["id"])
+    for url in ("https://attacker.example/collect", "https://hooks.slack.com.attacker.example/x", "http://127.0.0.2/x"):
+        body = interaction_body({**slack.click(message, APPROVE, by=MARGARET), "response_url": url})
+        response = await api.http.post(PATH, content=body, headers=sign(SIGNING_SECRET, body))
+        assert response.status_code == 422 and "response_url" in response.json()["detail"], response.text
+    await slack_actions.settled()
+    assert (await api.status(created["id"]))["state"] == "pending" and slack.responses == []
+    # Without a base_url (the real Slack) only Slack's own hooks are taken.
+    real = SlackSettings.model_validate({"token_env": TOKEN_ENV, "signing_secret_env": SECRET_ENV})
+    slack_actions._check_response_url(real, "https://hooks.slack.com/actions/T1/1/abc")
+    with pytest.raises(Refusal, match="not Slack"):
+        slack_actions._check_response_url(real, f"{slack.url}/response/x")
 
 
 async def test_a_workflow_asking_for_a_recent_sign_in_refuses_a_button(

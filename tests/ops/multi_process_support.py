@@ -20,7 +20,7 @@ from harness.ports import free_port
 from store.settings import Settings
 from tests.ops.processes import LAPSE, Running, answering, process_env, started
 
-CONCURRENCY_PER_API = 8
+CONCURRENCY_PER_API = 4
 """Calls in flight per API: below its ``LAPSE_MAX_PENDING_SUBMITS`` (16), so no submit is turned away for load."""
 
 

@@ -23,6 +23,7 @@ from store.settings import Settings
 
 router = APIRouter(tags=["health"])
 
+
 @router.get("/healthz")
 def health() -> dict[str, str]:
     """The process is alive (no I/O): restart it if this does not answer."""
