@@ -138,6 +138,7 @@ def build_worker(
         sticky_queue_schedule_to_start_timeout=settings.sticky_timeout,
         # On shutdown (SIGTERM), running activities get this long to finish before they are cancelled.
         graceful_shutdown_timeout=settings.shutdown_grace,
+        max_cached_workflows=settings.max_cached_workflows,
     )
 
 

@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     shutdown_grace: Duration = Field(default=timedelta(seconds=30))
     """On SIGTERM a worker stops taking work and lets the activities it runs finish for up to this long before
     cancelling them (Temporal retries a cancelled one elsewhere); the API lets its requests finish as long."""
+    max_cached_workflows: int = Field(default=1000, ge=0, le=100_000)
+    """Workflow runs a worker keeps in memory between their steps (Temporal's sticky cache). What a worker's memory
+    grows to (about 0.5 MiB a run, bench/RESULTS.md), not how many grants it holds: a sleeping grant pushed out
+    is replayed from its history when it wakes. 0: none kept (every step replays)."""
     metrics_token: SecretStr | None = None
     """When set, the API's ``/metrics`` answers only ``Authorization: Bearer <this>``; when not, only callers
     from the loopback address (not through a proxy) or ``metrics_networks``."""
