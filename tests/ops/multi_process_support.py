@@ -21,7 +21,9 @@ from store.settings import Settings
 from tests.ops.processes import LAPSE, Running, answering, process_env, started
 
 CONCURRENCY_PER_API = 4
-"""Calls in flight per API: below its ``LAPSE_MAX_PENDING_SUBMITS`` (16), so no submit is turned away for load."""
+"""Calls in flight per API: well below its ``LAPSE_MAX_PENDING_SUBMITS`` (16), so no submit is turned away for load,
+and few enough that five processes on two cores keep their workflow tasks within the 4 s task timeout (more calls
+at once only queue up: the CPU is the limit)."""
 
 
 # --- the processes ----------------------------------------------------------------------------------------
