@@ -223,6 +223,8 @@ class ChaosStack(Stack):
         super().__init__(data_dir)
         self.pg_dsn = pg_dsn
         self.commands: dict[str, list[str]] = {}
+        self.envs: dict[str, dict[str, str] | None] = {}
+        """What each process was started with besides the settings (a worker's ops port), for its restart."""
         self.lock = threading.RLock()
         self.restarting: set[str] = set()
         self.unexpected_exits: list[dict[str, Any]] = []
@@ -232,11 +234,12 @@ class ChaosStack(Stack):
     def _env(self) -> dict[str, str]:
         return {**super()._env(), PG_ENV: self.pg_dsn}
 
-    def _start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with self.lock:
             self.children = [(n, p) for n, p in self.children if n != name]
             self.commands[name] = command
-            return super()._start(name, command)
+            self.envs[name] = env
+            return super()._start(name, command, env)
 
     def start(self) -> None:
         codec_keys(self.settings)  # made once, before the processes that share it start (as lapse run does)
@@ -254,7 +257,7 @@ class ChaosStack(Stack):
                 for name, process in list(self.children):
                     if process.poll() is not None and name not in self.restarting and self._supervising:
                         self.unexpected_exits.append({"process": name, "code": process.returncode, "at": _now()})
-                        self._start(name, self.commands[name])
+                        self._start(name, self.commands[name], self.envs.get(name))
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -298,7 +301,7 @@ class ChaosStack(Stack):
                 process.kill()
                 process.wait()
             stopped = _now()
-            self._start(name, self.commands[name])
+            self._start(name, self.commands[name], self.envs.get(name))
         finally:
             with self.lock:
                 self.restarting.discard(name)  # from here on, a crash of the new one is the supervisor's
