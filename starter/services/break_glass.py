@@ -36,7 +36,7 @@ from access.types import BreakGlass, RequestPlan
 from starter.services.audit import refused
 from starter.services.authorization import require_admin, require_request_reader
 from starter.services.recent_sign_in import SignIn, require_recent_sign_in
-from starter.services.requests import send_update, stored_status
+from starter.services.requests import requestable_role, send_update, stored_status
 from store import break_glass as stored_break_glass
 from store import catalog, groups
 from store.db import session_scope
@@ -60,16 +60,7 @@ def emergency_plan(
     """The plan of an emergency request, or the refusal saying why there is none (the role does not allow it, the
     reason is missing, the duration is over its cap, the requester may not ask for the role at all)."""
     with session_scope(settings.db_url, write=False) as session:
-        role = catalog.find_role(session, role_path)
-        if role is None:
-            raise Refusal(RefusalKind.NOT_FOUND, f"there is no role {role_path!r}; see GET /api/catalog", field="role")
-        if role.missing:
-            raise Refusal(
-                RefusalKind.CONFLICT,
-                f"role {role.path} was not found in its target at the last discovery; "
-                "it can be requested again once it is back",
-                field="role",
-            )
+        role = requestable_role(session, role_path)
         allowance = BreakGlass.model_validate(role.break_glass) if role.break_glass is not None else None
         if allowance is not None:
             _refuse_a_second(session, requester.email, role.path, allowance)

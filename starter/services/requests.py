@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, literal, tuple_
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError as UpdateTimedOut
 from temporalio.common import WorkflowIDConflictPolicy
@@ -49,7 +49,7 @@ from starter.services.recent_sign_in import SignIn, require_recent_sign_in, requ
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import AccessRequest, ApprovalInbox, User, UTCDateTime
+from store.tables import AccessRequest, ApprovalInbox, Role, User, UTCDateTime
 from workflows.access_request import AccessRequestWorkflow
 
 
@@ -139,19 +139,26 @@ def awaiting_decision(
 # --- starting -----------------------------------------------------------------------------
 
 
+def requestable_role(session: Session, role_path: str) -> Role:
+    """The role a request names, or the refusal saying why it cannot be asked for (unknown, or gone from its
+    target at the last discovery)."""
+    role = catalog.find_role(session, role_path)
+    if role is None:
+        raise Refusal(RefusalKind.NOT_FOUND, f"there is no role {role_path!r}; see GET /api/catalog", field="role")
+    if role.missing:
+        raise Refusal(
+            RefusalKind.CONFLICT,
+            f"role {role.path} was not found in its target at the last discovery; "
+            "it can be requested again once it is back",
+            field="role",
+        )
+    return role
+
+
 def _plan(settings: Settings, requester: User, role_path: str, duration: timedelta, justification: str) -> RequestPlan:
     """The policy's plan for this request, or its refusal (``access.policy.PolicyError`` is one)."""
     with session_scope(settings.db_url, write=False) as session:
-        role = catalog.find_role(session, role_path)
-        if role is None:
-            raise Refusal(RefusalKind.NOT_FOUND, f"there is no role {role_path!r}; see GET /api/catalog", field="role")
-        if role.missing:
-            raise Refusal(
-                RefusalKind.CONFLICT,
-                f"role {role.path} was not found in its target at the last discovery; "
-                "it can be requested again once it is back",
-                field="role",
-            )
+        role = requestable_role(session, role_path)
         approval = catalog.policy_for(session, role)
         context = catalog.policy_context(session, requester, role, approval)
     context = on_call_context(settings, context, approval)  # PagerDuty/Opsgenie, with no DB session held
