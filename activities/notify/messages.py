@@ -25,7 +25,7 @@ TITLE_LIMIT = 150
 TEXT_LIMIT = 300
 FIELD_LIMIT = 500
 """A comment is shown up to this long; the request's page has it all."""
-MAX_FIELDS = 8
+MAX_FIELDS = 10
 
 FORMULA_START = ("=", "+", "-", "@")
 """Text starting with these is a formula to a spreadsheet (a SIEM export, a ticket's CSV): shown with a
@@ -107,9 +107,14 @@ def fields_for(notice: Notice) -> tuple[tuple[str, str], ...]:
     details = notice.details
     if notice.kind in REVIEW_KINDS:
         return _review_fields(notice)
+    asking = notice.kind in (NoticeKind.DECISION_NEEDED, NoticeKind.REMINDER, NoticeKind.ESCALATED)
+    prefix = "extension_" if details.get("extension") else ""  # an extension's own length and reason
     found: list[tuple[str, Any]] = [
         ("Role", notice.role),
         ("Requester", notice.requester),
+        # What an approver weighs before deciding: for how long, and why.
+        ("For", details.get(f"{prefix}duration") if asking else ""),
+        ("Why", details.get(f"{prefix}justification") if asking else ""),
         ("Request", notice.subject),
         ("By", notice.actor if notice.actor not in ("", "lapse", notice.requester) else ""),
         ("Decision", _decision(details)),

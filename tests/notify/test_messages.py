@@ -39,6 +39,28 @@ def test_fields_say_who_decided_what_and_until_when() -> None:
     assert fields["Ends"] == "2026-12-01 09:30 UTC"
 
 
+def test_an_approver_is_shown_for_how_long_and_why_before_deciding() -> None:
+    """A decision from a chat message or an email is only as good as what the message shows: the length and the
+    reason asked for (an extension's own, for an extension); a decided notice does not repeat them."""
+    asked = notice(NoticeKind.DECISION_NEEDED, duration="PT2H", justification="incident 4711: payments down")
+    fields = dict(message_for(asked, links_for(asked, "https://x")).fields)
+    assert (fields["For"], fields["Why"]) == ("PT2H", "incident 4711: payments down")
+
+    extension = notice(
+        NoticeKind.REMINDER,
+        duration="PT2H",
+        justification="incident 4711",
+        extension=True,
+        extension_duration="PT1H",
+        extension_justification="still mitigating",
+    )
+    fields = dict(message_for(extension, links_for(extension, "https://x")).fields)
+    assert (fields["For"], fields["Why"]) == ("PT1H", "still mitigating")
+
+    decided = notice(NoticeKind.DECIDED, approved=True, duration="PT2H", justification="incident 4711")
+    assert "Why" not in dict(message_for(decided, links_for(decided, "https://x")).fields)
+
+
 def test_hostile_text_becomes_one_bounded_line_that_runs_nothing() -> None:
     shown = plain(HOSTILE)
     assert len(shown) == FIELD_LIMIT and shown.endswith("…")
