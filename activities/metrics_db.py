@@ -50,6 +50,11 @@ class AppDbGauges(Collector):
         self._read_at = float("-inf")
         self._families: list[Metric] = []
 
+    def describe(self) -> Iterator[Metric]:
+        """Nothing to check for clashes: registering (at import of the API's module, say) reads no DB; the
+        gauges' names are all ``lapse_``-prefixed and owned here."""
+        return iter(())
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:  # concurrent scrapes wait for one read instead of each making their own
             if time.monotonic() - self._read_at >= CACHE_SECONDS:
