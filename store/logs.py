@@ -59,6 +59,7 @@ _KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'[^']*'|[^\s&'\"]
 _STANDARD = {*vars(logging.makeLogRecord({})), "message", "asctime", "taskName", *CONTEXT_FIELDS}
 _STANDARD |= {"temporal_workflow", "temporal_activity"}  # the SDK's, flattened into workflow_id and activity_type
 _STANDARD |= {"color_message"}  # uvicorn's message again, with terminal colours
+_STANDARD |= {"temporal_log"}  # Temporal Core's own record, forwarded: its fields are in the message already
 
 
 class ContextFilter(logging.Filter):

@@ -27,10 +27,13 @@ from temporalio.runtime import (
     BUFFERED_METRIC_KIND_COUNTER,
     BUFFERED_METRIC_KIND_HISTOGRAM,
     BufferedMetricUpdate,
+    LogForwardingConfig,
+    LoggingConfig,
     MetricBuffer,
     MetricBufferDurationFormat,
     Runtime,
     TelemetryConfig,
+    TelemetryFilter,
 )
 
 log = logging.getLogger(__name__)
@@ -144,7 +147,13 @@ def metrics_runtime() -> Runtime:
     """This process's Temporal runtime, its metrics collected into the default Prometheus registry (made once)."""
     buffer = MetricBuffer(BUFFER_SIZE, MetricBufferDurationFormat.SECONDS)
     # No service_name label: it is the same on every series ("temporal-core-sdk").
-    runtime = Runtime(telemetry=TelemetryConfig(metrics=buffer, attach_service_name=False))
+    # Core's own warnings (a slow workflow task, a task gone missing) go through Python's logging like every other
+    # line, in the process's format (JSON lines too), instead of to stderr as coloured text.
+    core_logs = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    runtime = Runtime(telemetry=TelemetryConfig(logging=core_logs, metrics=buffer, attach_service_name=False))
     collector = TemporalMetrics(buffer)
     REGISTRY.register(collector)
     threading.Thread(target=_drain_forever, args=(collector,), name="temporal-metrics", daemon=True).start()
