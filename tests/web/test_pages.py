@@ -124,9 +124,10 @@ async def test_pages_are_not_cached_and_not_in_the_api_document(pages: httpx.Asy
     response = await pages.get("/access", headers=as_user("alan@example.com"))
     assert response.headers["cache-control"] == "no-store"
     documented = (await pages.get("/openapi.json")).json()["paths"]
-    # The API, the codec, health, and the CLI's start of a device sign-in (its token endpoint answers OAuth's
-    # errors, not problem documents, and is left out).
-    assert not [p for p in documented if not p.startswith(("/api/", "/codec/", "/healthz")) and p != "/auth/device"]
+    # The API, the codec, the probes (health, readiness, metrics), and the CLI's start of a device sign-in (its
+    # token endpoint answers OAuth's errors, not problem documents, and is left out).
+    probes = ("/healthz", "/readyz", "/metrics")
+    assert not [p for p in documented if not p.startswith(("/api/", "/codec/", *probes)) and p != "/auth/device"]
 
 
 async def test_static_files_are_served(pages: httpx.AsyncClient) -> None:
