@@ -66,6 +66,9 @@ async def test_the_request_form_works_from_the_keyboard(as_user) -> None:
     await expect(page.locator(":focus")).to_have_id("justification")
     await page.keyboard.type("by keyboard")
     await expect(page.locator("#verdict")).to_contain_text("linus@example.com")
+    await page.keyboard.press("Tab")  # the break-glass switch, left off: an ordinary request
+    await expect(page.locator(":focus")).to_have_id("emergency")
+    await expect(page.locator("#emergency")).not_to_be_checked()
     await page.keyboard.press("Tab")
     await expect(page.locator(":focus")).to_have_text("Request")
     await page.keyboard.press("Enter")
