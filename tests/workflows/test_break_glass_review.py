@@ -41,6 +41,7 @@ from access.requests import (
 )
 from access.types import BreakGlassPlan, RequestPlan
 from tests.support import eventually
+from tests.workflows.conftest import start_time_skipping
 from worker import SANDBOX_RESTRICTIONS
 from workflows.access_request import AccessRequestWorkflow
 from workflows.break_glass import BreakGlassReviewWorkflow
@@ -77,6 +78,15 @@ class Stubs:
     async def record_break_glass_review(self, input: RecordReviewInput) -> list[str]:
         self.reviews.append(input)
         return [SECURITY] if input.review.state.flagged else []
+
+
+@pytest_asyncio.fixture
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: a request run here starts a child it abandons, and a run left
+    behind on the shared server would stop time from skipping for every later test."""
+    env = await start_time_skipping()
+    yield env
+    await env.shutdown()
 
 
 @pytest_asyncio.fixture
