@@ -159,7 +159,7 @@ async def test_an_emergency_grant_opens_its_review_the_requester_cannot_review_i
 ) -> None:
     env, queue, stubs = lapse
     request_id = await _emergency(env, queue)
-    review = env.client.get_workflow_handle_for(BreakGlassReviewWorkflow.run, names.break_glass_workflow_id(request_id))
+    review = env.client.get_workflow_handle(names.break_glass_workflow_id(request_id))
     await eventually(lambda: stubs.reviews, what="the review to open")
     actions = [event.action for record in stubs.records for event in record.events]
     assert "grant.provisioned" in actions and stubs.reviews[0].action == "break_glass.opened"
