@@ -69,7 +69,8 @@ class Notice(Model):
 
     key: str
     """Unique per event, kind and recipient, and the same when the event is recorded again: a notice is queued,
-    and sent, once. For a request: ``<request id>:<record seq>:<action>:<kind>:<recipient>``."""
+    and sent, once. For a request: ``<request id>:<record seq>:<action>:<kind>:<recipient>`` (an expiring-soon
+    warning: ``ends-<the end>`` in place of the seq)."""
     kind: NoticeKind
     recipient: str | None
     """An email, or None for a broadcast (webhooks, configured Slack or Teams channels)."""
@@ -111,6 +112,25 @@ def warning_lead(duration: timedelta, configured: timedelta | None = None) -> ti
     return lead if lead > timedelta(0) else None
 
 
+def warning_due(
+    granted_at: datetime, expires_at: datetime, configured: timedelta | None, *, now: datetime
+) -> timedelta | None:
+    """The lead of the warning a grant held from ``granted_at`` to ``expires_at`` is due for at ``now``; None:
+    none is due (too short a grant, not yet in its warning window, or already ended). The 10% rule reads the
+    grant's length as it is now, extensions included."""
+    lead = warning_lead(expires_at - granted_at, configured)
+    if lead is None or not expires_at - lead <= now < expires_at:
+        return None
+    return lead
+
+
+def expiry_notices(status: RequestStatus, event: AuditEntry) -> list[Notice]:
+    """The notices of a ``grant.expiring_soon`` event, keyed by the end it warns of (its ``expires_at``), not by
+    a bookkeeping step: whichever worker's scan finds the grant, one end's warning is queued once."""
+    tag = "ends-" + str(event.details["expires_at"])
+    return _notices(status, event, tag, (), decided_by_person=False)
+
+
 # --- the rules: which audit events tell whom what ------------------------------------------
 
 _ASKING = {
@@ -142,7 +162,7 @@ def notices_for(
     keys: set[str] = set()
     decisions = sum(1 for e in events if e.action in _DECISIONS and e.actor != "lapse")
     for event in events:
-        for notice in _notices(status, event, seq, admins, decided_by_person=decisions > 0):
+        for notice in _notices(status, event, str(seq), admins, decided_by_person=decisions > 0):
             key, n = notice.key, 1
             while key in keys:  # the same action twice in one step (rare): each keeps its own key
                 n += 1
@@ -153,7 +173,7 @@ def notices_for(
 
 
 def _notices(
-    status: RequestStatus, event: AuditEntry, seq: int, admins: Sequence[str], *, decided_by_person: bool
+    status: RequestStatus, event: AuditEntry, tag: str, admins: Sequence[str], *, decided_by_person: bool
 ) -> list[Notice]:
     action, actor = event.action, event.actor
     requester = status.requester
@@ -199,27 +219,27 @@ def _notices(
     details = _details(status, event, step)
     made: list[Notice] = []
     for kind, person in _unique(told):
-        made.append(_notice(status, event, seq, kind, person, details))
+        made.append(_notice(status, event, tag, kind, person, details))
     told_people = {person for _, person in told}
     only_updated = {**details, "update_only": True}
     for person in dict.fromkeys(updates):
         if person not in told_people:
-            made.append(_notice(status, event, seq, broadcast or NoticeKind.ENDED, person, only_updated))
+            made.append(_notice(status, event, tag, broadcast or NoticeKind.ENDED, person, only_updated))
     if broadcast is not None:
-        made.append(_notice(status, event, seq, broadcast, None, details))
+        made.append(_notice(status, event, tag, broadcast, None, details))
     return made
 
 
 def _notice(
     status: RequestStatus,
     event: AuditEntry,
-    seq: int,
+    tag: str,
     kind: NoticeKind,
     recipient: str | None,
     details: dict[str, Any],
 ) -> Notice:
     return Notice(
-        key=f"{status.id}:{seq}:{event.action}:{kind.value}:{recipient or '*'}",
+        key=f"{status.id}:{tag}:{event.action}:{kind.value}:{recipient or '*'}",
         kind=kind,
         recipient=recipient,
         subject=status.id,

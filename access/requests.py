@@ -179,8 +179,8 @@ class AccessRequestInput(Model):
     resume: Resume | None = None
     """Set when the run continues as new: the approval round is over and the grant was made."""
     expiry_warning: Duration | None = None
-    """The organisation's lead time for the expiring-soon warning (``notifications.expiry_warning``); None:
-    the default rule (``access.notifications.warning_lead``)."""
+    """The lead time of the expiring-soon warning in runs that timed it themselves (started before the scan of
+    the grants ledger warned, ``store.expiry_warnings``); new requests leave it None."""
 
 
 class RequestAck(Model):

@@ -8,7 +8,7 @@ A grant ended outside its request's run goes through ``activities.grants``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -23,6 +23,7 @@ from access.connectors import Connector, ConnectorError, Credentials, Target
 from access.grants import GrantPath
 from access.notifications import needs_admins, notices_for
 from access.requests import GrantInput, GrantResult, RecordInput, ResolveInput, RevokeInput, RevokeResult
+from access.types import AuditEntry
 from activities import metrics
 from activities.connectors import BUILT_IN, ConnectorFactory
 from activities.connectors.ledger import LedgerConnector
@@ -114,6 +115,8 @@ class RequestActivities:
                 grant = session.exec(select(Grant).where(Grant.request_id == status.id)).first()
                 if grant is not None and grant.active:
                     grant.expires_at = status.expires_at
+                    if status.warned_for == status.expires_at and _warned(input.events):
+                        grant.warned_for = status.warned_for  # a run from before the scan warned: no second one
                     session.add(grant)
             append_audit(session, input.events)
             if input.seq is not None:  # inside the step's dedup: its notices are queued once, with its events
@@ -372,6 +375,10 @@ class RequestActivities:
         integration, target, connector = resolve_target(session, path, self._connectors)
         hold_integration(session, integration.name)
         return target, connector
+
+
+def _warned(events: Sequence[AuditEntry]) -> bool:
+    return any(event.action == "grant.expiring_soon" for event in events)
 
 
 def _queue_notices(session: Session, input: RecordInput) -> None:

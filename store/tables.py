@@ -257,6 +257,9 @@ class Grant(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_column=_utc())
     """When discovery last saw the access in use, where its connector can tell (a PostgreSQL login with a live
     session, AD's ``lastLogonTimestamp``); None: unknown. Reviewers see it."""
+    warned_for: datetime | None = Field(default=None, sa_column=_utc())
+    """The end its holder was last warned of (``grant.expiring_soon``, ``store.expiry_warnings``): an extension
+    that moves the end warns again before the new one."""
 
 
 class Credential(SQLModel, table=True):

@@ -23,7 +23,7 @@ from access.types import Approver, ApproverKind
 from starter.services import requests
 from store.db import MIGRATIONS, engine_for, migrate, session_scope
 from store.settings import Settings
-from store.tables import AccessRequest, ApprovalInbox, User
+from store.tables import AccessRequest, ApprovalInbox, Grant, User
 
 
 def _config(url: str) -> Config:
@@ -167,3 +167,28 @@ def test_the_inbox_migration_leaves_out_who_decided_and_who_approved_another_ste
     with session_scope(app_db, write=False) as session:
         rows = session.exec(select(ApprovalInbox.request_id, ApprovalInbox.approver)).all()
     assert sorted(tuple(row) for row in rows) == [("two-steps", "linus@example.com")]
+
+
+@pytest.mark.every_app_db
+def test_the_warning_scan_migration_keeps_the_warnings_runs_gave_before_it(app_db: str) -> None:
+    """A grant whose run warned of its current end is not warned again by the scan; one warned of an end an
+    extension has since moved, or never warned, still is."""
+    migrate(app_db)
+    end = datetime(2026, 12, 2, 18, 0, tzinfo=UTC)
+    with session_scope(app_db) as session:
+        for request_id, warned_for in (("warned", end), ("moved", end - timedelta(hours=1)), ("unwarned", None)):
+            row = _waiting(request_id, RequestState.ACTIVE, [])
+            row.status = {**row.status, "warned_for": warned_for.isoformat() if warned_for else None}
+            session.add(row)
+            session.add(
+                Grant(account="alan", role="ledger/x/read", request_id=request_id, granted_at=end - timedelta(hours=8))
+            )
+        for grant in session.exec(select(Grant)):
+            grant.expires_at = end
+    command.downgrade(_config(app_db), "0017")
+    engine_for(app_db).dispose()
+    command.upgrade(_config(app_db), "head")
+    engine_for(app_db).dispose()
+    with session_scope(app_db, write=False) as session:
+        warned = {grant.request_id: grant.warned_for for grant in session.exec(select(Grant))}
+    assert warned == {"warned": end, "moved": None, "unwarned": None}

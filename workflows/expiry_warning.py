@@ -1,9 +1,11 @@
-"""The expiring-soon warning: told to a grant's holder a little before it ends, once per end.
+"""The expiring-soon warning of runs that started before the scan of the grants ledger gave it.
 
-How long before is ``access.notifications.warning_lead`` (15 minutes or 10% of the grant by default, the
-organisation's ``expiry_warning`` where it set one, none for a grant under 10 minutes). The warning is an
-audit event, ``grant.expiring_soon``, that the notification outbox turns into messages; an extension that
-moves the end warns again before the new one.
+The warning (``grant.expiring_soon``, ``access.notifications.warning_lead`` ahead of the end) is given by each
+worker's scan of the held grants (``store.expiry_warnings``), not by the grant's run: ten thousand grants ending
+in one minute would otherwise be ten thousand timers and bookkeeping writes while their revokes need the
+server. Runs from before the scan still hold the timer they started, so replay finds the same commands; a
+timer of theirs that fires now gives nothing (the scan warns), and marks the end warned of so it is not set
+again.
 """
 
 from __future__ import annotations
@@ -39,16 +41,16 @@ class ExpiryWarning:
         self._configured = configured
 
     def due(self) -> Due | None:
-        """The warning still to give for the grant's current end, if any. A grant too short for one, or whose
-        holder was warned of this end already, adds no command (the patch marker included); runs from before
-        the warning existed never give one."""
+        """The warning still to time for the grant's current end: only in runs that timed their warning
+        before the scan existed. A grant too short for one, or whose holder was warned of this end already,
+        adds no command (no patch marker either)."""
         status = self._status
         granted_at, expires_at = status.granted_at, status.expires_at
         if granted_at is None or expires_at is None or status.warned_for == expires_at:
             return None
         # The 10% rule reads the grant's length as it is now, extensions included.
         lead = warning_lead(expires_at - granted_at, self._configured)
-        if lead is None or not workflow.patched("expiry-warning"):
+        if lead is None or workflow.patched("expiry-warning-by-scan") or not workflow.patched("expiry-warning"):
             return None
         return Due(at=expires_at - lead, lead=lead, expires_at=expires_at)
 
@@ -58,6 +60,8 @@ class ExpiryWarning:
         if status.expires_at != due.expires_at:
             return
         status.warned_for = due.expires_at
+        if workflow.patched("expiry-warning-given-by-scan"):
+            return  # the scan of the grants ledger warns of this end (store.expiry_warnings)
         record = self._record
         event = record.audit(
             "lapse",

@@ -26,6 +26,7 @@ from access.types import AuditEntry
 from activities import metrics
 from activities.notify import DeliveryError, Outgoing, Sender, Sent
 from activities.notify.config import NotificationSettings
+from activities.notify.expiry import SCAN_EVERY, warn_expiring
 from activities.notify.messages import links_for
 from activities.notify.settings import stored_settings
 from store import notifications as outbox
@@ -108,6 +109,7 @@ class Dispatcher:
         poll: float = 0.2,
         lease: timedelta = timedelta(minutes=2),
         send_timeout: float = 60.0,
+        scan_every: timedelta = SCAN_EVERY,
     ) -> None:
         self._db_url = db_url
         self._base_url = settings.external_url
@@ -122,6 +124,7 @@ class Dispatcher:
         self._poll = poll
         self._lease = lease
         self._send_timeout = send_timeout
+        self._scan_every = scan_every
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken: asyncio.Event | None = None
         self._stopping = False
@@ -155,6 +158,7 @@ class Dispatcher:
         self._stopping = False
         unlisten = outbox.listen(self.wake)
         in_flight: set[asyncio.Task[None]] = set()
+        scanning = asyncio.create_task(self._scan_for_warnings(), name="lapse-expiry-warning-scan")
         try:
             while not self._stopping:
                 self._woken.clear()  # before claiming: a wake while claiming means look again
@@ -176,10 +180,23 @@ class Dispatcher:
                 woken.cancel()
         finally:
             unlisten()
+            scanning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scanning
             if in_flight:
                 await asyncio.wait(in_flight, timeout=self._send_timeout)
             await self._close_senders()
             self._woken = None
+
+    async def _scan_for_warnings(self) -> None:
+        """Every ``SCAN_EVERY``, warn the holders of grants ending soon (``store.expiry_warnings``): beside the
+        sending, so a burst of warnings is queued while earlier rows go out."""
+        while not self._stopping:
+            try:
+                await asyncio.to_thread(warn_expiring, self._db_url)
+            except Exception:
+                log.exception("the expiring-soon scan failed; trying again")
+            await asyncio.sleep(self._scan_every.total_seconds())
 
     async def drain(self) -> int:
         """Send every row due now, once each, and return how many were handled (for tests and ``lapse``

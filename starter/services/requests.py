@@ -41,7 +41,6 @@ from access.requests import (
     RequestStatus,
 )
 from access.types import RequestPlan
-from activities.notify.settings import stored_settings
 from activities.oncall import on_call_context
 from starter.services.audit import refused
 from starter.services.authorization import require_request_reader
@@ -230,7 +229,6 @@ async def _create_request(
         plan=plan,
         approval_timeout=settings.approval_timeout,
         created_at=datetime.now(UTC),
-        expiry_warning=await asyncio.to_thread(_expiry_warning, settings),
     )
     start = WithStartWorkflowOperation(
         AccessRequestWorkflow.run,
@@ -288,14 +286,6 @@ def _below_pending_cap(settings: Settings, requester: User) -> None:
             retry_after=PENDING_RETRY_AFTER,
             extra={"limit": cap},
         )
-
-
-def _expiry_warning(settings: Settings) -> timedelta | None:
-    """The organisation's lead time for the expiring-soon warning (the org file's ``notifications``), or None
-    for the default rule."""
-    with session_scope(settings.db_url, write=False) as session:
-        stored = stored_settings(session)
-    return stored.expiry_warning if stored is not None else None
 
 
 async def _start_failed(client: Client, request_id: str, error: RPCError) -> Refusal:

@@ -2,7 +2,7 @@
 
 Run it when the workflow changes in a way worth pinning; keep the old files, since
 requests started under old code are still running somewhere. ``python -m tests.histories.record v5 timers``
-records only the reminders, escalation and expiring-soon scenarios, whose hours pass on the time-skipping
+records only the reminders, escalation and extension-near-the-end scenarios, whose hours pass on the time-skipping
 server (``tests/workflows/timer_support.py``).
 """
 
@@ -170,12 +170,13 @@ async def record(tag: str) -> None:
 
 
 async def record_timers(tag: str) -> None:
-    """The step timers and the expiry warning: hours of a request's life, recorded on the time-skipping server."""
+    """The step timers, and an extension near a grant's end: hours of a request's life, recorded on the
+    time-skipping server."""
     from tests.workflows.conftest import start_time_skipping
-    from tests.workflows.timer_support import reminded_then_escalated, requests, warned_then_extended
+    from tests.workflows.timer_support import extended_near_its_end, reminded_then_escalated, requests
 
     async with await start_time_skipping() as env, requests(env) as running:
-        scenarios = {"reminded-escalated": reminded_then_escalated, "warned-extended": warned_then_extended}
+        scenarios = {"reminded-escalated": reminded_then_escalated, "extended-near-end": extended_near_its_end}
         for name, scenario in scenarios.items():
             handle = await scenario(env, running)
             await _save(env, handle.id, f"{tag}-{name}")

@@ -22,7 +22,7 @@ def test_there_are_histories_to_replay() -> None:
     assert len(HISTORIES) >= 7
     recorded = {path.stem.split("-", 1)[1] for path in HISTORIES}
     assert {"birthright-sync", "directory-sync", "discovery"} <= recorded
-    assert {"reminded-escalated", "warned-extended"} <= recorded  # reminders, escalation, the expiry warning
+    assert {"reminded-escalated", "warned-extended", "extended-near-end"} <= recorded  # timers; warnings before the scan
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

@@ -1,5 +1,5 @@
-"""Reminders, escalation and the expiring-soon warning as durable timers of a request's run, on the
-time-skipping server: hours of waiting in a moment. The times asserted are the workflow clock's, which the
+"""Reminders and escalation as durable timers of a request's run (no expiring-soon timer: a scan gives that), on
+the time-skipping server: hours of waiting in a moment. The times asserted are the workflow clock's, which the
 server moves exactly to each timer; a minute's slack covers the real time a test step takes."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from tests.workflows.timer_support import (
     Requests,
     decide,
     extend,
+    extended_near_its_end,
     plan,
     reminded_then_escalated,
     requests,
     step,
-    warned_then_extended,
 )
 from workflows.access_request import AccessRequestWorkflow
 
@@ -133,37 +133,31 @@ async def test_an_extensions_step_is_reminded_too(lapse: Requests) -> None:
     assert _near(_at(event), requested + timedelta(minutes=30))
 
 
-async def test_the_holder_is_warned_fifteen_minutes_before_an_eight_hour_grant_ends(lapse: Requests) -> None:
-    handle = await lapse.start(plan())
+async def test_a_grants_run_times_no_expiry_warning_the_scan_gives_it(lapse: Requests) -> None:
+    handle = await lapse.start(plan(), duration=timedelta(hours=8))
 
     ended = await handle.result()
 
-    [warning] = lapse.stubs.events("grant.expiring_soon")
-    assert ended.expires_at is not None and ended.warned_for == ended.expires_at
-    assert warning.details["expires_at"] == ended.expires_at.isoformat() and warning.details["lead"] == "PT15M"
-    assert _near(_at(warning), ended.expires_at - timedelta(minutes=15))
+    # Ten thousand grants ending together would be ten thousand timers and bookkeeping writes as their revokes
+    # run: the warning is the grants ledger scan's (tests/notify/test_expiry_scan.py), the run keeps its end.
+    assert ended.state is RequestState.EXPIRED and ended.warned_for is None
+    assert lapse.stubs.events("grant.expiring_soon") == []
+    history = await handle.fetch_history()
+    kinds = [event.event_type for event in history.events]
+    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == 1
+    markers = [e.marker_recorded_event_attributes.SerializeToString() for e in history.events]
+    assert [b"expiry-warning-by-scan" in m for m in markers if b"expiry-warning" in m] == [True]
 
 
-async def test_the_organisations_lead_time_replaces_the_default(lapse: Requests) -> None:
-    handle = await lapse.start(plan(), expiry_warning=timedelta(hours=1))
-
-    ended = await handle.result()
-
-    [warning] = lapse.stubs.events("grant.expiring_soon")
-    assert ended.expires_at is not None and _near(_at(warning), ended.expires_at - timedelta(hours=1))
-
-
-async def test_an_extension_after_the_warning_warns_again_before_the_new_end(lapse: Requests) -> None:
-    handle = await warned_then_extended(lapse.env, lapse)
+async def test_an_extension_near_the_end_is_reminded_and_moves_the_end(lapse: Requests) -> None:
+    handle = await extended_near_its_end(lapse.env, lapse)
 
     ended = await handle.result()
 
-    first, second = lapse.stubs.events("grant.expiring_soon")
     assert ended.granted_at is not None and ended.expires_at == ended.granted_at + timedelta(hours=3)
-    assert first.details["lead"] == "PT6M"  # 10% of an hour's grant
-    assert _near(_at(first), ended.granted_at + timedelta(minutes=54))
-    assert second.details["expires_at"] == ended.expires_at.isoformat() and second.details["lead"] == "PT15M"
-    assert _near(_at(second), ended.expires_at - timedelta(minutes=15))
+    assert lapse.stubs.events("grant.expiring_soon") == []
+    [reminded] = lapse.stubs.events("step.reminded")
+    assert _near(_at(reminded), ended.granted_at + timedelta(minutes=57))
 
 
 async def test_a_grant_under_ten_minutes_is_not_warned_and_adds_no_command(lapse: Requests) -> None:
