@@ -41,7 +41,8 @@ class Due:
 
 def due(session: Session, *, now: datetime, configured: timedelta | None) -> list[Due]:
     """The held JIT grants whose warning is due at ``now`` and not given for their current end, soonest end
-    first. One index range: the grants ending within the longest lead there can be."""
+    first (then by id: two workers' scans mark rows in the same order, so they never deadlock). One index
+    range: the grants ending within the longest lead there can be."""
     window = configured if configured is not None else DEFAULT_WARNING
     query = select(Grant.id, Grant.granted_at, Grant.expires_at).where(
         col(Grant.active).is_(True),
@@ -53,7 +54,7 @@ def due(session: Session, *, now: datetime, configured: timedelta | None) -> lis
         or_(col(Grant.warned_for).is_(None), col(Grant.warned_for) != col(Grant.expires_at)),
     )
     found: list[Due] = []
-    for grant_id, granted_at, expires_at in session.exec(query.order_by(col(Grant.expires_at))):
+    for grant_id, granted_at, expires_at in session.exec(query.order_by(col(Grant.expires_at), col(Grant.id))):
         if grant_id is None or expires_at is None:
             continue
         lead = warning_due(granted_at, expires_at, configured, now=now)
@@ -66,43 +67,36 @@ def warn(session: Session, grants: Sequence[Due], routes: Routes, *, now: dateti
     """Warn the holders of ``grants`` (from :func:`due`) in the session's transaction: each grant still held
     with the same end and not warned of it meanwhile (by another worker) is marked, audited and its notices
     queued. Returns how many were warned."""
-    events: list[AuditEntry] = []
-    statuses: list[RequestStatus] = []
+    marked: dict[str, Due] = {}
     for grant in grants:
-        marked = session.execute(
+        row = session.execute(
             update(Grant)
             .where(
                 col(Grant.id) == grant.grant_id,
                 col(Grant.active).is_(True),
-                Grant.phase == HELD,
+                col(Grant.phase) == HELD,
                 col(Grant.expires_at) == grant.expires_at,
                 or_(col(Grant.warned_for).is_(None), col(Grant.warned_for) != grant.expires_at),
             )
             .values(warned_for=grant.expires_at)
-            .returning(Grant.request_id)
+            .returning(col(Grant.request_id))
         ).first()
-        if marked is None or marked[0] is None:
-            continue
-        request = session.get(AccessRequest, marked[0])
-        if request is None:
-            continue
+        if row is not None and row[0] is not None:
+            marked[row[0]] = grant
+    requests: Sequence[AccessRequest] = []
+    if marked:
+        requests = session.exec(select(AccessRequest).where(col(AccessRequest.id).in_(marked))).all()
+    events: list[AuditEntry] = []
+    statuses: list[RequestStatus] = []
+    for request in requests:
+        grant = marked[request.id]
         status = RequestStatus.model_validate(request.status)
-        event = AuditEntry(
-            actor="lapse",
-            action="grant.expiring_soon",
-            target=names.request_workflow_id(status.id),
-            details={
-                "role": status.role,
-                "expires_at": grant.expires_at.isoformat(),
-                "lead": format_duration(grant.lead),
-            },
-            at=now,
-        )
-        events.append(event)
+        details = {"role": status.role, "expires_at": grant.expires_at.isoformat(), "lead": format_duration(grant.lead)}
+        target = names.request_workflow_id(status.id)
+        events.append(AuditEntry(actor="lapse", action="grant.expiring_soon", target=target, details=details, at=now))
         statuses.append(status)
     append_audit(session, events)
     if not routes.empty:
-        queue(
-            session, [n for s, e in zip(statuses, events, strict=True) for n in expiry_notices(s, e)], routes, now=now
-        )
+        notices = [notice for s, e in zip(statuses, events, strict=True) for notice in expiry_notices(s, e)]
+        queue(session, notices, routes, now=now)
     return len(events)

@@ -103,7 +103,6 @@ class Requests:
         *,
         duration: timedelta = timedelta(hours=8),
         approval_timeout: timedelta = timedelta(hours=24),
-        expiry_warning: timedelta | None = None,
     ) -> WorkflowHandle[Any, RequestStatus]:
         request_id = uuid.uuid4().hex[:10]
         handle = await self.env.client.start_workflow(
@@ -117,7 +116,6 @@ class Requests:
                 plan=request_plan,
                 approval_timeout=approval_timeout,
                 created_at=datetime.now(UTC),
-                expiry_warning=expiry_warning,
             ),
             id=names.request_workflow_id(request_id),
             task_queue=self.task_queue,
