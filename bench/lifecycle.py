@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     import tempfile
     import time
     from collections import Counter
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from dataclasses import dataclass
     from functools import partial
     from pathlib import Path
@@ -826,15 +826,20 @@ def report(figures: dict[str, Any]) -> str:
     lines.append("HTTP errors: " + (", ".join(f"{k}: {v}" for k, v in errors.items()) if errors else "none"))
     for label, body in figures["http_error_examples"].items():
         lines.append(f"  e.g. {label}: {body}")
-    findings = figures["log_findings"]
-    if findings:
-        lines.append(f"Log findings (kept in {config['data_dir']}):")
-        for name, found in findings.items():
-            lines.append(f"  {name}.log: {found['count']} line(s), e.g.")
-            lines += [f"    {line[:300]}" for line in found["examples"]]
-    else:
-        lines.append("Log findings: none (worker/api errors or warnings, Temporal errors)")
+    lines += log_findings_lines(figures["log_findings"], config["data_dir"])
     return "\n".join(lines)
+
+
+def log_findings_lines(findings: Mapping[str, dict[str, Any]], kept_in: str | None = None) -> list[str]:
+    """The report's lines on the log findings (as ``summarise_log_findings`` gives them), naming the directory
+    the logs are kept in if there is one."""
+    if not findings:
+        return ["Log findings: none (worker/api errors or warnings, Temporal errors)"]
+    lines = [f"Log findings (kept in {kept_in}):" if kept_in else "Log findings:"]
+    for name, found in findings.items():
+        lines.append(f"  {name}.log: {found['count']} line(s), e.g.")
+        lines += [f"    {line[:300]}" for line in found["examples"]]
+    return lines
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -873,12 +878,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.hold < 1 or args.workers < 1:
         parser.error("--rate and --seconds must be positive, --hold and --workers at least 1")
-    for setting in args.set:
+    args.overrides = setting_overrides(parser, args.set)
+    return args
+
+
+def setting_overrides(parser: argparse.ArgumentParser, settings: Sequence[str]) -> dict[str, str]:
+    """The ``--set LAPSE_NAME=VALUE`` options as a mapping; anything else is a usage error."""
+    for setting in settings:
         name, equals, _value = setting.partition("=")
         if not (equals and name.startswith("LAPSE_")):
             parser.error(f"--set {setting!r}: expected LAPSE_NAME=VALUE")
-    args.overrides = dict(setting.partition("=")[::2] for setting in args.set)
-    return args
+    return dict(setting.partition("=")[::2] for setting in settings)
 
 
 def _temporal_version(command: list[str]) -> str:
@@ -891,6 +901,81 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def say(text: str) -> None:
+    """Progress and trouble go to stderr; the report alone goes to stdout."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM, like Ctrl-C, raises ``KeyboardInterrupt``, so that the stack is stopped on the way out."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+
+
+@dataclass
+class DataDir:
+    """A benchmark's temporary directory (its stack's databases and logs), removed at the end unless kept."""
+
+    path: Path
+    keep: bool = False
+
+    @classmethod
+    def create(cls, prefix: str, keep: bool) -> DataDir:
+        return cls(Path(tempfile.mkdtemp(prefix=prefix)).resolve(), keep)
+
+    def remove_unless_kept(self, kept: str = "logs kept in") -> None:
+        """Remove the directory, or say (``kept`` and the path) that it stays."""
+        if self.keep:
+            say(f"{kept} {self.path}")
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def summarise_log_findings(stack: Stack) -> dict[str, dict[str, Any]]:
+    """The stack's log findings for the figures: how many lines in each log, and the first five distinct."""
+    return {n: {"count": len(f), "examples": list(dict.fromkeys(f))[:5]} for n, f in stack.log_findings().items()}
+
+
+def publish(text: str, figures: dict[str, Any], json_path: Path | None) -> None:
+    """Print the report and, if asked for, write the figures as JSON."""
+    print(text, flush=True)
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2, default=_json_default) + "\n")
+        print(f"\nfigures written to {json_path}", flush=True)
+
+
+def run_benchmark(
+    data_dir: DataDir,
+    measure: Callable[[], None],
+    stop: Callable[[], None],
+    *,
+    keep_on_failure: bool = True,
+    kept: str = "logs kept in",
+) -> int:
+    """Run ``measure``, then ``stop`` the stack whatever happened and remove the data directory unless it is kept.
+
+    Returns the exit code: 0, 130 when interrupted, or 1 when ``measure`` failed (said on stderr; the directory
+    is then kept, if ``keep_on_failure``).
+    """
+    try:
+        measure()
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except Exception as error:
+        say(f"benchmark failed: {type(error).__name__}: {error}")
+        data_dir.keep = data_dir.keep or keep_on_failure
+        return 1
+    finally:
+        stop()
+        data_dir.remove_unless_kept(kept)
 
 
 async def benchmark(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -945,30 +1030,18 @@ async def benchmark(stack: Stack, args: argparse.Namespace, say: Callable[[str],
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    interrupt_on_signals()
+    data_dir = DataDir.create("lapse-bench-", args.keep)
+    stack = Stack(data_dir.path, args.overrides, workers=args.workers)
 
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    def terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
-    data_dir = Path(tempfile.mkdtemp(prefix="lapse-bench-")).resolve()
-    stack = Stack(data_dir, args.overrides, workers=args.workers)
-    code = 1
-    keep = args.keep
-    try:
-        say(f"starting Temporal dev server, worker and API in {data_dir}…")
+    def measure() -> None:
+        say(f"starting Temporal dev server, worker and API in {data_dir.path}…")
         stack.start()
         say(f"ready: Temporal {stack.settings.temporal_address}, API {stack.api_url}")
         figures = asyncio.run(benchmark(stack, args, say))
         stack.stop()
-        findings = stack.log_findings()
-        keep = keep or bool(findings)
-        figures["log_findings"] = {
-            n: {"count": len(f), "examples": list(dict.fromkeys(f))[:5]} for n, f in findings.items()
-        }
+        figures["log_findings"] = summarise_log_findings(stack)
+        data_dir.keep = data_dir.keep or bool(figures["log_findings"])
         figures["config"] = {
             "rate": args.rate,
             "seconds": args.seconds,
@@ -983,27 +1056,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "temporal": _temporal_version(temporal_server_command(stack.settings)).replace("\n", " "),
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
-            "data_dir": str(data_dir) if keep else None,
+            "data_dir": str(data_dir.path) if data_dir.keep else None,
         }
-        print(report(figures), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2, default=_json_default) + "\n")
-            print(f"\nfigures written to {args.json}", flush=True)
-        code = 0
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    except Exception as error:
-        say(f"benchmark failed: {type(error).__name__}: {error}")
-        keep = True
-        code = 1
-    finally:
-        stack.stop()
-        if keep:
-            say(f"logs kept in {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return code
+        publish(report(figures), figures, args.json)
+
+    return run_benchmark(data_dir, measure, stack.stop)
 
 
 if __name__ == "__main__":

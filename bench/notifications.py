@@ -28,12 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -51,17 +47,24 @@ from bench.lifecycle import (
     ADMIN,
     AUTOMATIC_ROLE,
     Api,
+    DataDir,
     Lifecycle,
     Stack,
-    _json_default,
     _ms,
     _num,
     _temporal_version,
     _verdict,
     api_clients,
     distribution,
+    interrupt_on_signals,
+    log_findings_lines,
     percentile,
+    publish,
+    run_benchmark,
     run_lapse,
+    say,
+    setting_overrides,
+    summarise_log_findings,
     summarize,
 )
 from starter.stack import temporal_server_command
@@ -561,16 +564,9 @@ def report(figures: dict[str, Any]) -> str:
             f"  received before their grant ended: {e['received_before_end']}/{e['created']}   target all: "
             f"{_verdict(e['created'] > 0 and e['received_before_end'] == e['created'])}",
         ]
-    findings = figures.get("log_findings") or {}
     errors = figures.get("http_errors") or {}
     lines += ["", "HTTP errors: " + (", ".join(f"{k}: {v}" for k, v in errors.items()) if errors else "none")]
-    if findings:
-        lines.append(f"Log findings (kept in {config['data_dir']}):")
-        for name, found in findings.items():
-            lines.append(f"  {name}.log: {found['count']} line(s), e.g.")
-            lines += [f"    {line[:300]}" for line in found["examples"]]
-    else:
-        lines.append("Log findings: none (worker/api errors or warnings, Temporal errors)")
+    lines += log_findings_lines(figures.get("log_findings") or {}, config["data_dir"])
     return "\n".join(lines)
 
 
@@ -620,11 +616,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--rate and --seconds must be positive, --hold at least 1, --rounds and --grants not negative")
     if args.min_duration < MIN_WARNED_S:
         parser.error(f"--min-duration must be at least {MIN_WARNED_S} s: shorter grants get no warning")
-    for setting in args.set:
-        name, equals, _value = setting.partition("=")
-        if not (equals and name.startswith("LAPSE_")):
-            parser.error(f"--set {setting!r}: expected LAPSE_NAME=VALUE")
-    args.overrides = dict(setting.partition("=")[::2] for setting in args.set)
+    args.overrides = setting_overrides(parser, args.set)
     # bench.lifecycle's driver reads these.
     args.poll, args.poll_max, args.timeout, args.history_samples = 0.25, 1.0, 120.0, 20
     return args
@@ -651,36 +643,25 @@ async def benchmark(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    def terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    data_dir = Path(tempfile.mkdtemp(prefix="lapse-bench-notify-")).resolve()
+    interrupt_on_signals()
+    data_dir = DataDir.create("lapse-bench-notify-", args.keep)
     limits = Limits() if args.documented_limits else BENCH_LIMITS
     slack = FakeSlack(limits=limits)
-    code, keep = 1, args.keep
     # No ops port (its fixed default may be taken by another stack on this host).
     own = {TOKEN_ENV: slack.token, SIGNING_ENV: "bench-signing-secret", "LAPSE_OPS_PORT": "0"}
-    stack = Stack(data_dir, {**own, **args.overrides})
-    try:
+    stack = Stack(data_dir.path, {**own, **args.overrides})
+
+    def measure() -> None:
         slack.start()
-        say(f"starting Temporal dev server, worker and API in {data_dir}; fake Slack at {slack.url}…")
+        say(f"starting Temporal dev server, worker and API in {data_dir.path}; fake Slack at {slack.url}…")
         stack.start()
         with session_scope(stack.settings.db_url, write=False) as session:
             for email in session.exec(select(User.email)):
                 slack.add_user(email)
         figures = asyncio.run(benchmark(stack, slack, args, say))
         stack.stop()
-        findings = stack.log_findings()
-        keep = keep or bool(findings)
-        figures["log_findings"] = {
-            n: {"count": len(f), "examples": list(dict.fromkeys(f))[:5]} for n, f in findings.items()
-        }
+        figures["log_findings"] = summarise_log_findings(stack)
+        data_dir.keep = data_dir.keep or bool(figures["log_findings"])
         figures["config"] = {
             **{
                 k: getattr(args, k)
@@ -692,28 +673,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "load_average": os.getloadavg(),
-            "data_dir": str(data_dir) if keep else None,
+            "data_dir": str(data_dir.path) if data_dir.keep else None,
         }
-        print(report(figures), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2, default=_json_default) + "\n")
-            print(f"\nfigures written to {args.json}", flush=True)
-        code = 0
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    except Exception as error:
-        say(f"benchmark failed: {type(error).__name__}: {error}")
-        keep, code = True, 1
-    finally:
+        publish(report(figures), figures, args.json)
+
+    def stop() -> None:
         stack.stop()
         with contextlib.suppress(Exception):
             slack.stop()
-        if keep:
-            say(f"logs kept in {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return code
+
+    return run_benchmark(data_dir, measure, stop)
 
 
 if __name__ == "__main__":

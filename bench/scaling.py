@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -42,6 +38,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import lifecycle
+from bench.lifecycle import say
 from bench.observe import CpuWindow, WriteLockProbe, histogram, merge, minus, quantile, scrape
 from bench.observe import count as observed
 
@@ -166,11 +163,10 @@ async def benchmark(args: argparse.Namespace, say: Callable[[str], None]) -> dic
     configs: dict[str, list[dict[str, Any]]] = {}
     bare_at: float | None = None
     for index, workers in enumerate(args.workers):
-        data_dir = await asyncio.to_thread(_temp_dir, f"lapse-bench-scaling-{workers}w-")
-        stack = lifecycle.Stack(data_dir, args.overrides, workers=workers)
-        keep = args.keep
+        data_dir = await asyncio.to_thread(lifecycle.DataDir.create, f"lapse-bench-scaling-{workers}w-", args.keep)
+        stack = lifecycle.Stack(data_dir.path, args.overrides, workers=workers)
         try:
-            say(f"starting a stack with {workers} worker(s) in {data_dir}…")
+            say(f"starting a stack with {workers} worker(s) in {data_dir.path}…")
             await asyncio.to_thread(stack.start)
             client = await Client.connect(stack.settings.temporal_address, data_converter=pydantic_data_converter)
             if index == 0 and not args.skip_bare:
@@ -186,15 +182,9 @@ async def benchmark(args: argparse.Namespace, say: Callable[[str], None]) -> dic
             findings = stack.log_findings()
             for name, found in findings.items():
                 say(f"  {name}.log: {len(found)} error/warning line(s), e.g. {found[0][:200]}")
-            if keep or findings:
-                say(f"  logs kept in {data_dir}")
-            else:
-                shutil.rmtree(data_dir, ignore_errors=True)
+            data_dir.keep = data_dir.keep or bool(findings)
+            data_dir.remove_unless_kept("  logs kept in")
     return {"configs": configs, "bare_saturates_at": bare_at, **comparison(configs, bare_at)}
-
-
-def _temp_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix)).resolve()
 
 
 def comparison(configs: dict[str, list[dict[str, Any]]], bare_at: float | None) -> dict[str, Any]:
@@ -365,25 +355,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers and --rates take comma-separated numbers: {error}")
     if not args.workers or min(args.workers) < 1 or not args.rates or min(args.rates) <= 0 or args.seconds <= 0:
         parser.error("--workers at least 1 each, --rates and --seconds positive")
-    for setting in args.set:
-        name, equals, _value = setting.partition("=")
-        if not (equals and name.startswith("LAPSE_")):
-            parser.error(f"--set {setting!r}: expected LAPSE_NAME=VALUE")
-    args.overrides = dict(setting.partition("=")[::2] for setting in args.set)
+    args.overrides = lifecycle.setting_overrides(parser, args.set)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    def terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    lifecycle.interrupt_on_signals()
     start_load = os.getloadavg()
     try:
         figures = asyncio.run(benchmark(args, say))
@@ -401,10 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_start": start_load,
         "load_average_end": os.getloadavg(),
     }
-    print(report(figures), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, default=lifecycle._json_default) + "\n")
-        print(f"\nfigures written to {args.json}", flush=True)
+    lifecycle.publish(report(figures), figures, args.json)
     return 0
 
 

@@ -29,13 +29,9 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import math
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -50,6 +46,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import lifecycle
+from bench.lifecycle import _ms, say
 from bench.observe import CpuWindow, gauge, rss_bytes, scrape, sqlite_size
 from store.db import session_scope
 from store.org import DEMO_ORG
@@ -393,10 +390,6 @@ def _bytes(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f} B"
 
 
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value * 1000:.0f} ms"
-
-
 def report(figures: dict[str, Any]) -> str:
     config = figures["config"]
     lines = [
@@ -470,15 +463,7 @@ def report(figures: dict[str, Any]) -> str:
             "  CPU ms per lifecycle: "
             + ", ".join(f"{k} {v:.0f}" for k, v in steady["cpu"]["cpu_ms_per_lifecycle"].items()),
         ]
-    findings = figures["log_findings"]
-    lines.append("")
-    if findings:
-        lines.append("Log findings:")
-        for name, found in findings.items():
-            lines.append(f"  {name}.log: {found['count']} line(s), e.g.")
-            lines += [f"    {line[:300]}" for line in found["examples"]]
-    else:
-        lines.append("Log findings: none (worker/api errors or warnings, Temporal errors)")
+    lines += ["", *lifecycle.log_findings_lines(figures["log_findings"])]
     return "\n".join(lines)
 
 
@@ -517,11 +502,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("nothing to do: --grants 0 and --soak-seconds 0")
     if math.ceil(max(args.grants, 1) / args.users) > 10_000 or args.users > 19_000:
         parser.error("--users at most 19,000 and at least --grants / 10,000 (an org file holds 10,000 roles)")
-    for setting in args.set:
-        name, equals, _value = setting.partition("=")
-        if not (equals and name.startswith("LAPSE_")):
-            parser.error(f"--set {setting!r}: expected LAPSE_NAME=VALUE")
-    args.overrides = dict(setting.partition("=")[::2] for setting in args.set)
+    args.overrides = lifecycle.setting_overrides(parser, args.set)
     return args
 
 
@@ -539,31 +520,20 @@ async def benchmark(stack: lifecycle.Stack, args: argparse.Namespace, say: Calla
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    def terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    lifecycle.interrupt_on_signals()
     start_load = os.getloadavg()
-    data_dir = Path(tempfile.mkdtemp(prefix="lapse-bench-soak-")).resolve()
-    org_file = data_dir / "soak-org.yaml"
+    data_dir = lifecycle.DataDir.create("lapse-bench-soak-", args.keep)
+    org_file = data_dir.path / "soak-org.yaml"
     write_org(org_file, args.users, max(1, math.ceil(args.grants / args.users)))
-    stack = lifecycle.Stack(data_dir, {"LAPSE_ORG_FILE": str(org_file), **args.overrides}, workers=args.workers)
+    stack = lifecycle.Stack(data_dir.path, {"LAPSE_ORG_FILE": str(org_file), **args.overrides}, workers=args.workers)
     stack.settings = stack.settings.model_copy(update={"org_file": org_file})  # prepare_database loads it
-    code, keep = 1, args.keep
-    try:
-        say(f"starting Temporal dev server, {args.workers} worker(s) and the API in {data_dir}…")
+
+    def measure() -> None:
+        say(f"starting Temporal dev server, {args.workers} worker(s) and the API in {data_dir.path}…")
         stack.start()
         figures = asyncio.run(benchmark(stack, args, say))
         stack.stop()
-        findings = stack.log_findings()
-        figures["log_findings"] = {
-            n: {"count": len(f), "examples": list(dict.fromkeys(f))[:5]} for n, f in findings.items()
-        }
+        figures["log_findings"] = lifecycle.summarise_log_findings(stack)
         figures["config"] = {
             **{
                 k: getattr(args, k)
@@ -575,24 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_start": start_load,
             "load_average_end": os.getloadavg(),
         }
-        print(report(figures), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2, default=lifecycle._json_default) + "\n")
-            print(f"\nfigures written to {args.json}", flush=True)
-        code = 0
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    except Exception as error:
-        say(f"benchmark failed: {type(error).__name__}: {error}")
-        code = 1
-    finally:
-        stack.stop()  # the sleeping grants go with the stack's directory
-        if keep:
-            say(f"stack directory kept: {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return code
+        lifecycle.publish(report(figures), figures, args.json)
+
+    # The directory is kept only if asked for, even on findings or failure: the sleeping grants go with it.
+    return lifecycle.run_benchmark(data_dir, measure, stack.stop, keep_on_failure=False, kept="stack directory kept:")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     approval_timeout: Duration = Field(default=timedelta(hours=24))
     """A request with no decision for this long ends as ``timed_out``."""
     submit_timeout: Duration = Field(default=timedelta(seconds=30))
-    """How long the API waits for a worker to record a new request before answering 503."""
+    """How long the API waits for a worker to record a new request, or to answer a decision, an extension or a
+    revoke, before answering 503."""
     max_pending_submits: int = Field(default=16, ge=1)
     """Requests one API process starts at once, each waiting on a worker to record it; beyond these, a new
     request is refused with 503 and ``Retry-After`` (nothing started) instead of queueing behind them."""

@@ -357,7 +357,7 @@ async def send_update(
     try:
         # The update answers small (its answer stays in history) once the app DB holds what it did; the
         # whole status is read there, which costs Temporal nothing.
-        await handle.execute_update(update, arg, result_type=RequestAck)
+        await handle.execute_update(update, arg, result_type=RequestAck, rpc_timeout=settings.submit_timeout)
         current = await asyncio.to_thread(stored_status, settings, request_id)
         assert current is not None
         return current
@@ -367,7 +367,11 @@ async def send_update(
             refusal = Refusal.of_workflow(cause)
         else:
             refusal = Refusal(RefusalKind.CONFLICT, str(cause))
+    except UpdateTimedOut:
+        raise _maybe_applied(request_id, action) from None
     except RPCError as error:
+        if error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise _maybe_applied(request_id, action) from None
         if error.status is not RPCStatusCode.NOT_FOUND:
             raise
         latest = await asyncio.to_thread(stored_status, settings, request_id)
@@ -375,6 +379,16 @@ async def send_update(
         refusal = Refusal(RefusalKind.CONFLICT, reason)
     target = names.request_workflow_id(request_id)
     raise await asyncio.to_thread(refused, settings, actor, action, target, refusal)
+
+
+def _maybe_applied(request_id: str, action: str) -> Refusal:
+    """An update the workflow service took but whose answer did not come in time: it may have been done."""
+    return Refusal(
+        RefusalKind.UNAVAILABLE,
+        f"request {request_id} did not answer {action} in time: it may still take effect once a worker runs it; "
+        "read the request before trying again",
+        retry_after=5,
+    )
 
 
 async def decide(

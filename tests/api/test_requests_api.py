@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import text
 
+from access.requests import RequestStatus
 from store.db import session_scope
 from store.settings import Settings
+from store.tables import AccessRequest
 from tests.api.answers import problem
 from tests.conftest import Api
 
@@ -163,3 +167,38 @@ async def test_request_with_no_worker_running_answers_503_not_a_hang(env, settin
     assert "no Lapse worker recorded it" in detail
     handle = env.client.get_workflow_handle(f"access-request-{response.json()['id']}")
     await handle.terminate("test cleanup")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"submit_timeout": "PT2S"}])
+async def test_a_decision_no_worker_answers_in_time_says_it_may_still_take_effect(env, settings: Settings) -> None:
+    import httpx
+
+    from starter.api.app import create_app
+
+    app = create_app(settings, client=env.client)  # no worker polls this test's task queue
+    headers = {"X-Forwarded-Email": "alan@example.com"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://lapse.test") as http:
+        body = {"role": DEPLOY, "duration": "PT1H", "justification": "x"}
+        started = await http.post("/api/requests", json=body, headers=headers)
+        request_id = started.json()["id"]
+        recorded = {"id": request_id, "requester": "alan@example.com", "role": DEPLOY, "duration": "PT1H"}
+        recorded |= {"justification": "x", "created_at": "2026-12-02T09:00:00Z", "policy": "p", "rule": "r"}
+        with session_scope(settings.db_url) as session:  # as a worker would have recorded it
+            session.add(
+                AccessRequest(
+                    id=request_id,
+                    requester="alan@example.com",
+                    role=DEPLOY,
+                    state="pending",
+                    created_at=datetime(2026, 12, 2, 9, tzinfo=UTC),
+                    status=RequestStatus.model_validate(recorded).model_dump(mode="json"),
+                )
+            )
+        response = await http.post(
+            f"/api/requests/{request_id}/approve", json={}, headers={"X-Forwarded-Email": "linus@example.com"}
+        )
+    # Not "nothing changed": the workflow service holds the decision, and a worker may yet apply it.
+    detail = problem(response, 503)
+    assert "may still take effect" in detail and "read the request before trying again" in detail
+    assert response.headers["Retry-After"] == "5"
+    await env.client.get_workflow_handle(f"access-request-{request_id}").terminate("test cleanup")
