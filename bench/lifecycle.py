@@ -854,10 +854,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=float, default=10.0, help="lifecycles started per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long arrivals go on")
-    parser.add_argument("--hold", type=int, default=2, help="grant duration in (whole) seconds")
-    parser.add_argument("--poll", type=float, default=0.25, help="status poll interval, seconds")
-    parser.add_argument("--poll-max", type=float, default=1.0, help="poll interval backs off up to this")
-    parser.add_argument("--timeout", type=float, default=120.0, help="give up on a lifecycle this long after its hold")
+    add_driver_options(parser)
     parser.add_argument("--burst", type=int, default=500, help="grants expiring in the same second (0: no burst)")
     parser.add_argument("--burst-hold", type=float, default=60.0, help="seconds from the burst's start to its expiry")
     parser.add_argument("--burst-concurrency", type=int, default=8, help="burst creations in flight")
@@ -880,6 +877,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--rate and --seconds must be positive, --hold and --workers at least 1")
     args.overrides = setting_overrides(parser, args.set)
     return args
+
+
+def add_driver_options(parser: argparse.ArgumentParser) -> None:
+    """What the lifecycle drivers read besides the rate: the hold, the status polls and when to give up."""
+    parser.add_argument("--hold", type=int, default=2, help="grant duration in (whole) seconds")
+    parser.add_argument("--poll", type=float, default=0.25, help="status poll interval, seconds")
+    parser.add_argument("--poll-max", type=float, default=1.0, help="poll interval backs off up to this")
+    parser.add_argument("--timeout", type=float, default=120.0, help="give up on a lifecycle this long after its hold")
 
 
 def setting_overrides(parser: argparse.ArgumentParser, settings: Sequence[str]) -> dict[str, str]:
