@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import Session
 
@@ -90,6 +90,17 @@ def build_senders(
     return senders
 
 
+MARK_WITHIN = 0.02
+"""Seconds a finished send waits for others to be recorded with it in one transaction."""
+
+
+class _Mark(NamedTuple):
+    row: Notification
+    state: str
+    why: str | None
+    ref: dict[str, Any] | None
+
+
 class Dispatcher:
     """Claims due outbox rows and sends them, ``concurrency`` at a time, until :meth:`stop`.
 
@@ -125,6 +136,8 @@ class Dispatcher:
         self._lease = lease
         self._send_timeout = send_timeout
         self._scan_every = scan_every
+        self._marks: list[_Mark] = []
+        self._marking: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken: asyncio.Event | None = None
         self._stopping = False
@@ -309,22 +322,40 @@ class Dispatcher:
             await asyncio.to_thread(self._failed, row, f"the sender failed ({type(error).__name__})", None, False)
             return
         if sent.skipped is not None:
-            await asyncio.to_thread(self._finish, row, "skipped", sent.skipped, None)
+            await self._mark(row, "skipped", sent.skipped, None)
         else:
-            await asyncio.to_thread(self._finish, row, "sent", None, sent.ref)
+            await self._mark(row, "sent", None, sent.ref)
+
+    async def _mark(self, row: Notification, state: str, why: str | None, ref: dict[str, Any] | None) -> None:
+        """Record how a send went, with the others that finish within ``MARK_WITHIN``: one transaction for them
+        all, since each takes the SQLite writer lock the workflows' bookkeeping waits on. Returns once written."""
+        self._marks.append(_Mark(row, state, why, ref))
+        if self._marking is None:
+            self._marking = asyncio.ensure_future(self._write_marks_soon())
+        await asyncio.shield(self._marking)
+
+    async def _write_marks_soon(self) -> None:
+        await asyncio.sleep(MARK_WITHIN)
+        marks, self._marks, self._marking = self._marks, [], None
+        await asyncio.to_thread(self._finish_all, marks)
 
     def _finish(self, row: Notification, state: str, why: str | None, ref: dict[str, Any] | None) -> None:
-        assert row.id is not None
+        self._finish_all([_Mark(row, state, why, ref)])
+
+    def _finish_all(self, marks: list[_Mark]) -> None:
         now = datetime.now(UTC)
         with session_scope(self._db_url) as session:
-            if state == "sent":
-                outbox.mark_sent(session, row.id, ref=ref or {}, now=now)
-                metrics.notification_handled(row.channel, "sent")
-            elif state == "skipped":
-                outbox.mark_skipped(session, row.id, why=why or "", now=now)
-                metrics.notification_handled(row.channel, "skipped")
-            else:
-                self._give_up(session, row, why or "failed", row.attempts + 1, now)
+            for row, state, why, ref in marks:
+                assert row.id is not None
+                if state == "sent":
+                    outbox.mark_sent(session, row.id, ref=ref or {}, now=now)
+                elif state == "skipped":
+                    outbox.mark_skipped(session, row.id, why=why or "", now=now)
+                else:
+                    self._give_up(session, row, why or "failed", row.attempts + 1, now)
+        for row, state, _why, _ref in marks:  # counted once written
+            if state in ("sent", "skipped"):
+                metrics.notification_handled(row.channel, state)
 
     def _failed(self, row: Notification, why: str, retry_after: float | None, permanent: bool) -> None:
         """A failed try: due again after a pause, or given up (recorded and audited)."""
