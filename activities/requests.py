@@ -111,16 +111,24 @@ class RequestActivities:
                 row.recorded_seq = input.seq or row.recorded_seq
                 session.add(row)
                 keep_inbox(session, status.id, status)  # who may decide it now, beside what it is now
+            events = input.events
             if status.expires_at is not None and (input.seq is None or input.seq >= row.recorded_seq):
-                grant = session.exec(select(Grant).where(Grant.request_id == status.id)).first()
+                query = select(Grant).where(Grant.request_id == status.id)
+                warned = _warned(events) and status.warned_for is not None
+                if warned:  # the audit chain's lock before the grant's row, as every writer takes them
+                    lock(session, "audit")
+                grant = session.exec(query.with_for_update() if warned else query).first()
                 if grant is not None and grant.active:
                     grant.expires_at = status.expires_at
-                    if status.warned_for == status.expires_at and _warned(input.events):
-                        grant.warned_for = status.warned_for  # a run from before the scan warned: no second one
+                    if warned and grant.warned_for == status.warned_for:
+                        # A run from before the scan warned of an end the scan warned of first: once is enough.
+                        events = [event for event in events if event.action != EXPIRING_SOON]
+                    elif warned:
+                        grant.warned_for = status.warned_for  # and the scan will not warn of it again
                     session.add(grant)
-            append_audit(session, input.events)
+            append_audit(session, events)
             if input.seq is not None:  # inside the step's dedup: its notices are queued once, with its events
-                _queue_notices(session, input)
+                _queue_notices(session, input, events)
 
     @activity.defn(name=names.RESOLVE_APPROVERS)
     def resolve_approvers(self, input: ResolveInput) -> list[str]:
@@ -377,20 +385,24 @@ class RequestActivities:
         return target, connector
 
 
+EXPIRING_SOON = "grant.expiring_soon"
+
+
 def _warned(events: Sequence[AuditEntry]) -> bool:
-    return any(event.action == "grant.expiring_soon" for event in events)
+    """Whether a run from before the expiring-soon scan warned in this step (new runs never do)."""
+    return any(event.action == EXPIRING_SOON for event in events)
 
 
-def _queue_notices(session: Session, input: RecordInput) -> None:
+def _queue_notices(session: Session, input: RecordInput, events: Sequence[AuditEntry]) -> None:
     """Queue who is told what about this step (``access.notifications``) in the step's own transaction: a
     primary-key read of the routes, then, only when something is configured and notifies, one read of the
     recipients' channel choices and one insert."""
     routes = stored_routes(session)
-    if routes.empty or not input.events:
+    if routes.empty or not events:
         return
     assert input.seq is not None
-    admins = outbox.admins(session) if needs_admins(input.events) else []
-    notices = notices_for(input.status, input.events, input.seq, admins)
+    admins = outbox.admins(session) if needs_admins(events) else []
+    notices = notices_for(input.status, events, input.seq, admins)
     outbox.queue(session, notices, routes, now=datetime.now(UTC))
 
 

@@ -174,7 +174,7 @@ def test_the_warning_scan_migration_keeps_the_warnings_runs_gave_before_it(app_d
     """A grant whose run warned of its current end is not warned again by the scan; one warned of an end an
     extension has since moved, or never warned, still is."""
     migrate(app_db)
-    end = datetime(2026, 12, 2, 18, 0, tzinfo=UTC)
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=8)  # grants already ended are left alone
     with session_scope(app_db) as session:
         for request_id, warned_for in (("warned", end), ("moved", end - timedelta(hours=1)), ("unwarned", None)):
             row = _waiting(request_id, RequestState.ACTIVE, [])

@@ -337,7 +337,19 @@ class Dispatcher:
     async def _write_marks_soon(self) -> None:
         await asyncio.sleep(MARK_WITHIN)
         marks, self._marks, self._marking = self._marks, [], None
-        await asyncio.to_thread(self._finish_all, marks)
+        try:
+            await asyncio.to_thread(self._finish_all, marks)
+        except Exception:
+            log.exception("recording %d finished sends together failed; recording each alone", len(marks))
+            for mark in marks:  # one bad mark costs its own row a resend after its lease, not the others'
+                try:
+                    await asyncio.to_thread(self._finish_all, [mark])
+                except Exception:
+                    log.exception(
+                        "recording notification %s as %s failed; it is sent again after its lease",
+                        mark.row.id,
+                        mark.state,
+                    )
 
     def _finish(self, row: Notification, state: str, why: str | None, ref: dict[str, Any] | None) -> None:
         self._finish_all([_Mark(row, state, why, ref)])

@@ -48,7 +48,7 @@ from starter.services.recent_sign_in import SignIn, require_recent_sign_in, requ
 from store import catalog
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import AccessRequest, ApprovalInbox, Role, User, UTCDateTime
+from store.tables import AccessRequest, ApprovalInbox, Grant, Role, User, UTCDateTime
 from workflows.access_request import AccessRequestWorkflow
 
 
@@ -73,11 +73,16 @@ def stored_status(settings: Settings, request_id: str) -> RequestStatus | None:
 
 
 def get_request(settings: Settings, user: User, request_id: str) -> RequestStatus:
-    """A request's status, for those who may see it."""
+    """A request's status, for those who may see it, with the end its holder was warned of (the expiring-soon
+    scan marks it on the grant, ``store.expiry_warnings``; runs from before the scan kept it in their status)."""
     status = stored_status(settings, request_id)
     if status is None:
         raise _not_found(request_id)
     require_request_reader(user, status)
+    if status.expires_at is not None and status.warned_for is None:
+        with session_scope(settings.db_url, write=False) as session:
+            warned_for = session.exec(select(Grant.warned_for).where(Grant.request_id == request_id)).first()
+        status = status.model_copy(update={"warned_for": warned_for})
     return status
 
 
@@ -243,10 +248,21 @@ async def _create_request(
         static_details=f"rule {plan.rule!r} of {plan.policy!r}",
     )
     try:
-        status: RequestStatus = await client.execute_update_with_start_workflow(
-            AccessRequestWorkflow.submit, start_workflow_operation=start, rpc_timeout=settings.submit_timeout
+        # One deadline for the whole exchange: the client asks again on its own while no worker takes the update.
+        status: RequestStatus = await asyncio.wait_for(
+            client.execute_update_with_start_workflow(
+                AccessRequestWorkflow.submit, start_workflow_operation=start, rpc_timeout=settings.submit_timeout
+            ),
+            settings.submit_timeout.total_seconds(),
         )
-    except UpdateTimedOut:
+    except (UpdateTimedOut, TimeoutError):
+        if not await _started(client, request_id):
+            raise Refusal(
+                RefusalKind.UNAVAILABLE,
+                f"the workflow service did not answer within {format_duration(settings.submit_timeout)}: "
+                "nothing was started, try again",
+                retry_after=2,
+            ) from None
         raise Refusal(
             RefusalKind.UNAVAILABLE,
             f"request {request_id} was started but no Lapse worker recorded it within "
@@ -286,6 +302,16 @@ def _below_pending_cap(settings: Settings, requester: User) -> None:
             retry_after=PENDING_RETRY_AFTER,
             extra={"limit": cap},
         )
+
+
+async def _started(client: Client, request_id: str) -> bool:
+    """Whether the request's run exists (True when the workflow service cannot say: never "nothing started"
+    for one that may have)."""
+    try:
+        await client.get_workflow_handle(names.request_workflow_id(request_id)).describe()
+    except RPCError as error:
+        return error.status is not RPCStatusCode.NOT_FOUND
+    return True
 
 
 async def _start_failed(client: Client, request_id: str, error: RPCError) -> Refusal:
@@ -357,7 +383,10 @@ async def send_update(
     try:
         # The update answers small (its answer stays in history) once the app DB holds what it did; the
         # whole status is read there, which costs Temporal nothing.
-        await handle.execute_update(update, arg, result_type=RequestAck, rpc_timeout=settings.submit_timeout)
+        # One deadline for the whole exchange: the client asks again on its own while no worker takes the update.
+        await asyncio.wait_for(
+            handle.execute_update(update, arg, result_type=RequestAck), settings.submit_timeout.total_seconds()
+        )
         current = await asyncio.to_thread(stored_status, settings, request_id)
         assert current is not None
         return current
@@ -367,7 +396,7 @@ async def send_update(
             refusal = Refusal.of_workflow(cause)
         else:
             refusal = Refusal(RefusalKind.CONFLICT, str(cause))
-    except UpdateTimedOut:
+    except (UpdateTimedOut, TimeoutError):
         raise _maybe_applied(request_id, action) from None
     except RPCError as error:
         if error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
+from access.requests import RecordInput, RequestStatus
+from access.types import AuditEntry
 from activities.notify.expiry import warn_expiring
+from activities.requests import RequestActivities
 from store.db import session_scope
 from store.settings import Settings
 from store.tables import AuditEvent, Grant, Notification
@@ -68,6 +71,8 @@ async def test_the_holder_is_warned_once_a_tenth_of_an_hour_grant_before_its_end
     [warning] = warnings(settings, request_id)
     assert (warning.actor, warning.details["expires_at"], warning.details["lead"]) == ("lapse", end.isoformat(), "PT6M")
     assert queued(settings, request_id) == [(ALAN, "email"), (None, "webhook")]
+    shown = await api.ok(ALAN, "GET", f"/api/requests/{request_id}")
+    assert datetime.fromisoformat(shown["warned_for"]) == end  # the request says which end was warned of
 
     assert await scan(settings, end - timedelta(minutes=2)) == 0  # once per end
     assert len(warnings(settings, request_id)) == 1 and len(queued(settings, request_id)) == 2
@@ -140,3 +145,46 @@ async def test_two_workers_scanning_at_once_warn_each_grant_once(api: Api, setti
     for request_id, _ in made:
         assert len(warnings(settings, request_id)) == 1
         assert queued(settings, request_id) == [(ALAN, "email"), (None, "webhook")]
+
+
+async def test_a_run_from_before_the_scan_that_warns_after_it_does_not_warn_twice(api: Api, settings: Settings) -> None:
+    """Across the upgrade a run that timed its own warning may still give one: whichever of it and the scan
+    records the warning of an end first, the holder is told once."""
+    configure_notifications(settings, EMAIL)
+    request_id, end = await granted(api, "PT1H")
+    status = RequestStatus.model_validate(await api.status(request_id))
+    old_runs_step = RecordInput(
+        status=status.model_copy(update={"warned_for": end}),
+        events=[
+            AuditEntry(
+                actor="lapse",
+                action="grant.expiring_soon",
+                target=f"access-request-{request_id}",
+                details={"expires_at": end.isoformat(), "lead": "PT6M"},
+            )
+        ],
+        seq=1000,
+    )
+    assert await scan(settings, end - timedelta(minutes=5)) == 1  # the scan first
+    await asyncio.to_thread(RequestActivities(settings.db_url).record_request, old_runs_step)
+    assert len(warnings(settings, request_id)) == 1 and queued(settings, request_id) == [
+        (ALAN, "email"),
+        (None, "webhook"),
+    ]
+
+    other, other_end = await granted(api, "PT1H")
+    other_status = RequestStatus.model_validate(await api.status(other))
+    other_step = old_runs_step.model_copy(
+        update={
+            "status": other_status.model_copy(update={"warned_for": other_end}),
+            "events": [
+                e.model_copy(
+                    update={"target": f"access-request-{other}", "details": {"expires_at": other_end.isoformat()}}
+                )
+                for e in old_runs_step.events
+            ],
+        }
+    )
+    await asyncio.to_thread(RequestActivities(settings.db_url).record_request, other_step)  # the old run first
+    assert await scan(settings, other_end - timedelta(minutes=5)) == 0
+    assert len(warnings(settings, other)) == 1 and len(queued(settings, other)) == 2

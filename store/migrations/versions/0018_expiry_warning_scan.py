@@ -6,7 +6,7 @@ Create Date: 2026-12-02 11:30:00.000000
 """
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -41,17 +41,18 @@ def _carry_over_warnings() -> None:
         sa.column("warned_for", _UTC(timezone=True)),
     )
     request = sa.table("accessrequest", sa.column("id", sa.String), sa.column("status", sa.JSON))
+    warned_for = request.c.status["warned_for"].as_string()
+    # Only the one field of each status, read in SQL, and only for grants still to end: a status is the whole
+    # request (its steps, decisions and extensions), and there may be a hundred thousand grants held.
     rows = bind.execute(
-        sa.select(grant.c.id, grant.c.expires_at, request.c.status)
+        sa.select(grant.c.id, grant.c.expires_at, warned_for)
         .join(request, request.c.id == grant.c.request_id)
-        .where(grant.c.active.is_(True), grant.c.expires_at.is_not(None))
-    ).all()
+        .where(grant.c.active.is_(True), grant.c.expires_at > datetime.now(UTC), warned_for.is_not(None))
+    )
     warned = [
-        {"grant_id": row.id, "warned_for": row.expires_at}
-        for row in rows
-        if (text := (row.status or {}).get("warned_for"))
-        and row.expires_at is not None
-        and datetime.fromisoformat(text) == row.expires_at
+        {"grant_id": grant_id, "warned_for": expires_at}
+        for grant_id, expires_at, text in rows
+        if expires_at is not None and text and datetime.fromisoformat(text) == expires_at
     ]
     if warned:
         bind.execute(
