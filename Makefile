@@ -85,7 +85,7 @@ bench-reviews: $(VENV)/.dev system-deps
 
 # Notifications (issue 12), against a fake Slack: notice latency at 10 lifecycles/s, the lifecycle with
 # notifications off and on (alternating), and 10,000 expiring-soon warnings for grants ending in one minute.
-# About 35 minutes; needs a quiet machine.
+# About an hour (the warnings: ~45 min on a 2-CPU machine); needs a quiet machine.
 bench-notify: $(VENV)/.dev
 	$(BIN)/python -m bench.notifications --json bench/results-notify-$$(date -u +%F).json
 
