@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from access.requests import RequestState, StepState
@@ -142,11 +143,8 @@ async def test_a_grants_run_times_no_expiry_warning_the_scan_gives_it(lapse: Req
     # run: the warning is the grants ledger scan's (tests/notify/test_expiry_scan.py), the run keeps its end.
     assert ended.state is RequestState.EXPIRED and ended.warned_for is None
     assert lapse.stubs.events("grant.expiring_soon") == []
-    history = await handle.fetch_history()
-    kinds = [event.event_type for event in history.events]
-    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == 1
-    markers = [e.marker_recorded_event_attributes.SerializeToString() for e in history.events]
-    assert [b"expiry-warning-by-scan" in m for m in markers if b"expiry-warning" in m] == [True]
+    timers, markers = await _timers_and_warning_markers(handle)
+    assert timers == 1 and [b"expiry-warning-by-scan" in m for m in markers] == [True]
 
 
 async def test_an_extension_near_the_end_is_reminded_and_moves_the_end(lapse: Requests) -> None:
@@ -167,12 +165,16 @@ async def test_a_grant_under_ten_minutes_is_not_warned_and_adds_no_command(lapse
 
     assert ended.state is RequestState.EXPIRED and ended.warned_for is None
     assert lapse.stubs.events("grant.expiring_soon") == []
-    history = await handle.fetch_history()
-    kinds = [event.event_type for event in history.events]
     # One timer (the grant's end), and no patch marker: a short grant and a step without reminders cost nothing.
-    assert kinds.count(EventType.EVENT_TYPE_TIMER_STARTED) == 1
+    assert await _timers_and_warning_markers(handle) == (1, [])
+
+
+async def _timers_and_warning_markers(handle: WorkflowHandle[Any, Any]) -> tuple[int, list[bytes]]:
+    """How many timers the run started, and its expiry-warning patch markers."""
+    history = await handle.fetch_history()
+    timers = sum(1 for event in history.events if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED)
     markers = [e.marker_recorded_event_attributes.SerializeToString() for e in history.events]
-    assert not any(b"expiry-warning" in marker for marker in markers)
+    return timers, [marker for marker in markers if b"expiry-warning" in marker]
 
 
 async def test_the_recorded_escalation_scenario_runs(lapse: Requests) -> None:
