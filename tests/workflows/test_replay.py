@@ -22,7 +22,8 @@ def test_there_are_histories_to_replay() -> None:
     assert len(HISTORIES) >= 7
     recorded = {path.stem.split("-", 1)[1] for path in HISTORIES}
     assert {"birthright-sync", "directory-sync", "discovery"} <= recorded
-    assert {"reminded-escalated", "warned-extended", "extended-near-end"} <= recorded  # timers; warnings before the scan
+    # The step timers; the expiry warning's timers of runs from before the scan.
+    assert {"reminded-escalated", "warned-extended", "extended-near-end"} <= recorded
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
