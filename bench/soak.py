@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from sqlalchemy import func
 from sqlmodel import select
 from temporalio.client import Client
@@ -49,7 +48,6 @@ from bench import lifecycle
 from bench.lifecycle import _ms, say
 from bench.observe import CpuWindow, gauge, rss_bytes, scrape, sqlite_size
 from store.db import session_scope
-from store.org import DEMO_ORG
 from store.tables import AccessRequest
 
 SOAK_INTEGRATION = "soak"
@@ -72,10 +70,9 @@ def soak_role(index: int) -> str:
     return f"{SOAK_INTEGRATION}/app/r{index:04d}"
 
 
-def write_org(path: Path, users: int, roles: int) -> None:
+def soak_org(users: int, roles: int) -> dict[str, Any]:
     """The demo organisation without notifications, plus ``users`` people and ``roles`` automatic roles."""
-    org = yaml.safe_load(DEMO_ORG.read_text())
-    org.pop("notifications", None)
+    org = lifecycle.quiet_demo_org()
     org["users"] += [{"email": soak_email(i), "name": f"Soak {i}", "department": "Soak"} for i in range(users)]
     org["integrations"].append(
         {
@@ -95,7 +92,7 @@ def write_org(path: Path, users: int, roles: int) -> None:
         }
     )
     org["assignments"].append({"workflow": "soak-automatic", "scope": SOAK_INTEGRATION})
-    path.write_text(yaml.safe_dump(org, sort_keys=False))
+    return org
 
 
 def states(db_url: str) -> dict[str, int]:
@@ -523,10 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lifecycle.interrupt_on_signals()
     start_load = os.getloadavg()
     data_dir = lifecycle.DataDir.create("lapse-bench-soak-", args.keep)
-    org_file = data_dir.path / "soak-org.yaml"
-    write_org(org_file, args.users, max(1, math.ceil(args.grants / args.users)))
-    stack = lifecycle.Stack(data_dir.path, {"LAPSE_ORG_FILE": str(org_file), **args.overrides}, workers=args.workers)
-    stack.settings = stack.settings.model_copy(update={"org_file": org_file})  # prepare_database loads it
+    stack = lifecycle.Stack(data_dir.path, args.overrides, workers=args.workers)
+    stack.use_org(data_dir.path / "soak-org.yaml", soak_org(args.users, max(1, math.ceil(args.grants / args.users))))
 
     def measure() -> None:
         say(f"starting Temporal dev server, {args.workers} worker(s) and the API in {data_dir.path}…")

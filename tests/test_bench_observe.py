@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.lifecycle import Stack
 from bench.observe import WriteLockProbe, gauge, histogram, merge, minus, quantile, sqlite_size
-from bench.soak import _slope, soak_email, soak_role, write_org
+from bench.soak import _slope, soak_email, soak_org, soak_role
 from store.org import OrgFile
 
 METRICS = """\
@@ -57,9 +58,10 @@ def test_the_soak_slope_is_bytes_per_grant() -> None:
 
 
 def test_the_soak_organisation_loads_and_holds_every_grants_role(tmp_path: Path) -> None:
-    path = tmp_path / "org.yaml"
-    write_org(path, users=30, roles=4)
-    org = OrgFile.read(path)
+    stack = Stack(tmp_path)
+    stack.use_org(tmp_path / "org.yaml", soak_org(users=30, roles=4))
+    assert stack.settings.org_file == tmp_path / "org.yaml", "the stack's first load reads it"
+    org = OrgFile.read(tmp_path / "org.yaml")
     emails = {user.email for user in org.users}
     assert soak_email(29) in emails and "alan@example.com" in emails
     roles = {f"{i.name}/{r.name}/{role.name}" for i in org.integrations for r in i.resources for role in r.roles}

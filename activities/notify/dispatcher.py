@@ -94,11 +94,18 @@ MARK_WITHIN = 0.02
 """Seconds a finished send waits for others to be recorded with it in one transaction."""
 
 
+TRIED = "tried"
+"""A mark's state for a failed try: the row is due again after its pause, or given up (``Dispatcher._tried``)."""
+
+
 class _Mark(NamedTuple):
     row: Notification
     state: str
+    """``sent``, ``skipped``, ``failed`` (given up at once) or ``TRIED``."""
     why: str | None
     ref: dict[str, Any] | None
+    retry_after: float | None = None
+    permanent: bool = False
 
 
 class Dispatcher:
@@ -289,15 +296,15 @@ class Dispatcher:
         try:
             notice = Notice.model_validate(row.notice)
         except ValueError as error:  # queued by another version of Lapse, and unreadable to this one
-            await asyncio.to_thread(self._finish, row, "failed", f"the notice cannot be read: {error}", None)
+            await self._mark(row, "failed", f"the notice cannot be read: {error}", None)
             return
         sender = self._sender(channel, row.target)
         if sender is None:
             why = self._broken.get((channel, row.target)) or self._broken.get((channel, ""))
             if why is None:
-                await asyncio.to_thread(self._finish, row, "skipped", f"{channel.value} is no longer configured", None)
+                await self._mark(row, "skipped", f"{channel.value} is no longer configured", None)
             else:
-                await asyncio.to_thread(self._failed, row, why, None, False)
+                await self._mark(row, TRIED, why, None)
             return
         outgoing = Outgoing(
             id=row.id,
@@ -312,24 +319,34 @@ class Dispatcher:
         try:
             sent: Sent = await asyncio.wait_for(sender.send(outgoing), timeout=self._send_timeout)
         except DeliveryError as error:
-            await asyncio.to_thread(self._failed, row, str(error), error.retry_after, error.permanent)
+            await self._mark(row, TRIED, str(error), None, error.retry_after, error.permanent)
             return
         except TimeoutError:
-            await asyncio.to_thread(self._failed, row, f"no answer within {self._send_timeout:g} s", None, False)
+            await self._mark(row, TRIED, f"no answer within {self._send_timeout:g} s", None)
             return
         except Exception as error:  # a sender's bug: its message may hold a secret, so only its kind is kept
             log.warning("the %s sender raised %s for notification %s", channel.value, type(error).__name__, row.id)
-            await asyncio.to_thread(self._failed, row, f"the sender failed ({type(error).__name__})", None, False)
+            await self._mark(row, TRIED, f"the sender failed ({type(error).__name__})", None)
             return
         if sent.skipped is not None:
             await self._mark(row, "skipped", sent.skipped, None)
         else:
             await self._mark(row, "sent", None, sent.ref)
 
-    async def _mark(self, row: Notification, state: str, why: str | None, ref: dict[str, Any] | None) -> None:
+    async def _mark(
+        self,
+        row: Notification,
+        state: str,
+        why: str | None,
+        ref: dict[str, Any] | None,
+        retry_after: float | None = None,
+        permanent: bool = False,
+    ) -> None:
         """Record how a send went, with the others that finish within ``MARK_WITHIN``: one transaction for them
-        all, since each takes the SQLite writer lock the workflows' bookkeeping waits on. Returns once written."""
-        self._marks.append(_Mark(row, state, why, ref))
+        all, since each takes the SQLite writer lock the workflows' bookkeeping waits on. Failed tries too: in
+        a channel's outage every row fails at once, and one transaction per failure would crowd the grants'
+        bookkeeping out of the database exactly then. Returns once written."""
+        self._marks.append(_Mark(row, state, why, ref, retry_after, permanent))
         if self._marking is None:
             self._marking = asyncio.ensure_future(self._write_marks_soon())
         await asyncio.shield(self._marking)
@@ -351,43 +368,44 @@ class Dispatcher:
                         mark.state,
                     )
 
-    def _finish(self, row: Notification, state: str, why: str | None, ref: dict[str, Any] | None) -> None:
-        self._finish_all([_Mark(row, state, why, ref)])
-
     def _finish_all(self, marks: list[_Mark]) -> None:
         now = datetime.now(UTC)
+        outcomes: list[tuple[str, str]] = []
         with session_scope(self._db_url) as session:
-            for row, state, why, ref in marks:
+            for mark in marks:
+                row = mark.row
                 assert row.id is not None
-                if state == "sent":
-                    outbox.mark_sent(session, row.id, ref=ref or {}, now=now)
-                elif state == "skipped":
-                    outbox.mark_skipped(session, row.id, why=why or "", now=now)
+                if mark.state == "sent":
+                    outbox.mark_sent(session, row.id, ref=mark.ref or {}, now=now)
+                elif mark.state == "skipped":
+                    outbox.mark_skipped(session, row.id, why=mark.why or "", now=now)
+                elif mark.state == TRIED:
+                    outcomes.append((row.channel, self._tried(session, mark, now)))
+                    continue
                 else:
-                    self._give_up(session, row, why or "failed", row.attempts + 1, now)
-        for row, state, _why, _ref in marks:  # counted once written
-            if state in ("sent", "skipped"):
-                metrics.notification_handled(row.channel, state)
+                    self._give_up(session, row, mark.why or "failed", row.attempts + 1, now)
+                outcomes.append((row.channel, mark.state))
+        for channel, outcome in outcomes:  # counted once written
+            metrics.notification_handled(channel, outcome)
 
-    def _failed(self, row: Notification, why: str, retry_after: float | None, permanent: bool) -> None:
-        """A failed try: due again after a pause, or given up (recorded and audited)."""
+    def _tried(self, session: Session, mark: _Mark, now: datetime) -> str:
+        """A failed try: due again after a pause (``retry``), or given up (``failed``: recorded and audited)."""
+        row, why = mark.row, mark.why or "failed"
         assert row.id is not None
-        now = datetime.now(UTC)
         attempts = row.attempts + 1
         backoff = self.backoff
         too_long = backoff.give_up_after is not None and now - row.created_at >= backoff.give_up_after
-        with session_scope(self._db_url) as session:
-            if permanent or attempts >= backoff.attempts or too_long:
-                self._give_up(session, row, why, attempts, now)
-            else:
-                due = now + backoff.pause(attempts, retry_after)
-                outbox.mark_retry(session, row.id, why=why, attempts=attempts, due_at=due)
-                metrics.notification_handled(row.channel, "retry")
+        if mark.permanent or attempts >= backoff.attempts or too_long:
+            self._give_up(session, row, why, attempts, now)
+            return "failed"
+        outbox.mark_retry(
+            session, row.id, why=why, attempts=attempts, due_at=now + backoff.pause(attempts, mark.retry_after)
+        )
+        return "retry"
 
     def _give_up(self, session: Session, row: Notification, why: str, attempts: int, now: datetime) -> None:
         assert row.id is not None
         outbox.mark_failed(session, row.id, why=why, attempts=attempts, now=now)
-        metrics.notification_handled(row.channel, "failed")
         log.warning("gave up on notification %s (%s to %s): %s", row.id, row.kind, row.channel, why)
         about_request = session.get(AccessRequest, row.subject) is not None
         target = names.request_workflow_id(row.subject) if about_request else row.subject

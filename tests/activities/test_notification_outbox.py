@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlmodel import col, select
 
 from access.notifications import Channel, Notice, NoticeKind
@@ -15,7 +16,7 @@ from activities.notify.config import NotificationSettings
 from activities.notify.dispatcher import Backoff, Dispatcher
 from activities.notify.settings import routes_of
 from store import notifications as outbox
-from store.db import session_scope
+from store.db import engine_for, session_scope
 from store.settings import Settings
 from store.tables import AccessRequest, AuditEvent, Notification
 from tests.notify_fixtures import RecordingSender, StartDispatcher
@@ -140,6 +141,44 @@ async def test_a_failing_send_is_retried_then_given_up_on_the_request_and_in_the
     assert event.target == "access-request-req-1" and event.reason == failed.error
     assert event.details["channel"] == "email" and event.details["to"] == ALAN and event.details["kind"] == "granted"
     assert [row.state for row in shown] == ["failed"], "the request's page lists it"
+
+
+async def test_an_outage_records_its_failed_tries_together_and_audits_every_give_up(
+    settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    """A channel down fails every row at once: each try is still kept (attempts, why) and each give-up audited,
+    in a few shared transactions, not one per try, which would crowd out the grants' bookkeeping just then."""
+    people = [f"user{i}@example.com" for i in range(30)]
+    with session_scope(settings.db_url) as session:
+        session.add(
+            AccessRequest(id="req-1", requester=ALAN, role="ledger/prod-db/admin", state="active", created_at=NOW)
+        )
+    _queue(settings, *(_notice(NoticeKind.GRANTED, who) for who in people))
+    writes = 0
+
+    def count(_connection: Any) -> None:
+        nonlocal writes
+        writes += 1
+
+    engine = engine_for(settings.db_url, writer=True)  # as session_scope asks for it (the cache is by arguments)
+    sa_event.listen(engine, "begin", count)
+    email = RecordingSender(Channel.EMAIL, fail="connection refused by smtp.example.com")
+    try:
+        backoff = Backoff(first=timedelta(milliseconds=50), attempts=2)
+        async with start_dispatcher({(Channel.EMAIL, ""): email}, backoff=backoff, concurrency=30):
+            rows = await eventually(
+                lambda: _rows(settings),
+                until=lambda rows: {r.state for r in rows} == {"failed"},
+                what="every row given up",
+            )
+    finally:
+        sa_event.remove(engine, "begin", count)
+    assert len(email.attempts) == 60 and all(r.attempts == 2 for r in rows), "each row tried twice, as the backoff says"
+    assert {r.error for r in rows} == {"connection refused by smtp.example.com"}
+    with session_scope(settings.db_url, write=False) as session:
+        audited = session.exec(select(AuditEvent).where(AuditEvent.action == "notification.failed")).all()
+    assert sorted(e.details["to"] for e in audited) == sorted(people), "every give-up audited, once"
+    assert writes <= 15, f"{writes} writing transactions for 60 failed tries"
 
 
 async def test_a_permanent_failure_gives_up_at_once_and_a_skip_is_kept_with_why(
