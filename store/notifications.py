@@ -294,6 +294,22 @@ def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int) 
     return list(rows)
 
 
+def followed(session: Session, rows: Sequence[Notification]) -> bool:
+    """Whether a pending row comes after one of ``rows`` in a person's messages about the same subject on the same
+    channel: it waited for them (``claim_due``) and may go now they are done. One indexed read."""
+    threads = {(r.subject, r.recipient, r.channel) for r in rows if r.recipient is not None}
+    if not threads:
+        return False
+    pending = session.exec(
+        select(Notification.subject, Notification.recipient, Notification.channel).where(
+            col(Notification.subject).in_({subject for subject, _, _ in threads}),
+            col(Notification.recipient).in_({recipient for _, recipient, _ in threads}),
+            Notification.state == PENDING,
+        )
+    )
+    return any((subject, recipient, channel) in threads for subject, recipient, channel in pending)
+
+
 def previous_refs(session: Session, rows: Sequence[Notification]) -> dict[int, list[dict[str, Any]]]:
     """For each personal row, what its channel made of the earlier notices sent about the same subject to the
     same person (oldest first): a decision updates those messages. One query for all of ``rows``."""

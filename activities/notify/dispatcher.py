@@ -194,9 +194,13 @@ class Dispatcher:
                     task = asyncio.create_task(self._deliver(row))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
-                # Until woken, a send finishes (room to claim more), or the next poll.
+                # Until woken (rows queued here, or a row finished that a person's next one waited for), the next
+                # poll, or, only when more rows may be due than there was room for, a send finishing: a claim per
+                # finished send was most of an idle-ish dispatcher's cost.
+                more = room <= 0 or len(rows) == room
                 woken = asyncio.ensure_future(self._woken.wait())
-                await asyncio.wait({woken, *in_flight}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+                waits = {woken, *in_flight} if more else {woken}
+                await asyncio.wait(waits, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
         finally:
             unlisten()
@@ -385,6 +389,10 @@ class Dispatcher:
                 else:
                     self._give_up(session, row, mark.why or "failed", row.attempts + 1, now)
                 outcomes.append((row.channel, mark.state))
+            finished = [mark.row for mark, (_, outcome) in zip(marks, outcomes, strict=True) if outcome != "retry"]
+            followed = outbox.followed(session, finished)
+        if followed:  # a person's next message about the same request waited for one of these: send it now
+            self.wake()
         for channel, outcome in outcomes:  # counted once written
             metrics.notification_handled(channel, outcome)
 
