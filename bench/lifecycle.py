@@ -335,7 +335,7 @@ class Stack:
 
     def __init__(self, data_dir: Path, overrides: dict[str, str] | None = None, workers: int = 1) -> None:
         self.data_dir = data_dir
-        self.overrides = overrides or {}
+        self.overrides = dict(overrides or {})
         """``LAPSE_*`` settings for the worker and API beyond the stack's own (``--set``)."""
         self.workers = workers
         self.ops_ports: dict[str, int] = {}
@@ -409,6 +409,8 @@ class Stack:
     def start(self) -> None:
         if "LAPSE_ORG_FILE" not in self.overrides:
             self.use_org(self.data_dir / "bench-org.yaml", quiet_demo_org())
+        elif self.settings.org_file is None:  # --set LAPSE_ORG_FILE=...: the first load reads it too
+            self.settings = self.settings.model_copy(update={"org_file": Path(self.overrides["LAPSE_ORG_FILE"])})
         settings = self.settings
         host, _, port = settings.temporal_address.rpartition(":")
         server = self._start("temporal", temporal_server_command(settings))

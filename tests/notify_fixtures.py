@@ -81,7 +81,8 @@ def start_dispatcher(settings: Settings) -> StartDispatcher:
     async def start(
         senders: Mapping[SenderKey, Sender] | None = None, *, backoff: Backoff = FAST, **options: Any
     ) -> AsyncIterator[Dispatcher]:
-        async with Dispatcher(settings.db_url, settings, senders, backoff=backoff, poll=0.05, **options) as running:
+        options.setdefault("poll", 0.05)
+        async with Dispatcher(settings.db_url, settings, senders, backoff=backoff, **options) as running:
             yield running
 
     return start

@@ -182,10 +182,10 @@ class Dispatcher:
         try:
             while not self._stopping:
                 self._woken.clear()  # before claiming: a wake while claiming means look again
+                room = self._concurrency - len(in_flight)
                 try:
                     await self._refresh_senders()
                     await self._purge_old()
-                    room = self._concurrency - len(in_flight)
                     rows = await asyncio.to_thread(self._claim, room) if room > 0 else []
                 except Exception:
                     log.exception("the notification dispatcher could not read the outbox; trying again")
@@ -389,12 +389,23 @@ class Dispatcher:
                 else:
                     self._give_up(session, row, mark.why or "failed", row.attempts + 1, now)
                 outcomes.append((row.channel, mark.state))
-            finished = [mark.row for mark, (_, outcome) in zip(marks, outcomes, strict=True) if outcome != "retry"]
-            followed = outbox.followed(session, finished)
-        if followed:  # a person's next message about the same request waited for one of these: send it now
-            self.wake()
         for channel, outcome in outcomes:  # counted once written
             metrics.notification_handled(channel, outcome)
+        finished = [mark.row for mark, (_, outcome) in zip(marks, outcomes, strict=True) if outcome != "retry"]
+        self._wake_if_followed(finished)
+
+    def _wake_if_followed(self, finished: list[Notification]) -> None:
+        """Wake the loop if a person's next message about the same request waited for one of ``finished`` (the
+        loop claims again on a wake, a poll, or a full claim's sends finishing). Read after the marks' commit:
+        a failing read only wakes it anyway, and never undoes what was written."""
+        try:
+            with session_scope(self._db_url, write=False) as session:
+                followed = outbox.followed(session, finished)
+        except Exception:
+            log.exception("could not read whether finished notifications had others waiting; looking anyway")
+            followed = True
+        if followed:
+            self.wake()
 
     def _tried(self, session: Session, mark: _Mark, now: datetime) -> str:
         """A failed try: due again after a pause (``retry``), or given up (``failed``: recorded and audited)."""

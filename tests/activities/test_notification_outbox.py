@@ -16,6 +16,7 @@ from activities.notify.config import NotificationSettings
 from activities.notify.dispatcher import Backoff, Dispatcher
 from activities.notify.settings import routes_of
 from store import notifications as outbox
+from store.audit_log import audit_report
 from store.db import engine_for, session_scope
 from store.settings import Settings
 from store.tables import AccessRequest, AuditEvent, Notification
@@ -177,8 +178,25 @@ async def test_an_outage_records_its_failed_tries_together_and_audits_every_give
     assert {r.error for r in rows} == {"connection refused by smtp.example.com"}
     with session_scope(settings.db_url, write=False) as session:
         audited = session.exec(select(AuditEvent).where(AuditEvent.action == "notification.failed")).all()
+        report = audit_report(session)
     assert sorted(e.details["to"] for e in audited) == sorted(people), "every give-up audited, once"
+    assert report.intact, report.problems
     assert writes <= 15, f"{writes} writing transactions for 60 failed tries"
+
+
+async def test_a_persons_next_message_goes_as_soon_as_the_one_it_waited_for_is_done(
+    settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    """A decision waits for the prompt it closes, then goes at once: not at the next poll (5 s here)."""
+    email = RecordingSender(Channel.EMAIL, delay=0.05)
+    async with start_dispatcher({(Channel.EMAIL, ""): email}, poll=5.0):
+        await asyncio.sleep(0.1)  # the dispatcher's first look finds nothing
+        started = asyncio.get_running_loop().time()
+        _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS), _notice(NoticeKind.DECIDED, LINUS, seq=2))
+        await eventually(lambda: len(email.sent), until=lambda n: n == 2, what="the prompt, then the decision")
+        took = asyncio.get_running_loop().time() - started
+    assert [o.notice.kind for o in email.sent] == [NoticeKind.DECISION_NEEDED, NoticeKind.DECIDED]
+    assert took < 2.5, f"the decision waited {took:.1f} s, as if for the next poll"
 
 
 async def test_a_permanent_failure_gives_up_at_once_and_a_skip_is_kept_with_why(
