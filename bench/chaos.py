@@ -64,7 +64,7 @@ import psycopg
 from psycopg import sql
 from sqlmodel import col, select
 
-from bench.lifecycle import ADMIN, Stack, api_clients, distribution, project_root, quiet_demo_org
+from bench.lifecycle import ADMIN, Stack, api_clients, distribution, project_root
 from bench.lifecycle import Api as CountingApi
 from harness.postgres import PostgresServer, postgres_bin
 from starter.services.org import checked_connector
@@ -243,7 +243,6 @@ class ChaosStack(Stack):
 
     def start(self) -> None:
         codec_keys(self.settings)  # made once, before the processes that share it start (as lapse run does)
-        self.use_org(self.data_dir / "bench-org.yaml", quiet_demo_org())  # no mail catcher here: no notifications
         prepare_database(self.settings)
         with session_scope(self.settings.db_url) as session:
             load_org(session, OrgFile.model_validate(chaos_org()), connectors=checked_connector)
