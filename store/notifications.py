@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import delete, event, exists, update
+from sqlalchemy import bindparam, delete, event, exists, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -248,17 +249,28 @@ def any_due(session: Session, *, now: datetime) -> bool:
 
 
 def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int) -> list[Notification]:
-    """Claim up to ``limit`` rows due now for ``lease``: each is this caller's until then.
+    """Claim up to ``limit`` rows due now for ``lease``: each is this caller's until then. Oldest id first.
 
     A claimed row's ``due_at`` moves to the lease's end, so the index of due rows skips it while it is
     being sent, and finds it again only if its sender never said how it went (its worker died). The update
     re-checks ``due_at``, so of two dispatchers claiming the same row one gets it. A person's row waits for
     their earlier rows about the same subject on the same channel (sent, skipped or given up first).
+    One statement, built once per ``limit``: the claim runs for nearly every commit that queues rows.
     """
+    if limit <= 0:
+        return []
+    claimed = session.scalars(_claim_statement(limit), {"claim_now": now, "claim_until": now + lease})
+    return sorted(claimed, key=lambda row: row.id or 0)
+
+
+@cache
+def _claim_statement(limit: int) -> Any:
     # One person's messages about one subject on one channel go in order: a decision that updates an approver's
     # prompt waits while the prompt itself is still being sent or retried (else it finds nothing to update, and
     # the prompt lands later with live buttons).
     earlier = aliased(Notification)
+    now: Any = bindparam("claim_now")
+    until: Any = bindparam("claim_until")
     waiting_on_earlier = exists().where(
         col(earlier.subject) == col(Notification.subject),
         col(earlier.recipient) == col(Notification.recipient),
@@ -266,32 +278,21 @@ def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int) 
         col(earlier.state) == PENDING,
         col(earlier.id) < col(Notification.id),
     )
-    candidates = list(
-        session.exec(
-            select(Notification.id)
-            .where(Notification.state == PENDING, col(Notification.due_at) <= now, ~waiting_on_earlier)
-            .order_by(col(Notification.due_at), col(Notification.id))
-            .limit(limit)
-        )
+    candidates = (
+        select(Notification.id)
+        .where(Notification.state == PENDING, col(Notification.due_at) <= now, ~waiting_on_earlier)
+        .order_by(col(Notification.due_at), col(Notification.id))
+        .limit(limit)
     )
-    if not candidates:
-        return []
-    until = now + lease
-    claimed = session.execute(
+    return (
         update(Notification)
         .where(
-            col(Notification.id).in_(candidates),
-            col(Notification.state) == PENDING,
-            col(Notification.due_at) <= now,
+            col(Notification.id).in_(candidates), col(Notification.state) == PENDING, col(Notification.due_at) <= now
         )
         .values(claimed_until=until, due_at=until)
-        .returning(col(Notification.id))
+        .returning(Notification)
+        .execution_options(synchronize_session=False)
     )
-    ids = [row[0] for row in claimed]
-    if not ids:
-        return []
-    rows = session.exec(select(Notification).where(col(Notification.id).in_(ids)).order_by(col(Notification.id)))
-    return list(rows)
 
 
 def followed(session: Session, rows: Sequence[Notification]) -> bool:
@@ -340,16 +341,48 @@ def previous_refs(session: Session, rows: Sequence[Notification]) -> dict[int, l
 
 
 def mark_sent(session: Session, row_id: int, *, ref: dict[str, Any], now: datetime) -> None:
-    _finish(session, row_id, state=SENT, now=now, ref=ref, sent_at=now)
+    mark_done(session, sent=[(row_id, ref)], now=now)
 
 
 def mark_skipped(session: Session, row_id: int, *, why: str, now: datetime) -> None:
-    _finish(session, row_id, state=SKIPPED, now=now, error=why[:MAX_ERROR])
+    mark_done(session, skipped=[(row_id, why)], now=now)
+
+
+def mark_done(
+    session: Session,
+    *,
+    sent: Sequence[tuple[int, dict[str, Any]]] = (),
+    skipped: Sequence[tuple[int, str]] = (),
+    now: datetime,
+) -> None:
+    """Mark rows sent (with what their channel made of them) or skipped (with why): one cached statement
+    executed for them all, not one built per row. A row no longer pending (given up meanwhile) is left."""
+    if sent:
+        session.execute(_MARK_SENT, [{"row": row, "row_ref": ref, "at": now} for row, ref in sent])
+    if skipped:
+        session.execute(_MARK_SKIPPED, [{"row": row, "why": why[:MAX_ERROR], "at": now} for row, why in skipped])
+
+
+def _mark_statement(state: str, **values: Any) -> Any:
+    table = Notification.__table__  # type: ignore[attr-defined]
+    return (
+        update(table)
+        .where(table.c.id == bindparam("row"), table.c.state == PENDING)
+        .values(state=state, claimed_until=None, due_at=bindparam("at"), attempts=table.c.attempts + 1, **values)
+    )
+
+
+_MARK_SENT = _mark_statement(SENT, ref=bindparam("row_ref"), sent_at=bindparam("at"))
+_MARK_SKIPPED = _mark_statement(SKIPPED, error=bindparam("why"))
 
 
 def mark_failed(session: Session, row_id: int, *, why: str, attempts: int, now: datetime) -> None:
     """Given up: kept, with why, for the request's page (the caller audits it)."""
-    _finish(session, row_id, state=FAILED, now=now, error=why[:MAX_ERROR], attempts=attempts)
+    session.execute(
+        update(Notification)
+        .where(col(Notification.id) == row_id, col(Notification.state) == PENDING)
+        .values(state=FAILED, claimed_until=None, due_at=now, error=why[:MAX_ERROR], attempts=attempts)
+    )
 
 
 def mark_retry(session: Session, row_id: int, *, why: str, attempts: int, due_at: datetime) -> None:
@@ -358,15 +391,6 @@ def mark_retry(session: Session, row_id: int, *, why: str, attempts: int, due_at
         update(Notification)
         .where(col(Notification.id) == row_id, col(Notification.state) == PENDING)
         .values(attempts=attempts, due_at=due_at, claimed_until=None, error=why[:MAX_ERROR])
-    )
-
-
-def _finish(session: Session, row_id: int, *, state: str, now: datetime, **values: Any) -> None:
-    values.setdefault("attempts", Notification.attempts + 1)
-    session.execute(
-        update(Notification)
-        .where(col(Notification.id) == row_id, col(Notification.state) == PENDING)
-        .values(state=state, claimed_until=None, due_at=now, **values)
     )
 
 

@@ -42,6 +42,9 @@ class RecordingSender:
     skip: Callable[[Outgoing], str | None] = lambda _outgoing: None
     closed: bool = False
 
+    def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
+        return True
+
     async def send(self, outgoing: Outgoing) -> Sent:
         self.attempts.append(outgoing)
         if self.delay:

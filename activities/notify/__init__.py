@@ -7,6 +7,7 @@ its channel's :class:`Sender`; a sender says what it made of it (:class:`Sent`) 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,6 +64,11 @@ class DeliveryError(Exception):
 
 class Sender(Protocol):
     channel: Channel
+
+    def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
+        """Whether sending a notice of ``kind`` (with its ``details``) reads :attr:`Outgoing.previous`: the
+        dispatcher looks the earlier messages up only then."""
+        ...
 
     async def send(self, outgoing: Outgoing) -> Sent: ...
 

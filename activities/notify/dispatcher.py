@@ -94,6 +94,10 @@ MARK_WITHIN = 0.02
 """Seconds a finished send waits for others to be recorded with it in one transaction."""
 
 
+CLAIM_WITHIN = 0.02
+"""Seconds a wake waits for more commits that queue rows, so that one claim takes them all."""
+
+
 TRIED = "tried"
 """A mark's state for a failed try: the row is due again after its pause, or given up (``Dispatcher._tried``)."""
 
@@ -178,6 +182,7 @@ class Dispatcher:
         self._stopping = False
         unlisten = outbox.listen(self.wake)
         in_flight: set[asyncio.Task[None]] = set()
+        woke = False
         scanning = asyncio.create_task(self._scan_for_warnings(), name="lapse-expiry-warning-scan")
         try:
             while not self._stopping:
@@ -186,7 +191,7 @@ class Dispatcher:
                 try:
                     await self._refresh_senders()
                     await self._purge_old()
-                    rows = await asyncio.to_thread(self._claim, room) if room > 0 else []
+                    rows = await asyncio.to_thread(self._claim, room, look_first=not woke) if room > 0 else []
                 except Exception:
                     log.exception("the notification dispatcher could not read the outbox; trying again")
                     rows = []
@@ -201,7 +206,12 @@ class Dispatcher:
                 woken = asyncio.ensure_future(self._woken.wait())
                 waits = {woken, *in_flight} if more else {woken}
                 await asyncio.wait(waits, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+                woke = woken.done()
                 woken.cancel()
+                if woke and not self._stopping:
+                    # Woken by a commit that queued rows: the commits of the next moments join its claim, so a busy
+                    # stack claims once for several of them.
+                    await asyncio.sleep(CLAIM_WITHIN)
         finally:
             unlisten()
             scanning.cancel()
@@ -283,15 +293,24 @@ class Dispatcher:
 
     # --- one row -------------------------------------------------------------------------------
 
-    def _claim(self, limit: int) -> list[tuple[Notification, list[dict[str, Any]]]]:
+    def _claim(self, limit: int, *, look_first: bool = True) -> list[tuple[Notification, list[dict[str, Any]]]]:
+        """Claim up to ``limit`` due rows, each with what its channel made of the person's earlier messages about
+        the same subject where its sender reads them. ``look_first``: read whether any row is due before taking
+        the write lock (a poll, which mostly finds none; a wake from a commit that queued rows need not)."""
         now = datetime.now(UTC)
-        with session_scope(self._db_url, write=False) as session:
-            if not outbox.any_due(session, now=now):
-                return []  # polls of an idle outbox only read: SQLite's one writer is the workflows' bookkeeping
+        if look_first:
+            with session_scope(self._db_url, write=False) as session:
+                if not outbox.any_due(session, now=now):
+                    return []  # polls of an idle outbox only read: SQLite's one writer is the workflows' bookkeeping
         with session_scope(self._db_url) as session:
             rows = outbox.claim_due(session, now=now, lease=self._lease, limit=limit)
-            previous = outbox.previous_refs(session, rows)
+            previous = outbox.previous_refs(session, [row for row in rows if self._reads_previous(row)])
         return [(row, previous.get(row.id or 0, [])) for row in rows]
+
+    def _reads_previous(self, row: Notification) -> bool:
+        sender = self._sender(Channel(row.channel), row.target)
+        details = row.notice.get("details") if isinstance(row.notice, dict) else None
+        return sender is not None and sender.reads_previous(row.kind, details if isinstance(details, dict) else {})
 
     async def _deliver(self, claimed: tuple[Notification, list[dict[str, Any]]]) -> None:
         row, previous = claimed
@@ -375,20 +394,23 @@ class Dispatcher:
     def _finish_all(self, marks: list[_Mark]) -> None:
         now = datetime.now(UTC)
         outcomes: list[tuple[str, str]] = []
+        sent: list[tuple[int, dict[str, Any]]] = []
+        skipped: list[tuple[int, str]] = []
         with session_scope(self._db_url) as session:
             for mark in marks:
                 row = mark.row
                 assert row.id is not None
                 if mark.state == "sent":
-                    outbox.mark_sent(session, row.id, ref=mark.ref or {}, now=now)
+                    sent.append((row.id, mark.ref or {}))
                 elif mark.state == "skipped":
-                    outbox.mark_skipped(session, row.id, why=mark.why or "", now=now)
+                    skipped.append((row.id, mark.why or ""))
                 elif mark.state == TRIED:
                     outcomes.append((row.channel, self._tried(session, mark, now)))
                     continue
                 else:
                     self._give_up(session, row, mark.why or "failed", row.attempts + 1, now)
                 outcomes.append((row.channel, mark.state))
+            outbox.mark_done(session, sent=sent, skipped=skipped, now=now)
         for channel, outcome in outcomes:  # counted once written
             metrics.notification_handled(channel, outcome)
         finished = [mark.row for mark, (_, outcome) in zip(marks, outcomes, strict=True) if outcome != "retry"]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from typing import Any
 
 import aiosmtplib
 import jinja2
@@ -108,6 +110,9 @@ class EmailSender:
         self.settings = settings
         self.timeout = timeout
         self._connections = asyncio.Semaphore(CONNECTIONS)
+
+    def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
+        return True  # every message about a request joins its thread (In-Reply-To, References)
 
     async def send(self, outgoing: Outgoing) -> Sent:
         if not outgoing.recipient:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -122,6 +124,10 @@ class SlackSender:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
             self._client = web_client(self.settings, token, self._session)
         return self._client
+
+    def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
+        """Only a notice that closes earlier prompts (a decision, an end) or updates them reads them."""
+        return kind in CLOSING or bool(details.get("update_only"))
 
     async def send(self, outgoing: Outgoing) -> Sent:
         web = self._web()

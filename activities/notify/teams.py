@@ -10,6 +10,7 @@ URL carries its own signature: it is a secret, resolved when sending and never s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -89,6 +90,9 @@ class TeamsSender:
         self.webhook = webhook
         self._http = http or client()
         self._own_http = http is None
+
+    def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
+        return False  # each message stands alone
 
     async def send(self, outgoing: Outgoing) -> Sent:
         what = f"Teams webhook {self.webhook.name}"

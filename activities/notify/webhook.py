@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -96,6 +97,9 @@ class WebhookSender:
         self.target = target
         self._http = http or client()
         self._own_http = http is None
+
+    def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
+        return False  # each message stands alone
 
     async def send(self, outgoing: Outgoing) -> Sent:
         what = f"webhook {self.target.name}"
