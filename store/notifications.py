@@ -171,8 +171,14 @@ def _preferences(session: Session, people: set[str], routes: Routes) -> dict[str
     """Each person's chosen channels among the configured ones (people with no preference are left out)."""
     if not people or not routes.personal:
         return {}
-    found = session.exec(select(NotificationPreference).where(col(NotificationPreference.user_email).in_(people)))
-    return {row.user_email: tuple(c for c in routes.personal if c.value in row.channels) for row in found}
+    found = session.execute(_PREFERENCES, {"people": sorted(people)})
+    return {email: tuple(c for c in routes.personal if c.value in channels) for email, channels in found}
+
+
+_PREFERENCES: Any = select(NotificationPreference.user_email, NotificationPreference.channels).where(
+    col(NotificationPreference.user_email).in_(bindparam("people", expanding=True))
+)
+"""Built once: queueing reads it in every step's bookkeeping that tells someone something."""
 
 
 def admins(session: Session) -> list[str]:
@@ -222,6 +228,15 @@ def section_row(session: Session, name: str) -> OrgSection | None:
     return session.get(OrgSection, name)
 
 
+def section_version(session: Session, name: str) -> datetime | None:
+    """When the section last changed (None: it is not there): what a cache of it is keyed on, read without
+    loading its body. A cached statement: it runs in every step's bookkeeping."""
+    return session.execute(_SECTION_VERSION, {"section": name}).scalar_one_or_none()
+
+
+_SECTION_VERSION: Any = select(OrgSection.updated_at).where(OrgSection.name == bindparam("section"))
+
+
 def save_section(session: Session, name: str, body: dict[str, Any] | None, by: str, *, now: datetime) -> bool:
     """Store a section as given (validated by the caller; secrets are references only); None removes it.
     Returns whether anything changed."""
@@ -244,8 +259,14 @@ def save_section(session: Session, name: str, body: dict[str, Any] | None, by: s
 
 def any_due(session: Session, *, now: datetime) -> bool:
     """Whether any row is due now: a read, so an idle dispatcher's polls take no write lock."""
-    due = select(Notification.id).where(Notification.state == PENDING, col(Notification.due_at) <= now).limit(1)
-    return session.exec(due).first() is not None
+    return session.execute(_ANY_DUE, {"due_now": now}).first() is not None
+
+
+_ANY_DUE: Any = (
+    select(Notification.id)
+    .where(Notification.state == PENDING, col(Notification.due_at) <= bindparam("due_now"))
+    .limit(1)
+)
 
 
 def claim_due(session: Session, *, now: datetime, lease: timedelta, limit: int) -> list[Notification]:

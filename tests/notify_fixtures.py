@@ -41,9 +41,11 @@ class RecordingSender:
     delay: float = 0.0
     skip: Callable[[Outgoing], str | None] = lambda _outgoing: None
     closed: bool = False
+    reads: Callable[[str], bool] = lambda _kind: True
+    """Which kinds' sends read what earlier messages made (``Sender.reads_previous``)."""
 
     def reads_previous(self, kind: str, details: Mapping[str, Any]) -> bool:
-        return True
+        return self.reads(kind)
 
     async def send(self, outgoing: Outgoing) -> Sent:
         self.attempts.append(outgoing)

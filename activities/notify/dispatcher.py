@@ -266,7 +266,7 @@ class Dispatcher:
         if self._checked_at is not None and now - self._checked_at < timedelta(seconds=1):
             return
         self._checked_at = now
-        version, settings = await asyncio.to_thread(self._stored)
+        version, settings = await asyncio.to_thread(self._stored, self._version)
         if version == self._version:
             return
         broken: dict[SenderKey, str] = {}
@@ -274,10 +274,13 @@ class Dispatcher:
         await self._close_senders()
         self._senders, self._broken, self._version = senders, broken, version
 
-    def _stored(self) -> tuple[datetime | None, NotificationSettings | None]:
+    def _stored(self, known: datetime | None) -> tuple[datetime | None, NotificationSettings | None]:
+        """The section's version, and the section itself only when that is not the ``known`` one."""
         with session_scope(self._db_url, write=False) as session:
-            row = outbox.section_row(session, outbox.NOTIFICATIONS)
-            return (row.updated_at if row else None), stored_settings(session)
+            version = outbox.section_version(session, outbox.NOTIFICATIONS)
+            if known is not None and version == known:
+                return version, None
+            return version, stored_settings(session)
 
     async def _close_senders(self) -> None:
         for sender in {id(s): s for s in self._senders.values()}.values():

@@ -85,10 +85,10 @@ class RoutesCache:
         self._routes = NO_ROUTES
 
     def routes(self, session: Session) -> Routes:
-        row = outbox.section_row(session, outbox.NOTIFICATIONS)
-        if row is None:
+        updated_at = outbox.section_version(session, outbox.NOTIFICATIONS)
+        if updated_at is None:
             return NO_ROUTES
-        version = (id(session.get_bind()), row.updated_at)  # engines live as long as the process
+        version = (id(session.get_bind()), updated_at)  # engines live as long as the process
         with self._lock:
             if version == self._version:
                 return self._routes

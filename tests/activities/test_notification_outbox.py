@@ -96,6 +96,21 @@ def test_a_route_filters_by_kind_workflow_and_integration(settings: Settings) ->
     assert _queue(settings, _notice(NoticeKind.DECISION_NEEDED, None, seq=2), section=workflow_only) == 0
 
 
+async def test_earlier_messages_are_read_only_for_the_sends_whose_sender_uses_them(
+    settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    email = RecordingSender(Channel.EMAIL, reads=lambda kind: kind == NoticeKind.DECIDED)
+    async with start_dispatcher({(Channel.EMAIL, ""): email}):
+        _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS))
+        await eventually(lambda: len(email.sent), until=lambda n: n == 1, what="the prompt sent")
+        _queue(settings, _notice(NoticeKind.REMINDER, LINUS, seq=2), _notice(NoticeKind.DECIDED, LINUS, seq=3))
+        await eventually(lambda: len(email.sent), until=lambda n: n == 3, what="the reminder and the decision sent")
+
+    prompt, reminder, decided = email.sent
+    assert reminder.previous == [], "a send whose sender does not read earlier messages is not given them"
+    assert decided.previous == [{"message": f"m{prompt.id}"}, {"message": f"m{reminder.id}"}]
+
+
 def test_nothing_configured_queues_nothing(settings: Settings) -> None:
     assert _queue(settings, _notice(NoticeKind.GRANTED, ALAN), section={}) == 0
     assert _rows(settings) == []
