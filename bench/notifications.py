@@ -311,7 +311,13 @@ async def run_rounds(
 
 
 def compare(runs: Sequence[dict[str, Any]], pooled: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """On against off: mean steady throughput over the rounds, pooled latencies; each as on/off - 1."""
+    """On against off: mean steady throughput over the rounds, pooled latencies; each as on/off - 1. With two
+    or more "off" rounds, also their own spread (the largest over the smallest, - 1): how far apart the same
+    configuration lands from one round to the next on this machine, against which a change is read."""
+
+    def off_spread(key: str, stat: str) -> float | None:
+        values = [v for v in (r["summary"][key][stat] for r in runs if r["mode"] == "off") if v]
+        return max(values) / min(values) - 1 if len(values) >= 2 else None
 
     def mean_throughput(mode: str) -> float | None:
         values = [r["summary"]["throughput"]["steady"] for r in runs if r["mode"] == mode]
@@ -320,11 +326,21 @@ def compare(runs: Sequence[dict[str, Any]], pooled: dict[str, dict[str, Any]]) -
 
     figures: dict[str, Any] = {}
     off, on = mean_throughput("off"), mean_throughput("on")
-    figures["throughput"] = {"off": off, "on": on, "change": (on / off - 1) if on and off else None}
+    figures["throughput"] = {
+        "off": off,
+        "on": on,
+        "change": (on / off - 1) if on and off else None,
+        "off_spread": off_spread("throughput", "steady"),
+    }
     for key in ("approval_to_grant_s", "revoke_lag_s"):
         for stat in ("p50", "p99"):
             a, b = pooled["off"][key][stat], pooled["on"][key][stat]
-            figures[f"{key} {stat}"] = {"off": a, "on": b, "change": (b / a - 1) if a and b else None}
+            figures[f"{key} {stat}"] = {
+                "off": a,
+                "on": b,
+                "change": (b / a - 1) if a and b else None,
+                "off_spread": off_spread(key, stat),
+            }
     for name in sorted({n for r in runs for n in r["cpu_ms_per_lifecycle"]}):
         off_cpu, on_cpu = (
             _mean([r["cpu_ms_per_lifecycle"].get(name) for r in runs if r["mode"] == m]) for m in ("off", "on")
@@ -518,18 +534,19 @@ def report(figures: dict[str, Any]) -> str:
                 lines.append(
                     f"      Slack notices {n['rows']} {n['states']}, latency p50/p99/max {_dist(n['latency_s'])}"
                 )
-        row = "  {:<34} {:>12} {:>12} {:>9}   {}"
-        lines.append(row.format("", "off", "on", "change", f"target: within {TARGET_SLOWDOWN:.0%}"))
+        row = "  {:<34} {:>12} {:>12} {:>9}   {:<10} {}"
+        lines.append(row.format("", "off", "on", "change", f"within {TARGET_SLOWDOWN:.0%}", "off rounds' own spread"))
         for name, c in rounds["comparison"].items():
             change = c["change"]
             if name.startswith("CPU"):  # what it costs, not a target
                 cpu = [_num(c[m], 1) for m in ("off", "on")]
-                lines.append(row.format(name, *cpu, _pct(change), ""))
+                lines.append(row.format(name, *cpu, _pct(change), "", ""))
                 continue
             fmt = _num if name == "throughput" else _ms
             # Within 5%: throughput no more than 5% lower, latencies no more than 5% higher.
             ok = None if change is None else (change >= -TARGET_SLOWDOWN if fmt is _num else change <= TARGET_SLOWDOWN)
-            lines.append(row.format(name, fmt(c["off"]), fmt(c["on"]), _pct(change), _verdict(ok)))
+            spread = "" if c.get("off_spread") is None else f"{c['off_spread'] * 100:.0f}%"
+            lines.append(row.format(name, fmt(c["off"]), fmt(c["on"]), _pct(change), _verdict(ok), spread))
         n = rounds["notifications"]
         p99 = n["latency_s"]["p99"]
         lines += [
