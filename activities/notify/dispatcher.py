@@ -311,15 +311,19 @@ class Dispatcher:
         return [(row, previous.get(row.id or 0, [])) for row in rows]
 
     def _reads_previous(self, row: Notification) -> bool:
-        sender = self._sender(Channel(row.channel), row.target)
+        try:
+            channel = Channel(row.channel)
+        except ValueError:  # queued by another version of Lapse: its send fails visibly, not this claim
+            return False
+        sender = self._sender(channel, row.target)
         details = row.notice.get("details") if isinstance(row.notice, dict) else None
         return sender is not None and sender.reads_previous(row.kind, details if isinstance(details, dict) else {})
 
     async def _deliver(self, claimed: tuple[Notification, list[dict[str, Any]]]) -> None:
         row, previous = claimed
         assert row.id is not None
-        channel = Channel(row.channel)
         try:
+            channel = Channel(row.channel)
             notice = Notice.model_validate(row.notice)
         except ValueError as error:  # queued by another version of Lapse, and unreadable to this one
             await self._mark(row, "failed", f"the notice cannot be read: {error}", None)

@@ -111,6 +111,28 @@ async def test_earlier_messages_are_read_only_for_the_sends_whose_sender_uses_th
     assert decided.previous == [{"message": f"m{prompt.id}"}, {"message": f"m{reminder.id}"}]
 
 
+async def test_a_row_another_version_queued_for_an_unknown_channel_fails_visibly_and_the_rest_go(
+    settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    email = RecordingSender(Channel.EMAIL)
+    _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS), _notice(NoticeKind.DECISION_NEEDED, ADA, seq=2))
+    with session_scope(settings.db_url) as session:
+        pigeon = session.exec(select(Notification).where(Notification.recipient == LINUS)).one()
+        pigeon.channel = "pigeon"  # a channel a later Lapse may add, then rolled back
+        session.add(pigeon)
+    async with start_dispatcher({(Channel.EMAIL, ""): email}):
+        await eventually(
+            lambda: sorted(r.state for r in _rows(settings)), until=lambda s: s == ["failed", "sent"], what="both done"
+        )
+
+    assert email.told() == [(ADA, "decision_needed")], "the other row is not held up"
+    failed = next(r for r in _rows(settings) if r.state == "failed")
+    assert failed.recipient == LINUS and "'pigeon' is not a valid Channel" in (failed.error or "")
+    with session_scope(settings.db_url, write=False) as session:
+        audited = session.exec(select(AuditEvent).where(AuditEvent.action == "notification.failed")).one()
+    assert audited.details["channel"] == "pigeon" and audited.details["to"] == LINUS
+
+
 def test_nothing_configured_queues_nothing(settings: Settings) -> None:
     assert _queue(settings, _notice(NoticeKind.GRANTED, ALAN), section={}) == 0
     assert _rows(settings) == []
