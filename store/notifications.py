@@ -397,13 +397,15 @@ _MARK_SENT = _mark_statement(SENT, ref=bindparam("row_ref"), sent_at=bindparam("
 _MARK_SKIPPED = _mark_statement(SKIPPED, error=bindparam("why"))
 
 
-def mark_failed(session: Session, row_id: int, *, why: str, attempts: int, now: datetime) -> None:
-    """Given up: kept, with why, for the request's page (the caller audits it)."""
-    session.execute(
+def mark_failed(session: Session, row_id: int, *, why: str, attempts: int, now: datetime) -> bool:
+    """Given up: kept, with why, for the request's page (the caller audits it). False: the row was no longer
+    pending (another dispatcher finished it after a lease), so there is nothing to audit."""
+    result = session.execute(
         update(Notification)
         .where(col(Notification.id) == row_id, col(Notification.state) == PENDING)
         .values(state=FAILED, claimed_until=None, due_at=now, error=why[:MAX_ERROR], attempts=attempts)
     )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def mark_retry(session: Session, row_id: int, *, why: str, attempts: int, due_at: datetime) -> None:

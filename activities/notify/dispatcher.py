@@ -453,7 +453,8 @@ class Dispatcher:
 
     def _give_up(self, session: Session, row: Notification, why: str, attempts: int, now: datetime) -> None:
         assert row.id is not None
-        outbox.mark_failed(session, row.id, why=why, attempts=attempts, now=now)
+        if not outbox.mark_failed(session, row.id, why=why, attempts=attempts, now=now):
+            return  # finished meanwhile (another dispatcher, after this one's lease): audited once, there
         log.warning("gave up on notification %s (%s to %s): %s", row.id, row.kind, row.channel, why)
         about_request = session.get(AccessRequest, row.subject) is not None
         target = names.request_workflow_id(row.subject) if about_request else row.subject

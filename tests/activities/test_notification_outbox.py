@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from access.notifications import Channel, Notice, NoticeKind
 from activities.notify.config import NotificationSettings
-from activities.notify.dispatcher import Backoff, Dispatcher
+from activities.notify.dispatcher import Backoff, Dispatcher, _Mark
 from activities.notify.settings import routes_of
 from store import notifications as outbox
 from store.audit_log import audit_report
@@ -179,6 +179,21 @@ async def test_a_failing_send_is_retried_then_given_up_on_the_request_and_in_the
     assert event.target == "access-request-req-1" and event.reason == failed.error
     assert event.details["channel"] == "email" and event.details["to"] == ALAN and event.details["kind"] == "granted"
     assert [row.state for row in shown] == ["failed"], "the request's page lists it"
+
+
+def test_a_give_up_recorded_twice_is_audited_once(settings: Settings) -> None:
+    """Two dispatchers may give up on the same row (one after the other's lease ran out, or a commit whose outcome
+    was unknown tried again): the row and the audit log say it once."""
+    _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS))
+    (row,) = _rows(settings)
+    dispatcher = Dispatcher(settings.db_url, settings, {})
+    for _ in range(2):
+        dispatcher._finish_all([_Mark(row, "failed", "the mail server refused it", None)])
+    (failed,) = _rows(settings)
+    assert failed.state == "failed" and failed.attempts == 1
+    with session_scope(settings.db_url, write=False) as session:
+        audited = session.exec(select(AuditEvent).where(AuditEvent.action == "notification.failed")).all()
+    assert len(audited) == 1
 
 
 async def test_an_outage_records_its_failed_tries_together_and_audits_every_give_up(
