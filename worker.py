@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import pkgutil
 import py_compile
 import signal
 import sys
@@ -46,8 +47,8 @@ from activities.reviews import ReviewActivities
 from activities.schedules import ScheduleActivities
 from store.audit_log import configure_audit
 from store.credentials import credential_cipher
-from store.db import migrate
-from store.health import readiness, ready, scraper_allowed
+from store.db import migrate, shown_url
+from store.health import database_ready, readiness, ready, scraper_allowed
 from store.logs import configure_logging
 from store.settings import Settings, get_settings
 from store.temporal import connect
@@ -76,9 +77,24 @@ WORKFLOWS: Sequence[type] = [
 
 log = logging.getLogger("lapse.worker")
 
-SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules("access", "pydantic", "pydantic_core")
-"""The pure domain and pydantic are deterministic to import: the sandbox shares them instead of importing
-them afresh for every workflow run. Nothing else passes through (``tests/test_layers.py``)."""
+
+def workflow_helpers() -> tuple[str, ...]:
+    """The modules of ``workflows`` that define no workflow: the parts the workflows are built from (a request's
+    messages, records, timers, refusals...). Found, not listed, so that a new one is checked like the rest."""
+    package = importlib.import_module("workflows")
+    defining = {workflow.__module__ for workflow in WORKFLOWS}
+    found = (f"workflows.{m.name}" for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
+    return tuple(sorted(module for module in found if module not in defining))
+
+
+SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules(
+    "access", "pydantic", "pydantic_core", *workflow_helpers()
+)
+"""What the sandbox shares instead of importing afresh for every workflow run: the pure domain, pydantic, and the
+workflows' helper modules (``workflow_helpers``). Re-importing those helpers was two thirds of the cost of
+starting a request's run (bench/RESULTS.md). The sandbox's run-time checks do not reach code it passes through,
+so ``tests/test_layers.py`` checks the helpers instead: no workflow, no I/O or clock import, no mutable module
+state. Each workflow's own module is still imported afresh for each run."""
 
 
 def compile_workflow_modules() -> None:
@@ -148,12 +164,13 @@ class OpsPort:
     ``LAPSE_METRICS_TOKEN`` set, only for ``Authorization: Bearer`` with it; without, only for this machine and
     ``LAPSE_METRICS_NETWORKS``, as the API's). None when ``ops_port`` is 0."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(self, settings: Settings, client: Client | None, *, process: str = "worker") -> None:
         self._settings = settings
         self._client = client
+        self._process = process
         self._runner: web.AppRunner | None = None
         self.polling = False
-        """Whether the Temporal worker is polling for tasks (``serve`` says)."""
+        """Whether the Temporal worker is polling for tasks, or the notifier claiming rows (``serve`` says)."""
 
     async def __aenter__(self) -> OpsPort:
         host, port = self._settings.ops_host, self._settings.ops_port
@@ -170,8 +187,8 @@ class OpsPort:
         except OSError as error:
             await self._runner.cleanup()
             raise SystemExit(
-                f"the worker's ops port {host}:{port} cannot be opened ({error.strerror}): set LAPSE_OPS_PORT to a "
-                "free port (each worker on a host needs its own), or 0 for none"
+                f"the {self._process}'s ops port {host}:{port} cannot be opened ({error.strerror}): set "
+                f"LAPSE_OPS_PORT to a free port (each worker or notifier on a host needs its own), or 0 for none"
             ) from None
         log.info("ops port at http://%s:%d (/healthz, /readyz, /metrics)", host, port)
         return self
@@ -184,8 +201,12 @@ class OpsPort:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        checks = await readiness(self._client, self._settings.db_url)
-        checks["polling"] = "ok" if self.polling else "the worker is not polling"
+        if self._client is None:  # the notifier: the app DB is all it needs
+            checks = await database_ready(self._settings.db_url)
+            checks["sending"] = "ok" if self.polling else f"the {self._process} is not sending"
+        else:
+            checks = await readiness(self._client, self._settings.db_url)
+            checks["polling"] = "ok" if self.polling else f"the {self._process} is not polling"
         status = ready(checks)
         body = {"status": "ready" if status else "not ready", "checks": checks}
         return web.json_response(body, status=200 if status else 503)
@@ -231,27 +252,57 @@ async def serve(settings: Settings, *, connectors: Mapping[str, ConnectorFactory
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # Notifications go out from beside the worker: the outbox's rows are sent with retries, so the workflows
-    # never wait for a chat or mail server (activities/notify/dispatcher.py).
-    async with OpsPort(settings, client) as ops, Dispatcher(settings.db_url, settings) as dispatcher, worker:
+    # never wait for a chat or mail server (activities/notify/dispatcher.py). Unless ``lapse notifier`` sends them.
+    dispatcher = Dispatcher(settings.db_url, settings) if settings.worker_notifies else None
+    async with OpsPort(settings, client) as ops, dispatcher or contextlib.nullcontext(), worker:
         ops.polling = True
         log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
         await stop.wait()
         ops.polling = False
         grace = format_duration(settings.shutdown_grace)
         log.info("worker stopping: running activities have up to %s to finish", grace)
-        dispatcher.stop()  # stops claiming now; its sends under way finish while the worker drains
+        if dispatcher is not None:
+            dispatcher.stop()  # stops claiming now; its sends under way finish while the worker drains
     log.info("worker stopped")
 
 
-def main() -> None:
-    """``lapse worker`` (and ``python -m worker``): log as the settings say, migrate if asked, then serve."""
+NOTIFIER_POLL = 0.05
+"""Seconds between a notifier's looks at the outbox. In a worker, a commit that queues rows wakes its dispatcher at
+once; a notifier in its own process hears of no commit, so it looks often. A look that finds nothing due is one
+indexed read, which on SQLite takes no write lock."""
+
+
+async def serve_notifier(settings: Settings) -> None:
+    """Run the notification dispatcher alone until SIGTERM or SIGINT (``lapse notifier``): the outbox's sending and
+    the expiring-soon scan, off the workers' CPU, with its own ops port. Workers then run with
+    ``LAPSE_WORKER_NOTIFIES=false``. Several may run: each claims rows under a lease. No Temporal connection: the
+    app DB holds all it needs. On the signal it stops claiming and finishes the sends under way."""
+    configure_audit(settings)  # a send given up, an expiring-soon warning: each is audited
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    dispatcher = Dispatcher(settings.db_url, settings, poll=NOTIFIER_POLL)
+    async with OpsPort(settings, None, process="notifier") as ops, dispatcher:
+        ops.polling = True
+        log.info("notifier sending the outbox of %s", shown_url(settings.db_url))
+        await stop.wait()
+        ops.polling = False
+        log.info("notifier stopping: sends under way finish first")
+        dispatcher.stop()
+    log.info("notifier stopped")
+
+
+def main(process: str = "worker") -> None:
+    """``lapse worker`` (and ``python -m worker``), or ``lapse notifier`` with ``process="notifier"``: log as the
+    settings say, migrate if asked, then serve."""
     settings = get_settings()
-    configure_logging(settings, "worker")
+    configure_logging(settings, process)
     if settings.migrate_on_start:
         migrate(settings.db_url)
-    asyncio.run(serve(settings))
+    asyncio.run(serve_notifier(settings) if process == "notifier" else serve(settings))
 
 
 if __name__ == "__main__":
-    main()
+    main("notifier" if sys.argv[1:] == ["notifier"] else "worker")  # ``python -m worker notifier``: a notifier
     os._exit(0)  # the Temporal client can abort the interpreter at exit (sdk-python #300)

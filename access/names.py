@@ -85,6 +85,11 @@ def start_search_attributes(requester: str, role: str) -> TypedSearchAttributes:
     )
 
 
+BREAK_GLASS_REVIEW_WORKFLOW = "BreakGlassReviewWorkflow"
+"""The post-hoc review's workflow type: the request's run starts it by this name, so that it need not import the
+review's module (the sandbox would define that workflow again in every request's run)."""
+
+
 def break_glass_workflow_id(request_id: str) -> str:
     """An emergency request's post-hoc review, started by the request's run once the grant is made."""
     return f"break-glass-{request_id}"

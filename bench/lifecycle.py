@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from starter.stack import (
+        NOTIFIER_COMMAND,
         WORKER_COMMAND,
         api_command,
         port_open,
@@ -330,14 +331,18 @@ class Stack:
     """A fresh Temporal dev server, app DB, worker(s) and API in a temporary directory.
 
     Each worker gets its own free ops port (``LAPSE_OPS_PORT``: the default 9464 would let only one worker per
-    host start); ``ops_ports`` maps a worker's name (``worker``, ``worker-2``, ...) to it.
+    host start); ``ops_ports`` maps a worker's name (``worker``, ``worker-2``, ...) to it. With ``notifiers``, that
+    many ``lapse notifier`` processes send the notifications instead of the workers (``notifier``, ...).
     """
 
-    def __init__(self, data_dir: Path, overrides: dict[str, str] | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, data_dir: Path, overrides: dict[str, str] | None = None, workers: int = 1, notifiers: int = 0
+    ) -> None:
         self.data_dir = data_dir
         self.overrides = dict(overrides or {})
         """``LAPSE_*`` settings for the worker and API beyond the stack's own (``--set``)."""
         self.workers = workers
+        self.notifiers = notifiers
         self.ops_ports: dict[str, int] = {}
         self.metrics_token = secrets.token_urlsafe(16)
         """Scrapes of ``/metrics`` need it: the stack trusts the loopback address as its SSO proxy, so a caller
@@ -417,10 +422,16 @@ class Stack:
         self._wait(lambda: port_open(host, int(port)), "the Temporal dev server", server)
         prepare_database(settings)
         workers = []
+        notifies = {"LAPSE_WORKER_NOTIFIES": "false"} if self.notifiers else {}
         for index in range(self.workers):
             name = "worker" if index == 0 else f"worker-{index + 1}"
             self.ops_ports[name] = free_port()
-            workers.append((name, self._start(name, WORKER_COMMAND, {"LAPSE_OPS_PORT": str(self.ops_ports[name])})))
+            env = {"LAPSE_OPS_PORT": str(self.ops_ports[name]), **notifies}
+            workers.append((name, self._start(name, WORKER_COMMAND, env)))
+        for index in range(self.notifiers):
+            name = "notifier" if index == 0 else f"notifier-{index + 1}"
+            self.ops_ports[name] = free_port()
+            workers.append((name, self._start(name, NOTIFIER_COMMAND, {"LAPSE_OPS_PORT": str(self.ops_ports[name])})))
         api = self._start("api", api_command(settings))
         for name, worker in workers:
             self._wait(partial(self._polling, name), f"the {name}", worker)
@@ -433,7 +444,7 @@ class Stack:
         self._wait(api_ready, "the API", api)
 
     def _polling(self, worker: str) -> bool:
-        return "worker polling" in self.log(worker)
+        return any(ready in self.log(worker) for ready in ("worker polling", "notifier sending"))
 
     def log(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"

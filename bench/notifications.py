@@ -615,6 +615,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="grant creations in flight")
     parser.add_argument("--grace", type=float, default=120.0, help="seconds after the end to wait for late warnings")
     parser.add_argument(
+        "--notifiers",
+        type=int,
+        default=0,
+        help="send from this many `lapse notifier` processes, with the worker's own dispatcher off (0: the worker "
+        "sends)",
+    )
+    parser.add_argument(
         "--documented-limits",
         action="store_true",
         help="the fake Slack enforces Slack's documented rate limits (1 post/s per channel)",
@@ -666,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     slack = FakeSlack(limits=limits)
     # No ops port (its fixed default may be taken by another stack on this host).
     own = {TOKEN_ENV: slack.token, SIGNING_ENV: "bench-signing-secret", "LAPSE_OPS_PORT": "0"}
-    stack = Stack(data_dir.path, {**own, **args.overrides})
+    stack = Stack(data_dir.path, {**own, **args.overrides}, notifiers=args.notifiers)
 
     def measure() -> None:
         slack.start()
@@ -682,7 +689,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["config"] = {
             **{
                 k: getattr(args, k)
-                for k in ("rate", "seconds", "rounds", "hold", "grants", "min_duration", "expected_rate", "concurrency")
+                for k in (
+                    *("rate", "seconds", "rounds", "hold", "grants", "min_duration", "expected_rate", "concurrency"),
+                    "notifiers",
+                )
             },
             "settings": args.overrides,
             "slack_limits": "Slack's documented" if args.documented_limits else repr(limits),

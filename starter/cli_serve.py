@@ -1,7 +1,8 @@
-"""``lapse api``, ``lapse worker``, ``lapse migrate``: Lapse's processes one at a time, for production.
+"""``lapse api``, ``lapse worker``, ``lapse notifier``, ``lapse migrate``: Lapse's processes one at a time, for
+production.
 
 ``lapse run`` starts everything on one machine; these start one process each, with the same settings, so that
-any number of APIs and workers can run against one Temporal namespace and one app DB. Registered on
+any number of APIs, workers and notifiers can run against one Temporal namespace and one app DB. Registered on
 ``starter.cli.app`` when that module is imported.
 """
 
@@ -48,6 +49,20 @@ Run as many as you need against one task queue (`LAPSE_TASK_QUEUE`): Temporal sp
 stops taking work, lets running activities finish for up to `LAPSE_SHUTDOWN_GRACE` (then cancels them: Temporal
 retries them elsewhere) and exits 0. Its ops port (`LAPSE_OPS_HOST`:`LAPSE_OPS_PORT`, `127.0.0.1:9464`; 0: none)
 serves `/healthz`, `/readyz` (also: it is polling) and `/metrics`; give each worker on one host its own port.
+It also sends the notifications, unless `LAPSE_WORKER_NOTIFIES=false` (then run `lapse notifier`).
+"""
+    + COMMON
+)
+
+NOTIFIER_HELP = (
+    """Send the notifications alone, off the workers: the outbox (Slack, Teams, email, webhooks) and the
+expiring-soon warnings, until SIGTERM or Ctrl-C.
+
+Run it with the workers' `LAPSE_WORKER_NOTIFIES=false`, so that a busy worker's workflows share no CPU with the
+sending (docs/production.md). It needs the app DB and the channels' secrets, not Temporal. Several may run: each
+claims rows under a lease. On SIGTERM it stops claiming and finishes the sends under way. Its ops port
+(`LAPSE_OPS_HOST`:`LAPSE_OPS_PORT`, `127.0.0.1:9464`; 0: none) serves `/healthz`, `/readyz` (the app DB, and it is
+sending) and `/metrics` (the notifications' counters); on a host with a worker, give each its own port.
 """
     + COMMON
 )
@@ -126,6 +141,18 @@ def worker(
     import worker as worker_process
 
     worker_process.main()
+
+
+@cli.app.command(help=NOTIFIER_HELP)
+def notifier(
+    ops_port: Annotated[
+        int | None, typer.Option(help="The ops port (default: LAPSE_OPS_PORT, 9464; 0: none).", min=0, max=65535)
+    ] = None,
+) -> None:
+    _settings(**({"LAPSE_OPS_PORT": str(ops_port)} if ops_port is not None else {}))
+    import worker as worker_process
+
+    worker_process.main("notifier")
 
 
 @cli.app.command(help=MIGRATE_HELP)

@@ -247,6 +247,7 @@ def temporal_server_command(settings: Settings) -> list[str]:
 
 
 WORKER_COMMAND = [sys.executable, "-m", "worker"]
+NOTIFIER_COMMAND = [sys.executable, "-m", "worker", "notifier"]
 
 
 def api_command(settings: Settings) -> list[str]:

@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     metrics_networks: Annotated[list[str], NoDecode] = []
     """Addresses and networks (``10.0.0.0/24``) that may read the API's ``/metrics`` without the token; a JSON
     list or comma-separated."""
+    worker_notifies: bool = True
+    """Each ``lapse worker`` also sends the notification outbox and runs the expiring-soon scan. Off when
+    ``lapse notifier`` processes do that instead, so that sending shares no CPU with the workflows
+    (docs/production.md, "Notifications")."""
     migrate_on_start: bool = True
     """``lapse api`` and ``lapse worker`` bring the app DB's schema to the latest migration as they start (one at
     a time, under a lock); off: the operator runs ``lapse migrate`` before starting new versions."""

@@ -6,14 +6,15 @@ the approval round's rules in ``access/approval.py``, the grant's movable end in
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
-from workflows.break_glass import open_review
 from workflows.deadline import Deadline
 from workflows.expiry_warning import ExpiryWarning
 from workflows.request_messages import RequestMessages
@@ -23,6 +24,7 @@ from workflows.step_timers import StepAlarms
 with workflow.unsafe.imports_passed_through():
     from access import limits, names
     from access.approval import ApprovalRound, RoundOutcome, close, planned_steps
+    from access.break_glass import BreakGlassReviewInput
     from access.durations import format_duration
     from access.requests import (
         AccessRequestInput,
@@ -35,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeInput,
         StepState,
     )
+    from access.types import BreakGlassPlan
 
 PROVISION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=8
@@ -60,6 +63,29 @@ _REQUEST_ENDS: dict[RoundOutcome, RequestState | None] = {
     RoundOutcome.FAILED: RequestState.FAILED,
 }
 """How the request's own round ends the request (an approved one goes on to the grant)."""
+
+
+async def open_review(status: RequestStatus, plan: BreakGlassPlan) -> None:
+    """Start the review of an emergency grant just made (``workflows/break_glass.py``), as a child its request's
+    run abandons: the review goes on after the grant ends. Started once per request (a second start finds it
+    running and leaves it). By type name: importing the review's module would define it again in every run."""
+    assert status.granted_at is not None
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await workflow.start_child_workflow(
+            names.BREAK_GLASS_REVIEW_WORKFLOW,
+            BreakGlassReviewInput(
+                request_id=status.id,
+                requester=status.requester,
+                role=status.role,
+                justification=status.justification,
+                plan=plan,
+                granted_at=status.granted_at,
+                expires_at=status.expires_at,
+            ),
+            id=names.break_glass_workflow_id(status.id),
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            static_summary=f"review of {status.requester}'s emergency access to {status.role}",
+        )
 
 
 def _cause(error: BaseException) -> str:

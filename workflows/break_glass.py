@@ -1,10 +1,11 @@
 """BreakGlassReviewWorkflow: the mandatory review of an emergency grant, after the fact.
 
-An emergency request's run (``AccessRequestWorkflow``) starts it as an abandoned child once the grant is made
-(``open_review``), so the review outlives the grant. It waits up to the deadline for one verdict: a reviewer (a
-skipped approver, never the requester) or an admin confirms or condemns it. A condemned one, or one nobody
-reviewed in time, is flagged and escalated; the service that takes a condemn revokes the grant at once. Each
-state is written to the app DB with its audit event and notices by a local activity (``activities.break_glass``).
+An emergency request's run (``AccessRequestWorkflow``) starts it by its type name as an abandoned child once the
+grant is made (``workflows.access_request.open_review``), so the review outlives the grant. It waits up to the
+deadline for one verdict: a reviewer (a skipped approver, never the requester) or an admin confirms or condemns
+it. A condemned one, or one nobody reviewed in time, is flagged and escalated; the service that takes a condemn
+revokes the grant at once. Each state is written to the app DB with its audit event and notices by a local
+activity (``activities.break_glass``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
 
 from workflows.request_checks import refused
 
@@ -31,8 +30,6 @@ with workflow.unsafe.imports_passed_through():
         verdict_refusal,
     )
     from access.errors import RefusalKind
-    from access.requests import RequestStatus
-    from access.types import BreakGlassPlan
 
 _ENDINGS = {
     Verdict.CONFIRM: (ReviewState.CONFIRMED, "break_glass.confirmed"),
@@ -40,7 +37,7 @@ _ENDINGS = {
 }
 
 
-@workflow.defn
+@workflow.defn(name=names.BREAK_GLASS_REVIEW_WORKFLOW)
 class BreakGlassReviewWorkflow:
     """Opens the review, takes one verdict before the deadline, or marks it unreviewed; records each state."""
 
@@ -111,25 +108,3 @@ class BreakGlassReviewWorkflow:
             start_to_close_timeout=names.BOOKKEEPING_TIMEOUT,
         )
         self._review.escalated_to = escalated
-
-
-async def open_review(status: RequestStatus, plan: BreakGlassPlan) -> None:
-    """Start the review of an emergency grant just made, as a child its request's run abandons: the review goes on
-    after the grant ends. Started once per request (a second start finds it running and leaves it)."""
-    assert status.granted_at is not None
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await workflow.start_child_workflow(
-            BreakGlassReviewWorkflow.run,
-            BreakGlassReviewInput(
-                request_id=status.id,
-                requester=status.requester,
-                role=status.role,
-                justification=status.justification,
-                plan=plan,
-                granted_at=status.granted_at,
-                expires_at=status.expires_at,
-            ),
-            id=names.break_glass_workflow_id(status.id),
-            parent_close_policy=ParentClosePolicy.ABANDON,
-            static_summary=f"review of {status.requester}'s emergency access to {status.role}",
-        )

@@ -102,9 +102,9 @@ class SlackSender:
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncWebClient | None = None
         self._unknown: dict[str, float] = {}
+        """Emails Slack did not know, until when not to ask again."""
         self._ids: dict[str, tuple[str, float]] = {}
         """Slack ids read or learnt lately, by email, with when they go stale: no DB read per message."""
-        """Emails Slack did not know, until when not to ask again."""
 
     async def close(self) -> None:
         if self._session is not None:
