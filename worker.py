@@ -269,7 +269,8 @@ async def serve(settings: Settings, *, connectors: Mapping[str, ConnectorFactory
 NOTIFIER_POLL = 0.05
 """Seconds between a notifier's looks at the outbox. In a worker, a commit that queues rows wakes its dispatcher at
 once; a notifier in its own process hears of no commit, so it looks often. A look that finds nothing due is one
-indexed read, which on SQLite takes no write lock."""
+indexed read, which on SQLite takes no write lock. A person's next message about a request, which waits for their
+last one to be sent, goes at the next look too (a worker's dispatcher is woken for it instead)."""
 
 
 async def serve_notifier(settings: Settings) -> None:
@@ -282,7 +283,7 @@ async def serve_notifier(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    dispatcher = Dispatcher(settings.db_url, settings, poll=NOTIFIER_POLL)
+    dispatcher = Dispatcher(settings.db_url, settings, poll=NOTIFIER_POLL, wake_followed=False)
     async with OpsPort(settings, None, process="notifier") as ops, dispatcher:
         ops.polling = True
         log.info("notifier sending the outbox of %s", shown_url(settings.db_url))

@@ -3,8 +3,13 @@ times, and the database URL a user gives."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlmodel import col, select
@@ -12,6 +17,7 @@ from sqlmodel import col, select
 from access.types import AuditEntry
 from store.audit_log import append_audit, verify_audit
 from store.db import engine_for, migrate, session_scope
+from store.settings import get_settings
 from store.tables import AuditEvent
 
 pytestmark = pytest.mark.every_app_db
@@ -62,3 +68,58 @@ def test_times_are_stored_and_read_back_in_utc(db_url: str) -> None:
 @pytest.mark.parametrize("url", ["postgresql://lapse@db:5432/lapse", "postgres://lapse:pw@db/lapse"])
 def test_a_plain_postgresql_url_uses_the_installed_driver(url: str) -> None:
     assert engine_for(url).dialect.driver == "psycopg"
+
+
+def _queue_taken(lock_file: Path) -> bool:
+    """Whether a writer holds the writer queue's file lock: asked through an open file of its own, as another
+    process would."""
+    with lock_file.open("a") as other:
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(other, fcntl.LOCK_UN)
+        return False
+
+
+def test_a_sqlite_writer_holds_the_queue_of_every_process_until_it_ends(tmp_path: Path) -> None:
+    """Between processes SQLite's writers wait on a file lock beside the DB, handed on at once when the holder
+    ends, not in SQLite's sleeping busy handler; a reader waits for nothing."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    lock_file = tmp_path / "app.db.writers.lock"
+    with session_scope(url, write=False):
+        assert not _queue_taken(lock_file)
+    with session_scope(url):
+        with session_scope(url):  # another writing session in the same thread: no deadlock
+            assert _queue_taken(lock_file)
+        assert _queue_taken(lock_file)  # still the outer session's
+    assert not _queue_taken(lock_file)
+    with pytest.raises(RuntimeError), session_scope(url):
+        raise RuntimeError("a writer that fails")
+    assert not _queue_taken(lock_file)  # released all the same
+
+
+WRITER = """
+import sys
+from access.types import AuditEntry
+from store.audit_log import append_audit
+from store.db import session_scope
+for i in range(int(sys.argv[3])):
+    with session_scope(sys.argv[1]) as session:
+        append_audit(session, [AuditEntry(actor=sys.argv[2], action="test.append", target=str(i))])
+"""
+
+
+def test_writers_in_several_processes_keep_the_audit_chain_whole(db_url: str) -> None:
+    processes, appends = 3, 20
+    data_dir = str(get_settings().data_dir)  # this process's audit key (a SQLite file's: the one beside it)
+    environment = {**os.environ, "LAPSE_DATA_DIR": data_dir, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, db_url, f"process-{n}", str(appends)], env=environment)
+        for n in range(processes)
+    ]
+    assert [writer.wait(timeout=120) for writer in writers] == [0] * processes
+    with session_scope(db_url, write=False) as session:
+        actors = list(session.exec(select(AuditEvent.actor).where(AuditEvent.action == "test.append")))
+        assert sorted(actors) == sorted(f"process-{n}" for n in range(processes) for _ in range(appends))
+        assert verify_audit(session) is None

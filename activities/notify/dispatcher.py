@@ -132,6 +132,7 @@ class Dispatcher:
         lease: timedelta = timedelta(minutes=2),
         send_timeout: float = 60.0,
         scan_every: timedelta = SCAN_EVERY,
+        wake_followed: bool = True,
     ) -> None:
         self._db_url = db_url
         self._base_url = settings.external_url
@@ -147,6 +148,9 @@ class Dispatcher:
         self._lease = lease
         self._send_timeout = send_timeout
         self._scan_every = scan_every
+        self._wake_followed = wake_followed
+        """Whether a finished send that a person's next message waited for wakes the loop (one read per batch
+        of marks); a dispatcher that polls every few tens of milliseconds (``lapse notifier``) need not."""
         self._marks: list[_Mark] = []
         self._marking: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -420,8 +424,9 @@ class Dispatcher:
             outbox.mark_done(session, sent=sent, skipped=skipped, now=now)
         for channel, outcome in outcomes:  # counted once written
             metrics.notification_handled(channel, outcome)
-        finished = [mark.row for mark, (_, outcome) in zip(marks, outcomes, strict=True) if outcome != "retry"]
-        self._wake_if_followed(finished)
+        if self._wake_followed:
+            finished = [mark.row for mark, (_, outcome) in zip(marks, outcomes, strict=True) if outcome != "retry"]
+            self._wake_if_followed(finished)
 
     def _wake_if_followed(self, finished: list[Notification]) -> None:
         """Wake the loop if a person's next message about the same request waited for one of ``finished`` (the

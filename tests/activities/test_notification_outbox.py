@@ -22,6 +22,7 @@ from store.settings import Settings
 from store.tables import AccessRequest, AuditEvent, Notification
 from tests.notify_fixtures import RecordingSender, StartDispatcher
 from tests.support import eventually
+from worker import NOTIFIER_POLL
 
 pytestmark = pytest.mark.every_app_db  # the claim's lease and the insert's conflicts are per backend
 
@@ -249,6 +250,18 @@ async def test_a_persons_next_message_goes_as_soon_as_the_one_it_waited_for_is_d
         took = asyncio.get_running_loop().time() - started
     assert [o.notice.kind for o in email.sent] == [NoticeKind.DECISION_NEEDED, NoticeKind.DECIDED]
     assert took < 2.5, f"the decision waited {took:.1f} s, as if for the next poll"
+
+
+async def test_a_notifiers_dispatcher_sends_the_next_message_at_its_next_look(
+    settings: Settings, start_dispatcher: StartDispatcher
+) -> None:
+    """``lapse notifier`` is not woken by the end of a send (it looks every 50 ms): the decision still goes, after
+    the prompt it closes."""
+    email = RecordingSender(Channel.EMAIL, delay=0.05)
+    async with start_dispatcher({(Channel.EMAIL, ""): email}, poll=NOTIFIER_POLL, wake_followed=False):
+        _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS), _notice(NoticeKind.DECIDED, LINUS, seq=2))
+        await eventually(lambda: len(email.sent), until=lambda n: n == 2, what="the prompt, then the decision")
+    assert [o.notice.kind for o in email.sent] == [NoticeKind.DECISION_NEEDED, NoticeKind.DECIDED]
 
 
 async def test_a_permanent_failure_gives_up_at_once_and_a_skip_is_kept_with_why(
