@@ -257,6 +257,8 @@ async def serve(settings: Settings, *, connectors: Mapping[str, ConnectorFactory
     async with OpsPort(settings, client) as ops, dispatcher or contextlib.nullcontext(), worker:
         ops.polling = True
         log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+        if dispatcher is None:
+            log.info("this worker sends no notifications (LAPSE_WORKER_NOTIFIES=false): `lapse notifier` must run")
         await stop.wait()
         ops.polling = False
         grace = format_duration(settings.shutdown_grace)
