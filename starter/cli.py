@@ -1,5 +1,5 @@
-"""``lapse``: the command line. Every command but ``run`` (and ``api``, ``worker``, ``migrate``: ``starter.cli_serve``)
-is a client of the API and of nothing else.
+"""``lapse``: the command line. Every command but ``run`` (and ``api``, ``worker``, ``notifier``, ``migrate``:
+``starter.cli_serve``) is a client of the API and of nothing else.
 
 This module holds the client (where the API is, the one call every command makes, errors that end the command),
 the requester's and approver's commands, and ``lapse run``. Signing in (``login``, ``logout``, the token kept
@@ -26,7 +26,7 @@ from store.settings import Settings, get_settings
 
 API_HELP = (
     "The API's base URL (default: http://LAPSE_API_HOST:LAPSE_API_PORT, i.e. http://127.0.0.1:8000, as `lapse run` "
-    "serves it). Every command but `run`, `api`, `worker` and `migrate` talks to this API and nothing else."
+    "serves it). Every command but `run`, `api`, `worker`, `notifier` and `migrate` talks to this API and nothing else."
 )
 
 
@@ -52,8 +52,8 @@ class _Commands(TyperGroup):
 app: typer.Typer = typer.Typer(
     cls=_Commands,
     help="Lapse: just-in-time access that lapses on its own.\n\n"
-    "`run` starts all of Lapse on this machine; `api`, `worker` and `migrate` run its processes one at a time. "
-    "Every other command is a client of the Lapse API (--api or LAPSE_API_URL; default "
+    "`run` starts all of Lapse on this machine; `api`, `worker`, `notifier` and `migrate` run its processes one at a "
+    "time. Every other command is a client of the Lapse API (--api or LAPSE_API_URL; default "
     "http://LAPSE_API_HOST:LAPSE_API_PORT), signed in with the API token `lapse login` keeps (or LAPSE_TOKEN), "
     "or, behind an SSO proxy, acting as the user given by --as (or LAPSE_USER).",
     no_args_is_help=True,
