@@ -106,7 +106,7 @@ def compile_workflow_modules() -> None:
     """
     modules = {workflow.__module__ for workflow in WORKFLOWS} | {"workflows", names.__name__}
     sources = {getattr(sys.modules.get(module), "__file__", None) for module in modules}
-    # And every module of the package: the workflows' own imports (deadline, step timers...) are re-imported too.
+    # And every module of the package: a helper passed through is imported once, from its bytecode too.
     package = getattr(sys.modules.get("workflows"), "__file__", None)
     if package:
         sources |= {str(path) for path in Path(package).parent.glob("*.py")}
@@ -286,13 +286,21 @@ async def serve_notifier(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     dispatcher = Dispatcher(settings.db_url, settings, poll=NOTIFIER_POLL, wake_followed=False)
-    async with OpsPort(settings, None, process="notifier") as ops, dispatcher:
+    async with OpsPort(settings, None, process="notifier") as ops:
+        sending = asyncio.create_task(dispatcher.run(), name="lapse-notifier")
+        stopping = asyncio.create_task(stop.wait())
         ops.polling = True
         log.info("notifier sending the outbox of %s", shown_url(settings.db_url))
-        await stop.wait()
+        await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
         ops.polling = False
+        if sending.done():  # it ended by itself: say so and exit non-zero, so that the supervisor restarts it
+            stopping.cancel()
+            error = None if sending.cancelled() else sending.exception()
+            log.error("the notifier's dispatcher ended by itself (%r): exiting", error)
+            raise SystemExit(1)
         log.info("notifier stopping: sends under way finish first")
         dispatcher.stop()
+        await sending
     log.info("notifier stopped")
 
 
@@ -307,5 +315,7 @@ def main(process: str = "worker") -> None:
 
 
 if __name__ == "__main__":
-    main("notifier" if sys.argv[1:] == ["notifier"] else "worker")  # ``python -m worker notifier``: a notifier
+    if sys.argv[1:] not in ([], ["notifier"]):
+        raise SystemExit(f"usage: python -m worker [notifier] (not {' '.join(sys.argv[1:])!r})")
+    main("notifier" if sys.argv[1:] else "worker")  # ``python -m worker notifier``: a notifier
     os._exit(0)  # the Temporal client can abort the interpreter at exit (sdk-python #300)

@@ -389,13 +389,14 @@ def run_stack(settings: Settings) -> None:
         ops = f"  Worker health    http://{settings.ops_host}:{settings.ops_port}/readyz  (and /metrics)\n"
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    commands: dict[str, list[str]] = {}
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {}
 
-    def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def start(name: str, command: list[str], more: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        own = {**env, **(more or {})}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=own, start_new_session=True)
         (logs / f"{name}.pid").write_text(str(process.pid))
-        commands[name] = command
+        commands[name] = (command, more or {})
         children[:] = [(n, p) for n, p in children if n != name] + [(name, process)]
         return process
 
@@ -417,6 +418,8 @@ def run_stack(settings: Settings) -> None:
             _wait(lambda: port_open(host or "127.0.0.1", int(port)), "the Temporal dev server", server)
             _wait(lambda: port_open("127.0.0.1", settings.temporal_ui_port), "the Temporal Web UI", server)
         start("worker", WORKER_COMMAND)
+        if not settings.worker_notifies:  # LAPSE_WORKER_NOTIFIES=false: the sending in a process of its own
+            start("notifier", NOTIFIER_COMMAND, {"LAPSE_OPS_PORT": "0"})
         api = start("api", api_command(settings))
 
         def api_ready() -> bool:
@@ -443,7 +446,7 @@ def run_stack(settings: Settings) -> None:
                 if process.poll() is not None and not stopping:
                     # Temporal keeps every request's state: a restarted process picks up where it was.
                     print(f"{name} exited with code {process.returncode}; restarting it", flush=True)
-                    start(name, commands[name])
+                    start(name, *commands[name])
             time.sleep(0.2)
     finally:
         print("stopping…", flush=True)

@@ -84,48 +84,16 @@ def session_scope(url: str, *, write: bool = True) -> Iterator[Session]:
             raise
 
 
-class _SqliteWriters:
-    """The queue SQLite writers wait in: a lock in the process, then an ``flock`` shared with every other process
-    writing the same file (``<db>.writers.lock`` beside it).
-
-    SQLite lets one writer in at a time and makes the others poll with growing sleeps (1, 2, 5, 10... ms), so
-    under load the lock sits free while waiters sleep and a burst of writers collapses throughput. Waiting on a
-    lock instead hands the database to the next writer as soon as the last commits: the thread lock does that
-    within a process, the kernel's ``flock`` between processes (an API, a worker, a notifier on one file).
-    Re-entrant: a writer may open another writing session in the same thread; the file lock is taken once.
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self._threads = threading.RLock()
-        self._depth = 0
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(f"{path}.writers.lock", "a") if path else None  # noqa: SIM115 (kept for the process)
-
-    def __enter__(self) -> None:
-        self._threads.acquire()
-        try:
-            if self._depth == 0 and self._file is not None:
-                fcntl.flock(self._file, fcntl.LOCK_EX)  # no GIL held while it waits
-        except BaseException:
-            self._threads.release()
-            raise
-        self._depth += 1
-
-    def __exit__(self, *_: object) -> None:
-        self._depth -= 1
-        try:
-            if self._depth == 0 and self._file is not None:
-                fcntl.flock(self._file, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
-
-
 @cache
-def _sqlite_writers(url: str) -> _SqliteWriters:
-    """The writer queue of one SQLite app DB (the file lock only for a file on disk, not ``:memory:``)."""
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    return _SqliteWriters(path if path and not path.startswith(":memory:") else None)
+def _sqlite_writers(url: str) -> threading.RLock:
+    """The queue a process's SQLite writers wait in.
+
+    SQLite lets one writer in at a time and makes the others poll with growing sleeps, so under load
+    the lock sits free while waiters sleep and a burst of writers collapses throughput. Waiting on a
+    lock in the process instead hands the database to the next writer as soon as the last commits.
+    Re-entrant: a writer may open another writing session in the same thread.
+    """
+    return threading.RLock()
 
 
 def lock(session: Session, *keys: str, shared: bool = False) -> None:

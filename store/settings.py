@@ -167,8 +167,9 @@ class Settings(BaseSettings):
     ``lapse notifier`` processes do that instead, so that sending shares no CPU with the workflows
     (docs/production.md, "Notifications")."""
     migrate_on_start: bool = True
-    """``lapse api`` and ``lapse worker`` bring the app DB's schema to the latest migration as they start (one at
-    a time, under a lock); off: the operator runs ``lapse migrate`` before starting new versions."""
+    """``lapse api``, ``lapse worker`` and ``lapse notifier`` bring the app DB's schema to the latest migration as
+    they start (one at a time, under a lock); off: the operator runs ``lapse migrate`` before starting new
+    versions."""
 
     @field_validator("trusted_proxies", "metrics_networks", mode="before")
     @classmethod

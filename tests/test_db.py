@@ -3,7 +3,6 @@ times, and the database URL a user gives."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -68,35 +67,6 @@ def test_times_are_stored_and_read_back_in_utc(db_url: str) -> None:
 @pytest.mark.parametrize("url", ["postgresql://lapse@db:5432/lapse", "postgres://lapse:pw@db/lapse"])
 def test_a_plain_postgresql_url_uses_the_installed_driver(url: str) -> None:
     assert engine_for(url).dialect.driver == "psycopg"
-
-
-def _queue_taken(lock_file: Path) -> bool:
-    """Whether a writer holds the writer queue's file lock: asked through an open file of its own, as another
-    process would."""
-    with lock_file.open("a") as other:
-        try:
-            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(other, fcntl.LOCK_UN)
-        return False
-
-
-def test_a_sqlite_writer_holds_the_queue_of_every_process_until_it_ends(tmp_path: Path) -> None:
-    """Between processes SQLite's writers wait on a file lock beside the DB, handed on at once when the holder
-    ends, not in SQLite's sleeping busy handler; a reader waits for nothing."""
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    lock_file = tmp_path / "app.db.writers.lock"
-    with session_scope(url, write=False):
-        assert not _queue_taken(lock_file)
-    with session_scope(url):
-        with session_scope(url):  # another writing session in the same thread: no deadlock
-            assert _queue_taken(lock_file)
-        assert _queue_taken(lock_file)  # still the outer session's
-    assert not _queue_taken(lock_file)
-    with pytest.raises(RuntimeError), session_scope(url):
-        raise RuntimeError("a writer that fails")
-    assert not _queue_taken(lock_file)  # released all the same
 
 
 WRITER = """

@@ -169,6 +169,32 @@ async def test_full_lifecycle_through_the_running_stack(stack: Stack) -> None:
     await stack.cli_shows("0 joined, 0 moved, 0 left", "--as", "ada@example.com", "directory", "status")
 
 
+async def test_with_the_workers_dispatcher_off_lapse_run_sends_from_a_notifier(tmp_path: Path) -> None:
+    """``LAPSE_WORKER_NOTIFIES=false``: ``lapse run`` starts ``lapse notifier`` beside the worker, and the demo's
+    email still reaches the local catcher."""
+    mail_port = str(free_port())
+    stack = start_stack(tmp_path, LAPSE_WORKER_NOTIFIES="false", LAPSE_DEMO_MAIL_PORT=mail_port, LAPSE_OPS_PORT="0")
+    try:
+        created = stack.call(
+            "alan@example.com",
+            "POST",
+            "/api/requests",
+            {"role": "ledger/payments-api/deploy", "duration": 600, "justification": "INC-7"},
+        )
+        mails = await eventually(
+            lambda: sorted((tmp_path / "mail").glob("*.eml")),
+            until=lambda found: len(found) > 0,
+            what="the approver's email, sent by the notifier",
+            within=60,
+        )
+        assert any("payments-api" in mail.read_text(errors="replace") for mail in mails)
+        assert "notifier sending" in (tmp_path / "notifier.log").read_text()
+        assert "sends no notifications" in (tmp_path / "worker.log").read_text()
+        stack.cli("--as", "alan@example.com", "cancel", created["id"])
+    finally:
+        assert stack.stop() == 0
+
+
 async def test_worker_killed_mid_grant_still_revokes_at_expiry(stack: Stack) -> None:
     created = stack.call(
         "katherine@example.com", "POST", "/api/requests", {"role": "ledger/prod-db/read", "duration": "PT8S"}

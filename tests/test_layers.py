@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -85,13 +86,34 @@ CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "r
 """Calls that are not deterministic unless made through ``workflow`` (``workflow.now()``, ``workflow.uuid4()``)."""
 
 
+SANDBOX_BUILTINS = {"open", "exec", "eval", "compile", "__import__", "breakpoint", "globals"}
+"""Built-ins the sandbox refuses or that reach past it (called; ``input`` is left out: it names workflow inputs)."""
+
+
 def replay_hazards(source: str) -> list[str]:
-    """What in a helper's source the sandbox would have stopped at run time: an import beyond the allowed ones (or
-    of a workflow's module), or a clock, randomness or environment call not made through ``workflow``."""
+    """What in a helper's source the sandbox would have stopped at run time, or what would let one run's state leak
+    into the next now that the module is shared: an import beyond the allowed ones (or of a workflow's module); a
+    clock, randomness or environment function used other than through ``workflow`` (called or passed, as in
+    ``default_factory=datetime.now``); a call of a built-in the sandbox refuses; ``global`` or ``nonlocal``; an
+    assignment to an attribute of something the module defines or imports (``SomeClass.attr = ...``)."""
     helpers = set(workflow_helpers())
     allowed = (*HELPER_IMPORTS, "access")
+    tree = ast.parse(source)
+    module_names = {
+        name
+        for node in tree.body
+        for name in (
+            [node.name]
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            else [(a.asname or a.name).split(".")[0] for a in node.names]
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            else [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if isinstance(node, ast.Assign)
+            else []
+        )
+    }
     hazards: list[str] = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             for name in names:
@@ -99,9 +121,19 @@ def replay_hazards(source: str) -> list[str]:
                     continue
                 if not any(name == a or name.startswith(f"{a}.") for a in allowed):
                     hazards.append(f"import {name}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CLOCK_CALLS:
-            through_workflow = isinstance(node.func.value, ast.Name) and node.func.value.id == "workflow"
-            hazards += [] if through_workflow else [f"call {ast.unparse(node.func)}"]
+        elif isinstance(node, ast.Attribute) and node.attr in CLOCK_CALLS:
+            through_workflow = isinstance(node.value, ast.Name) and node.value.id == "workflow"
+            hazards += [] if through_workflow else [f"uses {ast.unparse(node)}"]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SANDBOX_BUILTINS:
+            hazards.append(f"uses {node.func.id}")
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            hazards.append(f"{type(node).__name__.lower()} {', '.join(node.names)}")
+        elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                owner = target.value if isinstance(target, ast.Attribute) else None
+                if isinstance(owner, ast.Name) and owner.id in module_names:
+                    hazards.append(f"sets {ast.unparse(target)}")
     return hazards
 
 
@@ -110,6 +142,10 @@ def test_the_sandbox_passes_through_the_workflows_helpers_and_no_workflow() -> N
     assert {"workflows.request_messages", "workflows.request_record", "workflows.step_timers"} <= set(helpers)
     assert not {cls.__module__ for cls in WORKFLOWS} & set(helpers)
     assert set(helpers) <= SANDBOX_RESTRICTIONS.passthrough_modules
+    for name in helpers:  # not even a workflow that is not registered yet: that one must be imported per run
+        module = importlib.import_module(name)
+        classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == name]
+        assert [c for c in classes if workflow._Definition.from_class(c) is not None] == [], name
 
 
 @pytest.mark.parametrize("module", workflow_helpers())
@@ -117,18 +153,26 @@ def test_a_passed_through_helper_imports_nothing_that_breaks_replay(module: str)
     assert replay_hazards(Path(importlib.import_module(module).__file__ or "").read_text()) == []
 
 
-def test_a_helper_that_reads_the_clock_or_imports_a_workflow_is_caught() -> None:
+def test_what_a_helper_must_not_do_is_caught() -> None:
     source = (
-        "import random\nfrom datetime import datetime\nfrom temporalio import workflow\n"
-        "from workflows.break_glass import BreakGlassReviewWorkflow\n\n"
-        "def stamp() -> str:\n    return f'{datetime.now()} {workflow.now()} {random.random()}'\n"
+        "import random\nfrom dataclasses import dataclass, field\nfrom datetime import datetime\n"
+        "from temporalio import workflow\nfrom workflows.break_glass import BreakGlassReviewWorkflow\n\n"
+        "SEEN = 0\n\n"
+        "@dataclass\nclass Stamp:\n    at: datetime = field(default_factory=datetime.now)\n\n"
+        "def stamp(status) -> str:\n    global SEEN\n    Stamp.last = status\n    status.seen = True\n"
+        "    open('/tmp/x')\n    return f'{workflow.now()} {random.random()}'\n"
     )
-    assert replay_hazards(source) == [
-        "import random",
-        "import workflows.break_glass",
-        "call datetime.now",
-        "call random.random",
-    ]
+    assert sorted(replay_hazards(source)) == sorted(
+        [
+            "import random",
+            "import workflows.break_glass",
+            "uses datetime.now",
+            "global SEEN",
+            "sets Stamp.last",
+            "uses open",
+            "uses random.random",
+        ]
+    )
 
 
 @pytest.mark.parametrize("module", workflow_helpers())
@@ -144,4 +188,15 @@ def test_a_passed_through_helper_keeps_no_state_between_runs(module: str) -> Non
         for k, v in vars(cls).items()
         if not k.startswith("__") and isinstance(v, mutable)
     }
+    functions = [(k, v) for k, v in namespace.items() if inspect.isfunction(v) and v.__module__ == module]
+    functions += [
+        (f"{name}.{k}", v)
+        for name, cls in namespace.items()
+        if isinstance(cls, type) and cls.__module__ == module
+        for k, v in vars(cls).items()
+        if inspect.isfunction(v)
+    ]
+    for name, function in functions:  # a mutable default argument is shared by every call, in every run
+        defaults = (*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values())
+        shared |= {f"{name}(default)" for d in defaults if isinstance(d, mutable)}
     assert shared == set()

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from store.settings import Settings
 from store.temporal import data_converter
 from tests.conftest import TEST_CODEC_KEY
-from worker import WORKFLOWS
+from worker import SANDBOX_RESTRICTIONS, WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 
@@ -30,7 +31,11 @@ def test_there_are_histories_to_replay() -> None:
 async def test_recorded_history_replays(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The recorded histories predate the payload codec: replay them as a worker in the migration window does.
     converter = data_converter(Settings(codec_key=TEST_CODEC_KEY), accept_plaintext=True)
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=converter, namespace="default")
+    # The worker's own sandbox: its helpers shared across runs, as in production (worker.SANDBOX_RESTRICTIONS).
+    runner = SandboxedWorkflowRunner(restrictions=SANDBOX_RESTRICTIONS)
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), workflow_runner=runner, data_converter=converter, namespace="default"
+    )
     recorded = json.loads(path.read_text())  # noqa: ASYNC240
     if "historyEventsBeforeContinue" in recorded:  # a run recorded to continue as new early
         monkeypatch.setattr("access.limits.HISTORY_EVENTS_BEFORE_CONTINUE", recorded.pop("historyEventsBeforeContinue"))
