@@ -3,7 +3,7 @@
 Run it when the workflow changes in a way worth pinning; keep the old files, since
 requests started under old code are still running somewhere. ``python -m tests.histories.record v5 timers``
 records only the reminders, escalation and extension-near-the-end scenarios, whose hours pass on the time-skipping
-server (``tests/workflows/timer_support.py``).
+server (``tests/workflows/timer_support.py``); ``... v7 break-glass`` only an emergency request and its review.
 """
 
 from __future__ import annotations
@@ -182,6 +182,45 @@ async def record_timers(tag: str) -> None:
             await _save(env, handle.id, f"{tag}-{name}")
 
 
+async def record_break_glass(tag: str) -> None:
+    """An emergency request's run, which starts its post-hoc review as a child once the grant is made, and that
+    review, which a reviewer confirms: recorded on the time-skipping server with the break-glass tests' stand-in
+    activities. The request's run is ended by hand once its review is over (a held grant, with an abandoned
+    child, would keep time from skipping)."""
+    from temporalio.worker import Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+    from access.break_glass import Verdict, VerdictInput
+    from tests.workflows.conftest import start_time_skipping
+    from tests.workflows.test_break_glass_review import REVIEWER, Stubs, _emergency
+    from worker import SANDBOX_RESTRICTIONS
+    from workflows.access_request import AccessRequestWorkflow
+    from workflows.break_glass import BreakGlassReviewWorkflow
+
+    env = await start_time_skipping()
+    try:
+        stubs, queue = Stubs(), "record-break-glass"
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[AccessRequestWorkflow, BreakGlassReviewWorkflow],
+            activities=stubs.all(),
+            workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX_RESTRICTIONS),
+        ):
+            request_id = await _emergency(env, queue)
+            review = env.client.get_workflow_handle(names.break_glass_workflow_id(request_id))
+            await eventually(lambda: stubs.reviews, what="the review to open")
+            verdict = VerdictInput(request_id=request_id, actor=REVIEWER, verdict=Verdict.CONFIRM, comment="real")
+            await review.execute_update(BreakGlassReviewWorkflow.decide, verdict)
+            await review.result()
+            request = env.client.get_workflow_handle(names.request_workflow_id(request_id))
+            await request.terminate("recorded")
+            await _save(env, request.id, f"{tag}-break-glass-request")
+            await _save(env, review.id, f"{tag}-break-glass-review")
+    finally:
+        await env.shutdown()
+
+
 async def _finished_run(env: WorkflowEnvironment, workflow_type: str) -> str:
     """The id of the newest finished run of a workflow type (the schedules name their runs)."""
 
@@ -209,6 +248,7 @@ async def _save(
 
 if __name__ == "__main__":
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
-    asyncio.run(record_timers(tag) if sys.argv[2:] == ["timers"] else record(tag))
+    only = {"timers": record_timers, "break-glass": record_break_glass}
+    asyncio.run(only[sys.argv[2]](tag) if sys.argv[2:] and sys.argv[2] in only else record(tag))
     sys.stdout.flush()
     os._exit(0)
