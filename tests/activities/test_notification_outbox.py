@@ -253,15 +253,23 @@ async def test_a_persons_next_message_goes_as_soon_as_the_one_it_waited_for_is_d
 
 
 async def test_a_notifiers_dispatcher_sends_the_next_message_at_its_next_look(
-    settings: Settings, start_dispatcher: StartDispatcher
+    settings: Settings, start_dispatcher: StartDispatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``lapse notifier`` is not woken by the end of a send (it looks every 50 ms): the decision still goes, after
-    the prompt it closes."""
+    """``lapse notifier`` is not woken by the end of a send (it looks every 50 ms, and reads nothing more after
+    each send): the decision still goes, after the prompt it closes."""
+    looked: list[int] = []
+
+    def followed(_session: object, rows: list[Notification]) -> bool:
+        looked.append(len(rows))
+        return False
+
+    monkeypatch.setattr(outbox, "followed", followed)
     email = RecordingSender(Channel.EMAIL, delay=0.05)
     async with start_dispatcher({(Channel.EMAIL, ""): email}, poll=NOTIFIER_POLL, wake_followed=False):
         _queue(settings, _notice(NoticeKind.DECISION_NEEDED, LINUS), _notice(NoticeKind.DECIDED, LINUS, seq=2))
         await eventually(lambda: len(email.sent), until=lambda n: n == 2, what="the prompt, then the decision")
     assert [o.notice.kind for o in email.sent] == [NoticeKind.DECISION_NEEDED, NoticeKind.DECIDED]
+    assert looked == []
 
 
 async def test_a_permanent_failure_gives_up_at_once_and_a_skip_is_kept_with_why(

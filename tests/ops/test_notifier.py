@@ -41,6 +41,7 @@ async def test_a_notifier_of_its_own_sends_what_the_workflows_queue_and_stops_on
     secrets = {TOKEN_ENV: slack.token, SECRET_ENV: "notifier-signing-secret"}  # the channel's, by env reference
     token = "notifier-scrape-token"  # behind the tests' proxy (127.0.0.1 is trusted), this machine needs it too
     environment = process_env(settings, LAPSE_OPS_PORT=ops.rpartition(":")[2], LAPSE_METRICS_TOKEN=token, **secrets)
+    environment["LAPSE_TEMPORAL_ADDRESS"] = f"127.0.0.1:{free_port()}"  # nobody there: it needs no Temporal
     with started("notifier", [LAPSE, "notifier"], environment, tmp_path) as notifier:
         ready = await answering(f"{ops}/readyz", notifier)
         assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "sending": "ok"}
