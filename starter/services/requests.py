@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -188,7 +189,8 @@ async def create_request(
     When more requests are being started than the workers record, a new one is turned away at once
     (unavailable, with a time to retry after) rather than held: nothing is started for it.
     """
-    async with _admitted(settings):
+    one_at_a_time = _one_emergency_starting(requester.email, role) if emergency else nullcontext()
+    async with _admitted(settings), one_at_a_time:
         return await _create_request(
             client,
             settings,
@@ -366,6 +368,22 @@ async def _admitted(settings: Settings) -> AsyncIterator[None]:
         yield
     finally:
         places.release()
+
+
+_EMERGENCIES_STARTING: weakref.WeakValueDictionary[tuple[int, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+@asynccontextmanager
+async def _one_emergency_starting(requester: str, role: str) -> AsyncIterator[None]:
+    """Start one emergency request of a person for a role at a time in this process: the next one's check
+    (``break_glass._refuse_a_second``) then runs after the first is recorded, and is refused, instead of both
+    passing it at once (a double click, two tabs). Across several API processes the check alone still decides."""
+    key = (id(asyncio.get_running_loop()), requester, role.strip())
+    lock = _EMERGENCIES_STARTING.get(key)
+    if lock is None:
+        lock = _EMERGENCIES_STARTING[key] = asyncio.Lock()
+    async with lock:
+        yield
 
 
 # --- updates to a running request ---------------------------------------------------------

@@ -8,6 +8,7 @@ normal rule there is "manager then owner": grace (his manager) and frances (the 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -185,6 +186,16 @@ async def test_a_second_emergency_is_refused_while_one_is_held_and_after_a_conde
     assert again.status_code == 409, again.text
     assert "condemned by frances@example.com" in again.json()["detail"]
     assert again.json()["condemned_request"] == first["id"]
+
+
+async def test_two_emergency_requests_sent_at_once_start_one(api: Api, settings: Settings, target: FakeTarget) -> None:
+    """A double click: both reach the API together; the second is checked once the first is recorded, and refused."""
+    answers = await asyncio.gather(*(api.call(REQUESTER, "POST", "/api/requests", EMERGENCY) for _ in range(2)))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    started = next(a.json() for a in answers if a.status_code == 201)
+    refused = next(a.json() for a in answers if a.status_code == 409)
+    assert refused["open_request"] == started["id"]
+    await api.wait_for(started["id"], "active")
 
 
 async def test_a_condemn_ends_every_overlapping_emergency_grant_of_the_role(
