@@ -7,31 +7,18 @@ counts what it sent on its own ops port, and stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from harness.ports import free_port
 from store.settings import Settings
-from tests.conftest import Api, load_into
+from tests.conftest import Api
 from tests.fake_slack import FakeSlack
-from tests.notify.test_slack_end_to_end import DEPLOY, KEN, PLATFORM, PLATFORM_PEER, SECRET_ENV, TOKEN_ENV, prompt_to
-from tests.notify_fixtures import configure_notifications
+from tests.notify.test_slack_end_to_end import DEPLOY, KEN, PLATFORM, SECRET_ENV, TOKEN_ENV, prompt_to
+from tests.notify.test_slack_end_to_end import slack as slack  # the fixture: the fake Slack, configured
 from tests.ops.processes import LAPSE, answering, process_env, started
 from tests.support import eventually
-
-
-@pytest.fixture
-def slack(settings: Settings) -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        section = {"token_env": TOKEN_ENV, "signing_secret_env": SECRET_ENV, "base_url": fake.base_url}
-        configure_notifications(settings, {"slack": section, "default_channels": ["slack"]})
-        load_into(settings, PLATFORM_PEER)
-        for person in (KEN, *PLATFORM):
-            fake.add_user(person)
-        yield fake
 
 
 async def test_a_notifier_of_its_own_sends_what_the_workflows_queue_and_stops_on_sigterm(
