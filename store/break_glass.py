@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from access.break_glass import ReviewState
 from access.requests import RequestState, RequestStatus
-from store.tables import AccessRequest
+from store.db import lock
+from store.tables import AccessRequest, EmergencyStart
 from store.tables import BreakGlassReview as ReviewRow
 
 OPEN = (RequestState.PENDING, RequestState.PROVISIONING, RequestState.ACTIVE)
@@ -62,3 +63,31 @@ def last_condemned(session: Session, requester: str, role: str, since: datetime)
         .order_by(col(ReviewRow.decided_at).desc())
         .limit(1)
     ).first()
+
+
+def claim_start(
+    session: Session, requester: str, role: str, request_id: str, now: datetime, stale_before: datetime
+) -> EmergencyStart | None:
+    """Claim the start of the requester's emergency request of the role for ``request_id``, or return the claim of
+    the one being started already. A claim taken before ``stale_before`` is a start that never ended (its process
+    died): it is taken over."""
+    lock(session, "emergency-start", requester, role)
+    held = session.get(EmergencyStart, (requester, role))
+    if held is not None and held.started_at >= stale_before:
+        return held
+    if held is not None:
+        session.delete(held)
+        session.flush()
+    session.add(EmergencyStart(requester=requester, role=role, request_id=request_id, started_at=now))
+    return None
+
+
+def release_start(session: Session, requester: str, role: str, request_id: str) -> None:
+    """Release the claim ``claim_start`` took for ``request_id`` (not one taken over from it since)."""
+    session.execute(
+        delete(EmergencyStart).where(
+            col(EmergencyStart.requester) == requester,
+            col(EmergencyStart.role) == role,
+            col(EmergencyStart.request_id) == request_id,
+        )
+    )

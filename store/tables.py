@@ -604,3 +604,14 @@ class BreakGlassReview(SQLModel, table=True):
     decided_by: str | None = None
     decided_at: datetime | None = Field(default=None, sa_column=_utc())
     comment: str = ""
+
+
+class EmergencyStart(SQLModel, table=True):
+    """An emergency request being started: one per person and role at a time, whichever API process starts it.
+    Taken before the "one at a time" check (``store.break_glass``) and released once the request's workflow has
+    recorded it, or when nothing was started; a start whose outcome is unknown leaves it to go stale."""
+
+    requester: str = Field(primary_key=True)
+    role: str = Field(primary_key=True)
+    request_id: str
+    started_at: datetime = Field(sa_column=_utc(nullable=False))

@@ -100,6 +100,33 @@ def _refuse_a_second(session: Session, requester: str, role: str, allowance: Bre
         )
 
 
+def claim_start(settings: Settings, requester: str, role_path: str, request_id: str) -> None:
+    """Claim the start of an emergency request, or refuse it (409, naming the other) while the requester's emergency
+    request of the role is being started already, in this API process or another: the "one at a time" check of
+    ``emergency_plan`` then runs after the other is recorded. A claim left by a process that died during a start is
+    taken over after twice the submit timeout."""
+    now = datetime.now(UTC)
+    role = role_path.strip()
+    with session_scope(settings.db_url) as session:
+        held = stored_break_glass.claim_start(
+            session, requester, role, request_id, now, now - 2 * settings.submit_timeout
+        )
+    if held is not None:
+        raise Refusal(
+            RefusalKind.CONFLICT,
+            f"your emergency request {held.request_id} for {role} is being started (since "
+            f"{held.started_at:%H:%M:%S} UTC); it must end before you ask for emergency access to the role again",
+            field="role",
+            extra={"open_request": held.request_id},
+        )
+
+
+def release_start(settings: Settings, requester: str, role_path: str, request_id: str) -> None:
+    """Release ``claim_start``'s claim: the request is recorded, or nothing was started."""
+    with session_scope(settings.db_url) as session:
+        stored_break_glass.release_start(session, requester, role_path.strip(), request_id)
+
+
 def allowance_of(settings: Settings, role_path: str) -> BreakGlass | None:
     """The role's emergency access, or None: it offers none."""
     with session_scope(settings.db_url, write=False) as session:

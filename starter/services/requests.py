@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -189,8 +188,7 @@ async def create_request(
     When more requests are being started than the workers record, a new one is turned away at once
     (unavailable, with a time to retry after) rather than held: nothing is started for it.
     """
-    one_at_a_time = _one_emergency_starting(requester.email, role) if emergency else nullcontext()
-    async with _admitted(settings), one_at_a_time:
+    async with _admitted(settings):
         return await _create_request(
             client,
             settings,
@@ -214,11 +212,56 @@ async def _create_request(
     sign_in: SignIn,
     emergency: bool = False,
 ) -> RequestStatus:
-    from starter.services.break_glass import emergency_plan  # which reviews through this module's updates
+    from starter.services import break_glass  # which reviews through this module's updates
+
+    request_id = new_request_id()
+    try:
+        if emergency:  # one per person and role at a time: claimed across API processes, before it is checked
+            await asyncio.to_thread(break_glass.claim_start, settings, requester.email, role, request_id)
+        else:  # an emergency asks no approver: never held back by the pending cap
+            await asyncio.to_thread(_below_pending_cap, settings, requester)
+    except Refusal as refusal:
+        raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
+    release = emergency
+    try:
+        return await _start_request(
+            client,
+            settings,
+            requester,
+            request_id,
+            role=role,
+            duration=duration,
+            justification=justification,
+            sign_in=sign_in,
+            emergency=emergency,
+        )
+    except Refusal as refusal:
+        # Naming the request means its run exists, or may: the claim stays until it is recorded, then goes stale.
+        release = emergency and "id" not in refusal.extra
+        raise
+    except BaseException:  # cancelled or failed during the start: whether it started is not known
+        release = False
+        raise
+    finally:
+        if release:
+            await asyncio.to_thread(break_glass.release_start, settings, requester.email, role, request_id)
+
+
+async def _start_request(
+    client: Client,
+    settings: Settings,
+    requester: User,
+    request_id: str,
+    *,
+    role: str,
+    duration: timedelta,
+    justification: str,
+    sign_in: SignIn,
+    emergency: bool,
+) -> RequestStatus:
+    from starter.services.break_glass import emergency_plan
 
     try:
-        if not emergency:  # an emergency asks no approver (and is one per role at a time): never held back
-            await asyncio.to_thread(_below_pending_cap, settings, requester)
         # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
         planner = emergency_plan if emergency else _plan
         plan = await asyncio.to_thread(planner, settings, requester, role, duration, justification)
@@ -226,7 +269,6 @@ async def _create_request(
         raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
     if not plan.steps and plan.reauthenticate_within is not None:  # approved at once: as fresh as an extension
         await asyncio.to_thread(require_recent_to_request, settings, sign_in, requester, plan, role)
-    request_id = new_request_id()
     input = AccessRequestInput(
         id=request_id,
         requester=requester.email,
@@ -368,22 +410,6 @@ async def _admitted(settings: Settings) -> AsyncIterator[None]:
         yield
     finally:
         places.release()
-
-
-_EMERGENCIES_STARTING: weakref.WeakValueDictionary[tuple[int, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-@asynccontextmanager
-async def _one_emergency_starting(requester: str, role: str) -> AsyncIterator[None]:
-    """Start one emergency request of a person for a role at a time in this process: the next one's check
-    (``break_glass._refuse_a_second``) then runs after the first is recorded, and is refused, instead of both
-    passing it at once (a double click, two tabs). Across several API processes the check alone still decides."""
-    key = (id(asyncio.get_running_loop()), requester, role.strip())
-    lock = _EMERGENCIES_STARTING.get(key)
-    if lock is None:
-        lock = _EMERGENCIES_STARTING[key] = asyncio.Lock()
-    async with lock:
-        yield
 
 
 # --- updates to a running request ---------------------------------------------------------

@@ -9,18 +9,21 @@ normal rule there is "manager then owner": grace (his manager) and frances (the 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import col, select
+from temporalio.testing import WorkflowEnvironment
 
 from access.notifications import NoticeKind
+from starter.api.app import create_app
 from starter.services import break_glass as break_glass_service
 from store import notifications as outbox
 from store.db import session_scope
 from store.settings import Settings
-from store.tables import AuditEvent, Notification
+from store.tables import AuditEvent, EmergencyStart, Notification
 from tests.conftest import Api, FakeTarget, load_into
 from tests.support import eventually
 
@@ -163,6 +166,8 @@ async def test_a_role_without_break_glass_refuses_an_emergency_and_the_cap_holds
     assert too_long.status_code == 422 and "PT1H" in too_long.json()["detail"]
     no_reason = await api.call(REQUESTER, "POST", "/api/requests", {**body, "role": ROLE, "justification": " "})
     assert no_reason.status_code == 422 and "reason" in no_reason.json()["detail"]
+    # Refused before anything started: the start's claim is released, and a request put right is taken at once.
+    assert (await api.call(REQUESTER, "POST", "/api/requests", {**body, "role": ROLE})).status_code == 201
 
 
 async def test_a_second_emergency_is_refused_while_one_is_held_and_after_a_condemn(
@@ -188,14 +193,56 @@ async def test_a_second_emergency_is_refused_while_one_is_held_and_after_a_conde
     assert again.json()["condemned_request"] == first["id"]
 
 
-async def test_two_emergency_requests_sent_at_once_start_one(api: Api, settings: Settings, target: FakeTarget) -> None:
-    """A double click: both reach the API together; the second is checked once the first is recorded, and refused."""
-    answers = await asyncio.gather(*(api.call(REQUESTER, "POST", "/api/requests", EMERGENCY) for _ in range(2)))
-    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+async def test_emergency_requests_sent_at_once_to_two_api_processes_start_one(
+    api: Api, env: WorkflowEnvironment, settings: Settings, target: FakeTarget
+) -> None:
+    """A double click, and a third tab sent through another API (its own app and Temporal client, the same app DB):
+    they reach Lapse together; one is started and the others are refused, naming it."""
+    other_app = create_app(settings, client=env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other_app), base_url="http://lapse.test") as http:
+        other = Api(http)
+        answers = await asyncio.gather(
+            api.call(REQUESTER, "POST", "/api/requests", EMERGENCY),
+            api.call(REQUESTER, "POST", "/api/requests", EMERGENCY),
+            other.call(REQUESTER, "POST", "/api/requests", EMERGENCY),
+        )
+    assert sorted(a.status_code for a in answers) == [201, 409, 409], [a.text for a in answers]
     started = next(a.json() for a in answers if a.status_code == 201)
-    refused = next(a.json() for a in answers if a.status_code == 409)
-    assert refused["open_request"] == started["id"]
+    assert all(a.json()["open_request"] == started["id"] for a in answers if a.status_code == 409)
     await api.wait_for(started["id"], "active")
+    assert claims(settings) == []  # released once the workflow recorded it
+
+
+async def test_an_emergency_being_started_elsewhere_is_refused_until_its_claim_goes_stale(
+    api: Api, settings: Settings, target: FakeTarget
+) -> None:
+    """Another API process is starting linus's emergency request (its claim is in the app DB): his request here is
+    refused, naming that one, and nothing is started. A claim left by a process that died in the middle of a start
+    is taken over once older than twice the submit timeout."""
+    now = datetime.now(UTC)
+    with session_scope(settings.db_url) as session:
+        session.add(EmergencyStart(requester=REQUESTER, role=ROLE, request_id="elsewhere01", started_at=now))
+    refused = await api.call(REQUESTER, "POST", "/api/requests", EMERGENCY)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["open_request"] == "elsewhere01" and "is being started" in refused.json()["detail"]
+    assert await api.ok(REQUESTER, "GET", "/api/requests") == []
+    assert claims(settings) == [(REQUESTER, ROLE, "elsewhere01")]
+
+    with session_scope(settings.db_url) as session:
+        row = session.get(EmergencyStart, (REQUESTER, ROLE))
+        assert row is not None
+        row.started_at = now - 2 * settings.submit_timeout - timedelta(seconds=1)
+        session.add(row)
+    created = await emergency(api)
+    await api.wait_for(created["id"], "active")
+    assert claims(settings) == []
+
+
+def claims(settings: Settings) -> list[tuple[str, str, str]]:
+    """The emergency starts claimed in the app DB: requester, role, request."""
+    with session_scope(settings.db_url, write=False) as session:
+        rows = session.exec(select(EmergencyStart)).all()
+        return [(row.requester, row.role, row.request_id) for row in rows]
 
 
 async def test_a_condemn_ends_every_overlapping_emergency_grant_of_the_role(

@@ -50,7 +50,8 @@ async def create_request(
 
     With `emergency: true` (break-glass), a role that allows it is granted at once for at most its cap, the security
     group and the skipped approvers are told, and a review opens; a role that does not is a 403 saying so, and one
-    the caller holds an emergency grant of already (or had one condemned lately) a 409.
+    the caller holds an emergency grant of already, or is starting one of at this moment through any API process
+    (or had one condemned lately), a 409 naming it (`open_request`, `condemned_request`).
 
     A caller with `LAPSE_MAX_PENDING_PER_REQUESTER` requests awaiting approval already (20 unless configured) is
     refused with 429 and `Retry-After` until some are decided or withdrawn."""
