@@ -67,6 +67,7 @@ from bench.lifecycle import (
     summarise_log_findings,
     summarize,
 )
+from bench.pages import app_db
 from starter.stack import temporal_server_command
 from store.db import session_scope
 from store.tables import Notification, User
@@ -633,6 +634,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="LAPSE_NAME=VALUE",
         help="a setting for Lapse's worker and API (repeatable)",
     )
+    parser.add_argument(
+        "--app-db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the app DB: SQLite in the temp directory, or a throwaway PostgreSQL cluster on this machine",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (kept anyway on log findings)")
     args = parser.parse_args(argv)
@@ -676,6 +683,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = Stack(data_dir.path, {**own, **args.overrides}, notifiers=args.notifiers)
 
     def measure() -> None:
+        with app_db(args.app_db, data_dir.path) as url:
+            stack.settings.database_url = url
+            stack.overrides["LAPSE_DATABASE_URL"] = url
+            measure_on()
+
+    def measure_on() -> None:
         slack.start()
         say(f"starting Temporal dev server, worker and API in {data_dir.path}; fake Slack at {slack.url}…")
         stack.start()
@@ -691,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 k: getattr(args, k)
                 for k in (
                     *("rate", "seconds", "rounds", "hold", "grants", "min_duration", "expected_rate", "concurrency"),
-                    "notifiers",
+                    *("notifiers", "app_db"),
                 )
             },
             "settings": args.overrides,
