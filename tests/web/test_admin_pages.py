@@ -220,7 +220,7 @@ async def test_integrations_test_discover_and_jit_only(
                 "resource": "app",
                 "insecure": True,  # the test cluster speaks plaintext on loopback
             },
-            "discovery_every": "PT1H",
+            "discovery_every": "P365D",  # no scheduled run mid-test (a PT1H schedule fires on the hour)
         }
     )
     await integrations.create_integration(env.client, settings, ada, body)
