@@ -11,9 +11,11 @@ condemned it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import case
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -45,6 +47,8 @@ from store.tables import BreakGlassReview as ReviewRow
 from store.tables import User
 from workflows.access_request import AccessRequestWorkflow
 from workflows.break_glass import BreakGlassReviewWorkflow
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NOTIFY = "security"
 """The group told of an emergency grant when its role names none, if the organisation has one."""
@@ -115,16 +119,21 @@ def claim_start(settings: Settings, requester: str, role_path: str, request_id: 
         raise Refusal(
             RefusalKind.CONFLICT,
             f"your emergency request {held.request_id} for {role} is being started (since "
-            f"{held.started_at:%H:%M:%S} UTC); it must end before you ask for emergency access to the role again",
+            f"{held.started_at:%H:%M:%S} UTC): see GET /api/requests/{held.request_id} in a moment; one emergency "
+            "request of a role at a time",
             field="role",
             extra={"open_request": held.request_id},
         )
 
 
 def release_start(settings: Settings, requester: str, role_path: str, request_id: str) -> None:
-    """Release ``claim_start``'s claim: the request is recorded, or nothing was started."""
-    with session_scope(settings.db_url) as session:
-        stored_break_glass.release_start(session, requester, role_path.strip(), request_id)
+    """Release ``claim_start``'s claim: the request is recorded, or nothing was started. If the app DB fails now,
+    the claim goes stale instead, and the caller still hears how the request went."""
+    try:
+        with session_scope(settings.db_url) as session:
+            stored_break_glass.release_start(session, requester, role_path.strip(), request_id)
+    except SQLAlchemyError:
+        log.warning("the claim of emergency request %s could not be released; it goes stale", request_id, exc_info=True)
 
 
 def allowance_of(settings: Settings, role_path: str) -> BreakGlass | None:

@@ -3,23 +3,21 @@
 The policy decides (``access.policy``); this module gathers its inputs, starts the workflow or sends
 it an update, and audits what it refuses. Ending a grant is ``starter.services.grants``'s.
 
-A little over 400 lines: the checks an update needs before it is sent (the caller still eligible, a recent
-enough sign-in under ``reauthenticate_within``) stay beside the updates they guard.
+About 600 lines: the checks an update needs before it is sent (the caller still eligible, a recent enough sign-in
+under ``reauthenticate_within``) stay beside the updates they guard, and a start's admission and claim beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, literal, tuple_
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError as UpdateTimedOut
@@ -52,8 +50,6 @@ from store.db import session_scope
 from store.settings import Settings
 from store.tables import AccessRequest, ApprovalInbox, Grant, Role, User, UTCDateTime
 from workflows.access_request import AccessRequestWorkflow
-
-log = logging.getLogger(__name__)
 
 
 def new_request_id() -> str:
@@ -225,63 +221,46 @@ async def _create_request(
         else:  # an emergency asks no approver: never held back by the pending cap
             await asyncio.to_thread(_below_pending_cap, settings, requester)
     except Refusal as refusal:
-        raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
+        raise await _audited(settings, requester, role, refusal) from None
     release = emergency
     try:
-        return await _start_request(
-            client,
-            settings,
-            requester,
-            request_id,
-            role=role,
-            duration=duration,
-            justification=justification,
-            sign_in=sign_in,
-            emergency=emergency,
-        )
-    except Refusal as refusal:
-        # Naming the request means its run exists, or may: the claim stays until it is recorded, then goes stale.
-        release = emergency and "id" not in refusal.extra
-        raise
-    except BaseException:  # cancelled or failed during the start: whether it started is not known
-        release = False
-        raise
+        planner = break_glass.emergency_plan if emergency else _plan
+        start = await _prepare_start(settings, requester, request_id, planner, role, duration, justification, sign_in)
+        try:
+            return await _submit(client, settings, request_id, start)
+        except Refusal as refusal:
+            # Naming the request means its run exists, or may: the claim stays until it is recorded, then goes stale.
+            release = emergency and "id" not in refusal.extra
+            raise
+        except BaseException:  # cancelled or failed in the middle of the start: whether it started is not known
+            release = False
+            raise
     finally:
         if release:
-            await asyncio.to_thread(_release_emergency_start, settings, requester.email, role, request_id)
+            await asyncio.to_thread(break_glass.release_start, settings, requester.email, role, request_id)
 
 
-def _release_emergency_start(settings: Settings, requester: str, role: str, request_id: str) -> None:
-    """Release an emergency start's claim; if the app DB fails now, the claim goes stale instead, and the caller
-    still hears how the request went."""
-    from starter.services import break_glass
-
-    try:
-        break_glass.release_start(settings, requester, role, request_id)
-    except SQLAlchemyError:
-        log.warning("the claim of emergency request %s could not be released; it goes stale", request_id, exc_info=True)
+async def _audited(settings: Settings, requester: User, role: str, refusal: Refusal) -> Refusal:
+    """The refusal of a new request, audited."""
+    return await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal)
 
 
-async def _start_request(
-    client: Client,
+async def _prepare_start(
     settings: Settings,
     requester: User,
     request_id: str,
-    *,
+    planner: Callable[[Settings, User, str, timedelta, str], RequestPlan],
     role: str,
     duration: timedelta,
     justification: str,
     sign_in: SignIn,
-    emergency: bool,
-) -> RequestStatus:
-    from starter.services.break_glass import emergency_plan
-
+) -> WithStartWorkflowOperation[Any, Any]:
+    """The request's plan, checked, as the operation that starts its workflow; nothing is started yet."""
     try:
         # The app DB is read in a thread: the API's event loop serves every other caller meanwhile.
-        planner = emergency_plan if emergency else _plan
         plan = await asyncio.to_thread(planner, settings, requester, role, duration, justification)
     except Refusal as refusal:
-        raise await asyncio.to_thread(refused, settings, requester.email, "request.create", role, refusal) from None
+        raise await _audited(settings, requester, role, refusal) from None
     if not plan.steps and plan.reauthenticate_within is not None:  # approved at once: as fresh as an extension
         await asyncio.to_thread(require_recent_to_request, settings, sign_in, requester, plan, role)
     input = AccessRequestInput(
@@ -294,7 +273,7 @@ async def _start_request(
         approval_timeout=settings.approval_timeout,
         created_at=datetime.now(UTC),
     )
-    start = WithStartWorkflowOperation(
+    return WithStartWorkflowOperation(
         AccessRequestWorkflow.run,
         input,
         id=names.request_workflow_id(request_id),
@@ -306,6 +285,13 @@ async def _start_request(
         # No justification here: user metadata is not a workflow payload the codec seals.
         static_details=f"rule {plan.rule!r} of {plan.policy!r}",
     )
+
+
+async def _submit(
+    client: Client, settings: Settings, request_id: str, start: WithStartWorkflowOperation[Any, Any]
+) -> RequestStatus:
+    """Start the request's workflow and wait for it to record the request; a refusal that names the request
+    (``extra["id"]``) says its run exists or may."""
     try:
         # One deadline for the whole exchange: the client asks again on its own while no worker takes the update.
         status: RequestStatus = await asyncio.wait_for(

@@ -9,6 +9,7 @@ normal rule there is "manager then owner": grace (his manager) and frances (the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,9 +18,11 @@ import pytest
 from sqlmodel import col, select
 from temporalio.testing import WorkflowEnvironment
 
+from access.errors import Refusal, RefusalKind
 from access.notifications import NoticeKind
 from starter.api.app import create_app
 from starter.services import break_glass as break_glass_service
+from starter.services import requests as requests_service
 from store import notifications as outbox
 from store.db import session_scope
 from store.settings import Settings
@@ -193,10 +196,12 @@ async def test_a_second_emergency_is_refused_while_one_is_held_and_after_a_conde
     assert again.json()["condemned_request"] == first["id"]
 
 
-async def test_emergency_requests_sent_at_once_to_two_api_processes_start_one(
+@pytest.mark.every_app_db
+async def test_emergency_requests_sent_at_once_through_two_apis_start_one(
     api: Api, env: WorkflowEnvironment, settings: Settings, target: FakeTarget
 ) -> None:
-    """A double click, and a third tab sent through another API (its own app and Temporal client, the same app DB):
+    """A double click, and a third tab sent through a second app on the same app DB (in this process: nothing of
+    the claim is held in a process, ``tests/test_emergency_start.py`` races separate processes on the claim itself):
     they reach Lapse together; one is started and the others are refused, naming it."""
     other_app = create_app(settings, client=env.client)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other_app), base_url="http://lapse.test") as http:
@@ -228,14 +233,50 @@ async def test_an_emergency_being_started_elsewhere_is_refused_until_its_claim_g
     assert await api.ok(REQUESTER, "GET", "/api/requests") == []
     assert claims(settings) == [(REQUESTER, ROLE, "elsewhere01")]
 
-    with session_scope(settings.db_url) as session:
-        row = session.get(EmergencyStart, (REQUESTER, ROLE))
-        assert row is not None
-        row.started_at = now - 2 * settings.submit_timeout - timedelta(seconds=1)
-        session.add(row)
+    claimed_at(settings, now - 2 * settings.submit_timeout + timedelta(seconds=10))  # just inside: still held
+    assert (await api.call(REQUESTER, "POST", "/api/requests", EMERGENCY)).status_code == 409
+    claimed_at(settings, now - 2 * settings.submit_timeout - timedelta(seconds=1))
     created = await emergency(api)
     await api.wait_for(created["id"], "active")
     assert claims(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kept"),
+    [
+        (Refusal(RefusalKind.UNAVAILABLE, "nothing was started, try again", retry_after=2), False),
+        (Refusal(RefusalKind.UNAVAILABLE, "started but not recorded yet", extra={"id": "set below"}), True),
+        (asyncio.CancelledError(), True),
+    ],
+    ids=["nothing-started", "started-not-recorded", "cancelled"],
+)
+async def test_a_start_whose_outcome_is_unknown_keeps_its_claim(
+    api: Api, settings: Settings, monkeypatch: pytest.MonkeyPatch, outcome: BaseException, kept: bool
+) -> None:
+    """The workflow service answers that nothing was started: the claim goes, and the requester may ask again at
+    once. It answers that the request was started but not recorded yet, or the call is cancelled mid-start: the
+    claim stays (until it goes stale), so that a second request cannot pass the check before the first is
+    recorded."""
+
+    async def start_fails(_client: Any, _settings: Settings, request_id: str, _start: Any) -> Any:
+        if isinstance(outcome, Refusal) and "id" in outcome.extra:
+            outcome.extra["id"] = request_id
+        raise outcome
+
+    monkeypatch.setattr(requests_service, "_submit", start_fails)
+    with contextlib.suppress(asyncio.CancelledError):
+        answer = await api.call(REQUESTER, "POST", "/api/requests", EMERGENCY)
+        assert answer.status_code == 503, answer.text
+    assert len(claims(settings)) == (1 if kept else 0), claims(settings)
+
+
+def claimed_at(settings: Settings, when: datetime) -> None:
+    """Date the one emergency start claimed back to ``when``."""
+    with session_scope(settings.db_url) as session:
+        row = session.get(EmergencyStart, (REQUESTER, ROLE))
+        assert row is not None
+        row.started_at = when
+        session.add(row)
 
 
 def claims(settings: Settings) -> list[tuple[str, str, str]]:
