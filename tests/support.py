@@ -1,4 +1,5 @@
-"""What tests share beyond fixtures: waiting for something that happens a moment later."""
+"""What tests share beyond fixtures: waiting for something that happens a moment later, and an integration's
+discovery interval that fires in no test."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
+
+NO_SCHEDULED_DISCOVERY = "P3650D"
+"""The discovery interval of an integration a test discovers by hand. Temporal fires an interval schedule at the
+multiples of its interval since 1970, so a PT1H or PT10M schedule runs on the hour or at 06:50 UTC, in the middle
+of any test that spans it, and races the test's own discovery. Ten years' next run is 2029-12-17 00:00 UTC."""
 
 
 @overload

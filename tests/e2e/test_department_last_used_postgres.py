@@ -25,6 +25,7 @@ from store.db import session_scope
 from store.settings import Settings
 from store.tables import Grant, ReviewItem
 from tests.conftest import Api, load_into
+from tests.support import NO_SCHEDULED_DISCOVERY
 
 ADMIN, LINUS = "ada@example.com", "linus@example.com"
 
@@ -87,12 +88,7 @@ async def test_a_login_with_a_live_session_at_discovery_shows_as_used_and_an_idl
     api: Api, env: WorkflowEnvironment, settings: Settings, postgres: PostgresServer, logins: Logins
 ) -> None:
     config = {"dsn_env": "LAPSE_TEST_PG_DSN", "role_prefix": logins.prefix, "insecure": True}
-    body = {
-        "name": logins.integration,
-        "kind": "postgres",
-        "config": config,
-        "discovery_every": "P365D",
-    }  # no scheduled run mid-test
+    body = {"name": logins.integration, "kind": "postgres", "config": config, "discovery_every": NO_SCHEDULED_DISCOVERY}
     await api.ok(ADMIN, "POST", "/api/integrations", body)
 
     before = datetime.now(UTC)

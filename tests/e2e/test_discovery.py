@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from access import names
 from harness.postgres import PostgresServer
 from tests.conftest import Api, load_into
+from tests.support import NO_SCHEDULED_DISCOVERY
 
 ADMIN = "ada@example.com"
 
@@ -77,9 +78,7 @@ async def _create(api: Api, cluster: Cluster, **overrides: object) -> Any:
             "resource": "reports",
             "insecure": True,
         },
-        # The schedule's runs fall on multiples of the interval since 1970: a 10-minute one fired in the middle of
-        # a test that ran across 06:50 UTC and raced its discovery by hand. A year's falls in no test.
-        "discovery_every": "P365D",
+        "discovery_every": NO_SCHEDULED_DISCOVERY,
         **overrides,
     }
     response = await api.call(ADMIN, "POST", "/api/integrations", body)

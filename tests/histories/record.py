@@ -187,26 +187,15 @@ async def record_break_glass(tag: str) -> None:
     review, which a reviewer confirms: recorded on the time-skipping server with the break-glass tests' stand-in
     activities. The request's run is ended by hand once its review is over (a held grant, with an abandoned
     child, would keep time from skipping)."""
-    from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
-
     from access.break_glass import Verdict, VerdictInput
     from tests.workflows.conftest import start_time_skipping
-    from tests.workflows.test_break_glass_review import REVIEWER, Stubs, _emergency
-    from worker import SANDBOX_RESTRICTIONS
-    from workflows.access_request import AccessRequestWorkflow
+    from tests.workflows.test_break_glass_review import REVIEWER, Stubs, _emergency, break_glass_worker
     from workflows.break_glass import BreakGlassReviewWorkflow
 
     env = await start_time_skipping()
     try:
         stubs, queue = Stubs(), "record-break-glass"
-        async with Worker(
-            env.client,
-            task_queue=queue,
-            workflows=[AccessRequestWorkflow, BreakGlassReviewWorkflow],
-            activities=stubs.all(),
-            workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX_RESTRICTIONS),
-        ):
+        async with break_glass_worker(env, queue, stubs):
             request_id = await _emergency(env, queue)
             review = env.client.get_workflow_handle(names.break_glass_workflow_id(request_id))
             await eventually(lambda: stubs.reviews, what="the review to open")

@@ -34,6 +34,7 @@ from store.settings import Settings
 from store.tables import Grant
 from tests.api.identities import NoTemporal
 from tests.conftest import make_settings
+from tests.support import NO_SCHEDULED_DISCOVERY
 from tests.web.conftest import check_accessibility
 from tests.web.test_accessibility import fits
 
@@ -220,7 +221,7 @@ async def test_integrations_test_discover_and_jit_only(
                 "resource": "app",
                 "insecure": True,  # the test cluster speaks plaintext on loopback
             },
-            "discovery_every": "P365D",  # no scheduled run mid-test (a PT1H schedule fires on the hour)
+            "discovery_every": NO_SCHEDULED_DISCOVERY,
         }
     )
     await integrations.create_integration(env.client, settings, ada, body)

@@ -92,14 +92,20 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 @pytest_asyncio.fixture
 async def lapse(time_skipping: WorkflowEnvironment) -> AsyncIterator[tuple[WorkflowEnvironment, str, Stubs]]:
     stubs, queue = Stubs(), f"break-glass-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        time_skipping.client,
+    async with break_glass_worker(time_skipping, queue, stubs):
+        yield time_skipping, queue, stubs
+
+
+def break_glass_worker(env: WorkflowEnvironment, queue: str, stubs: Stubs) -> Worker:
+    """A worker of the request and review workflows, in the worker's own sandbox, with ``stubs`` for activities
+    (the history recorder's too: ``tests/histories/record.py``)."""
+    return Worker(
+        env.client,
         task_queue=queue,
         workflows=[AccessRequestWorkflow, BreakGlassReviewWorkflow],
         activities=stubs.all(),
         workflow_runner=SandboxedWorkflowRunner(restrictions=SANDBOX_RESTRICTIONS),
-    ):
-        yield time_skipping, queue, stubs
+    )
 
 
 PLAN = BreakGlassPlan(reviewers=[REVIEWER], notify=[SECURITY], review_within=timedelta(hours=24), skipped_rule="m")
